@@ -1,0 +1,39 @@
+"""Terminal output shared by the commands: one console, JSON, and number formatting."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def console() -> Console:
+    """A console on stdout; wide when piped, so tables are not wrapped into a file."""
+    is_tty = sys.stdout.isatty()
+    return Console(width=None if is_tty else 200, highlight=False, soft_wrap=not is_tty)
+
+
+def print_json(obj: Any) -> None:
+    """Machine-readable output: indented JSON on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+def fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def fmt_shape(shape: tuple[int, ...] | list[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def table(title: str | None, columns: list[str], rows: list[list[str]], right: int = 0) -> Table:
+    """A rich table whose last ``right`` columns are numbers, right-aligned."""
+    t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="right" if i >= len(columns) - right else "left")
+    for row in rows:
+        t.add_row(*row)
+    return t

@@ -1,0 +1,133 @@
+"""``mobilenets models`` and ``mobilenets cost``: what each model is and what it costs."""
+
+from __future__ import annotations
+
+import argparse
+
+from mobilenets.cli._output import console, fmt_int, fmt_shape, print_json, table
+from mobilenets.cost import CostReport, profile_model
+from mobilenets.models import create_model, list_models
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("models", help="list the models with parameters and mult-adds")
+    p.add_argument("--resolution", type=int, default=224, help="input size (default 224)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_models)
+
+    p = subparsers.add_parser("cost", help="per-layer mult-adds, parameters and activations")
+    p.add_argument("model", help="a registered model name (see `mobilenets models`)")
+    p.add_argument("--width-mult", type=float, default=1.0, help="width multiplier alpha")
+    p.add_argument("--resolution", type=int, default=224, help="input size (default 224)")
+    p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
+    p.add_argument("--small-input", action="store_true", help="total stride 8 (32px inputs)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    p.add_argument("--all-layers", action="store_true", help="also list BN, activation, pool")
+    p.add_argument(
+        "--compare-standard",
+        action="store_true",
+        help="price each depthwise separable pair against a standard convolution",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=run_cost)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    rows = []
+    for name in list_models():
+        report = profile_model(create_model(name), args.resolution)
+        rows.append({"model": name, "params": report.total_params, "macs": report.total_macs})
+    if args.json:
+        print_json({"resolution": args.resolution, "models": rows})
+        return 0
+    console().print(
+        table(
+            f"Models at {args.resolution}x{args.resolution}, width 1.0, 1000 classes",
+            ["model", "params", "mult-adds"],
+            [[r["model"], fmt_int(r["params"]), fmt_int(r["macs"])] for r in rows],
+            right=2,
+        )
+    )
+    return 0
+
+
+def run_cost(args: argparse.Namespace) -> int:
+    model = create_model(
+        args.model,
+        width_mult=args.width_mult,
+        num_classes=args.num_classes,
+        small_input=args.small_input,
+    )
+    report = profile_model(model, args.resolution, batch_size=args.batch_size)
+    if args.json:
+        data = report.to_dict()
+        data.update(model=args.model, width_mult=args.width_mult, resolution=args.resolution)
+        print_json(data)
+        return 0
+    out = console()
+    out.print(_layer_table(report, args))
+    out.print(
+        f"total: {fmt_int(report.total_macs)} mult-adds, {fmt_int(report.total_params)} "
+        f"parameters, {fmt_int(report.total_activations)} activation values"
+    )
+    if args.compare_standard:
+        out.print(_pair_table(report))
+    return 0
+
+
+def _layer_table(report: CostReport, args: argparse.Namespace):
+    layers = [
+        layer for layer in report.layers if args.all_layers or layer.macs or layer.params
+        if args.all_layers or layer.kind != "batchnorm"
+    ]
+    title = (
+        f"{args.model} width {args.width_mult:g} at {args.resolution}x{args.resolution}, "
+        f"batch {args.batch_size}"
+    )
+    return table(
+        title,
+        ["layer", "kind", "input", "output", "mult-adds", "params", "activations"],
+        [
+            [
+                layer.name,
+                layer.kind,
+                fmt_shape(layer.input_shape),
+                fmt_shape(layer.output_shape),
+                fmt_int(layer.macs),
+                fmt_int(layer.params),
+                fmt_int(layer.activations),
+            ]
+            for layer in layers
+        ],
+        right=3,
+    )
+
+
+def _pair_table(report: CostReport):
+    rows = [
+        [
+            pair.depthwise.rsplit(".", 2)[0],
+            f"{pair.kernel_size}x{pair.kernel_size}",
+            f"{pair.in_channels}->{pair.out_channels}",
+            fmt_shape(pair.output_hw),
+            fmt_int(pair.depthwise_macs),
+            fmt_int(pair.pointwise_macs),
+            fmt_int(pair.separable_macs),
+            fmt_int(pair.standard_macs),
+            f"{pair.ratio:.4f}",
+            f"{pair.closed_form_ratio:.4f}",
+        ]
+        for pair in report.pairs
+    ]
+    sep = sum(p.separable_macs for p in report.pairs)
+    std = sum(p.standard_macs for p in report.pairs)
+    if report.pairs:
+        rows.append(["all pairs", "", "", "", "", "", fmt_int(sep), fmt_int(std),
+                     f"{sep / std:.4f}", ""])
+    return table(
+        "Depthwise separable pairs against the standard convolution they replace",
+        ["block", "f", "n_c->n_c'", "out", "depthwise", "pointwise", "separable", "standard",
+         "ratio", "1/n_c'+1/f^2"],
+        rows,
+        right=6,
+    )

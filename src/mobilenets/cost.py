@@ -1,0 +1,306 @@
+"""The cost model: what every layer of a network costs, traced from one real forward pass.
+
+Two views that must agree:
+
+* the closed forms of the lecture and the papers, for one layer: a standard f x f convolution
+  costs ``f*f*n_c * n_out^2 * n_c'`` multiplications, a depthwise one ``f*f * n_out^2 * n_c``,
+  a pointwise one ``n_c * n_out^2 * n_c'``; the separable pair costs ``1/n_c' + 1/f^2`` of the
+  standard convolution;
+* :func:`profile_model`, which runs a model once with hooks on every leaf module and records
+  per layer its kind, shapes, mult-adds, parameters and output activation size, then pairs each
+  depthwise layer with the pointwise layer that follows it and prices the standard convolution
+  the pair replaces.
+
+Mult-adds count convolutions and fully connected layers only (BatchNorm, activations, pooling
+and residual additions are left out), which is how both papers count them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from mobilenets.errors import MobileNetError
+
+# ---------------------------------------------------------------------------------------------
+# Closed forms (square inputs and kernels, as in the lecture)
+# ---------------------------------------------------------------------------------------------
+
+
+def conv_output_size(n: int, f: int, padding: int = 0, stride: int = 1) -> int:
+    """Spatial size after an f x f convolution: floor((n + 2p - f) / s) + 1."""
+    return (n + 2 * padding - f) // stride + 1
+
+
+def standard_conv_macs(f: int, n_c: int, n_out: int, n_c_out: int) -> int:
+    """Multiplications of a standard convolution: f*f*n_c per output value, n_out^2*n_c' values."""
+    return f * f * n_c * n_out * n_out * n_c_out
+
+
+def depthwise_conv_macs(f: int, n_c: int, n_out: int) -> int:
+    """Multiplications of a depthwise convolution: f*f per output value, n_out^2*n_c values."""
+    return f * f * n_out * n_out * n_c
+
+
+def pointwise_conv_macs(n_c: int, n_out: int, n_c_out: int) -> int:
+    """Multiplications of a 1x1 convolution: n_c per output value, n_out^2*n_c' values."""
+    return n_c * n_out * n_out * n_c_out
+
+
+def separable_cost_ratio(f: int, n_c_out: int) -> float:
+    """Cost of depthwise + pointwise over the standard convolution: 1/n_c' + 1/f^2."""
+    return 1 / n_c_out + 1 / (f * f)
+
+
+# ---------------------------------------------------------------------------------------------
+# Traced cost model
+# ---------------------------------------------------------------------------------------------
+
+KINDS = (
+    "standard",
+    "depthwise",
+    "pointwise",
+    "grouped",
+    "linear",
+    "batchnorm",
+    "activation",
+    "pool",
+    "other",
+)
+
+
+def layer_kind(module: nn.Module) -> str:
+    """Name what a leaf module is, in the vocabulary of the papers."""
+    if isinstance(module, nn.Conv2d):
+        if module.groups > 1 and module.groups == module.in_channels == module.out_channels:
+            return "depthwise"
+        if module.groups > 1:
+            return "grouped"
+        if module.kernel_size == (1, 1):
+            return "pointwise"
+        return "standard"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return "batchnorm"
+    if isinstance(module, nn.ReLU | nn.ReLU6 | nn.Hardswish | nn.SiLU | nn.GELU | nn.Sigmoid):
+        return "activation"
+    if isinstance(module, nn.modules.pooling._AdaptiveAvgPoolNd | nn.modules.pooling._AvgPoolNd):
+        return "pool"
+    if isinstance(module, nn.modules.pooling._MaxPoolNd | nn.modules.pooling._AdaptiveMaxPoolNd):
+        return "pool"
+    return "other"
+
+
+def _layer_macs(module: nn.Module, out: torch.Tensor) -> int:
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return out.numel() * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.Linear):
+        return out.numel() * module.in_features
+    return 0
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One leaf module's share of the cost, for one forward pass at the traced batch size."""
+
+    name: str
+    kind: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    macs: int
+    params: int
+    activations: int  # elements in the layer's output
+
+
+@dataclass(frozen=True)
+class SeparablePair:
+    """A depthwise layer and the pointwise layer after it, priced against a standard conv."""
+
+    depthwise: str
+    pointwise: str
+    kernel_size: int
+    in_channels: int
+    out_channels: int
+    output_hw: tuple[int, int]
+    depthwise_macs: int
+    pointwise_macs: int
+    standard_macs: int  # a standard kxk conv with the depthwise input and the pointwise output
+
+    @property
+    def separable_macs(self) -> int:
+        return self.depthwise_macs + self.pointwise_macs
+
+    @property
+    def ratio(self) -> float:
+        """Measured from the traced layers; equals 1/n_c' + 1/f^2 for square kernels."""
+        return self.separable_macs / self.standard_macs
+
+    @property
+    def closed_form_ratio(self) -> float:
+        return separable_cost_ratio(self.kernel_size, self.out_channels)
+
+
+@dataclass
+class CostReport:
+    """The per-layer rows of one traced forward pass and their totals."""
+
+    input_shape: tuple[int, ...]
+    layers: list[LayerCost]
+    pairs: list[SeparablePair] = field(default_factory=list)
+    total_params: int = 0
+
+    @property
+    def total_macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def total_activations(self) -> int:
+        return sum(layer.activations for layer in self.layers)
+
+    def macs_by_kind(self) -> dict[str, int]:
+        """Mult-adds summed per layer kind: where the network spends its compute."""
+        out: dict[str, int] = {}
+        for layer in self.layers:
+            if layer.macs:
+                out[layer.kind] = out.get(layer.kind, 0) + layer.macs
+        return out
+
+    def to_dict(self) -> dict:
+        """A JSON-ready form, with the derived totals and ratios spelled out."""
+        return {
+            "input_shape": list(self.input_shape),
+            "total_macs": self.total_macs,
+            "total_params": self.total_params,
+            "total_activations": self.total_activations,
+            "macs_by_kind": self.macs_by_kind(),
+            "layers": [
+                {**asdict(layer), "input_shape": list(layer.input_shape),
+                 "output_shape": list(layer.output_shape)}
+                for layer in self.layers
+            ],
+            "separable_pairs": [
+                {
+                    **asdict(pair),
+                    "output_hw": list(pair.output_hw),
+                    "separable_macs": pair.separable_macs,
+                    "ratio": pair.ratio,
+                    "closed_form_ratio": pair.closed_form_ratio,
+                }
+                for pair in self.pairs
+            ],
+        }
+
+
+def count_params(model: nn.Module) -> int:
+    """All parameters of a model (BatchNorm's affine ones included, buffers not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _input_channels(model: nn.Module) -> int:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    raise MobileNetError("the model has no convolution, so its input shape cannot be inferred")
+
+
+def _find_pairs(layers: list[LayerCost], modules: dict[str, nn.Module]) -> list[SeparablePair]:
+    """Pair each depthwise conv with the next conv in execution order when it is pointwise."""
+    convs = [layer for layer in layers if isinstance(modules.get(layer.name), nn.Conv2d)]
+    pairs = []
+    for dw, pw in zip(convs, convs[1:], strict=False):
+        if dw.kind != "depthwise" or pw.kind != "pointwise":
+            continue
+        if pw.input_shape[1] != dw.output_shape[1]:
+            continue
+        dw_mod = modules[dw.name]
+        k = dw_mod.kernel_size[0]
+        n_c, n_c_out = dw.input_shape[1], pw.output_shape[1]
+        h, w = pw.output_shape[2], pw.output_shape[3]
+        batch = pw.output_shape[0]
+        pairs.append(
+            SeparablePair(
+                depthwise=dw.name,
+                pointwise=pw.name,
+                kernel_size=k,
+                in_channels=n_c,
+                out_channels=n_c_out,
+                output_hw=(h, w),
+                depthwise_macs=dw.macs,
+                pointwise_macs=pw.macs,
+                standard_macs=batch * k * dw_mod.kernel_size[1] * n_c * h * w * n_c_out,
+            )
+        )
+    return pairs
+
+
+def profile_model(
+    model: nn.Module,
+    resolution: int | tuple[int, int] = 224,
+    batch_size: int = 1,
+    in_chans: int | None = None,
+) -> CostReport:
+    """Trace one forward pass of ``model`` and return the cost of every leaf layer.
+
+    The model runs in eval mode under ``torch.no_grad`` on a zero input and is put back in the
+    mode it was in. Only leaf modules get rows; parameters are counted for the whole model.
+    """
+    if not isinstance(model, nn.Module):
+        raise MobileNetError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
+    if hasattr(model, "stride"):
+        from mobilenets.models import check_resolution
+
+        for size in (h, w):
+            check_resolution(model, size)
+    if batch_size < 1:
+        raise MobileNetError(f"batch size must be a positive integer, got {batch_size}")
+    in_chans = _input_channels(model) if in_chans is None else in_chans
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.zeros(batch_size, in_chans, h, w, device=device)
+
+    layers: list[LayerCost] = []
+    modules: dict[str, nn.Module] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if not isinstance(output, torch.Tensor):
+                return
+            first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else output
+            layers.append(
+                LayerCost(
+                    name=name,
+                    kind=layer_kind(module),
+                    input_shape=tuple(first.shape),
+                    output_shape=tuple(output.shape),
+                    macs=_layer_macs(module, output),
+                    params=sum(p.numel() for p in module.parameters(recurse=False)),
+                    activations=output.numel(),
+                )
+            )
+
+        return record
+
+    handles = []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is None:
+            modules[name] = module
+            handles.append(module.register_forward_hook(hook(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return CostReport(
+        input_shape=tuple(x.shape),
+        layers=layers,
+        pairs=_find_pairs(layers, modules),
+        total_params=count_params(model),
+    )

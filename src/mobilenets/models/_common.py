@@ -1,0 +1,74 @@
+"""What MobileNetV1 and V2 share: argument checks, the classifier head and weight init."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections import OrderedDict
+
+from torch import nn
+
+from mobilenets.errors import MobileNetError
+
+
+def check_model_args(num_classes: int, width_mult: float, dropout: float, in_chans: int) -> None:
+    """Reject constructor arguments that would build a broken model, with one clear line."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise MobileNetError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if num_classes < 1:
+        raise MobileNetError(f"num_classes must be a positive integer, got {num_classes}")
+    if isinstance(width_mult, bool) or not isinstance(width_mult, numbers.Real):
+        raise MobileNetError(f"width_mult must be a positive number, got {width_mult!r}")
+    if not math.isfinite(width_mult) or width_mult <= 0:
+        raise MobileNetError(f"width_mult must be a positive number, got {width_mult}")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        raise MobileNetError(f"dropout must be in [0, 1), got {dropout!r}")
+    if isinstance(in_chans, bool) or not isinstance(in_chans, numbers.Integral) or in_chans < 1:
+        raise MobileNetError(f"in_chans must be a positive integer, got {in_chans!r}")
+
+
+def check_resolution(model: nn.Module, resolution: int) -> None:
+    """Refuse inputs smaller than the network's total stride.
+
+    A 3x3 stride-2 convolution with padding 1 rounds odd sizes up, so any size survives
+    arithmetically; but below the total stride (32, or 8 with ``small_input``) the last feature
+    map is computed mostly from zero padding and the result is meaningless.
+    """
+    stride = getattr(model, "stride", 32)
+    if isinstance(resolution, bool) or not isinstance(resolution, numbers.Integral):
+        raise MobileNetError(f"resolution must be an integer number of pixels, got {resolution!r}")
+    if resolution < stride:
+        raise MobileNetError(
+            f"resolution {resolution} is too small for this network: it downsamples by "
+            f"{stride}, so the input must be at least {stride}x{stride}"
+        )
+
+
+def classifier(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """Global average pooling -> dropout -> fully connected; softmax lives in the loss."""
+    return nn.Sequential(
+        OrderedDict(
+            pool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(1),
+            dropout=nn.Dropout(dropout),
+            fc=nn.Linear(in_features, num_classes),
+        )
+    )
+
+
+def init_weights(model: nn.Module) -> None:
+    """Initialise as the reference implementations do, so training recipes carry over.
+
+    Kaiming-normal (fan_out) for convolutions, BatchNorm to identity, linear layers N(0, 0.01).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
