@@ -17,6 +17,7 @@ and residual additions are left out), which is how both papers count them.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -178,8 +179,11 @@ class CostReport:
             "total_activations": self.total_activations,
             "macs_by_kind": self.macs_by_kind(),
             "layers": [
-                {**asdict(layer), "input_shape": list(layer.input_shape),
-                 "output_shape": list(layer.output_shape)}
+                {
+                    **asdict(layer),
+                    "input_shape": list(layer.input_shape),
+                    "output_shape": list(layer.output_shape),
+                }
                 for layer in self.layers
             ],
             "separable_pairs": [
@@ -211,7 +215,7 @@ def _find_pairs(layers: list[LayerCost], modules: dict[str, nn.Module]) -> list[
     """Pair each depthwise conv with the next conv in execution order when it is pointwise."""
     convs = [layer for layer in layers if isinstance(modules.get(layer.name), nn.Conv2d)]
     pairs = []
-    for dw, pw in zip(convs, convs[1:], strict=False):
+    for dw, pw in itertools.pairwise(convs):
         if dw.kind != "depthwise" or pw.kind != "pointwise":
             continue
         if pw.input_shape[1] != dw.output_shape[1]:

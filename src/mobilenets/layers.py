@@ -192,9 +192,7 @@ class InvertedResidual(nn.Module):
         self.use_residual = stride == 1 and in_channels == out_channels
 
         self.expand = (
-            ConvBNAct(in_channels, hidden, 1, activation=activation)
-            if expand_ratio != 1
-            else None
+            ConvBNAct(in_channels, hidden, 1, activation=activation) if expand_ratio != 1 else None
         )
         self.depthwise = ConvBNAct(
             hidden, hidden, kernel_size, stride, groups=hidden, activation=activation

@@ -12,10 +12,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-from mobilenets.checkpoint import atomic_path  # noqa: E402
+from mobilenets.checkpoint import atomic_path
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 120) -> None:

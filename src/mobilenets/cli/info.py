@@ -77,7 +77,9 @@ def run_cost(args: argparse.Namespace) -> int:
 
 def _layer_table(report: CostReport, args: argparse.Namespace):
     layers = [
-        layer for layer in report.layers if args.all_layers or layer.macs or layer.params
+        layer
+        for layer in report.layers
+        if args.all_layers or layer.macs or layer.params
         if args.all_layers or layer.kind != "batchnorm"
     ]
     title = (
@@ -122,12 +124,23 @@ def _pair_table(report: CostReport):
     sep = sum(p.separable_macs for p in report.pairs)
     std = sum(p.standard_macs for p in report.pairs)
     if report.pairs:
-        rows.append(["all pairs", "", "", "", "", "", fmt_int(sep), fmt_int(std),
-                     f"{sep / std:.4f}", ""])
+        rows.append(
+            ["all pairs", "", "", "", "", "", fmt_int(sep), fmt_int(std), f"{sep / std:.4f}", ""]
+        )
     return table(
         "Depthwise separable pairs against the standard convolution they replace",
-        ["block", "f", "n_c->n_c'", "out", "depthwise", "pointwise", "separable", "standard",
-         "ratio", "1/n_c'+1/f^2"],
+        [
+            "block",
+            "f",
+            "n_c->n_c'",
+            "out",
+            "depthwise",
+            "pointwise",
+            "separable",
+            "standard",
+            "ratio",
+            "1/n_c'+1/f^2",
+        ],
         rows,
         right=6,
     )
