@@ -255,7 +255,7 @@ def profile_model(
     if not isinstance(model, nn.Module):
         raise MobileNetError(f"expected a torch.nn.Module, got {type(model).__name__}")
     h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
-    if hasattr(model, "stride"):
+    if isinstance(getattr(model, "stride", None), int):  # our networks know their total stride
         from mobilenets.models import check_resolution
 
         for size in (h, w):
