@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
 from mobilenets.errors import MobileNetError
+from mobilenets.features import FeatureExtractor
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -37,8 +38,19 @@ def get_model_factory(name: str) -> ModelFactory:
     return _REGISTRY[name]
 
 
-def create_model(name: str, **kwargs: object) -> nn.Module:
-    """Build the model registered as ``name`` with constructor keywords ``kwargs``."""
+def create_model(
+    name: str,
+    *,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    **kwargs: object,
+) -> nn.Module:
+    """Build the model registered as ``name`` with constructor keywords ``kwargs``.
+
+    With ``features_only`` the result is a :class:`~mobilenets.features.FeatureExtractor` over
+    the model's trunk, returning the feature maps of the levels in ``out_indices`` (default:
+    all), for detection and segmentation heads.
+    """
     factory = get_model_factory(name)
     accepted = inspect.signature(factory).parameters
     unknown = sorted(set(kwargs) - set(accepted))
@@ -46,4 +58,7 @@ def create_model(name: str, **kwargs: object) -> nn.Module:
         raise MobileNetError(
             f"{name} does not take {', '.join(unknown)}; it takes {', '.join(accepted)}"
         )
-    return factory(**kwargs)
+    if out_indices is not None and not features_only:
+        raise MobileNetError("out_indices is only used with features_only=True")
+    model = factory(**kwargs)
+    return FeatureExtractor(model, out_indices) if features_only else model

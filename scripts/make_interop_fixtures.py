@@ -1,0 +1,220 @@
+"""Make the torchvision and timm fixtures that tests/test_hub.py checks our import against.
+
+Not part of the package and not run by CI: it needs torchvision and timm, which the project does
+not depend on (torchvision does not import beside the CPU torch build we use). The fixtures were
+made once, in a separate virtual environment, with::
+
+    python3 -m venv /tmp/srcvenv
+    /tmp/srcvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm==1.0.31
+    /tmp/srcvenv/bin/python scripts/make_interop_fixtures.py
+
+For each source model it writes, into tests/fixtures/interop/:
+
+    <name>.pth or <name>.safetensors   the source library's state dict, as a user would hold it
+    <name>.io.safetensors              fixed random inputs ("inputs") and the source model's
+                                       eval-mode outputs on them ("logits")
+    state_dict_shapes.json             tensor names and shapes of the full-size ImageNet models
+
+The models are randomly initialised, not pretrained (nothing here downloads), but every
+BatchNorm gets random affine parameters and measured running statistics, and the classifier a
+weight large enough for logits of order one: with the libraries' default init (running mean 0,
+variance 1, classifier N(0, 0.01)) a BN tensor mapped to the wrong place, or dropped, would
+change the logits by less than the 1e-5 the test allows. BN scales of 1 to 3 and shifts around
+1 push many activations past 6, so ReLU6 clips and a ReLU model gives other logits (timm's
+MobileNetV1 uses ReLU6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import timm
+import torch
+import torchvision
+from safetensors.torch import save_file
+from timm.models.efficientnet import _gen_mobilenet_v1
+from torch import nn
+
+OUT_DIR = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "interop"
+NUM_CLASSES = 10
+INPUT_SHAPE = (2, 3, 96, 96)
+
+
+def randomise(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Random BatchNorm affine parameters and statistics, and a unit-scale classifier.
+
+    The running statistics are measured on a random batch (as a real training run's would be),
+    so every layer passes on values of order one; statistics drawn at random instead would let
+    the signal grow layer after layer until float rounding alone exceeded the test's 1e-5.
+    """
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.empty(n).uniform_(1.0, 3.0, generator=generator))
+                m.bias.copy_(torch.randn(n, generator=generator) + 1.0)
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the calibration batch
+            elif isinstance(m, nn.Linear):
+                bound = 1 / math.sqrt(m.in_features)
+                m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * bound)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=generator) * 0.1)
+        model.train()(torch.randn(32, *INPUT_SHAPE[1:], generator=generator))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 0.1
+                m.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=generator)))
+    return model.eval()
+
+
+# Fixture name -> (the source model's constructor, file suffix). One .safetensors, to test both
+# readers. Models are built after seeding, so every run makes the same fixtures (up to float
+# rounding in the threaded calibration pass).
+SOURCE_MODELS = {
+    # torchvision's MobileNetV2; the reference for the 0.35 width is the V2 paper's Table 6.
+    "torchvision_mobilenet_v2_035": (
+        lambda: torchvision.models.mobilenet_v2(width_mult=0.35, num_classes=NUM_CLASSES),
+        ".pth",
+    ),
+    "timm_mobilenetv2_035": (
+        lambda: timm.create_model("mobilenetv2_035", num_classes=NUM_CLASSES),
+        ".safetensors",
+    ),
+    # timm registers MobileNetV1 only at widths 1.0 and 1.25 ("mobilenetv1_100",
+    # "mobilenetv1_125"); its generator builds the same architecture at 0.25.
+    "timm_mobilenetv1_025": (
+        lambda: _gen_mobilenet_v1("mobilenetv1_100", 0.25, num_classes=NUM_CLASSES),
+        ".pth",
+    ),
+}
+
+
+# The ImageNet models users hold weights for (1000 classes). Only the names and shapes of their
+# state dicts are kept, a few kB each: enough to check that the name tables cover the full-size
+# networks exactly, and that the variants we do not build are refused.
+# name -> (source library model, our model, width_mult, whether it should import)
+REFERENCE_ARCHITECTURES = {
+    "torchvision mobilenet_v2": (
+        lambda: torchvision.models.mobilenet_v2(),
+        "torchvision",
+        "mobilenet_v2",
+        1.0,
+        True,
+    ),
+    "timm mobilenetv2_050": (
+        lambda: timm.create_model("mobilenetv2_050"),
+        "timm",
+        "mobilenet_v2",
+        0.5,
+        True,
+    ),
+    "timm mobilenetv2_100": (
+        lambda: timm.create_model("mobilenetv2_100"),
+        "timm",
+        "mobilenet_v2",
+        1.0,
+        True,
+    ),
+    "timm mobilenetv2_140": (
+        lambda: timm.create_model("mobilenetv2_140"),
+        "timm",
+        "mobilenet_v2",
+        1.4,
+        True,
+    ),
+    "timm mobilenetv1_100": (
+        lambda: timm.create_model("mobilenetv1_100"),
+        "timm",
+        "mobilenet_v1",
+        1.0,
+        True,
+    ),
+    "timm mobilenetv1_125": (
+        lambda: timm.create_model("mobilenetv1_125"),
+        "timm",
+        "mobilenet_v1",
+        1.25,
+        True,
+    ),
+    # A 1x1 head convolution after the last block, which MobileNetV1 does not have.
+    "timm mobilenetv1_100h": (
+        lambda: timm.create_model("mobilenetv1_100h"),
+        "timm",
+        "mobilenet_v1",
+        1.0,
+        False,
+    ),
+    # Deeper stages (depth multiplier 1.1), not the V2 of the paper.
+    "timm mobilenetv2_110d": (
+        lambda: timm.create_model("mobilenetv2_110d"),
+        "timm",
+        "mobilenet_v2",
+        1.1,
+        False,
+    ),
+}
+
+
+def write_shapes(path: Path) -> None:
+    """One line per reference model: its source, our model, width, and tensor shapes."""
+    lines = []
+    for name, (build, source, model, width, importable) in REFERENCE_ARCHITECTURES.items():
+        shapes = {k: list(v.shape) for k, v in build().state_dict().items()}
+        entry = {
+            "source": source,
+            "model": model,
+            "width_mult": width,
+            "importable": importable,
+            "shapes": shapes,
+        }
+        lines.append(f"  {json.dumps(name)}: {json.dumps(entry)}")
+    path.write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")
+    print(f"{path.name}: {len(lines)} architectures, {path.stat().st_size:,} bytes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT_DIR, help="fixture directory")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}"
+    )
+
+    for i, (name, (build, suffix)) in enumerate(SOURCE_MODELS.items()):
+        generator = torch.Generator().manual_seed(args.seed + i)
+        torch.manual_seed(args.seed + i)  # the libraries' own weight init
+        model = randomise(build(), generator)
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        weights = args.out / f"{name}{suffix}"
+        if suffix == ".safetensors":
+            save_file(state, str(weights))
+        else:
+            torch.save(state, weights)
+        inputs = torch.randn(INPUT_SHAPE, generator=generator)
+        with torch.no_grad():
+            logits = model(inputs)
+        metadata = {
+            "source": name,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "timm": timm.__version__,
+        }
+        save_file(
+            {"inputs": inputs, "logits": logits.contiguous()},
+            str(args.out / f"{name}.io.safetensors"),
+            metadata=metadata,
+        )
+        print(
+            f"{weights.name}: {len(state)} tensors, {weights.stat().st_size:,} bytes; "
+            f"logits std {logits.std():.3f}"
+        )
+    write_shapes(args.out / "state_dict_shapes.json")
+
+
+if __name__ == "__main__":
+    main()
