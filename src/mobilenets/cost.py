@@ -13,17 +13,27 @@ Two views that must agree:
 
 Mult-adds count convolutions and fully connected layers only (BatchNorm, activations, pooling
 and residual additions are left out), which is how both papers count them.
+
+Activation memory is the third cost. While a layer runs, PyTorch keeps alive its input, its
+output, and the input of every module call that encloses it (a call holds its argument until it
+returns): the network input, the block input that a residual block keeps for its add, the
+input of the conv-BN-activation unit. The trace records that set for every layer (in-place
+activations share their input's storage and are counted once) and for every block, including
+the residual add; its maximum is the network's peak activation memory at the traced batch
+size and resolution, in bytes for fp32, fp16 or int8 activations.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from mobilenets.errors import MobileNetError
+from mobilenets.layers import InvertedResidual
 
 # ---------------------------------------------------------------------------------------------
 # Closed forms (square inputs and kernels, as in the lecture)
@@ -115,6 +125,37 @@ class LayerCost:
     macs: int
     params: int
     activations: int  # elements in the layer's output
+    live_activations: int = 0  # elements alive at once while the layer runs (see module doc)
+
+    def live_bytes(self, dtype: str = "fp32") -> int:
+        return self.live_activations * bytes_per_element(dtype)
+
+
+@dataclass(frozen=True)
+class BlockMemory:
+    """A block's (e.g. one bottleneck's) activation footprint during inference.
+
+    ``live_activations`` is the most that is alive at once anywhere inside the block: its
+    layers, and the residual add, where the kept input, the projection and the sum coexist.
+    """
+
+    name: str
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    live_activations: int
+
+    def live_bytes(self, dtype: str = "fp32") -> int:
+        return self.live_activations * bytes_per_element(dtype)
+
+
+BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+def bytes_per_element(dtype: str) -> int:
+    """Storage of one activation value for the deployment dtypes the cost model knows."""
+    if dtype not in BYTES_PER_ELEMENT:
+        raise MobileNetError(f"unknown dtype {dtype!r}; known: {', '.join(BYTES_PER_ELEMENT)}")
+    return BYTES_PER_ELEMENT[dtype]
 
 
 @dataclass(frozen=True)
@@ -153,6 +194,7 @@ class CostReport:
     layers: list[LayerCost]
     pairs: list[SeparablePair] = field(default_factory=list)
     total_params: int = 0
+    blocks: list[BlockMemory] = field(default_factory=list)
 
     @property
     def total_macs(self) -> int:
@@ -161,6 +203,16 @@ class CostReport:
     @property
     def total_activations(self) -> int:
         return sum(layer.activations for layer in self.layers)
+
+    @property
+    def peak_activations(self) -> int:
+        """Most activation values alive at once in one inference pass, at the traced batch."""
+        lives = [r.live_activations for r in itertools.chain(self.layers, self.blocks)]
+        return max(lives, default=0)
+
+    def peak_activation_bytes(self, dtype: str = "fp32") -> int:
+        """Peak activation memory of one inference pass with ``dtype`` activations."""
+        return self.peak_activations * bytes_per_element(dtype)
 
     def macs_by_kind(self) -> dict[str, int]:
         """Mult-adds summed per layer kind: where the network spends its compute."""
@@ -177,6 +229,10 @@ class CostReport:
             "total_macs": self.total_macs,
             "total_params": self.total_params,
             "total_activations": self.total_activations,
+            "peak_activations": self.peak_activations,
+            "peak_activation_bytes": {
+                dtype: self.peak_activation_bytes(dtype) for dtype in BYTES_PER_ELEMENT
+            },
             "macs_by_kind": self.macs_by_kind(),
             "layers": [
                 {
@@ -195,6 +251,14 @@ class CostReport:
                     "closed_form_ratio": pair.closed_form_ratio,
                 }
                 for pair in self.pairs
+            ],
+            "blocks": [
+                {
+                    **asdict(block),
+                    "input_shape": list(block.input_shape),
+                    "output_shape": list(block.output_shape),
+                }
+                for block in self.blocks
             ],
         }
 
@@ -241,6 +305,54 @@ def _find_pairs(layers: list[LayerCost], modules: dict[str, nn.Module]) -> list[
     return pairs
 
 
+class _LiveTensors:
+    """The tensors each running module call holds, to price what is alive at each moment.
+
+    A stack of call frames, pushed by forward pre-hooks and popped by forward hooks: each frame
+    holds the call's input and, once seen, the last output produced inside it (the value a
+    block's own code holds, e.g. the projection before the residual add).
+    """
+
+    def __init__(self) -> None:
+        self.frames: list[list[torch.Tensor | None]] = []
+
+    def enter(self, inputs: tuple) -> None:
+        first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+        self.frames.append([first, None])
+
+    def exit(self, output: object) -> int:
+        """Leave the innermost call; return the activation values alive as it returns."""
+        tensor = output if isinstance(output, torch.Tensor) else None
+        alive = self._count(itertools.chain(*self.frames, [tensor]))
+        self.frames.pop()
+        if self.frames and tensor is not None:
+            self.frames[-1][1] = tensor
+        return alive
+
+    @staticmethod
+    def _count(tensors: Iterable[torch.Tensor | None]) -> int:
+        """Elements of the distinct storages among ``tensors`` (views and in-place share one)."""
+        storages: dict[int, int] = {}
+        for t in tensors:
+            if t is not None:
+                storage = t.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes() // t.element_size()
+        return sum(storages.values())
+
+
+def _block_names(model: nn.Module) -> set[str]:
+    """The modules whose footprint is reported as a block: the trunk's stages.
+
+    The children of ``model.features`` when the model has that trunk (every model here),
+    otherwise the model's direct children.
+    """
+    trunk = getattr(model, "features", None)
+    if isinstance(trunk, nn.Module):
+        prefix = next(name for name, m in model.named_modules() if m is trunk)
+        return {f"{prefix}.{name}" for name, _ in trunk.named_children()}
+    return {name for name, _ in model.named_children()}
+
+
 def profile_model(
     model: nn.Module,
     resolution: int | tuple[int, int] = 224,
@@ -251,6 +363,8 @@ def profile_model(
 
     The model runs in eval mode under ``torch.no_grad`` on a zero input and is put back in the
     mode it was in. Only leaf modules get rows; parameters are counted for the whole model.
+    Bottlenecks set to split inference are traced whole (the mult-adds are the same; the split
+    computation is not made of module calls a hook could see).
     """
     if not isinstance(model, nn.Module):
         raise MobileNetError(f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -267,10 +381,36 @@ def profile_model(
     x = torch.zeros(batch_size, in_chans, h, w, device=device)
 
     layers: list[LayerCost] = []
+    blocks: list[BlockMemory] = []
     modules: dict[str, nn.Module] = {}
+    live = _LiveTensors()
+    block_names = _block_names(model)
+    block_peak: dict[str, int] = {}
+
+    def enter(module: nn.Module, inputs: tuple) -> None:
+        live.enter(inputs)
+
+    def exit_and_note(name: str, output: object) -> int:
+        alive = live.exit(output)
+        for block in block_names:
+            if name == block or name.startswith(block + "."):
+                block_peak[block] = max(block_peak.get(block, 0), alive)
+        return alive
+
+    def leave(name: str):
+        def record(module: nn.Module, inputs: tuple, output: object) -> None:
+            exit_and_note(name, output)
+            if name in block_names and isinstance(output, torch.Tensor):
+                first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else output
+                blocks.append(
+                    BlockMemory(name, tuple(first.shape), tuple(output.shape), block_peak[name])
+                )
+
+        return record
 
     def hook(name: str):
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            alive = exit_and_note(name, output)
             if not isinstance(output, torch.Tensor):
                 return
             first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else output
@@ -283,6 +423,7 @@ def profile_model(
                     macs=_layer_macs(module, output),
                     params=sum(p.numel() for p in module.parameters(recurse=False)),
                     activations=output.numel(),
+                    live_activations=alive,
                 )
             )
 
@@ -290,16 +431,22 @@ def profile_model(
 
     handles = []
     for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(enter))
         if next(module.children(), None) is None:
             modules[name] = module
             handles.append(module.register_forward_hook(hook(name)))
+        else:
+            handles.append(module.register_forward_hook(leave(name)))
     was_training = model.training
+    splits = _unsplit(model)
     try:
         model.eval()
         with torch.no_grad():
             model(x)
     finally:
         model.train(was_training)
+        for block, k in splits:
+            block.split = k
         for handle in handles:
             handle.remove()
     return CostReport(
@@ -307,4 +454,13 @@ def profile_model(
         layers=layers,
         pairs=_find_pairs(layers, modules),
         total_params=count_params(model),
+        blocks=blocks,
     )
+
+
+def _unsplit(model: nn.Module) -> list[tuple[nn.Module, int]]:
+    """Set split bottlenecks to whole inference for the trace; return what to restore."""
+    splits = [(m, m.split) for m in model.modules() if isinstance(m, InvertedResidual)]
+    for block, _ in splits:
+        block.split = 1
+    return splits

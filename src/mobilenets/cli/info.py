@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from mobilenets.cli._output import console, fmt_int, fmt_shape, print_json, table
-from mobilenets.cost import CostReport, profile_model
+from mobilenets.cost import BYTES_PER_ELEMENT, CostReport, profile_model
 from mobilenets.models import create_model, list_models
+from mobilenets.plots import layer_cost_figure, save_figure
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--compare-standard",
         action="store_true",
         help="price each depthwise separable pair against a standard convolution",
+    )
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw per-layer mult-adds, parameters and activation memory to this PNG",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run_cost)
@@ -52,13 +58,19 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_cost(args: argparse.Namespace) -> int:
+    # small_input only when asked for: not every registered model (vgg_small) takes it.
+    extra = {"small_input": True} if args.small_input else {}
     model = create_model(
-        args.model,
-        width_mult=args.width_mult,
-        num_classes=args.num_classes,
-        small_input=args.small_input,
+        args.model, width_mult=args.width_mult, num_classes=args.num_classes, **extra
     )
     report = profile_model(model, args.resolution, batch_size=args.batch_size)
+    if args.plot:
+        title = (
+            f"{args.model} width {args.width_mult:g} at {args.resolution}x{args.resolution}, "
+            f"batch {args.batch_size}: {report.total_macs / 1e6:,.1f}M mult-adds, "
+            f"{report.total_params / 1e6:.2f}M parameters"
+        )
+        save_figure(layer_cost_figure(report, title), args.plot)
     if args.json:
         data = report.to_dict()
         data.update(model=args.model, width_mult=args.width_mult, resolution=args.resolution)
@@ -70,6 +82,16 @@ def run_cost(args: argparse.Namespace) -> int:
         f"total: {fmt_int(report.total_macs)} mult-adds, {fmt_int(report.total_params)} "
         f"parameters, {fmt_int(report.total_activations)} activation values"
     )
+    out.print(
+        "peak activation memory in inference: "
+        + ", ".join(
+            f"{report.peak_activation_bytes(dtype) / 2**20:,.2f} MiB {dtype}"
+            for dtype in BYTES_PER_ELEMENT
+        )
+        + f" ({fmt_int(report.peak_activations)} values alive at once)"
+    )
+    if args.plot:
+        out.print(f"written: {args.plot}")
     if args.compare_standard:
         out.print(_pair_table(report))
     return 0
@@ -88,7 +110,7 @@ def _layer_table(report: CostReport, args: argparse.Namespace):
     )
     return table(
         title,
-        ["layer", "kind", "input", "output", "mult-adds", "params", "activations"],
+        ["layer", "kind", "input", "output", "mult-adds", "params", "activations", "alive at once"],
         [
             [
                 layer.name,
@@ -98,10 +120,11 @@ def _layer_table(report: CostReport, args: argparse.Namespace):
                 fmt_int(layer.macs),
                 fmt_int(layer.params),
                 fmt_int(layer.activations),
+                fmt_int(layer.live_activations),
             ]
             for layer in layers
         ],
-        right=3,
+        right=4,
     )
 
 

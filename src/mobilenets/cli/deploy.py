@@ -1,0 +1,201 @@
+"""``mobilenets export``, ``quantize`` and ``bench``: from a run directory to a timed ONNX file."""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import nullcontext
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from mobilenets.bench import BenchReport, benchmark
+from mobilenets.cli._output import console, print_json, table
+from mobilenets.deploy.onnx_export import DEFAULT_OPSET, export_onnx
+from mobilenets.deploy.quantize import (
+    CALIBRATORS,
+    DEFAULT_CALIBRATION,
+    FORMATS,
+    QuantizeResult,
+    quantize_onnx,
+)
+from mobilenets.deploy.runtime import DEFAULT_PROVIDER
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a run to ONNX (BN folded), checked in onnxruntime against PyTorch",
+    )
+    p.add_argument("run_dir", help="a run directory (model.safetensors + model.json)")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="output format")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default 18)")
+    p.add_argument("--out", help="output file (default RUN_DIR/model.onnx)")
+    _add_data_and_provider(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a line")
+    p.set_defaults(func=run_export)
+
+    p = subparsers.add_parser(
+        "quantize",
+        help="static int8 quantization calibrated on training images; fp32 vs int8 top-1",
+    )
+    p.add_argument("source", help="a run directory or an ONNX file written by `export`")
+    p.add_argument(
+        "--calibration",
+        type=int,
+        default=DEFAULT_CALIBRATION,
+        metavar="N",
+        help=f"training images to calibrate on (default {DEFAULT_CALIBRATION})",
+    )
+    p.add_argument("--out", help="output file (default <fp32 file>.int8.onnx)")
+    p.add_argument(
+        "--per-tensor",
+        action="store_true",
+        help="one weight scale per tensor instead of per output channel",
+    )
+    p.add_argument(
+        "--fp32-depthwise", action="store_true", help="leave depthwise convolutions in fp32"
+    )
+    p.add_argument("--quant-format", choices=list(FORMATS), default="qdq", help="ONNX encoding")
+    p.add_argument(
+        "--calibrate-method", choices=list(CALIBRATORS), default="minmax", help="range estimate"
+    )
+    _add_data_and_provider(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_quantize)
+
+    p = subparsers.add_parser(
+        "bench",
+        help="latency of PyTorch eager, BN folded, onnxruntime fp32 and int8, side by side",
+    )
+    p.add_argument("source", help="a model name, a run directory or an ONNX file")
+    p.add_argument("--resolution", type=int, help="input size (default: the run's, or 224)")
+    p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    p.add_argument("--width-mult", type=float, default=1.0, help="for a model name")
+    p.add_argument("--iterations", type=int, default=100, help="timed calls per engine")
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls per engine first")
+    p.add_argument("--provider", default=DEFAULT_PROVIDER, help="onnxruntime execution provider")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_bench)
+
+
+def _add_data_and_provider(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="the run's data, if it moved (default: as the run records)")
+    p.add_argument("--provider", default=DEFAULT_PROVIDER, help="onnxruntime execution provider")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    result = export_onnx(
+        args.run_dir, args.out, opset=args.opset, data=args.data, provider=args.provider
+    )
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    console().print(
+        f"wrote {result.path} ({result.size_bytes / 2**20:.2f} MiB, opset {result.opset}, "
+        f"BN folded); onnxruntime matches PyTorch on {result.images_checked} held-out images "
+        f"to {result.max_rel_error:.1e} (relative)"
+    )
+    return 0
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    quiet = args.quiet or args.json
+    bar = (
+        nullcontext(None)
+        if quiet
+        else Progress(
+            TextColumn("calibrating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+    )
+    with bar as progress:
+        task = None if progress is None else progress.add_task("", total=args.calibration)
+        result = quantize_onnx(
+            args.source,
+            calibration=args.calibration,
+            out=args.out,
+            data=args.data,
+            per_channel=not args.per_tensor,
+            quant_format=args.quant_format,
+            fp32_depthwise=args.fp32_depthwise,
+            calibrate_method=args.calibrate_method,
+            provider=args.provider,
+            on_batch=None if progress is None else lambda n: progress.advance(task, n),
+        )
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    console().print(_quantize_table(result))
+    return 0
+
+
+def _quantize_table(r: QuantizeResult):
+    change = 100 * (r.int8_top1 - r.fp32_top1)  # not -top1_drop: no "-0.00" when equal
+    return table(
+        f"int8 ({r.quant_format}, weights {'per channel' if r.per_channel else 'per tensor'}"
+        f"{', depthwise fp32' if r.fp32_depthwise else ''}), calibrated on "
+        f"{r.calibration_images} training images; top-1 on {r.test_images} held-out images",
+        ["model", "file", "size", "top-1"],
+        [
+            ["fp32", str(r.fp32_path), f"{r.fp32_bytes / 2**20:.2f} MiB", f"{r.fp32_top1:.2%}"],
+            ["int8", str(r.path), f"{r.int8_bytes / 2**20:.2f} MiB", f"{r.int8_top1:.2%}"],
+            ["", "", f"{r.size_ratio:.2f}x smaller", f"{change:+.2f} points"],
+        ],
+        right=2,
+    )
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    report = benchmark(
+        args.source,
+        resolution=args.resolution,
+        batch=args.batch,
+        threads=args.threads,
+        width_mult=args.width_mult,
+        warmup=args.warmup,
+        iterations=args.iterations,
+        provider=args.provider,
+    )
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    out = console()
+    out.print(bench_table(report))
+    out.print(bench_summary(report))
+    return 0
+
+
+def bench_table(report: BenchReport):
+    first = report.timings[0].median_ms
+    return table(
+        f"{report.model} at {report.resolution}x{report.resolution}, batch {report.batch}, "
+        f"{report.threads} thread(s)",
+        ["engine", "median ms", "p90 ms", "images/s", "GMAC/s", "speed-up"],
+        [
+            [
+                t.engine,
+                f"{t.median_ms:.2f}",
+                f"{t.p90_ms:.2f}",
+                f"{t.images_per_s:.1f}",
+                "" if t.gmacs_per_s is None else f"{t.gmacs_per_s:.1f}",
+                f"{first / t.median_ms:.2f}x",
+            ]
+            for t in report.timings
+        ],
+        right=5,
+    )
+
+
+def bench_summary(report: BenchReport) -> str:
+    line = f"fp32 matmul {report.matmul_gflops:.0f} GFLOP/s"
+    if report.macs is not None:
+        line = (
+            f"{report.macs:,} mult-adds per image; {line}, so no fp32 engine can take less "
+            f"than {report.fp32_floor_ms:.2f} ms per batch here"
+        )
+    return line

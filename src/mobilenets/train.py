@@ -1,0 +1,679 @@
+"""Training: one loop for a CPU, a GPU, or N processes under ``torchrun``.
+
+The default recipe is the papers' and the reference trainers' (torchvision, timm): SGD with
+Nesterov momentum (RMSprop with decay 0.9 and momentum 0.9, as the papers, with
+``optimizer="rmsprop"``), a linear warm-up into a cosine decay stepped every batch, no weight
+decay on BatchNorm parameters and biases, label smoothing 0.1. For inputs smaller than 128 px
+the models are built with ``small_input`` (total stride 8): a network made for 224 px divides
+its input by 32, which would leave a 32 px digit a single feature pixel.
+
+A run directory holds the published model (``model.safetensors`` + ``model.json``, see
+:mod:`mobilenets.checkpoint`), rewritten after every epoch, and beside it:
+
+- ``train_state.pt``: what continuing needs (weights, optimizer, scheduler, gradient scaler,
+  epoch, history); tensors and primitives only, so it is read back with ``weights_only=True``;
+- ``metrics.jsonl``: one line per finished epoch;
+- ``curves.png``: loss and accuracy per epoch.
+
+Resuming is exact. Everything random in an epoch is derived from (seed, epoch, rank) when the
+epoch starts: the data order and every image's augmentation by the loader's seeded sampler,
+dropout by reseeding torch. So the RNG state needs no saving, and a run resumed after epoch k
+replays epochs k+1.. bit for bit as the uninterrupted run did (same machine, same settings).
+The weights continued from are those in ``train_state.pt``, written after the published model:
+a run killed between the two files resumes from the older state and replays the epoch.
+
+Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) every process trains a
+DistributedDataParallel replica on its shard of each global batch (gloo on CPU, nccl on GPU);
+only rank 0 prints and writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
+from mobilenets.checkpoint import (
+    META_FILE,
+    RunInfo,
+    atomic_path,
+    atomic_write_text,
+    load_state_dict_file,
+    load_weights_into,
+    read_run_info,
+    save_run,
+)
+from mobilenets.data import DataBundle, load_data, make_loader
+from mobilenets.errors import MobileNetError
+from mobilenets.evaluate import Evaluation, Tally, parse_device, tally_predictions
+from mobilenets.models import check_resolution, create_model, get_model_factory
+from mobilenets.plots import save_figure, training_curves_figure
+
+STATE_FILE = "train_state.pt"
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+# The held-out split is the same whatever the training seed, as a fixed test set should be:
+# runs with different seeds are then compared on the same images.
+SPLIT_SEED = 0
+SMALL_INPUT_BELOW = 128  # px; smaller inputs get the models' small_input (total stride 8)
+OPTIMIZERS = ("sgd", "rmsprop")
+# Fields that say how to run, not what to train: a resumed run takes them from the caller.
+RUNTIME_FIELDS = ("out", "resume", "quiet", "num_workers", "device", "stop_after_epoch")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; the defaults train MobileNetV2 on the digits to
+    over 98.5% held-out top-1 in a few minutes on two CPU cores."""
+
+    model: str = "mobilenet_v2"
+    data: str | None = None  # None: the embedded digits; or a CIFAR or image folder directory
+    width_mult: float = 0.5
+    resolution: int | None = None  # None: the dataset's own (32 for digits and CIFAR)
+    small_input: bool | None = None  # None: when the resolution is below 128 px
+    dropout: float = 0.2
+    epochs: int = 20
+    batch_size: int = 32  # global: split evenly across torchrun processes
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9  # SGD's (RMSprop keeps the papers' 0.9)
+    weight_decay: float = 5e-4  # not applied to BatchNorm parameters and biases
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    augment: bool = True
+    channels_last: bool = True  # NHWC: 1-6% faster on CPU (benchmarks/train_throughput.py)
+    seed: int = 0
+    init: str | None = None  # weights to start from: a run directory or a .safetensors file
+    freeze_features: bool = False  # train the classifier only
+    out: str | None = None  # None: runs/<model>, or runs/<model>-2, ... if that exists
+    resume: str | None = None  # a run directory to continue; the recipe comes from it
+    quiet: bool = False  # no progress bars (the per-epoch lines still print)
+    num_workers: int | None = None  # None: the data module's choice
+    device: str | None = None  # None: the GPU when there is one
+    stop_after_epoch: int | None = None  # end early, as a killed run would (resume continues)
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+            (
+                0 <= self.label_smoothing < 1,
+                f"label smoothing must be in [0, 1), got {self.label_smoothing}",
+            ),
+            (self.warmup_epochs >= 0, f"warm-up epochs must be >= 0, got {self.warmup_epochs}"),
+            (
+                self.optimizer in OPTIMIZERS,
+                f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MobileNetError(message)
+
+    def recipe(self) -> dict[str, Any]:
+        """The fields that define what is trained (recorded in the run, reused on resume)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Processes:
+    """This process's place among the training processes (one, unless under torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def start(cls, device: str | None) -> Processes:
+        """Join the process group torchrun describes in the environment, if any."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return cls(device=parse_device(device))
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if device is None:
+            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        target = parse_device(device)
+        if target.type == "cuda":
+            torch.cuda.set_device(target)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
+        return cls(rank=rank, world_size=world_size, device=target)
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def model_kwargs(config: TrainConfig, num_classes: int, in_chans: int, resolution: int) -> dict:
+    """Constructor keywords for ``config.model``, limited to those its constructor takes, so
+    any registered classifier trains (one without ``small_input`` simply is not given it)."""
+    small_input = config.small_input
+    if small_input is None:
+        small_input = resolution < SMALL_INPUT_BELOW
+    wanted = {
+        "num_classes": num_classes,
+        "in_chans": in_chans,
+        "width_mult": config.width_mult,
+        "dropout": config.dropout,
+        "small_input": small_input,
+    }
+    accepted = inspect.signature(get_model_factory(config.model)).parameters
+    return {k: v for k, v in wanted.items() if k in accepted}
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on convolution and linear weights only: decaying BatchNorm's scale and
+    shift or a bias only fights the normalisation (as in the reference recipes)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, config.weight_decay)
+    if config.optimizer == "rmsprop":
+        # The papers' RMSprop (decay 0.9, momentum 0.9). TensorFlow adds epsilon inside the
+        # square root, torch outside: 1e-3 here is roughly TF's 1e-6 for typical gradients.
+        return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-3, momentum=0.9)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from 0 over ``warmup_steps``, then a cosine decay to 0 at the last step.
+
+    Warm-up keeps the first, large updates from wrecking freshly initialised BatchNorm
+    statistics at the full learning rate.
+    """
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Reseed torch (dropout) from (seed, epoch, rank), so resuming at an epoch replays it."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
+
+
+def state_digest(model: nn.Module) -> str:
+    """SHA-256 of a state dict's names and bytes: equal digests, bit-identical weights."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def load_init_weights(model: nn.Module, source: str) -> None:
+    """Start from the weights of a run directory or a safetensors file.
+
+    A classifier trained for another number of classes is kept freshly initialised (transfer
+    learning); any other mismatch (another architecture or width) is an error.
+    """
+    path = Path(source)
+    file = path / "model.safetensors" if path.is_dir() else path
+    state = load_state_dict_file(file)
+    own = model.state_dict()
+    for name, tensor in own.items():
+        if name.startswith("classifier.") and name in state and state[name].shape != tensor.shape:
+            state[name] = tensor
+    load_weights_into(model, state, str(file))
+
+
+def freeze_features(model: nn.Module) -> None:
+    """Train only ``model.classifier``: the trunk's weights stop learning and its BatchNorm
+    statistics stop moving (they are put in eval mode at every epoch)."""
+    if not isinstance(getattr(model, "features", None), nn.Module):
+        raise MobileNetError(f"{type(model).__name__} has no .features to freeze")
+    for p in model.features.parameters():
+        p.requires_grad_(False)
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def new_run_dir(config: TrainConfig) -> Path:
+    """``config.out`` if given (it must not already hold a run), else the first free name of
+    ``runs/<model>``, ``runs/<model>-2``, ... so a second run never overwrites the first."""
+    if config.out is not None:
+        out = Path(config.out)
+        if holds_run(out):
+            raise MobileNetError(
+                f"{out} already holds a run; continue it with --resume {out} or pick another --out"
+            )
+        return out
+    base = Path("runs") / config.model
+    out, n = base, 1
+    while holds_run(out):
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+def holds_run(path: Path) -> bool:
+    return (path / META_FILE).exists() or (path / STATE_FILE).exists()
+
+
+def read_train_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        raise MobileNetError(f"cannot resume {run_dir}: {STATE_FILE} is missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file can fail in many ways
+        raise MobileNetError(f"cannot resume {run_dir}: {path} is unreadable ({e})") from None
+
+
+def resumed_config(config: TrainConfig) -> TrainConfig:
+    """The recipe recorded in the run ``config.resume``, with the caller's runtime fields."""
+    run_dir = Path(config.resume)
+    defaults = TrainConfig().recipe()
+    changed = [k for k, v in config.recipe().items() if v != defaults[k]]
+    if changed:
+        raise MobileNetError(
+            f"a resumed run keeps the settings it was started with; drop {', '.join(changed)}"
+        )
+    info = read_run_info(run_dir)
+    recipe = info.extra.get("train_config")
+    if not isinstance(recipe, dict):
+        raise MobileNetError(f"cannot resume {run_dir}: it was not written by mobilenets train")
+    if info.extra.get("finished"):
+        raise MobileNetError(
+            f"{run_dir} is finished ({info.epoch} of {recipe.get('epochs')} epochs); "
+            f"nothing to resume (fine-tune it with --init {run_dir})"
+        )
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    runtime = {k: getattr(config, k) for k in RUNTIME_FIELDS}
+    merged = TrainConfig(**{k: v for k, v in recipe.items() if k in known}, **runtime)
+    merged.out = str(run_dir)
+    return merged
+
+
+def data_source(data: str | None) -> str | None:
+    """The data as the run records it: a directory as an absolute path, so evaluating the run
+    from another working directory finds the same files."""
+    if data is None or data == "digits":
+        return data
+    return str(Path(data).expanduser().resolve())
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in history))
+    save_figure(training_curves_figure(history), run_dir / CURVES_FILE)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class NonFiniteLossError(MobileNetError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def train(config: TrainConfig, model: nn.Module | None = None) -> Path:
+    """Train ``config.model`` (or ``model``, any classifier ``nn.Module``, recorded under
+    ``config.model``) and return the run directory.
+
+    Resumes ``config.resume`` when set. Raises :class:`MobileNetError` for every mistake a
+    user can make, and when the loss stops being finite (the last checkpoint stays).
+    """
+    if config.resume is not None:
+        config = resumed_config(config)
+    config.validate()
+    config = dataclasses.replace(config, data=data_source(config.data))
+    procs = Processes.start(config.device)
+    try:
+        return _Trainer(config, procs, model).run()
+    finally:
+        procs.close()
+
+
+class _Trainer:
+    """One training run: set up in ``__init__``, epochs in ``run``."""
+
+    def __init__(self, config: TrainConfig, procs: Processes, model: nn.Module | None) -> None:
+        self.config, self.procs = config, procs
+        if config.batch_size % procs.world_size:
+            raise MobileNetError(
+                f"batch size {config.batch_size} does not split evenly across "
+                f"{procs.world_size} processes"
+            )
+        self.batch_size = config.batch_size // procs.world_size  # per process
+        if config.resume is not None:
+            self.run_dir = Path(config.resume)
+        else:  # every rank finds the same name: nothing is written before epoch 1 ends
+            self.run_dir = new_run_dir(config)
+        self.bundle: DataBundle = load_data(
+            config.data, config.resolution, seed=SPLIT_SEED, augment=config.augment
+        )
+        channels, resolution, _ = self.bundle.input_size
+        num_classes = len(self.bundle.class_names)
+        self.kwargs = model_kwargs(config, num_classes, channels, resolution)
+        torch.manual_seed(config.seed)  # the initial weights
+        self.model = create_model(config.model, **self.kwargs) if model is None else model
+        check_resolution(self.model, resolution)
+        if config.init is not None and config.resume is None:
+            load_init_weights(self.model, config.init)
+        if config.freeze_features:
+            freeze_features(self.model)
+        self.memory_format = (
+            torch.channels_last if config.channels_last else torch.contiguous_format
+        )
+        self.model.to(procs.device, memory_format=self.memory_format)
+
+        self.train_loader = self._train_loader()
+        # Each rank evaluates every world_size-th test image (a range serves as a sampler);
+        # the tallies are summed, so every image counts once.
+        self.test_loader = make_loader(
+            self.bundle.test,
+            batch_size=max(256, self.batch_size),
+            shuffle=False,
+            seed=0,
+            num_workers=config.num_workers,
+            sampler=range(procs.rank, len(self.bundle.test), procs.world_size),
+        )
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise MobileNetError(
+                f"the training set ({len(self.bundle.train)} images) is smaller than one batch "
+                f"({config.batch_size}); lower the batch size"
+            )
+        self.optimizer = make_optimizer(config, self.model)
+        self.scheduler = warmup_cosine(
+            self.optimizer,
+            round(config.warmup_epochs * self.steps_per_epoch),
+            config.epochs * self.steps_per_epoch,
+        )
+        amp = procs.device.type == "cuda"
+        self.autocast = dict(device_type=procs.device.type, dtype=torch.float16, enabled=amp)
+        self.scaler = torch.amp.GradScaler(procs.device.type, enabled=amp)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.start_epoch, self.history = 0, []
+        if config.resume is not None:
+            self._restore(read_train_state(self.run_dir))
+        # After the restore: DDP starts every replica from rank 0's weights.
+        self.ddp = self.model
+        if procs.distributed:
+            # Depthwise [C, 1, k, k] and pointwise [C', C, 1, 1] weights get gradients whose
+            # strides differ from the weights' only along size-1 dimensions: the same memory
+            # layout, which DDP's reducer nonetheless reports once per process as a mismatch.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+            device_ids = [procs.device] if procs.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+        self.console = Console(highlight=False, soft_wrap=True, quiet=not procs.is_main)
+
+    def _train_loader(self) -> torch.utils.data.DataLoader:
+        """This rank's shard of each epoch, in an order drawn from (seed, epoch)."""
+        shards = DistributedSampler(
+            self.bundle.train,
+            num_replicas=self.procs.world_size,
+            rank=self.procs.rank,
+            shuffle=True,
+            seed=self.config.seed,
+        )
+        return make_loader(
+            self.bundle.train,
+            self.batch_size,
+            shuffle=True,
+            seed=self.config.seed,
+            num_workers=self.config.num_workers,
+            sampler=shards,
+            drop_last=True,
+        )
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        try:
+            load_weights_into(self.model, state["model"], str(self.run_dir / STATE_FILE))
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.start_epoch, self.history = int(state["epoch"]), list(state["history"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise MobileNetError(
+                f"cannot resume {self.run_dir}: {STATE_FILE} does not fit this run ({e})"
+            ) from None
+
+    def _run_info(self, epoch: int) -> RunInfo:
+        bundle, last = self.bundle, self.history[-1]
+        return RunInfo(
+            model=self.config.model,
+            model_kwargs=self.kwargs,
+            class_names=bundle.class_names,
+            mean=bundle.mean,
+            std=bundle.std,
+            input_size=bundle.input_size,
+            epoch=epoch,
+            metrics={k: v for k, v in last.items() if k != "epoch"},
+            extra={
+                "finished": epoch == self.config.epochs,
+                "train_config": self.config.recipe(),
+                "data": {
+                    "source": self.config.data,
+                    "name": bundle.name,
+                    "split_seed": SPLIT_SEED,
+                    "val_fraction": 0.2,
+                    "crop_pct": bundle.crop_pct,
+                },
+                "world_size": self.procs.world_size,
+            },
+        )
+
+    def _checkpoint(self, epoch: int, replica_digests: list[str] | None = None) -> None:
+        """Publish the model, then the state to continue from (see the module docstring)."""
+        if not self.procs.is_main:
+            return
+        write_metrics(self.run_dir, self.history)
+        info = self._run_info(epoch)
+        if replica_digests is not None:
+            info.extra["replica_sha256"] = replica_digests
+        save_run(self.run_dir, self.model, info)
+        state = {
+            "epoch": epoch,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "history": self.history,
+        }
+        with atomic_path(self.run_dir / STATE_FILE) as tmp:
+            torch.save(state, tmp)
+
+    # ---------------------------------------------------------------- epochs
+
+    def run(self) -> Path:
+        config = self.config
+        last = (
+            config.epochs
+            if config.stop_after_epoch is None
+            else min(config.epochs, config.stop_after_epoch)
+        )
+        if self.procs.is_main:
+            self.console.print(self._banner())
+        with self._progress() as progress:
+            epochs_bar = progress.add_task(
+                "epochs", total=config.epochs, completed=self.start_epoch
+            )
+            batches_bar = progress.add_task("batches", total=self.steps_per_epoch)
+            for epoch in range(self.start_epoch + 1, last + 1):
+                progress.reset(batches_bar)
+                record = self._epoch(epoch, lambda: progress.advance(batches_bar))
+                self.history.append(record)
+                digests = (
+                    self.procs.gather(state_digest(self.model))
+                    if (epoch == config.epochs and self.procs.distributed)
+                    else None
+                )
+                self._checkpoint(epoch, digests)
+                progress.advance(epochs_bar)
+                progress.console.print(self._epoch_line(record))
+        self.console.print(f"run saved to {self.run_dir}")
+        return self.run_dir
+
+    def _epoch(self, epoch: int, on_batch) -> dict[str, Any]:
+        config, procs, device = self.config, self.procs, self.procs.device
+        seed_epoch(config.seed, epoch, procs.rank)
+        self.train_loader.sampler.set_epoch(epoch)
+        self.ddp.train()
+        if config.freeze_features:
+            self.model.features.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, images
+        start = time.perf_counter()
+        for step, (images, labels) in enumerate(self.train_loader, start=1):
+            images = images.to(device, non_blocking=True, memory_format=self.memory_format)
+            labels = labels.to(device, non_blocking=True)
+            with torch.autocast(**self.autocast):
+                logits = self.ddp(images)
+                loss = self.criterion(logits, labels)
+            correct = (logits.argmax(1) == labels).sum().double()
+            n = torch.tensor(len(labels), dtype=torch.float64, device=device)
+            batch = torch.stack([loss.detach().double() * n, correct, n])  # loss, correct, n
+            if procs.distributed:
+                dist.all_reduce(batch)  # every rank sees the same loss, so all stop together
+            if not math.isfinite(float(batch[0])):  # before the step: the weights stay good
+                raise NonFiniteLossError(
+                    f"loss became {float(batch[0] / batch[2])} at epoch {epoch}, step {step}; "
+                    f"stopped, {self._kept()} (try a lower --lr)"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            sums += batch
+            on_batch()
+        train_time = time.perf_counter() - start
+        self._average_batchnorm_statistics()
+        tally = tally_predictions(
+            self.model,
+            self.test_loader,
+            len(self.bundle.class_names),
+            device,
+            channels_last=config.channels_last,
+        )
+        tally.all_reduce()
+        return self._record(epoch, sums, tally, train_time, time.perf_counter() - start)
+
+    def _kept(self) -> str:
+        if self.history:
+            return f"the checkpoint of epoch {self.history[-1]['epoch']} in {self.run_dir} is kept"
+        return "no checkpoint was written"
+
+    def _average_batchnorm_statistics(self) -> None:
+        """Average the replicas' BatchNorm running statistics, which each rank updates from
+        its own shard, so every replica (and the checkpoint) holds the same model."""
+        if not self.procs.distributed:
+            return
+        for buffer in self.model.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer)
+                buffer /= self.procs.world_size
+
+    def _record(self, epoch: int, sums, tally: Tally, train_time: float, epoch_time: float):
+        test = Evaluation.from_tally(tally, self.bundle.class_names)
+        loss, correct, images = sums.tolist()
+        return {
+            "epoch": epoch,
+            "train_loss": loss / images,
+            "train_top1": correct / images,
+            "test_loss": test.loss,
+            "test_top1": test.top1,
+            "test_top5": test.top5,
+            "lr": self.scheduler.get_last_lr()[0],
+            "images_per_s": images / train_time,
+            "epoch_time_s": epoch_time,
+        }
+
+    # ---------------------------------------------------------------- output
+
+    def _banner(self) -> str:
+        c, b = self.config, self.bundle
+        where = f"{self.procs.world_size} processes" if self.procs.distributed else "1 process"
+        first = "resuming after epoch " + str(self.start_epoch) if self.start_epoch else "training"
+        return (
+            f"{first} {c.model} (width {c.width_mult}) on {b.name}: {len(b.train)} train / "
+            f"{len(b.test)} test images at {b.input_size[1]}px, {c.epochs} epochs, "
+            f"batch {c.batch_size}, {self.procs.device.type}, {where} -> {self.run_dir}"
+        )
+
+    def _epoch_line(self, r: dict[str, Any]) -> str:
+        return (
+            f"epoch {r['epoch']:>3}/{self.config.epochs}  loss {r['train_loss']:.4f}  "
+            f"train {r['train_top1']:.2%}  test {r['test_top1']:.2%}  "
+            f"{r['images_per_s']:.0f} img/s  {r['epoch_time_s']:.1f} s"
+        )
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("{task.description:>7}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=self.config.quiet or not self.procs.is_main,
+            transient=True,
+        )

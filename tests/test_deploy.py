@@ -1,0 +1,285 @@
+"""Deployment: BN folding, ONNX export checked in onnxruntime, int8 quantization, the bench,
+and the one-line errors that leave no file behind.
+
+A small MobileNetV2 (width 0.35) is trained briefly on the embedded digits at 16 px, so the
+exported and quantized models are compared on real held-out images with real predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from mobilenets import create_model
+from mobilenets.checkpoint import WEIGHTS_FILE, load_run
+from mobilenets.cli import main
+from mobilenets.cost import profile_model
+from mobilenets.data import load_data
+from mobilenets.deploy import (
+    count_batchnorms,
+    create_session,
+    export_onnx,
+    fold_batchnorm,
+    load_onnx,
+    quantize_onnx,
+    run_info_of,
+)
+from mobilenets.deploy.onnx_export import compare_with_torch
+from mobilenets.deploy.runtime import run_session, top1_accuracy
+from mobilenets.errors import MobileNetError
+from mobilenets.train import TrainConfig, train
+
+RESOLUTION = 16
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data(None, resolution=RESOLUTION, augment=False)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = TrainConfig(
+        model="mobilenet_v2",
+        width_mult=0.35,
+        resolution=RESOLUTION,
+        epochs=3,
+        quiet=True,
+        out=str(tmp_path_factory.mktemp("runs") / "v2"),
+    )
+    return train(config)
+
+
+@pytest.fixture(scope="module")
+def exported(run: Path) -> Path:
+    assert main(["export", str(run)]) == 0
+    return run / "model.onnx"
+
+
+def with_random_statistics(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """BatchNorm with the running statistics and affine terms of a trained network: with the
+    initial ones (mean 0, variance 1, gamma 1, beta 0) folding would change almost nothing."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.1)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+    return model.eval()
+
+
+def listing(directory: Path) -> set[str]:
+    return {p.name for p in directory.iterdir()}
+
+
+# --------------------------------------------------------------------------- BN folding
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+def test_folding_keeps_outputs_within_1e5_on_real_images(name: str, digits) -> None:
+    model = with_random_statistics(
+        create_model(name, num_classes=10, width_mult=0.5, small_input=True)
+    )
+    images = torch.stack([digits.test[i][0] for i in range(64)])
+    folded = fold_batchnorm(model)
+
+    assert count_batchnorms(folded) == 0
+    assert count_batchnorms(model) > 0  # the original is untouched
+    convs = [m for m in folded.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.bias is not None for c in convs)
+    with torch.no_grad():
+        expected, got = model(images), folded(images)
+    assert (got - expected).abs().max() / expected.abs().max() < 1e-5
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_export_writes_onnx_with_dynamic_batch_and_metadata(run: Path, exported: Path) -> None:
+    model = load_onnx(exported)
+    ops = {node.op_type for node in model.graph.node}
+    assert "BatchNormalization" not in ops and "Conv" in ops
+    batch_axis = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_axis.dim_param and not batch_axis.dim_value
+
+    props = {p.key: p.value for p in model.metadata_props}
+    _, info = load_run(run)
+    assert json.loads(props["class_names"]) == info.class_names
+    assert json.loads(props["input_size"]) == [3, RESOLUTION, RESOLUTION]
+    assert np.allclose(json.loads(props["mean"]), info.mean)
+    assert np.allclose(json.loads(props["std"]), info.std)
+    assert run_info_of(model, exported).model == "mobilenet_v2"
+
+
+def test_exported_model_agrees_with_pytorch_at_any_batch_size(
+    run: Path, exported: Path, digits
+) -> None:
+    torch_model, _ = load_run(run)
+    session = create_session(exported, threads=1)
+    for n in (1, 5, 64):
+        images = torch.stack([digits.test[i][0] for i in range(n)])
+        with torch.no_grad():
+            expected = torch_model(images).numpy()
+        got = run_session(session, images)
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert top1_accuracy(session, digits.test) > 0.5  # it learned something: a real test
+
+
+def test_export_json_reports_the_check(run: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "again.onnx"
+    assert main(["export", str(run), "--out", str(out), "--opset", "20", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["max_rel_error"] < 1e-4 and result["images_checked"] > 64
+    assert {o.version for o in onnx.load(str(out)).opset_import if o.domain == ""} == {20}
+
+
+def test_a_model_that_differs_from_the_file_is_caught(run: Path, exported: Path, digits) -> None:
+    other = with_random_statistics(load_run(run)[0], seed=1)
+    images = [torch.stack([digits.test[i][0] for i in range(8)])]
+    with pytest.raises(MobileNetError, match="differs from PyTorch"):
+        compare_with_torch(exported, other, images)
+
+
+def test_a_failed_check_leaves_no_file(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> float:
+        raise MobileNetError("the exported model differs from PyTorch")
+
+    monkeypatch.setattr("mobilenets.deploy.onnx_export.compare_with_torch", refuse)
+    with pytest.raises(MobileNetError):
+        export_onnx(run, tmp_path / "model.onnx")
+    assert listing(tmp_path) == set()
+
+
+# --------------------------------------------------------------------------- quantization
+
+
+def test_quantize_gives_a_smaller_int8_model_that_predicts_like_fp32(
+    exported: Path, tmp_path: Path, digits
+) -> None:
+    out = tmp_path / "model.int8.onnx"
+    result = quantize_onnx(exported, calibration=128, out=out)
+
+    model = load_onnx(out)
+    ops = {node.op_type for node in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["mobilenets.precision"] == "int8" and "class_names" in props
+    assert result.int8_bytes < result.fp32_bytes / 2  # tiny model: scales weigh relatively more
+    assert result.test_images == len(digits.test)
+
+    fp32 = create_session(exported)
+    int8 = create_session(out)
+    images = torch.stack([digits.test[i][0] for i in range(200)])
+    agree = (run_session(fp32, images).argmax(1) == run_session(int8, images).argmax(1)).mean()
+    assert agree > 0.9
+    assert abs(result.int8_top1 - result.fp32_top1) < 0.1
+
+
+def test_quantize_cli_from_a_run_directory(run: Path, exported: Path, capsys) -> None:
+    assert main(["quantize", str(run), "--calibration", "64", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["path"] == str(run / "model.int8.onnx") and (run / "model.int8.onnx").is_file()
+    assert result["fp32_path"] == str(exported)  # up to date: reused, not exported again
+    assert result["size_ratio"] > 2
+
+
+# --------------------------------------------------------------------------- bench
+
+
+def test_bench_times_every_engine_side_by_side(run: Path, capsys) -> None:
+    argv = ["bench", str(run), "--threads", "1", "--iterations", "5", "--warmup", "1", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    engines = [t["engine"] for t in report["timings"]]
+    assert engines == [
+        "PyTorch eager NCHW",
+        "PyTorch eager channels_last",
+        "PyTorch BN folded NCHW",
+        "PyTorch BN folded channels_last",
+        "onnxruntime fp32",
+        "onnxruntime int8",
+    ]
+    model, _ = load_run(run)
+    assert report["macs"] == profile_model(model, RESOLUTION).total_macs
+    assert report["matmul_gflops"] > 0 and report["fp32_floor_ms"] > 0
+    for t in report["timings"]:
+        assert 0 < t["median_ms"] <= t["p90_ms"] and t["iterations"] == 5
+        assert t["images_per_s"] == pytest.approx(1000 / t["median_ms"])
+
+
+def test_bench_of_an_onnx_file_prints_a_table(exported: Path, capsys) -> None:
+    assert main(["bench", str(exported), "--threads", "1", "--iterations", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime fp32" in out and "GFLOP/s" in out and "mult-adds" in out
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def not_onnx(tmp_path: Path) -> Path:
+    path = tmp_path / "model.onnx"
+    path.write_text("this is not a protobuf\n")
+    return path
+
+
+@pytest.fixture
+def no_weights(run: Path, tmp_path: Path) -> Path:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text((run / "model.json").read_text())
+    return broken
+
+
+def check_one_line_error(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_a_run_without_weights(no_weights: Path, capsys) -> None:
+    for verb in (["export"], ["quantize"], ["bench"]):
+        check_one_line_error([*verb, str(no_weights)], f"{WEIGHTS_FILE} is missing", capsys)
+    assert listing(no_weights) == {"model.json"}
+
+
+def test_a_file_that_is_not_onnx(not_onnx: Path, capsys) -> None:
+    for verb in ("quantize", "bench"):
+        check_one_line_error([verb, str(not_onnx)], "is not a valid ONNX model", capsys)
+    assert listing(not_onnx.parent) == {"model.onnx"}
+
+
+def test_a_calibration_count_larger_than_the_data(exported: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "q.onnx"
+    argv = ["quantize", str(exported), "--calibration", "100000", "--out", str(out)]
+    check_one_line_error(argv, "larger than the training data", capsys)
+    check_one_line_error([*argv[:3], "0", *argv[4:]], "must be a positive integer", capsys)
+    assert listing(tmp_path) == set()
+
+
+def test_a_resolution_the_model_cannot_take(run: Path, exported: Path, capsys) -> None:
+    check_one_line_error(["bench", str(run), "--resolution", "4"], "too small", capsys)
+    check_one_line_error(["bench", str(exported), "--resolution", "32"], "takes 16x16", capsys)
+
+
+def test_a_missing_provider_and_a_bad_opset(run: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "m.onnx"
+    for argv in (
+        ["export", str(run), "--out", str(out), "--provider", "TensorrtExecutionProvider"],
+        ["quantize", str(run), "--out", str(out), "--provider", "TensorrtExecutionProvider"],
+        ["bench", str(run), "--provider", "TensorrtExecutionProvider"],
+    ):
+        check_one_line_error(argv, "'TensorrtExecutionProvider' is not available", capsys)
+    check_one_line_error(["export", str(run), "--out", str(out), "--opset", "11"], "opset", capsys)
+    assert listing(tmp_path) == set()
