@@ -283,3 +283,17 @@ def test_a_missing_provider_and_a_bad_opset(run: Path, tmp_path: Path, capsys) -
         check_one_line_error(argv, "'TensorrtExecutionProvider' is not available", capsys)
     check_one_line_error(["export", str(run), "--out", str(out), "--opset", "11"], "opset", capsys)
     assert listing(tmp_path) == set()
+
+
+def test_an_imported_run_exports_checked_on_random_images(tmp_path: Path, capsys) -> None:
+    """Weights imported from torchvision record no data set: the export check still runs, on
+    seeded random images, and evaluation asks for --data rather than guessing."""
+    fixture = Path(__file__).parent / "fixtures" / "interop" / "torchvision_mobilenet_v2_035.pth"
+    run_dir = tmp_path / "imported"
+    argv = ["import", str(fixture), "--source", "torchvision", "--model", "mobilenet_v2"]
+    assert main([*argv, "--width-mult", "0.35", "--out", str(run_dir)]) == 0
+    capsys.readouterr()
+    result = export_onnx(run_dir, tmp_path / "imported.onnx")
+    assert result.checked_on.startswith("random images")
+    assert result.max_rel_error <= 1e-4
+    check_one_line_error(["evaluate", str(run_dir)], "pass --data", capsys)

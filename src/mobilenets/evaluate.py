@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mobilenets.checkpoint import RunInfo, load_run
-from mobilenets.data import eval_transform, load_data, load_image, make_loader
+from mobilenets.data import DataBundle, eval_transform, load_data, load_image, make_loader
 from mobilenets.errors import MobileNetError
 from mobilenets.plots import confusion_matrix_figure, save_figure
 
@@ -181,24 +181,55 @@ def evaluate(
     run_dir = Path(run_dir)
     device = parse_device(device)
     model, info = load_run(run_dir, map_location=device)
-    recorded = info.extra.get("data", {})
-    source = recorded.get("source") if data is None else str(data)
-    bundle = load_data(
-        source,
-        resolution=info.input_size[1],
-        seed=recorded.get("split_seed", 0),
-        val_fraction=recorded.get("val_fraction", 0.2),
-        augment=False,
-    )
-    _check_compatible(bundle.class_names, bundle.input_size, info, source)
-    test = bundle.test
-    if (bundle.mean, bundle.std) != (tuple(info.mean), tuple(info.std)):
-        test = Renormalized(test, bundle.mean, bundle.std, info.mean, info.std)
-    result = evaluate_model(model, test, info.class_names, batch_size, device)
+    bundle = load_run_data(info, data)
+    result = evaluate_model(model, bundle.test, info.class_names, batch_size, device)
     plot_path = run_dir / CONFUSION_FILE if plot is None else Path(plot)
     title = f"{info.model} on {bundle.name}: top-1 {result.top1:.2%}"
     save_figure(confusion_matrix_figure(result.confusion, result.class_names, title), plot_path)
     return result
+
+
+def load_run_data(info: RunInfo, data: str | os.PathLike[str] | None = None) -> DataBundle:
+    """The data a run was trained on, rebuilt from what it recorded, without augmentation.
+
+    ``data`` replaces the recorded source (a dataset moved since training, or images for a run
+    whose weights were imported). The split is the run's own (same seed and fraction), so
+    "held-out" means held out from training. The classes must be the model's; images come out
+    in the model's normalisation (``mean``/``std`` of the bundle are the run's), whatever
+    statistics the data has itself. Evaluation, export checks and int8 calibration all read
+    data through here.
+    """
+    recorded = info.extra.get("data")
+    if data is None and recorded is None:
+        raise MobileNetError(
+            "this run records no training data (imported weights?); pass --data with images "
+            "of its classes"
+        )
+    recorded = recorded or {}
+    source = recorded.get("source") if data is None else str(data)
+    bundle = load_data(
+        source,
+        resolution=int(info.input_size[1]),
+        seed=int(recorded.get("split_seed", 0)),
+        val_fraction=float(recorded.get("val_fraction", 0.2)),
+        augment=False,
+    )
+    _check_compatible(bundle.class_names, bundle.input_size, info, source)
+    if (tuple(bundle.mean), tuple(bundle.std)) == (tuple(info.mean), tuple(info.std)):
+        return bundle
+
+    def renormalized(dataset: Dataset | None) -> Dataset | None:
+        if dataset is None:
+            return None
+        return Renormalized(dataset, bundle.mean, bundle.std, info.mean, info.std)
+
+    return replace(
+        bundle,
+        test=renormalized(bundle.test),
+        train_raw=renormalized(bundle.train_raw),
+        mean=tuple(info.mean),
+        std=tuple(info.std),
+    )
 
 
 class Renormalized(Dataset):

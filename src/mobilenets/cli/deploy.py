@@ -94,7 +94,7 @@ def run_export(args: argparse.Namespace) -> int:
         return 0
     console().print(
         f"wrote {result.path} ({result.size_bytes / 2**20:.2f} MiB, opset {result.opset}, "
-        f"BN folded); onnxruntime matches PyTorch on {result.images_checked} held-out images "
+        f"BN folded); onnxruntime matches PyTorch on {result.images_checked} {result.checked_on} "
         f"to {result.max_rel_error:.1e} (relative)"
     )
     return 0

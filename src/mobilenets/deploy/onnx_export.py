@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +36,12 @@ from mobilenets.deploy.runtime import (
     check_provider,
     create_session,
     load_onnx,
-    load_run_data,
     onnx_metadata,
     run_session,
     set_metadata,
 )
 from mobilenets.errors import MobileNetError
+from mobilenets.evaluate import load_run_data
 from mobilenets.models import check_resolution
 
 DEFAULT_OPSET = 18
@@ -61,6 +61,7 @@ class ExportResult:
     size_bytes: int
     max_rel_error: float  # max |onnxruntime - PyTorch| / max |PyTorch| over the checked logits
     images_checked: int
+    checked_on: str = "held-out images"
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -69,6 +70,7 @@ class ExportResult:
             "size_bytes": self.size_bytes,
             "max_rel_error": self.max_rel_error,
             "images_checked": self.images_checked,
+            "checked_on": self.checked_on,
             "tolerance": EXPORT_TOLERANCE,
         }
 
@@ -222,9 +224,17 @@ def export_onnx(
     check_opset(opset)
     check_provider(provider)
     model, info = load_run(run_dir)
-    bundle = load_run_data(info, data)
-    inputs = _first_images(bundle.test, verify_images)
     out = Path(run_dir) / ONNX_FILE if out is None else Path(out)
+    if data is None and "data" not in info.extra:
+        # Imported weights record no data set: check on seeded random images rather than
+        # refuse; --data gives real ones.
+        generator = torch.Generator().manual_seed(0)
+        n = min(verify_images, 8)
+        images = torch.randn(n, *info.input_size, generator=generator)
+        inputs = [images[: n // 2], images[n // 2 :]]  # two batch sizes: the dynamic axis
+        result = export_model(model, info, out, inputs, opset, provider)
+        return replace(result, checked_on="random images (the run records no data)")
+    inputs = _first_images(load_run_data(info, data).test, verify_images)
     return export_model(model, info, out, inputs, opset, provider)
 
 

@@ -48,13 +48,13 @@ from mobilenets.deploy.runtime import (
     check_provider,
     create_session,
     load_onnx,
-    load_run_data,
     metadata,
     run_info_of,
     set_metadata,
     top1_accuracy,
 )
 from mobilenets.errors import MobileNetError
+from mobilenets.evaluate import load_run_data
 
 DEFAULT_CALIBRATION = 256
 CALIBRATION_BATCH = 32

@@ -12,7 +12,6 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -22,7 +21,6 @@ from google.protobuf.message import DecodeError
 from torch.utils.data import DataLoader, Dataset
 
 from mobilenets.checkpoint import RunInfo
-from mobilenets.data import DataBundle, load_data
 from mobilenets.errors import MobileNetError
 
 DEFAULT_PROVIDER = "CPUExecutionProvider"
@@ -167,41 +165,3 @@ def top1_accuracy(session: ort.InferenceSession, dataset: Dataset, batch_size: i
         correct += int((predicted == labels.numpy()).sum())
         total += len(labels)
     return correct / max(total, 1)
-
-
-# --------------------------------------------------------------------------- data of a run
-
-
-def load_run_data(info: RunInfo, data: str | os.PathLike[str] | None = None) -> DataBundle:
-    """The dataset a run was trained on, rebuilt from what it recorded, without augmentation.
-
-    ``data`` replaces the recorded source (e.g. a dataset moved since training). The split is
-    the run's own (same seed and fraction), so "held-out" means held out from training.
-    """
-    recorded: dict[str, Any] = info.extra.get("data", {}) or {}
-    source = recorded.get("source") if data is None else str(data)
-    bundle = load_data(
-        source,
-        resolution=int(info.input_size[1]),
-        seed=int(recorded.get("split_seed", 0)),
-        val_fraction=float(recorded.get("val_fraction", 0.2)),
-        augment=False,
-    )
-    what = "the embedded digits" if source is None else str(source)
-    if list(bundle.class_names) != list(info.class_names):
-        raise MobileNetError(
-            f"{what} has {len(bundle.class_names)} classes that are not the model's "
-            f"{len(info.class_names)} ({', '.join(info.class_names[:5])}, ...)"
-        )
-    if not np.allclose(bundle.mean, info.mean, atol=1e-4) or not np.allclose(
-        bundle.std, info.std, atol=1e-4
-    ):
-        raise MobileNetError(
-            f"{what} is normalised differently from the model's training data "
-            f"(mean {_fmt(bundle.mean)} vs {_fmt(info.mean)}); pass the data it was trained on"
-        )
-    return bundle
-
-
-def _fmt(values: Iterable[float]) -> str:
-    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"

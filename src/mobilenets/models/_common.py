@@ -1,4 +1,4 @@
-"""What MobileNetV1 and V2 share: argument checks, the classifier head and weight init."""
+"""What the models share: argument checks, the trunk-plus-head shape, weight init."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 import numbers
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 from mobilenets.errors import MobileNetError
@@ -54,6 +55,37 @@ def classifier(in_features: int, num_classes: int, dropout: float) -> nn.Sequent
             fc=nn.Linear(in_features, num_classes),
         )
     )
+
+
+class ConvClassifier(nn.Module):
+    """A convolutional trunk (``features``) and a pooled linear head (``classifier``).
+
+    Every model here has this shape, as torchvision's do, so training, feature extraction,
+    export and weight import can rely on ``.features``, ``.classifier``, ``.num_features``
+    (the trunk's output channels) and ``.stride`` (its total downsampling).
+    """
+
+    def _finish(
+        self,
+        features: OrderedDict[str, nn.Module],
+        num_features: int,
+        stride: int,
+        num_classes: int,
+        dropout: float,
+    ) -> None:
+        """Attach the trunk and the head, then initialise every weight once."""
+        self.features = nn.Sequential(features)
+        self.num_features = num_features
+        self.stride = stride
+        self.classifier = classifier(num_features, num_classes, dropout)
+        init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's output before pooling: (N, num_features, H/stride, W/stride)."""
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
 
 
 def init_weights(model: nn.Module) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import NamedTuple
 
-import torch
 from torch import nn
 
 from mobilenets.errors import MobileNetError
 from mobilenets.layers import ConvBNAct, DepthwiseSeparableConv, make_divisible
-from mobilenets.models._common import check_model_args, classifier, init_weights
+from mobilenets.models._common import ConvClassifier, check_model_args
 from mobilenets.models.registry import register_model
 
 
@@ -47,7 +46,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 
 
 @register_model("mobilenet_v1")
-class MobileNetV1(nn.Module):
+class MobileNetV1(ConvClassifier):
     """A standard 3x3 stride-2 convolution, 13 depthwise separable blocks, pool, dropout, FC.
 
     ``width_mult`` (the paper's alpha) thins every layer; channels are rounded with
@@ -92,15 +91,4 @@ class MobileNetV1(nn.Module):
             out_channels = make_divisible(block.c * width_mult)
             layers[str(i)] = DepthwiseSeparableConv(channels, out_channels, stride, activation=act)
             channels, total_stride = out_channels, total_stride * stride
-        self.features = nn.Sequential(layers)
-        self.num_features = channels
-        self.stride = total_stride
-        self.classifier = classifier(channels, num_classes, dropout)
-        init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The convolutional trunk's output, before pooling (N, num_features, H/32, W/32)."""
-        return self.features(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        self._finish(layers, channels, total_stride, num_classes, dropout)

@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import NamedTuple
 
-import torch
 from torch import nn
 
 from mobilenets.layers import ConvBNAct, InvertedResidual, make_divisible
-from mobilenets.models._common import check_model_args, classifier, init_weights
+from mobilenets.models._common import ConvClassifier, check_model_args
 from mobilenets.models.registry import register_model
 
 
@@ -38,7 +37,7 @@ V2_BOTTLENECKS: tuple[Bottleneck, ...] = (
 
 
 @register_model("mobilenet_v2")
-class MobileNetV2(nn.Module):
+class MobileNetV2(ConvClassifier):
     """3x3 stride-2 convolution, 17 inverted residual blocks, 1x1 conv to 1280, pool, FC.
 
     ``width_mult`` scales every layer (rounded with ``make_divisible(., 8)``) except the last
@@ -78,15 +77,4 @@ class MobileNetV2(nn.Module):
                 channels, total_stride = out_channels, total_stride * stride
         last_channels = make_divisible(LAST_CHANNELS * max(1.0, width_mult))
         layers[str(len(layers))] = ConvBNAct(channels, last_channels, 1, activation=nn.ReLU6)
-        self.features = nn.Sequential(layers)
-        self.num_features = last_channels
-        self.stride = total_stride
-        self.classifier = classifier(last_channels, num_classes, dropout)
-        init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The convolutional trunk's output, before pooling (N, num_features, H/32, W/32)."""
-        return self.features(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        self._finish(layers, last_channels, total_stride, num_classes, dropout)

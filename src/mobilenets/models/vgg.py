@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import nn
 
 from mobilenets.convert import to_separable
 from mobilenets.layers import ConvBNAct, make_divisible
-from mobilenets.models._common import check_model_args, classifier, init_weights
+from mobilenets.models._common import ConvClassifier, check_model_args
 from mobilenets.models.registry import register_model
 
 POOL = "M"
@@ -25,7 +24,7 @@ VGG_SMALL: tuple[int | str, ...] = (32, 32, POOL, 64, 64, POOL, 128, 128, POOL)
 
 
 @register_model("vgg_small")
-class VGGSmall(nn.Module):
+class VGGSmall(ConvClassifier):
     """The table ``VGG_SMALL`` read into conv-BN-ReLU units and max poolings, then a classifier."""
 
     def __init__(
@@ -49,17 +48,7 @@ class VGGSmall(nn.Module):
                 out_channels = make_divisible(row * width_mult)
                 layers[str(len(layers))] = ConvBNAct(channels, out_channels, 3)
                 channels = out_channels
-        self.features = nn.Sequential(layers)
-        self.num_features = channels
-        self.stride = stride
-        self.classifier = classifier(channels, num_classes, dropout)
-        init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        self._finish(layers, channels, stride, num_classes, dropout)
 
 
 @register_model("vgg_small_separable")
