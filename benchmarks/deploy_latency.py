@@ -43,7 +43,8 @@ from mobilenets.checkpoint import RunInfo, atomic_write_text, load_run
 from mobilenets.cost import layer_kind, profile_model
 from mobilenets.deploy import create_session, export_model, fold_batchnorm, quantize_onnx
 from mobilenets.deploy.quantize import quantize_model
-from mobilenets.deploy.runtime import batches, load_run_data, run_session
+from mobilenets.deploy.runtime import batches, run_session
+from mobilenets.evaluate import load_run_data
 from mobilenets.models import create_model
 from mobilenets.train import TrainConfig, train
 
