@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from torch import nn
 
+from mobilenets.cost import count_params
 from mobilenets.errors import MobileNetError
 from mobilenets.layers import Activation, DepthwiseConv, PointwiseConv
 
@@ -82,10 +83,6 @@ def separable_replacement(conv: nn.Conv2d, activation: Activation = nn.ReLU) -> 
     return stack
 
 
-def _count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def to_separable(
     model: nn.Module, min_kernel: int = 3, activation: Activation = nn.ReLU
 ) -> Conversion:
@@ -141,8 +138,8 @@ def _describe(name: str, conv: nn.Conv2d, stack: nn.Sequential) -> ReplacedConv:
         out_channels=n_out,
         kernel_size=(kh, kw),
         stride=tuple(conv.stride),
-        params_before=_count(conv),
-        params_after=_count(stack),
+        params_before=count_params(conv),
+        params_after=count_params(stack),
         macs_per_position_before=kh * kw * n_c * n_out,
         macs_per_position_after=kh * kw * n_c + n_c * n_out,
     )
