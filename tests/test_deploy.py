@@ -30,7 +30,13 @@ from mobilenets.deploy import (
     run_info_of,
 )
 from mobilenets.deploy.onnx_export import compare_with_torch
-from mobilenets.deploy.runtime import run_session, top1_accuracy
+from mobilenets.deploy.runtime import (
+    OPENVINO_PROVIDER,
+    available_providers,
+    check_provider,
+    run_session,
+    top1_accuracy,
+)
 from mobilenets.errors import MobileNetError
 from mobilenets.train import TrainConfig, train
 
@@ -197,7 +203,7 @@ def test_quantize_cli_from_a_run_directory(run: Path, exported: Path, capsys) ->
 
 def test_bench_times_every_engine_side_by_side(run: Path, capsys) -> None:
     argv = ["bench", str(run), "--threads", "1", "--iterations", "5", "--warmup", "1", "--json"]
-    assert main(argv) == 0
+    assert main([*argv, "--provider", "cpu"]) == 0
     report = json.loads(capsys.readouterr().out)
     engines = [t["engine"] for t in report["timings"]]
     assert engines == [
@@ -297,3 +303,63 @@ def test_an_imported_run_exports_checked_on_random_images(tmp_path: Path, capsys
     assert result.checked_on.startswith("random images")
     assert result.max_rel_error <= 1e-4
     check_one_line_error(["evaluate", str(run_dir)], "pass --data", capsys)
+
+
+# --------------------------------------------------------------------------- OpenVINO
+
+needs_openvino = pytest.mark.skipif(
+    OPENVINO_PROVIDER not in available_providers(),
+    reason="the OpenVINO plugin (mobilenets[openvino]) is not installed",
+)
+
+
+def test_provider_short_names() -> None:
+    assert check_provider("cpu") == "CPUExecutionProvider"
+    assert check_provider("CPUExecutionProvider") == "CPUExecutionProvider"
+    with pytest.raises(MobileNetError, match="'tpu' is not available here; available: "):
+        check_provider("tpu")
+
+
+def test_openvino_missing_says_how_to_install_it(monkeypatch, run: Path, tmp_path: Path) -> None:
+    import mobilenets.deploy.runtime as runtime
+
+    monkeypatch.setattr(runtime, "available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(MobileNetError, match=r'pip install "mobilenets\[openvino\]"'):
+        export_onnx(run, tmp_path / "m.onnx", provider="openvino")
+    assert listing(tmp_path) == set()
+
+
+@needs_openvino
+def test_export_is_checked_in_openvino(run: Path, tmp_path: Path) -> None:
+    """OpenVINO runs the exported graph in fp32 (not the bf16/fp16 it would pick on its own
+    on this CPU), so it matches PyTorch as closely as onnxruntime's own kernels do."""
+    result = export_onnx(run, tmp_path / "m.onnx", provider="openvino")
+    assert result.max_rel_error <= 1e-4
+    session = create_session(result.path, threads=1, provider="openvino")
+    assert session.get_providers()[0] == OPENVINO_PROVIDER
+
+
+@needs_openvino
+def test_int8_in_openvino_keeps_accuracy(exported: Path, tmp_path: Path) -> None:
+    result = quantize_onnx(
+        exported, calibration=128, out=tmp_path / "q.onnx", provider="OpenVINOExecutionProvider"
+    )
+    assert result.top1_drop <= 0.01
+    cpu = top1_accuracy(create_session(result.path), load_data(None, RESOLUTION).test)
+    assert abs(cpu - result.int8_top1) <= 0.01  # the same int8 model, two engines
+
+
+@needs_openvino
+def test_bench_compares_providers_side_by_side(run: Path, capsys) -> None:
+    argv = ["bench", str(run), "--threads", "1", "--iterations", "3", "--warmup", "1", "--json"]
+    assert main(argv) == 0
+    engines = [t["engine"] for t in json.loads(capsys.readouterr().out)["timings"]]
+    assert engines[-4:] == [
+        "onnxruntime fp32",
+        "onnxruntime int8",
+        "onnxruntime fp32 (OpenVINO)",
+        "onnxruntime int8 (OpenVINO)",
+    ]
+    assert main([*argv, "--provider", "openvino"]) == 0
+    engines = [t["engine"] for t in json.loads(capsys.readouterr().out)["timings"]]
+    assert engines[-2:] == ["onnxruntime fp32 (OpenVINO)", "onnxruntime int8 (OpenVINO)"]

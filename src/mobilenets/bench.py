@@ -18,13 +18,14 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -35,7 +36,9 @@ from mobilenets.deploy.onnx_export import export_model
 from mobilenets.deploy.quantize import quantize_model
 from mobilenets.deploy.runtime import (
     DEFAULT_PROVIDER,
+    OPENVINO_PROVIDER,
     PRECISION_KEY,
+    available_providers,
     check_provider,
     create_session,
     input_resolution,
@@ -199,15 +202,19 @@ def benchmark(
     warmup: int = 10,
     iterations: int = 100,
     rounds: int = 5,
-    provider: str = DEFAULT_PROVIDER,
+    providers: Sequence[str] | None = None,
 ) -> BenchReport:
     """Time a model as PyTorch eager (NCHW, channels_last), with BN folded, and in
-    onnxruntime fp32 and int8; or, for an ONNX file, that file alone.
+    onnxruntime fp32 and int8 on each of ``providers``; or, for an ONNX file, that file alone.
 
+    ``providers`` defaults to onnxruntime's CPU provider plus OpenVINO where it is installed.
     The int8 model is calibrated on random inputs: its ranges do not change its speed, and
     its accuracy is ``mobilenets quantize``'s business.
     """
-    check_provider(provider)
+    providers = default_providers() if providers is None else providers
+    if not providers:
+        raise MobileNetError("name at least one execution provider to bench")
+    providers = list(dict.fromkeys(check_provider(p) for p in providers))
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise MobileNetError(f"batch must be a positive integer, got {batch!r}")
     threads = (os.cpu_count() or 1) if threads is None else threads
@@ -216,7 +223,7 @@ def benchmark(
     label, model, info, onnx_path = resolve_source(source, width_mult)
     if onnx_path is not None:
         return _benchmark_onnx(
-            onnx_path, resolution, batch, threads, warmup, iterations, rounds, provider
+            onnx_path, resolution, batch, threads, warmup, iterations, rounds, providers
         )
 
     assert model is not None and info is not None
@@ -229,15 +236,16 @@ def benchmark(
 
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
         fp32_path, int8_path = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
-        export_model(model, info, fp32_path, [x], provider=provider)
+        export_model(model, info, fp32_path, [x])
         calibration = torch.utils.data.TensorDataset(
             torch.randn(CALIBRATION_INPUTS, channels, resolution, resolution)
         )
         quantize_model(fp32_path, int8_path, calibration)
-        engines = _torch_engines(model, x) | {
-            "onnxruntime fp32": _ort_engine(fp32_path, x, threads, provider),
-            "onnxruntime int8": _ort_engine(int8_path, x, threads, provider),
-        }
+        engines = _torch_engines(model, x)
+        for provider in providers:
+            for precision, path in (("fp32", fp32_path), ("int8", int8_path)):
+                name = engine_name(precision, provider)
+                engines[name] = _ort_engine(path, x, threads, provider)
         with torch_threads(threads), torch.inference_mode():
             times = measure(engines, warmup, iterations, rounds)
     report = BenchReport(label, resolution, batch, threads, macs, matmul_gflops(threads))
@@ -259,9 +267,26 @@ def _torch_engines(model: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], 
     }
 
 
+def default_providers() -> list[str]:
+    """The providers bench compares unless told: onnxruntime's own CPU kernels, and OpenVINO's
+    where its plugin is installed."""
+    return [p for p in (DEFAULT_PROVIDER, OPENVINO_PROVIDER) if p in available_providers()]
+
+
+def engine_name(precision: str, provider: str = DEFAULT_PROVIDER) -> str:
+    """``onnxruntime fp32`` for onnxruntime's own kernels, ``onnxruntime fp32 (OpenVINO)``
+    for another provider's."""
+    if provider == DEFAULT_PROVIDER:
+        return f"onnxruntime {precision}"
+    return f"onnxruntime {precision} ({provider.removesuffix('ExecutionProvider')})"
+
+
 def _ort_engine(path: Path, x: torch.Tensor, threads: int, provider: str):
-    session = create_session(path, threads=threads, provider=provider)
-    feed = {session.get_inputs()[0].name: x.numpy()}
+    return _runner(create_session(path, threads=threads, provider=provider), x.numpy())
+
+
+def _runner(session: ort.InferenceSession, x: np.ndarray) -> Callable[[], object]:
+    feed = {session.get_inputs()[0].name: x}
     return lambda: session.run(None, feed)
 
 
@@ -273,11 +298,11 @@ def _benchmark_onnx(
     warmup: int,
     iterations: int,
     rounds: int,
-    provider: str,
+    providers: Sequence[str],
 ) -> BenchReport:
     proto = load_onnx(path)
-    session = create_session(path, threads=threads, provider=provider)
-    channels, height, width = input_resolution(session)
+    sessions = {p: create_session(path, threads=threads, provider=p) for p in providers}
+    channels, height, width = input_resolution(sessions[providers[0]])
     if resolution is not None and resolution != height:
         raise MobileNetError(
             f"{path} takes {height}x{width} inputs, not {resolution}x{resolution}; "
@@ -290,10 +315,8 @@ def _benchmark_onnx(
         macs = profile_model(info.build_model(), height).total_macs
     precision = props.get(PRECISION_KEY, "fp32")
     x = np.random.default_rng(0).standard_normal((batch, channels, height, width), np.float32)
-    feed = {session.get_inputs()[0].name: x}
-    times = measure(
-        {f"onnxruntime {precision}": lambda: session.run(None, feed)}, warmup, iterations, rounds
-    )
+    engines = {engine_name(precision, p): _runner(s, x) for p, s in sessions.items()}
+    times = measure(engines, warmup, iterations, rounds)
     report = BenchReport(path.name, height, batch, threads, macs, matmul_gflops(threads))
     report.timings = [summarize(name, t, batch, macs) for name, t in times.items()]
     return report

@@ -75,14 +75,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--width-mult", type=float, default=1.0, help="for a model name")
     p.add_argument("--iterations", type=int, default=100, help="timed calls per engine")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls per engine first")
-    p.add_argument("--provider", default=DEFAULT_PROVIDER, help="onnxruntime execution provider")
+    p.add_argument(
+        "--provider",
+        action="append",
+        dest="providers",
+        help="onnxruntime execution provider, repeatable (default: cpu, and openvino if installed)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_bench)
 
 
 def _add_data_and_provider(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="the run's data, if it moved (default: as the run records)")
-    p.add_argument("--provider", default=DEFAULT_PROVIDER, help="onnxruntime execution provider")
+    p.add_argument(
+        "--provider",
+        default=DEFAULT_PROVIDER,
+        help="onnxruntime execution provider: cpu (default) or openvino (mobilenets[openvino])",
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -159,7 +168,7 @@ def run_bench(args: argparse.Namespace) -> int:
         width_mult=args.width_mult,
         warmup=args.warmup,
         iterations=args.iterations,
-        provider=args.provider,
+        providers=args.providers,
     )
     if args.json:
         print_json(report.to_dict())
