@@ -14,7 +14,6 @@ Writes benchmarks/results/activation_memory.md.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from mobilenets.checkpoint import atomic_write_text
 from mobilenets.cost import BYTES_PER_ELEMENT, profile_model
 from mobilenets.layers import set_bottleneck_split
 from mobilenets.memory import measure_peak_activation_bytes
+from mobilenets.timing import time_interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("mobilenet_v1", "mobilenet_v2")
@@ -32,13 +32,10 @@ MIB = 2**20
 
 def best_ms(model: torch.nn.Module, x: torch.Tensor, repeats: int = 15) -> float:
     """Fastest of ``repeats`` inference passes, after two warm-up passes."""
-    times = []
     with torch.no_grad():
-        for i in range(repeats + 2):
-            start = time.perf_counter()
-            model(x)
-            if i >= 2:
-                times.append(time.perf_counter() - start)
+        model(x)
+        model(x)
+        times = time_interleaved({"model": lambda: model(x)}, rounds=repeats)["model"]
     return 1e3 * min(times)
 
 

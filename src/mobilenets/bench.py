@@ -48,6 +48,7 @@ from mobilenets.deploy.runtime import (
 )
 from mobilenets.errors import MobileNetError
 from mobilenets.models import check_resolution, create_model, list_models
+from mobilenets.timing import time_interleaved
 
 MATMUL_SIZE = 2048
 CALIBRATION_INPUTS = 8
@@ -102,27 +103,15 @@ def measure(
     iterations: int = 100,
     rounds: int = 5,
 ) -> dict[str, list[float]]:
-    """Seconds per call of each engine, timed in ``rounds`` interleaved slices.
-
-    Each slice starts with two untimed calls: the previous engine's thread pool may still be
-    spinning, waiting for work, and would otherwise steal the first calls' cores.
-    """
+    """Seconds per call of each engine: ``warmup`` untimed calls each, then ``iterations``
+    timed calls in ``rounds`` interleaved slices, each opened by two settle calls."""
     if warmup < 0 or iterations < 1 or rounds < 1:
         raise MobileNetError("warm-up must be >= 0 and iterations and rounds >= 1")
     for fn in engines.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in engines}
     per_round = max(1, -(-iterations // rounds))
-    for _ in range(rounds):
-        for name, fn in engines.items():
-            fn()
-            fn()
-            for _ in range(per_round):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return times
+    return time_interleaved(engines, rounds, per_round, settle=2)
 
 
 def summarize(engine: str, seconds: list[float], batch: int, macs: int | None) -> Timing:

@@ -26,6 +26,7 @@ from torch import nn
 from mobilenets.cost import separable_cost_ratio
 from mobilenets.errors import MobileNetError
 from mobilenets.layers import DepthwiseConv, PointwiseConv
+from mobilenets.timing import time_interleaved
 
 
 @dataclass(frozen=True)
@@ -133,14 +134,13 @@ def _layers(shape: ConvShape, fmt: torch.memory_format) -> dict[str, Callable]:
     }
 
 
-def _time_interleaved(
+def _fastest_ms(
     layers: dict[str, Callable], x: torch.Tensor, backward: bool, budget_s: float
 ) -> dict[str, float]:
     """Fastest milliseconds per call of each layer, timed in alternation.
 
-    Alternating the candidates round by round spreads any slow period of a shared machine over
-    all of them instead of charging it to whichever ran then; the fastest round is the one least
-    disturbed by other processes (the reason ``timeit`` reports the minimum).
+    The fastest round is the one least disturbed by other processes (the reason ``timeit``
+    reports the minimum): what the layer costs, not what the machine was doing meanwhile.
     """
     grads: dict[str, torch.Tensor] = {}
 
@@ -161,12 +161,8 @@ def _time_interleaved(
         call(name)
     round_s = max((time.perf_counter() - start) / 2, 1e-6)
     repeats = max(5, min(60, int(budget_s / round_s)))
-    times: dict[str, list[float]] = {name: [] for name in layers}
-    for _ in range(repeats):
-        for name in layers:
-            t0 = time.perf_counter()
-            call(name)
-            times[name].append(time.perf_counter() - t0)
+    calls = {name: (lambda name=name: call(name)) for name in layers}
+    times = time_interleaved(calls, repeats)
     return {name: 1e3 * min(ts) for name, ts in times.items()}
 
 
@@ -202,7 +198,7 @@ def measure_separable_speedup(
                     batch, shape.in_channels, shape.size, shape.size, generator=generator
                 ).contiguous(memory_format=MEMORY_FORMATS[fmt])
                 for mode in modes:
-                    ms = _time_interleaved(layers, x, mode == "forward+backward", budget_s)
+                    ms = _fastest_ms(layers, x, mode == "forward+backward", budget_s)
                     row = SpeedupMeasurement(
                         shape=shape,
                         batch_size=batch,
