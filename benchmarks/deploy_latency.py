@@ -50,6 +50,7 @@ from mobilenets.deploy.runtime import (
     OPENVINO_PROVIDER,
     batches,
     run_session,
+    short_provider_name,
 )
 from mobilenets.evaluate import load_run_data
 from mobilenets.models import create_model
@@ -100,7 +101,7 @@ def latency_section(iterations: int) -> tuple[list[str], list[BenchReport]]:
         for provider in PROVIDERS:
             fp32 = report.timing(engine_name("fp32", provider)).median_ms
             int8 = report.timing(engine_name("int8", provider)).median_ms
-            label = engine_name("", provider).replace("onnxruntime  ", "onnxruntime ").strip()
+            label = engine_name("", provider)
             lines += [
                 f"- {label}: fp32 **{eager / fp32:.2f}x** faster than PyTorch eager NCHW "
                 f"(target >= 3x: {'met' if eager / fp32 >= 3 else 'MISSED'}); "
@@ -138,7 +139,7 @@ def encoding_section(iterations: int) -> list[str]:
         with torch_threads(THREADS):
             times = measure(engines, warmup=10, iterations=iterations, rounds=10)
     medians = {key: summarize("", t, 1, None).median_ms for key, t in times.items()}
-    names = [p.removesuffix("ExecutionProvider") for p in PROVIDERS]
+    names = [short_provider_name(p) for p in PROVIDERS]
     lines = [
         "### int8 encodings, MobileNetV2 1.0 at 224, batch 1, 2 threads",
         "",

@@ -45,6 +45,7 @@ from mobilenets.deploy.runtime import (
     load_onnx,
     metadata,
     run_info_of,
+    short_provider_name,
 )
 from mobilenets.errors import MobileNetError
 from mobilenets.models import check_resolution, create_model, list_models
@@ -264,10 +265,11 @@ def default_providers() -> list[str]:
 
 def engine_name(precision: str, provider: str = DEFAULT_PROVIDER) -> str:
     """``onnxruntime fp32`` for onnxruntime's own kernels, ``onnxruntime fp32 (OpenVINO)``
-    for another provider's."""
+    for another provider's; ``precision=""`` names the provider alone."""
+    name = " ".join(filter(None, ("onnxruntime", precision)))
     if provider == DEFAULT_PROVIDER:
-        return f"onnxruntime {precision}"
-    return f"onnxruntime {precision} ({provider.removesuffix('ExecutionProvider')})"
+        return name
+    return f"{name} ({short_provider_name(provider)})"
 
 
 def _ort_engine(path: Path, x: torch.Tensor, threads: int, provider: str):

@@ -109,6 +109,11 @@ def available_providers() -> list[str]:
     return providers
 
 
+def short_provider_name(provider: str) -> str:
+    """``OpenVINOExecutionProvider`` -> ``OpenVINO``: the name users type and tables show."""
+    return provider.removesuffix("ExecutionProvider")
+
+
 def check_provider(provider: str) -> str:
     """The full name of ``provider`` if this machine has it, else a one-line error.
 
@@ -118,9 +123,9 @@ def check_provider(provider: str) -> str:
     if not isinstance(provider, str) or not provider:
         raise MobileNetError(f"an execution provider name is needed, got {provider!r}")
     available = available_providers()
-    wanted = provider.lower().removesuffix("executionprovider")
+    wanted = short_provider_name(provider).lower()
     for name in available:
-        if name.lower().removesuffix("executionprovider") == wanted:
+        if short_provider_name(name).lower() == wanted:
             return name
     hint = ""
     if wanted == "openvino":
