@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from mobilenets import create_model
-from mobilenets.checkpoint import atomic_write_text
 from mobilenets.cost import BYTES_PER_ELEMENT, profile_model
+from mobilenets.io import atomic_write_text
 from mobilenets.layers import set_bottleneck_split
 from mobilenets.memory import measure_peak_activation_bytes
 from mobilenets.timing import time_interleaved

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from mobilenets.checkpoint import atomic_write_text
 from mobilenets.convert_demo import compare_conversion
+from mobilenets.io import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from mobilenets.checkpoint import atomic_write_text
+from mobilenets.io import atomic_write_text
 from mobilenets.plots import save_figure, separable_speedup_figure
 from mobilenets.speedup import measure_separable_speedup, speedup_markdown, summarize
 

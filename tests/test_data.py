@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mobilenets.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from mobilenets.data import (
     IMAGENET_CROP_PCT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     ImageFolderDataset,
     SkippedImagesWarning,
     eval_transform,

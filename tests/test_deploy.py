@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from mobilenets import create_model
-from mobilenets.checkpoint import WEIGHTS_FILE, load_run
 from mobilenets.cli import main
 from mobilenets.cost import profile_model
 from mobilenets.data import load_data
@@ -38,6 +37,7 @@ from mobilenets.deploy.runtime import (
     top1_accuracy,
 )
 from mobilenets.errors import MobileNetError
+from mobilenets.runs import WEIGHTS_FILE, load_run
 from mobilenets.train import TrainConfig, train
 
 RESOLUTION = 16

@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from mobilenets.checkpoint import read_run_info
 from mobilenets.cli import main
+from mobilenets.data import Renormalized
 from mobilenets.errors import MobileNetError
-from mobilenets.evaluate import Evaluation, Renormalized, Tally, evaluate, predict
+from mobilenets.evaluate import Evaluation, Tally, evaluate, predict
+from mobilenets.runs import read_run_info
 from mobilenets.train import TrainConfig, train
 
 

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mobilenets import MobileNetError, create_model
-from mobilenets.checkpoint import IMAGENET_MEAN, load_run
 from mobilenets.cli import main
+from mobilenets.data import IMAGENET_MEAN
 from mobilenets.hub import (
     from_source_state_dict,
     import_checkpoint,
@@ -29,6 +29,7 @@ from mobilenets.hub import (
     to_timm_state_dict,
     to_torchvision_state_dict,
 )
+from mobilenets.runs import load_run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "interop"
 TV_V2 = FIXTURES / "torchvision_mobilenet_v2_035.pth"
@@ -162,7 +163,7 @@ def test_import_writes_a_run_that_loads(tmp_path: Path) -> None:
     model, loaded = load_run(run)
     assert loaded.mean == IMAGENET_MEAN and loaded.input_size == (3, 224, 224)
     assert loaded.model_kwargs == {"width_mult": 0.35, "num_classes": 10}
-    assert loaded.extra["imported_from"]["source"] == "timm"
+    assert loaded.imported_from.source == "timm"
     assert max_abs_diff(model, *source_io(TIMM_V2)) <= 1e-5
 
 

@@ -29,7 +29,6 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from mobilenets.checkpoint import RunInfo, load_run
 from mobilenets.cost import profile_model
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.onnx_export import export_model
@@ -49,6 +48,7 @@ from mobilenets.deploy.runtime import (
 )
 from mobilenets.errors import MobileNetError
 from mobilenets.models import check_resolution, create_model, list_models
+from mobilenets.runs import RunInfo, load_run
 from mobilenets.timing import time_interleaved
 
 MATMUL_SIZE = 2048

@@ -43,13 +43,18 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mobilenets.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from mobilenets.errors import MobileNetError
 
 MIN_RESOLUTION = 8
 DEFAULT_RESOLUTION = {"digits": 32, "cifar10": 32, "cifar100": 32, "imagefolder": 224}
 # ImageNet practice: resize the shorter side to resolution * 256 / 224, then centre-crop.
+# torchvision's and timm's ImageNet statistics: image folders are normalised with them (and
+# imported ImageNet weights expect them), so a run fine-tuned from ImageNet sees familiar inputs.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_CROP_PCT = 224 / 256
+# Share of the digits or of a split-less image folder held out for testing (seeded, stratified).
+VAL_FRACTION = 0.2
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 Augment = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
@@ -347,6 +352,38 @@ class ImageFolderDataset(Dataset):
         return x, label
 
 
+class Renormalized(Dataset):
+    """A dataset's images re-expressed in another normalisation: data normalised with its own
+    statistics, fed to a model trained with other ones, must be seen as the model saw pixels.
+
+    ``(x * std + mean - target_mean) / target_std``, per channel; keys pass through unchanged.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        mean: Sequence[float],
+        std: Sequence[float],
+        target_mean: Sequence[float],
+        target_std: Sequence[float],
+    ) -> None:
+        self.dataset = dataset
+        mean, std, target_mean, target_std = (
+            torch.tensor(v, dtype=torch.float32).view(-1, 1, 1)
+            for v in (mean, std, target_mean, target_std)
+        )
+        self.scale = std / target_std
+        self.shift = (mean - target_mean) / target_std
+        self.in_memory = getattr(dataset, "in_memory", True)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Any) -> tuple[torch.Tensor, int]:
+        x, label = self.dataset[key]
+        return x * self.scale + self.shift, label
+
+
 def stratified_split(
     labels: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -634,7 +671,7 @@ def load_data(
     data: str | os.PathLike[str] | None = None,
     resolution: int | None = None,
     seed: int = 0,
-    val_fraction: float = 0.2,
+    val_fraction: float = VAL_FRACTION,
     augment: bool = True,
 ) -> DataBundle:
     """Load the embedded digits (``None`` or ``"digits"``), a CIFAR-10/100 directory of python

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from mobilenets.checkpoint import RunInfo, load_run
-from mobilenets.data import DataBundle, eval_transform, load_data, load_image, make_loader
+from mobilenets.data import eval_transform, load_image, make_loader
 from mobilenets.errors import MobileNetError
 from mobilenets.plots import confusion_matrix_figure, save_figure
+from mobilenets.runs import load_run, load_run_data
 
 CONFUSION_FILE = "confusion_matrix.png"
 TOP_K = 5
@@ -189,101 +189,6 @@ def evaluate(
     return result
 
 
-def load_run_data(info: RunInfo, data: str | os.PathLike[str] | None = None) -> DataBundle:
-    """The data a run was trained on, rebuilt from what it recorded, without augmentation.
-
-    ``data`` replaces the recorded source (a dataset moved since training, or images for a run
-    whose weights were imported). The split is the run's own (same seed and fraction), so
-    "held-out" means held out from training. The classes must be the model's; images come out
-    in the model's normalisation (``mean``/``std`` of the bundle are the run's), whatever
-    statistics the data has itself. Evaluation, export checks and int8 calibration all read
-    data through here.
-    """
-    recorded = info.extra.get("data")
-    if data is None and recorded is None:
-        raise MobileNetError(
-            "this run records no training data (imported weights?); pass --data with images "
-            "of its classes"
-        )
-    recorded = recorded or {}
-    source = recorded.get("source") if data is None else str(data)
-    bundle = load_data(
-        source,
-        resolution=int(info.input_size[1]),
-        seed=int(recorded.get("split_seed", 0)),
-        val_fraction=float(recorded.get("val_fraction", 0.2)),
-        augment=False,
-    )
-    _check_compatible(bundle.class_names, bundle.input_size, info, source)
-    if (tuple(bundle.mean), tuple(bundle.std)) == (tuple(info.mean), tuple(info.std)):
-        return bundle
-
-    def renormalized(dataset: Dataset | None) -> Dataset | None:
-        if dataset is None:
-            return None
-        return Renormalized(dataset, bundle.mean, bundle.std, info.mean, info.std)
-
-    return replace(
-        bundle,
-        test=renormalized(bundle.test),
-        train_raw=renormalized(bundle.train_raw),
-        mean=tuple(info.mean),
-        std=tuple(info.std),
-    )
-
-
-class Renormalized(Dataset):
-    """A dataset's images re-expressed in another normalisation: data normalised with its own
-    statistics, fed to a model trained with other ones, must be seen as the model saw pixels.
-
-    ``(x * std + mean - target_mean) / target_std``, per channel; keys pass through unchanged.
-    """
-
-    def __init__(
-        self,
-        dataset: Dataset,
-        mean: Sequence[float],
-        std: Sequence[float],
-        target_mean: Sequence[float],
-        target_std: Sequence[float],
-    ) -> None:
-        self.dataset = dataset
-        mean, std, target_mean, target_std = (
-            torch.tensor(v, dtype=torch.float32).view(-1, 1, 1)
-            for v in (mean, std, target_mean, target_std)
-        )
-        self.scale = std / target_std
-        self.shift = (mean - target_mean) / target_std
-        self.in_memory = getattr(dataset, "in_memory", True)
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: Any) -> tuple[torch.Tensor, int]:
-        x, label = self.dataset[key]
-        return x * self.scale + self.shift, label
-
-
-def _check_compatible(
-    class_names: Sequence[str], input_size: Sequence[int], info: RunInfo, source: object
-) -> None:
-    what = "the embedded digits" if source is None else str(source)
-    if list(class_names) != list(info.class_names):
-        raise MobileNetError(
-            f"{what} has classes {_short(class_names)} but the model was trained on "
-            f"{_short(info.class_names)}"
-        )
-    if input_size[0] != info.input_size[0]:
-        raise MobileNetError(
-            f"{what} has {input_size[0]}-channel images but the model takes {info.input_size[0]}"
-        )
-
-
-def _short(names: Sequence[str], limit: int = 6) -> str:
-    shown = ", ".join(names[:limit])
-    return f"[{shown}{', ...' if len(names) > limit else ''}] ({len(names)})"
-
-
 @dataclass
 class Prediction:
     """The ``top_k`` most probable classes for one image, most probable first."""
@@ -321,8 +226,7 @@ def predict(
         raise MobileNetError(f"top_k must be at least 1, got {top_k}")
     device = parse_device(device)
     model, info = load_run(run_dir, map_location=device)
-    crop_pct = info.extra.get("data", {}).get("crop_pct", 1.0)
-    transform = eval_transform(info.mean, info.std, info.input_size, crop_pct)
+    transform = eval_transform(info.mean, info.std, info.input_size, info.crop_pct)
     inputs = torch.stack([transform(load_image(path)) for path in images])
     k = min(top_k, len(info.class_names))
     predictions = []

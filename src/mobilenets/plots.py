@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mobilenets.checkpoint import atomic_path
 from mobilenets.errors import MobileNetError
+from mobilenets.io import atomic_path
 
 if TYPE_CHECKING:
     from mobilenets.cost import CostReport, LayerCost

@@ -8,7 +8,7 @@ the models are built with ``small_input`` (total stride 8): a network made for 2
 its input by 32, which would leave a 32 px digit a single feature pixel.
 
 A run directory holds the published model (``model.safetensors`` + ``model.json``, see
-:mod:`mobilenets.checkpoint`), rewritten after every epoch, and beside it:
+:mod:`mobilenets.runs`), rewritten after every epoch, and beside it:
 
 - ``train_state.pt``: what continuing needs (weights, optimizer, scheduler, gradient scaler,
   epoch, history); tensors and primitives only, so it is read back with ``weights_only=True``;
@@ -57,21 +57,21 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from mobilenets.checkpoint import (
+from mobilenets.data import VAL_FRACTION, DataBundle, load_data, make_loader
+from mobilenets.errors import MobileNetError
+from mobilenets.evaluate import Evaluation, Tally, parse_device, tally_predictions
+from mobilenets.io import atomic_path, atomic_write_text
+from mobilenets.models import check_resolution, create_model, get_model_factory
+from mobilenets.plots import save_figure, training_curves_figure
+from mobilenets.runs import (
     META_FILE,
+    DataRecord,
     RunInfo,
-    atomic_path,
-    atomic_write_text,
     load_state_dict_file,
     load_weights_into,
     read_run_info,
     save_run,
 )
-from mobilenets.data import DataBundle, load_data, make_loader
-from mobilenets.errors import MobileNetError
-from mobilenets.evaluate import Evaluation, Tally, parse_device, tally_predictions
-from mobilenets.models import check_resolution, create_model, get_model_factory
-from mobilenets.plots import save_figure, training_curves_figure
 
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -337,10 +337,10 @@ def resumed_config(config: TrainConfig) -> TrainConfig:
             f"a resumed run keeps the settings it was started with; drop {', '.join(changed)}"
         )
     info = read_run_info(run_dir)
-    recipe = info.extra.get("train_config")
+    recipe = info.train_config
     if not isinstance(recipe, dict):
         raise MobileNetError(f"cannot resume {run_dir}: it was not written by mobilenets train")
-    if info.extra.get("finished"):
+    if info.finished:
         raise MobileNetError(
             f"{run_dir} is finished ({info.epoch} of {recipe.get('epochs')} epochs); "
             f"nothing to resume (fine-tune it with --init {run_dir})"
@@ -406,7 +406,11 @@ class _Trainer:
         else:  # every rank finds the same name: nothing is written before epoch 1 ends
             self.run_dir = new_run_dir(config)
         self.bundle: DataBundle = load_data(
-            config.data, config.resolution, seed=SPLIT_SEED, augment=config.augment
+            config.data,
+            config.resolution,
+            seed=SPLIT_SEED,
+            val_fraction=VAL_FRACTION,
+            augment=config.augment,
         )
         channels, resolution, _ = self.bundle.input_size
         num_classes = len(self.bundle.class_names)
@@ -508,18 +512,16 @@ class _Trainer:
             input_size=bundle.input_size,
             epoch=epoch,
             metrics={k: v for k, v in last.items() if k != "epoch"},
-            extra={
-                "finished": epoch == self.config.epochs,
-                "train_config": self.config.recipe(),
-                "data": {
-                    "source": self.config.data,
-                    "name": bundle.name,
-                    "split_seed": SPLIT_SEED,
-                    "val_fraction": 0.2,
-                    "crop_pct": bundle.crop_pct,
-                },
-                "world_size": self.procs.world_size,
-            },
+            data=DataRecord(
+                source=self.config.data,
+                name=bundle.name,
+                split_seed=SPLIT_SEED,
+                val_fraction=VAL_FRACTION,
+                crop_pct=bundle.crop_pct,
+            ),
+            train_config=self.config.recipe(),
+            finished=epoch == self.config.epochs,
+            world_size=self.procs.world_size,
         )
 
     def _checkpoint(self, epoch: int, replica_digests: list[str] | None = None) -> None:
@@ -529,7 +531,7 @@ class _Trainer:
         write_metrics(self.run_dir, self.history)
         info = self._run_info(epoch)
         if replica_digests is not None:
-            info.extra["replica_sha256"] = replica_digests
+            info.replica_sha256 = replica_digests
         save_run(self.run_dir, self.model, info)
         state = {
             "epoch": epoch,

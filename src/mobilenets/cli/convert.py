@@ -7,9 +7,9 @@ import contextlib
 import json
 import sys
 
-from mobilenets.checkpoint import atomic_write_text
 from mobilenets.cli._output import console, fmt_int, print_json, table
 from mobilenets.convert_demo import ConversionComparison, compare_conversion
+from mobilenets.io import atomic_write_text
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
