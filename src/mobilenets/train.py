@@ -63,6 +63,7 @@ from mobilenets.evaluate import Evaluation, Tally, parse_device, tally_predictio
 from mobilenets.io import atomic_path, atomic_write_text
 from mobilenets.models import check_resolution, create_model, get_model_factory
 from mobilenets.plots import save_figure, training_curves_figure
+from mobilenets.recipe import RUNTIME_FIELDS, TrainConfig
 from mobilenets.runs import (
     META_FILE,
     DataRecord,
@@ -80,68 +81,6 @@ CURVES_FILE = "curves.png"
 # runs with different seeds are then compared on the same images.
 SPLIT_SEED = 0
 SMALL_INPUT_BELOW = 128  # px; smaller inputs get the models' small_input (total stride 8)
-OPTIMIZERS = ("sgd", "rmsprop")
-# Fields that say how to run, not what to train: a resumed run takes them from the caller.
-RUNTIME_FIELDS = ("out", "resume", "quiet", "num_workers", "device", "stop_after_epoch")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; the defaults train MobileNetV2 on the digits to
-    over 98.5% held-out top-1 in a few minutes on two CPU cores."""
-
-    model: str = "mobilenet_v2"
-    data: str | None = None  # None: the embedded digits; or a CIFAR or image folder directory
-    width_mult: float = 0.5
-    resolution: int | None = None  # None: the dataset's own (32 for digits and CIFAR)
-    small_input: bool | None = None  # None: when the resolution is below 128 px
-    dropout: float = 0.2
-    epochs: int = 20
-    batch_size: int = 32  # global: split evenly across torchrun processes
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9  # SGD's (RMSprop keeps the papers' 0.9)
-    weight_decay: float = 5e-4  # not applied to BatchNorm parameters and biases
-    label_smoothing: float = 0.1
-    warmup_epochs: float = 1.0
-    augment: bool = True
-    channels_last: bool = True  # NHWC: 1-6% faster on CPU (benchmarks/train_throughput.py)
-    seed: int = 0
-    init: str | None = None  # weights to start from: a run directory or a .safetensors file
-    freeze_features: bool = False  # train the classifier only
-    out: str | None = None  # None: runs/<model>, or runs/<model>-2, ... if that exists
-    resume: str | None = None  # a run directory to continue; the recipe comes from it
-    quiet: bool = False  # no progress bars (the per-epoch lines still print)
-    num_workers: int | None = None  # None: the data module's choice
-    device: str | None = None  # None: the GPU when there is one
-    stop_after_epoch: int | None = None  # end early, as a killed run would (resume continues)
-
-    def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}"),
-            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
-            (
-                0 <= self.label_smoothing < 1,
-                f"label smoothing must be in [0, 1), got {self.label_smoothing}",
-            ),
-            (self.warmup_epochs >= 0, f"warm-up epochs must be >= 0, got {self.warmup_epochs}"),
-            (
-                self.optimizer in OPTIMIZERS,
-                f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise MobileNetError(message)
-
-    def recipe(self) -> dict[str, Any]:
-        """The fields that define what is trained (recorded in the run, reused on resume)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
-
-
 # --------------------------------------------------------------------------- processes
 
 

@@ -1,17 +1,24 @@
-"""Terminal output shared by the commands: one console, JSON, and number formatting."""
+"""Terminal output shared by the commands: one console, JSON, and number formatting.
+
+rich is imported by the functions that draw, not with the module: every command module imports
+this one, and ``mobilenets --help`` should not pay for a renderer it never uses.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 
 def console() -> Console:
     """A console on stdout; wide when piped, so tables are not wrapped into a file."""
+    from rich.console import Console
+
     is_tty = sys.stdout.isatty()
     return Console(width=None if is_tty else 200, highlight=False, soft_wrap=not is_tty)
 
@@ -31,6 +38,8 @@ def fmt_shape(shape: tuple[int, ...] | list[int]) -> str:
 
 def table(title: str | None, columns: list[str], rows: list[list[str]], right: int = 0) -> Table:
     """A rich table whose last ``right`` columns are numbers, right-aligned."""
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for i, col in enumerate(columns):
         t.add_column(col, justify="right" if i >= len(columns) - right else "left")

@@ -6,10 +6,13 @@ import argparse
 import contextlib
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from mobilenets.cli._output import console, fmt_int, print_json, table
-from mobilenets.convert_demo import ConversionComparison, compare_conversion
 from mobilenets.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from mobilenets.convert_demo import ConversionComparison
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from mobilenets.convert_demo import compare_conversion
+
     # With --json, stdout carries the JSON alone; the training log goes to stderr.
     log_to = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with log_to:

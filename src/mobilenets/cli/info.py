@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from mobilenets.cli._output import console, fmt_int, fmt_shape, print_json, table
-from mobilenets.cost import BYTES_PER_ELEMENT, CostReport, profile_model
-from mobilenets.models import create_model, list_models
-from mobilenets.plots import layer_cost_figure, save_figure
+
+if TYPE_CHECKING:
+    from mobilenets.cost import CostReport
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    from mobilenets.cost import profile_model
+    from mobilenets.models import create_model, list_models
+
     rows = []
     for name in list_models():
         report = profile_model(create_model(name), args.resolution)
@@ -58,6 +62,10 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_cost(args: argparse.Namespace) -> int:
+    from mobilenets.cost import BYTES_PER_ELEMENT, profile_model
+    from mobilenets.models import create_model
+    from mobilenets.plots import layer_cost_figure, save_figure
+
     # small_input only when asked for: not every registered model (vgg_small) takes it.
     extra = {"small_input": True} if args.small_input else {}
     model = create_model(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 
 from mobilenets.cli._output import console, print_json, table
-from mobilenets.plots import save_figure, separable_speedup_figure
-from mobilenets.speedup import MEMORY_FORMATS, MODES, measure_separable_speedup, summarize
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,9 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="N")
     p.add_argument(
-        "--formats", nargs="+", default=list(MEMORY_FORMATS), choices=list(MEMORY_FORMATS)
+        "--formats", nargs="+", help="memory formats: nchw, channels_last (default: both)"
     )
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--modes", nargs="+", help="forward, forward+backward (default: both)")
     p.add_argument("--budget", type=float, default=1.0, help="seconds per combination (1.0)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the ratios to this PNG")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -31,11 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_speedup(args: argparse.Namespace) -> int:
+    from mobilenets.plots import save_figure, separable_speedup_figure
+    from mobilenets.speedup import measure_separable_speedup, summarize
+
+    chosen = {"memory_formats": args.formats, "modes": args.modes}
     rows = measure_separable_speedup(
         batch_sizes=args.batch_sizes,
-        memory_formats=args.formats,
-        modes=args.modes,
         budget_s=args.budget,
+        **{k: v for k, v in chosen.items() if v is not None},
     )
     if args.plot:
         save_figure(separable_speedup_figure(rows), args.plot)
