@@ -14,8 +14,8 @@ from mobilenets import DepthwiseConv, MobileNetError, PointwiseConv, create_mode
 from mobilenets.cli import main
 from mobilenets.convert import to_separable
 from mobilenets.cost import count_params, layer_kind, profile_model
+from mobilenets.measure.speedup import ConvShape, geometric_mean, measure_separable_speedup
 from mobilenets.runs import load_run
-from mobilenets.speedup import ConvShape, geometric_mean, measure_separable_speedup
 
 RUNS = {"vgg_small": "original", "vgg_small_separable": "converted"}
 
@@ -133,7 +133,16 @@ def test_convert_command_trains_both_and_compares(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "convert"
-    args = ["convert", "--epochs", "1", "--width-mult", "0.5", "--out", str(out), "--json"]
+    args = [
+        "compare-conversion",
+        "--epochs",
+        "1",
+        "--width-mult",
+        "0.5",
+        "--out",
+        str(out),
+        "--json",
+    ]
     assert main(args) == 0
     data = json.loads(capsys.readouterr().out)
     assert data == json.loads((out / "comparison.json").read_text())

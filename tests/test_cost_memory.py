@@ -14,7 +14,7 @@ from mobilenets import InvertedResidual, MobileNetError, create_model
 from mobilenets.cli import main
 from mobilenets.cost import profile_model
 from mobilenets.layers import set_bottleneck_split
-from mobilenets.memory import measure_peak_activation_bytes
+from mobilenets.measure.memory import measure_peak_activation_bytes
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -47,9 +47,9 @@ from mobilenets.deploy.runtime import (
     short_provider_name,
 )
 from mobilenets.errors import MobileNetError
+from mobilenets.measure.timing import time_interleaved
 from mobilenets.models import check_resolution, create_model, list_models
 from mobilenets.runs import RunInfo, load_run
-from mobilenets.timing import time_interleaved
 
 MATMUL_SIZE = 2048
 CALIBRATION_INPUTS = 8

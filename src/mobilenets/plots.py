@@ -23,7 +23,7 @@ from mobilenets.io import atomic_path
 
 if TYPE_CHECKING:
     from mobilenets.cost import CostReport, LayerCost
-    from mobilenets.speedup import SpeedupMeasurement
+    from mobilenets.measure.speedup import SpeedupMeasurement
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 120) -> None:

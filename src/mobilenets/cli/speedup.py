@@ -29,8 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_speedup(args: argparse.Namespace) -> int:
+    from mobilenets.measure.speedup import measure_separable_speedup, speedup_summary
     from mobilenets.plots import save_figure, separable_speedup_figure
-    from mobilenets.speedup import measure_separable_speedup, summarize
 
     chosen = {"memory_formats": args.formats, "modes": args.modes}
     rows = measure_separable_speedup(
@@ -41,7 +41,7 @@ def run_speedup(args: argparse.Namespace) -> int:
     if args.plot:
         save_figure(separable_speedup_figure(rows), args.plot)
     if args.json:
-        print_json({"rows": [r.to_dict() for r in rows], "summary": summarize(rows)})
+        print_json({"rows": [r.to_dict() for r in rows], "summary": speedup_summary(rows)})
         return 0
     out = console()
     out.print(
@@ -91,7 +91,7 @@ def run_speedup(args: argparse.Namespace) -> int:
                     f"{s['ours']:.2f}",
                     f"{s['plain']:.2f}",
                 ]
-                for s in summarize(rows)
+                for s in speedup_summary(rows)
             ],
             right=2,
         )

@@ -1,4 +1,5 @@
-"""``mobilenets convert``: train a VGG-style CNN and its depthwise separable conversion alike."""
+"""``mobilenets compare-conversion``: train a VGG-style CNN and its depthwise separable
+conversion alike, and compare accuracy and cost."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from mobilenets.cli._output import console, fmt_int, print_json, table
 from mobilenets.io import atomic_write_text
 
 if TYPE_CHECKING:
-    from mobilenets.convert_demo import ConversionComparison
+    from mobilenets.compare_conversion import ConversionComparison
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "convert",
+        "compare-conversion",
         help="make vgg_small's convolutions depthwise separable; train both and compare",
         description=(
             "Train vgg_small and vgg_small_separable (every standard 3x3 convolution replaced "
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from mobilenets.convert_demo import compare_conversion
+    from mobilenets.compare_conversion import compare_conversion
 
     # With --json, stdout carries the JSON alone; the training log goes to stderr.
     log_to = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()

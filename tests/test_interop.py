@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from mobilenets import MobileNetError, create_model
 from mobilenets.cli import main
 from mobilenets.data import IMAGENET_MEAN
-from mobilenets.hub import (
+from mobilenets.interop import (
     from_source_state_dict,
     import_checkpoint,
     load_weights,

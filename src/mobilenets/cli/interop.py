@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from mobilenets.hub import import_checkpoint
+    from mobilenets.interop import import_checkpoint
 
     info = import_checkpoint(
         args.file,
@@ -58,7 +58,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export_weights(args: argparse.Namespace) -> int:
-    from mobilenets.hub import export_weights
+    from mobilenets.interop import export_weights
 
     state = export_weights(args.run_dir, args.to, args.out)
     console().print(f"wrote {len(state)} tensors with {args.to}'s names to {args.out}")
