@@ -15,7 +15,9 @@ from sklearn.datasets import load_digits
 from mobilenets.cli import main
 from mobilenets.data import Renormalized
 from mobilenets.errors import MobileNetError
-from mobilenets.evaluate import Evaluation, Tally, evaluate, predict
+from mobilenets.evaluate import evaluate
+from mobilenets.metrics import Evaluation, Tally
+from mobilenets.predict import predict
 from mobilenets.runs import read_run_info
 from mobilenets.train import TrainConfig, train
 

@@ -21,18 +21,16 @@ from sklearn.datasets import load_digits
 from mobilenets.cli import main
 from mobilenets.errors import MobileNetError
 from mobilenets.models import MobileNetV2
+from mobilenets.optim import make_optimizer, parameter_groups, warmup_cosine
+from mobilenets.recipe import TrainConfig
 from mobilenets.runs import load_run, load_state_dict_file, read_run_info
 from mobilenets.train import (
     CURVES_FILE,
     METRICS_FILE,
     STATE_FILE,
-    TrainConfig,
-    make_optimizer,
     model_kwargs,
-    parameter_groups,
     state_digest,
     train,
-    warmup_cosine,
 )
 
 TINY = dict(model="mobilenet_v2", width_mult=0.35, resolution=16, batch_size=64, quiet=True)

@@ -1,6 +1,6 @@
 """``mobilenets train``, ``evaluate`` and ``predict``: each parses its flags and calls one
 library function (:func:`mobilenets.train.train`, :func:`mobilenets.evaluate.evaluate`,
-:func:`mobilenets.evaluate.predict`)."""
+:func:`mobilenets.predict.predict`)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from mobilenets.evaluate import predict
+    from mobilenets.predict import predict
 
     predictions = predict(args.run_dir, args.images, top_k=args.top_k)
     if args.json:
