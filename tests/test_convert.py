@@ -129,7 +129,8 @@ def test_layers_are_plain_convolutions_in_either_memory_format() -> None:
     assert pointwise(x[0]).shape == (24, 9, 9)  # unbatched input, as nn.Conv2d accepts
 
 
-def test_convert_command_trains_both_and_compares(
+@pytest.mark.slow
+def test_compare_conversion_command_trains_both_and_compares(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "convert"

@@ -9,13 +9,12 @@ neither torchvision nor timm.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import shlex
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import CodeCarrying
 from safetensors.torch import load_file, save_file
 
 from mobilenets import MobileNetError, create_model
@@ -206,16 +205,6 @@ def test_v1_activation_changes_nothing_but_the_clipping() -> None:
 def test_relu_v1_is_not_exported_as_timm() -> None:
     with pytest.raises(MobileNetError, match="ReLU6"):
         to_timm_state_dict(create_model("mobilenet_v1", width_mult=0.25))
-
-
-class CodeCarrying:
-    """Unpickling this runs a shell command: what a malicious checkpoint does."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
 
 
 def bad_files(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:

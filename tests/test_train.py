@@ -90,6 +90,7 @@ def test_resume_after_a_kill_ends_bit_identical(finished_run: Path, tmp_path: Pa
     assert without_timing(read_history(run)) == without_timing(read_history(finished_run))
 
 
+@pytest.mark.slow
 def test_resume_after_a_real_kill_ends_bit_identical(finished_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "sigkilled"
     argv = ["--width-mult", "0.35", "--resolution", "16", "--batch-size", "64", "--epochs", "2"]
@@ -245,6 +246,7 @@ def test_init_from_another_architecture_is_refused(finished_run: Path, tmp_path:
     assert not (tmp_path / "v1" / "model.json").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_end_with_the_same_weights(tmp_path: Path) -> None:
     run = tmp_path / "ddp"
     command = [

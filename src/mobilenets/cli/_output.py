@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -21,6 +22,19 @@ def console() -> Console:
 
     is_tty = sys.stdout.isatty()
     return Console(width=None if is_tty else 200, highlight=False, soft_wrap=not is_tty)
+
+
+def show(as_json: bool, data: Any, views: Iterable[Any]) -> int:
+    """The one way a command prints its result: ``data`` as indented JSON with ``--json``
+    (for scripts), else each of ``views`` (tables and lines, for people). Pass ``views`` as a
+    generator: it is then only built when shown. Returns the exit status, 0."""
+    if as_json:
+        print_json(data)
+        return 0
+    out = console()
+    for view in views:
+        out.print(view)
+    return 0
 
 
 def print_json(obj: Any) -> None:

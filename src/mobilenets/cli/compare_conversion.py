@@ -7,9 +7,10 @@ import argparse
 import contextlib
 import json
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-from mobilenets.cli._output import console, fmt_int, print_json, table
+from mobilenets.cli._output import fmt_int, show, table
 from mobilenets.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -51,14 +52,13 @@ def run_convert(args: argparse.Namespace) -> int:
             quiet=args.quiet or args.json,
         )
     atomic_write_text(f"{args.out}/comparison.json", json.dumps(result.to_dict(), indent=2))
-    if args.json:
-        print_json(result.to_dict())
-        return 0
-    out = console()
-    out.print(_replaced_table(result))
-    out.print(_comparison_table(result))
-    out.print(f"written: {args.out}/comparison.json")
-    return 0
+
+    def views() -> Iterator[Any]:
+        yield (_replaced_table(result))
+        yield (_comparison_table(result))
+        yield f"written: {args.out}/comparison.json"
+
+    return show(args.json, result.to_dict(), views())
 
 
 def _replaced_table(result: ConversionComparison):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-from mobilenets.cli._output import console, fmt_int, fmt_shape, print_json, table
+from mobilenets.cli._output import fmt_int, fmt_shape, show, table
 
 if TYPE_CHECKING:
     from mobilenets.cost import CostReport
@@ -47,18 +48,18 @@ def run_models(args: argparse.Namespace) -> int:
     for name in list_models():
         report = profile_model(create_model(name), args.resolution)
         rows.append({"model": name, "params": report.total_params, "macs": report.total_macs})
-    if args.json:
-        print_json({"resolution": args.resolution, "models": rows})
-        return 0
-    console().print(
-        table(
-            f"Models at {args.resolution}x{args.resolution}, width 1.0, 1000 classes",
-            ["model", "params", "mult-adds"],
-            [[r["model"], fmt_int(r["params"]), fmt_int(r["macs"])] for r in rows],
-            right=2,
+
+    def views() -> Iterator[Any]:
+        yield (
+            table(
+                f"Models at {args.resolution}x{args.resolution}, width 1.0, 1000 classes",
+                ["model", "params", "mult-adds"],
+                [[r["model"], fmt_int(r["params"]), fmt_int(r["macs"])] for r in rows],
+                right=2,
+            )
         )
-    )
-    return 0
+
+    return show(args.json, {"resolution": args.resolution, "models": rows}, views())
 
 
 def run_cost(args: argparse.Namespace) -> int:
@@ -79,30 +80,29 @@ def run_cost(args: argparse.Namespace) -> int:
             f"{report.total_params / 1e6:.2f}M parameters"
         )
         save_figure(layer_cost_figure(report, title), args.plot)
-    if args.json:
-        data = report.to_dict()
-        data.update(model=args.model, width_mult=args.width_mult, resolution=args.resolution)
-        print_json(data)
-        return 0
-    out = console()
-    out.print(_layer_table(report, args))
-    out.print(
-        f"total: {fmt_int(report.total_macs)} mult-adds, {fmt_int(report.total_params)} "
-        f"parameters, {fmt_int(report.total_activations)} activation values"
-    )
-    out.print(
-        "peak activation memory in inference: "
-        + ", ".join(
-            f"{report.peak_activation_bytes(dtype) / 2**20:,.2f} MiB {dtype}"
-            for dtype in BYTES_PER_ELEMENT
+    data = report.to_dict()
+    data.update(model=args.model, width_mult=args.width_mult, resolution=args.resolution)
+
+    def views() -> Iterator[Any]:
+        yield (_layer_table(report, args))
+        yield (
+            f"total: {fmt_int(report.total_macs)} mult-adds, {fmt_int(report.total_params)} "
+            f"parameters, {fmt_int(report.total_activations)} activation values"
         )
-        + f" ({fmt_int(report.peak_activations)} values alive at once)"
-    )
-    if args.plot:
-        out.print(f"written: {args.plot}")
-    if args.compare_standard:
-        out.print(_pair_table(report))
-    return 0
+        yield (
+            "peak activation memory in inference: "
+            + ", ".join(
+                f"{report.peak_activation_bytes(dtype) / 2**20:,.2f} MiB {dtype}"
+                for dtype in BYTES_PER_ELEMENT
+            )
+            + f" ({fmt_int(report.peak_activations)} values alive at once)"
+        )
+        if args.plot:
+            yield f"written: {args.plot}"
+        if args.compare_standard:
+            yield (_pair_table(report))
+
+    return show(args.json, data, views())
 
 
 def _layer_table(report: CostReport, args: argparse.Namespace):

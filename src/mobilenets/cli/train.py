@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from collections.abc import Iterator
 from typing import Any
 
-from mobilenets.cli._output import console, print_json, table
+from mobilenets.cli._output import show, table
 from mobilenets.recipe import TrainConfig
 
 
@@ -83,31 +84,30 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from mobilenets.evaluate import evaluate
 
     result = evaluate(args.run_dir, data=args.data, batch_size=args.batch_size, plot=args.plot)
-    if args.json:
-        print_json(result.to_dict())
-        return 0
-    out = console()
-    top5 = "" if result.top5 is None else f", top-5 {result.top5:.2%}"
-    out.print(f"{result.num_images} images: top-1 {result.top1:.2%}{top5}, loss {result.loss:.4f}")
-    rows = [
-        [name, str(sum(row)), f"{acc:.2%}"]
-        for (name, acc), row in zip(result.per_class.items(), result.confusion, strict=True)
-    ]
-    out.print(table("Per-class accuracy", ["class", "images", "top-1"], rows, right=2))
-    return 0
+
+    def views() -> Iterator[Any]:
+        top5 = "" if result.top5 is None else f", top-5 {result.top5:.2%}"
+        yield f"{result.num_images} images: top-1 {result.top1:.2%}{top5}, loss {result.loss:.4f}"
+        rows = [
+            [name, str(sum(row)), f"{acc:.2%}"]
+            for (name, acc), row in zip(result.per_class.items(), result.confusion, strict=True)
+        ]
+        yield (table("Per-class accuracy", ["class", "images", "top-1"], rows, right=2))
+
+    return show(args.json, result.to_dict(), views())
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from mobilenets.predict import predict
 
     predictions = predict(args.run_dir, args.images, top_k=args.top_k)
-    if args.json:
-        print_json([p.to_dict() for p in predictions])
-        return 0
-    rows = [
-        [p.image if rank == 0 else "", str(rank + 1), name, f"{prob:.2%}"]
-        for p in predictions
-        for rank, (name, prob) in enumerate(zip(p.classes, p.probabilities, strict=True))
-    ]
-    console().print(table(None, ["image", "rank", "class", "probability"], rows, right=1))
-    return 0
+
+    def views() -> Iterator[Any]:
+        rows = [
+            [p.image if rank == 0 else "", str(rank + 1), name, f"{prob:.2%}"]
+            for p in predictions
+            for rank, (name, prob) in enumerate(zip(p.classes, p.probabilities, strict=True))
+        ]
+        yield (table(None, ["image", "rank", "class", "probability"], rows, right=1))
+
+    return show(args.json, [p.to_dict() for p in predictions], views())
