@@ -35,8 +35,8 @@ class TrainingDisplay:
     def print(self, text: str) -> None:
         self.console.print(text)
 
+    @staticmethod
     def banner(
-        self,
         c: TrainConfig,
         b: DataBundle,
         procs: Processes,
