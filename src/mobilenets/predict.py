@@ -1,27 +1,40 @@
-"""What a trained run says about single images, preprocessed exactly as its run records."""
+"""What a trained run says about images, preprocessed exactly as its run records.
+
+``predict`` takes what people point inference tools at: files, folders (searched
+recursively for image files; other files are listed as skipped) and glob patterns. Every
+image gets one row: its most probable classes, or the reason it could not be read. A bad
+file is a row, not the end of the run, so one corrupt photo in a folder of thousands costs
+one line.
+"""
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from mobilenets.data import eval_transform, load_image
+from mobilenets.data import IMAGE_EXTENSIONS, eval_transform, load_image
 from mobilenets.devices import parse_device
 from mobilenets.errors import MobileNetError
 from mobilenets.runs import load_run
 
+GLOB_CHARS = frozenset("*?[")
+
 
 @dataclass
 class Prediction:
-    """The ``top_k`` most probable classes for one image, most probable first."""
+    """The ``top_k`` most probable classes for one image, most probable first; or, for an
+    image that could not be read, empty lists and the ``error``."""
 
     image: str
     classes: list[str]
     probabilities: list[float]
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -30,7 +43,67 @@ class Prediction:
                 {"class": c, "probability": p}
                 for c, p in zip(self.classes, self.probabilities, strict=True)
             ],
+            "error": self.error,
         }
+
+
+@dataclass
+class PredictionReport:
+    """One row per image found, in the order given (a folder's images sorted by path), and
+    the files of folders that were not images."""
+
+    predictions: list[Prediction]
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> int:
+        return sum(p.error is not None for p in self.predictions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"predictions": [p.to_dict() for p in self.predictions], "skipped": self.skipped}
+
+
+@dataclass
+class ImageList:
+    """What the paths and patterns given to :func:`predict` name."""
+
+    images: list[str] = field(default_factory=list)
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (what was given, why)
+    skipped: list[str] = field(default_factory=list)
+
+
+def find_images(inputs: Sequence[str | os.PathLike[str]]) -> ImageList:
+    """Expand files, folders (recursively: files with an image extension, hidden files
+    ignored, the rest skipped) and glob patterns (``**`` included) into image paths.
+
+    A file named outright is taken whatever its extension (decoding decides); a path that
+    does not exist, or a pattern that matches nothing, is reported as missing.
+    """
+    found = ImageList()
+
+    def add(path: Path) -> None:
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                hidden = any(part.startswith(".") for part in child.relative_to(path).parts)
+                if child.is_file() and not hidden:
+                    ok = child.suffix.lower() in IMAGE_EXTENSIONS
+                    (found.images if ok else found.skipped).append(str(child))
+        else:
+            found.images.append(str(path))
+
+    for given in map(str, inputs):
+        path = Path(given).expanduser()
+        if path.exists():
+            add(path)
+        elif GLOB_CHARS & set(given):
+            matches = sorted(glob.glob(str(path), recursive=True))
+            if not matches:
+                found.missing.append((given, "no file matches this pattern"))
+            for match in matches:
+                add(Path(match))
+        else:
+            found.missing.append((given, f"image not found: {given}"))
+    return found
 
 
 @torch.no_grad()
@@ -40,32 +113,45 @@ def predict(
     top_k: int = 5,
     batch_size: int = 64,
     device: str | torch.device | None = None,
-) -> list[Prediction]:
-    """Classify image files with a trained run, preprocessed exactly as the run records.
+) -> PredictionReport:
+    """Classify the images that ``images`` names (files, folders, globs: :func:`find_images`)
+    with a trained run, preprocessed exactly as the run records.
 
-    Every image is opened and checked before any is classified, so a bad file fails fast
-    with its name.
+    Images are read a batch at a time, so a folder of any size fits in memory. An image that
+    cannot be read (missing, truncated, not an image, a decompression bomb) is a row with
+    its ``error``. Raises :class:`MobileNetError` for a bad run, or when nothing was named.
     """
     if not images:
         raise MobileNetError("no images given to predict")
     if top_k < 1:
         raise MobileNetError(f"top_k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise MobileNetError(f"batch size must be at least 1, got {batch_size}")
     device = parse_device(device)
     model, info = load_run(run_dir, map_location=device)
+    found = find_images(images)
+    if not found.images and not found.missing:
+        raise MobileNetError(
+            f"no image files in {', '.join(map(str, images))} "
+            f"({len(found.skipped)} other file(s) skipped)"
+        )
     transform = eval_transform(info.mean, info.std, info.input_size, info.crop_pct)
-    inputs = torch.stack([transform(load_image(path)) for path in images])
     k = min(top_k, len(info.class_names))
-    predictions = []
-    for start in range(0, len(inputs), batch_size):
-        batch = inputs[start : start + batch_size].to(device)
-        probabilities = model(batch).float().softmax(1).cpu()
+    rows = [Prediction(given, [], [], why) for given, why in found.missing]
+    for start in range(0, len(found.images), batch_size):
+        inputs, readable = [], []
+        for path in found.images[start : start + batch_size]:
+            try:
+                inputs.append(transform(load_image(path)))
+                readable.append(path)
+            except MobileNetError as e:
+                rows.append(Prediction(path, [], [], str(e)))
+        if not inputs:
+            continue
+        probabilities = model(torch.stack(inputs).to(device)).float().softmax(1).cpu()
         top = probabilities.topk(k, 1)
-        for i, (p, idx) in enumerate(zip(top.values, top.indices, strict=True)):
-            predictions.append(
-                Prediction(
-                    image=str(images[start + i]),
-                    classes=[info.class_names[j] for j in idx.tolist()],
-                    probabilities=p.tolist(),
-                )
-            )
-    return predictions
+        for path, p, idx in zip(readable, top.values, top.indices, strict=True):
+            rows.append(Prediction(path, [info.class_names[j] for j in idx.tolist()], p.tolist()))
+    order = {path: i for i, path in enumerate([g for g, _ in found.missing] + found.images)}
+    rows.sort(key=lambda row: order[row.image])
+    return PredictionReport(rows, found.skipped)

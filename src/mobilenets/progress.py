@@ -1,11 +1,14 @@
 """What training prints: a banner, one line per epoch, and progress bars (epochs, batches).
 
-Only the main process prints; ``quiet`` turns the bars off and keeps the lines. Kept apart
+Only the main process prints; ``quiet`` turns the bars off and keeps the lines. Without a
+terminal (output to a file or a pipe, a batch job) there are no bars to see, so a line per
+:meth:`TrainingDisplay.batch_interval` batches says the run is alive within an epoch. Kept apart
 from the trainer so the loop says what happens and this says how it looks.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +61,20 @@ class TrainingDisplay:
             f"train {r['train_top1']:.2%}  test {r['test_top1']:.2%}  "
             f"{r['images_per_s']:.0f} img/s  {r['epoch_time_s']:.1f} s"
         )
+
+    @property
+    def batch_lines(self) -> bool:
+        """Whether to print a line every few batches: no bars to see, and not quiet."""
+        return self.is_main and not self.quiet and not self.console.is_terminal
+
+    @staticmethod
+    def batch_interval(steps: int) -> int:
+        """Batches between two lines: about ten lines an epoch, at least one per 100 batches."""
+        return max(1, min(100, math.ceil(steps / 10)))
+
+    @staticmethod
+    def batch_line(epoch: int, epochs: int, step: int, steps: int, loss: float) -> str:
+        return f"epoch {epoch:>3}/{epochs}  batch {step}/{steps}  loss {loss:.4f}"
 
     def progress(self) -> Progress:
         return Progress(

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from mobilenets.data import (
@@ -186,14 +186,16 @@ def save_run(run_dir: str | os.PathLike[str], model: nn.Module, info: RunInfo) -
     """Write ``model``'s weights and ``info`` into ``run_dir`` (created if needed), atomically.
 
     The weights are written before the description, so a description on disk always belongs
-    to complete weights.
+    to complete weights. A failed write (full disk, read-only directory) raises one line and
+    leaves the previous files as they were.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     module = getattr(model, "module", model)  # unwrap DistributedDataParallel
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    # The bytes are written by Python, so a full disk raises the OSError atomic_path reports.
+    data = save(state, metadata={"format": FORMAT, "model": info.model})
     with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT, "model": info.model})
+        tmp.write_bytes(data)
     atomic_write_json(run_dir / META_FILE, info.to_json())
     return run_dir
 
@@ -231,9 +233,10 @@ def load_weights_into(
 ) -> None:
     """Load ``state`` into ``model``, naming missing, unexpected and mis-shaped tensors."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    # In network order (the model's own), so "first" is the earliest layer that differs.
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and own[k].shape != state[k].shape]
     problems = []
     if mismatched:
         k = mismatched[0]

@@ -13,7 +13,23 @@ A run directory holds the published model (``model.safetensors`` + ``model.json`
 - ``train_state.pt``: what continuing needs (weights, optimizer, scheduler, gradient scaler,
   epoch, history); tensors and primitives only, so it is read back with ``weights_only=True``;
 - ``metrics.jsonl``: one line per finished epoch;
-- ``curves.png``: loss and accuracy per epoch.
+- ``curves.png``: loss and accuracy per epoch;
+- ``.lock`` while a process trains into it (:class:`mobilenets.io.DirectoryLock`): a second
+  ``train`` with the same ``--out`` or ``--resume`` is refused with one line naming the
+  holder; a lock left by a killed run is taken over with a warning. Readers (evaluate,
+  predict, export) take no lock.
+
+A checkpoint writes the weights, the record, the state to continue from, then the metrics and
+the curves. A write that fails (disk full, read-only) stops the run with one line naming the
+file; every file written before it is complete and the previous checkpoint still loads.
+
+Small data sets train as they are: the batch is never larger than the training split (a
+warning says so), the last partial batch of an epoch is used, and a last batch of one image
+joins the batch before it, so BatchNorm never trains on one image alone.
+
+A finished run continues with ``--resume RUN --epochs N`` for a larger N: the warm-up and
+cosine schedule are recomputed for N epochs and training goes on from the step it reached
+(the learning rate, near 0 at the end of the shorter schedule, rises onto the longer one).
 
 Resuming is exact. Everything random in an epoch is derived from (seed, epoch, rank) when the
 epoch starts: the data order and every image's augmentation by the loader's seeded sampler,
@@ -29,6 +45,7 @@ only rank 0 prints and writes files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -49,7 +66,7 @@ from torch.utils.data import DistributedSampler
 from mobilenets.data import VAL_FRACTION, DataBundle, load_data, make_loader
 from mobilenets.distributed import Processes
 from mobilenets.errors import MobileNetError
-from mobilenets.io import atomic_path, atomic_write_text
+from mobilenets.io import DirectoryLock, atomic_path, atomic_write_text
 from mobilenets.metrics import Evaluation, Tally, tally_predictions
 from mobilenets.models import check_resolution, create_model, get_model_factory
 from mobilenets.optim import make_optimizer, warmup_cosine
@@ -58,6 +75,7 @@ from mobilenets.progress import TrainingDisplay
 from mobilenets.recipe import RUNTIME_FIELDS, TrainConfig
 from mobilenets.runs import (
     META_FILE,
+    WEIGHTS_FILE,
     DataRecord,
     RunInfo,
     load_state_dict_file,
@@ -110,11 +128,14 @@ def state_digest(model: nn.Module) -> str:
 # --------------------------------------------------------------------------- weights
 
 
-def load_init_weights(model: nn.Module, source: str) -> None:
+def load_init_weights(
+    model: nn.Module, source: str, model_name: str | None = None, kwargs: dict | None = None
+) -> None:
     """Start from the weights of a run directory or a safetensors file.
 
     A classifier trained for another number of classes is kept freshly initialised (transfer
-    learning); any other mismatch (another architecture or width) is an error.
+    learning); any other mismatch (another architecture or width) is an error, which for a run
+    directory says which ``--model``/``--width-mult`` its weights need.
     """
     path = Path(source)
     file = path / "model.safetensors" if path.is_dir() else path
@@ -123,7 +144,29 @@ def load_init_weights(model: nn.Module, source: str) -> None:
     for name, tensor in own.items():
         if name.startswith("classifier.") and name in state and state[name].shape != tensor.shape:
             state[name] = tensor
-    load_weights_into(model, state, str(file))
+    try:
+        load_weights_into(model, state, str(file))
+    except MobileNetError as e:
+        hint = _init_hint(path, model_name, kwargs or {}) if path.is_dir() else ""
+        raise MobileNetError(f"{e}{hint}") from None
+
+
+def _init_hint(run_dir: Path, model_name: str | None, kwargs: dict) -> str:
+    """What to pass so the model fits the weights of ``run_dir``, from its record."""
+    try:
+        info = read_run_info(run_dir)
+    except MobileNetError:
+        return ""
+    flags = []
+    if model_name is not None and info.model != model_name:
+        flags.append(f"--model {info.model}")
+    width = info.model_kwargs.get("width_mult")
+    if width is not None and kwargs.get("width_mult") not in (None, width):
+        flags.append(f"--width-mult {width}")
+    if not flags:
+        return ""
+    what = " ".join(f.split()[1] for f in flags)
+    return f"; the weights are {what}: pass {' '.join(flags)}"
 
 
 def freeze_features(model: nn.Module) -> None:
@@ -143,10 +186,7 @@ def new_run_dir(config: TrainConfig) -> Path:
     ``runs/<model>``, ``runs/<model>-2``, ... so a second run never overwrites the first."""
     if config.out is not None:
         out = Path(config.out)
-        if holds_run(out):
-            raise MobileNetError(
-                f"{out} already holds a run; continue it with --resume {out} or pick another --out"
-            )
+        check_new_run_dir(out)
         return out
     base = Path("runs") / config.model
     out, n = base, 1
@@ -156,11 +196,21 @@ def new_run_dir(config: TrainConfig) -> Path:
     return out
 
 
+def check_new_run_dir(out: Path) -> None:
+    if holds_run(out):
+        raise MobileNetError(
+            f"{out} already holds a run; continue it with --resume {out} or pick another --out"
+        )
+
+
 def holds_run(path: Path) -> bool:
     return (path / META_FILE).exists() or (path / STATE_FILE).exists()
 
 
 def read_train_state(run_dir: Path) -> dict[str, Any]:
+    """The state a run continues from; refuses a run whose weights or state are missing or
+    unreadable (the published weights are checked too: a resumed run rewrites them)."""
+    load_state_dict_file(run_dir / WEIGHTS_FILE)  # one line if missing or unreadable
     path = run_dir / STATE_FILE
     if not path.is_file():
         raise MobileNetError(f"cannot resume {run_dir}: {STATE_FILE} is missing")
@@ -170,27 +220,46 @@ def read_train_state(run_dir: Path) -> dict[str, Any]:
         raise MobileNetError(f"cannot resume {run_dir}: {path} is unreadable ({e})") from None
 
 
-def resumed_config(config: TrainConfig) -> TrainConfig:
-    """The recipe recorded in the run ``config.resume``, with the caller's runtime fields."""
+def resumed_config(config: TrainConfig, epochs_given: bool = False) -> TrainConfig:
+    """The recipe recorded in the run ``config.resume``, with the caller's runtime fields.
+
+    ``epochs_given``: the caller set ``config.epochs`` on purpose; a number larger than the
+    recorded one extends the run (a finished run included), recomputing the schedule.
+    """
     run_dir = Path(config.resume)
     defaults = TrainConfig().recipe()
-    changed = [k for k, v in config.recipe().items() if v != defaults[k]]
+    changed = [
+        k
+        for k, v in config.recipe().items()
+        if v != defaults[k] and not (k == "epochs" and epochs_given)
+    ]
     if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise MobileNetError(
-            f"a resumed run keeps the settings it was started with; drop {', '.join(changed)}"
+            f"a resumed run keeps the settings it was started with; drop {flags} "
+            "(only --epochs may grow)"
         )
     info = read_run_info(run_dir)
     recipe = info.train_config
     if not isinstance(recipe, dict):
         raise MobileNetError(f"cannot resume {run_dir}: it was not written by mobilenets train")
-    if info.finished:
+    recorded = int(recipe.get("epochs", 0))
+    epochs = config.epochs if epochs_given else recorded
+    if epochs < recorded or (epochs_given and info.epoch is not None and epochs <= info.epoch):
         raise MobileNetError(
-            f"{run_dir} is finished ({info.epoch} of {recipe.get('epochs')} epochs); "
-            f"nothing to resume (fine-tune it with --init {run_dir})"
+            f"cannot resume {run_dir} with --epochs {epochs}: it is at epoch {info.epoch} of "
+            f"{recorded}; --epochs can only grow past both"
+        )
+    if info.finished and epochs == recorded:
+        raise MobileNetError(
+            f"{run_dir} is finished ({info.epoch} of {recorded} epochs); nothing to resume "
+            f"(train longer with --resume {run_dir} --epochs N for N > {recorded}, or fine-tune "
+            f"it with --init {run_dir})"
         )
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     runtime = {k: getattr(config, k) for k in RUNTIME_FIELDS}
     merged = TrainConfig(**{k: v for k, v in recipe.items() if k in known}, **runtime)
+    merged.epochs = epochs
     merged.out = str(run_dir)
     return merged
 
@@ -204,6 +273,7 @@ def data_source(data: str | None) -> str | None:
 
 
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """``metrics.jsonl`` and ``curves.png`` of ``history``."""
     atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in history))
     save_figure(training_curves_figure(history), run_dir / CURVES_FILE)
 
@@ -211,24 +281,56 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says how to continue from the last epoch kept."""
+
+    def __init__(self, run_dir: Path) -> None:
+        if (run_dir / STATE_FILE).is_file():
+            message = (
+                f"the last finished epoch is kept in {run_dir}; continue with "
+                f"mobilenets train --resume {run_dir}"
+            )
+        else:
+            message = "no epoch had finished, nothing was saved"
+        super().__init__(message)
+
+
+class SmallDataWarning(UserWarning):
+    """The data is smaller than the recipe assumed (a batch larger than the training split)."""
+
+
 class NonFiniteLossError(MobileNetError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def train(config: TrainConfig, model: nn.Module | None = None) -> Path:
+def train(
+    config: TrainConfig, model: nn.Module | None = None, epochs_given: bool | None = None
+) -> Path:
     """Train ``config.model`` (or ``model``, any classifier ``nn.Module``, recorded under
     ``config.model``) and return the run directory.
 
-    Resumes ``config.resume`` when set. Raises :class:`MobileNetError` for every mistake a
+    Resumes ``config.resume`` when set; ``epochs_given`` (default: ``config.epochs`` differs
+    from the default) lets a resumed run grow to ``config.epochs``. The main process holds the
+    run directory's lock while it trains. Raises :class:`MobileNetError` for every mistake a
     user can make, and when the loss stops being finite (the last checkpoint stays).
     """
     if config.resume is not None:
-        config = resumed_config(config)
+        if epochs_given is None:
+            epochs_given = config.epochs != TrainConfig.epochs
+        config = resumed_config(config, epochs_given)
     config.validate()
     config = dataclasses.replace(config, data=data_source(config.data))
+    # Every rank finds the same name: nothing is written before epoch 1 ends.
+    run_dir = Path(config.resume) if config.resume is not None else new_run_dir(config)
     procs = Processes.start(config.device)
     try:
-        return _Trainer(config, procs, model).run()
+        lock = DirectoryLock(run_dir, "training run") if procs.is_main else None
+        with lock or contextlib.nullcontext():
+            if config.resume is None:  # another run may have finished here since we looked
+                check_new_run_dir(run_dir)
+            return _Trainer(config, procs, model, run_dir).run()
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_dir) from None
     finally:
         procs.close()
 
@@ -236,18 +338,16 @@ def train(config: TrainConfig, model: nn.Module | None = None) -> Path:
 class _Trainer:
     """One training run: set up in ``__init__``, epochs in ``run``."""
 
-    def __init__(self, config: TrainConfig, procs: Processes, model: nn.Module | None) -> None:
-        self.config, self.procs = config, procs
+    def __init__(
+        self, config: TrainConfig, procs: Processes, model: nn.Module | None, run_dir: Path
+    ) -> None:
+        self.config, self.procs, self.run_dir = config, procs, run_dir
         if config.batch_size % procs.world_size:
             raise MobileNetError(
                 f"batch size {config.batch_size} does not split evenly across "
                 f"{procs.world_size} processes"
             )
         self.batch_size = config.batch_size // procs.world_size  # per process
-        if config.resume is not None:
-            self.run_dir = Path(config.resume)
-        else:  # every rank finds the same name: nothing is written before epoch 1 ends
-            self.run_dir = new_run_dir(config)
         self.bundle: DataBundle = load_data(
             config.data,
             config.resolution,
@@ -262,7 +362,7 @@ class _Trainer:
         self.model = create_model(config.model, **self.kwargs) if model is None else model
         check_resolution(self.model, resolution)
         if config.init is not None and config.resume is None:
-            load_init_weights(self.model, config.init)
+            load_init_weights(self.model, config.init, config.model, self.kwargs)
         if config.freeze_features:
             freeze_features(self.model)
         self.memory_format = (
@@ -270,6 +370,7 @@ class _Trainer:
         )
         self.model.to(procs.device, memory_format=self.memory_format)
 
+        self._fit_batch_to_data()
         self.train_loader = self._train_loader()
         # Each rank evaluates every world_size-th test image (a range serves as a sampler);
         # the tallies are summed, so every image counts once.
@@ -282,11 +383,6 @@ class _Trainer:
             sampler=range(procs.rank, len(self.bundle.test), procs.world_size),
         )
         self.steps_per_epoch = len(self.train_loader)
-        if self.steps_per_epoch == 0:
-            raise MobileNetError(
-                f"the training set ({len(self.bundle.train)} images) is smaller than one batch "
-                f"({config.batch_size}); lower the batch size"
-            )
         self.optimizer = make_optimizer(config, self.model)
         self.scheduler = warmup_cosine(
             self.optimizer,
@@ -311,6 +407,22 @@ class _Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
         self.display = TrainingDisplay(quiet=config.quiet, is_main=procs.is_main)
 
+    def _fit_batch_to_data(self) -> None:
+        """A batch never larger than a process's share of the training split (with a warning):
+        16 images per class train as they are, as in timm and torchvision."""
+        share = math.ceil(len(self.bundle.train) / self.procs.world_size)
+        if share == 0:
+            raise MobileNetError("the training split is empty; add images")
+        if self.batch_size > share:
+            warnings.warn(
+                f"the training split has {len(self.bundle.train)} images, fewer than a batch "
+                f"of {self.config.batch_size}: training with batches of "
+                f"{share * self.procs.world_size}",
+                SmallDataWarning,
+                stacklevel=2,
+            )
+            self.batch_size = share
+
     def _train_loader(self) -> torch.utils.data.DataLoader:
         """This rank's shard of each epoch, in an order drawn from (seed, epoch)."""
         shards = DistributedSampler(
@@ -327,7 +439,7 @@ class _Trainer:
             seed=self.config.seed,
             num_workers=self.config.num_workers,
             sampler=shards,
-            drop_last=True,
+            fold_single=True,
         )
 
     # ---------------------------------------------------------------- checkpoints
@@ -371,7 +483,6 @@ class _Trainer:
         """Publish the model, then the state to continue from (see the module docstring)."""
         if not self.procs.is_main:
             return
-        write_metrics(self.run_dir, self.history)
         info = self._run_info(epoch)
         if replica_digests is not None:
             info.replica_sha256 = replica_digests
@@ -384,8 +495,9 @@ class _Trainer:
             "scaler": self.scaler.state_dict(),
             "history": self.history,
         }
-        with atomic_path(self.run_dir / STATE_FILE) as tmp:
-            torch.save(state, tmp)
+        with atomic_path(self.run_dir / STATE_FILE) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)  # through a Python file: a full disk raises an OSError
+        write_metrics(self.run_dir, self.history)
 
     # ---------------------------------------------------------------- epochs
 
@@ -404,9 +516,21 @@ class _Trainer:
                 "epochs", total=config.epochs, completed=self.start_epoch
             )
             batches_bar = progress.add_task("batches", total=self.steps_per_epoch)
+            every = self.display.batch_interval(self.steps_per_epoch)
             for epoch in range(self.start_epoch + 1, last + 1):
                 progress.reset(batches_bar)
-                record = self._epoch(epoch, lambda: progress.advance(batches_bar))
+
+                def on_batch(step: int, sums: torch.Tensor, epoch: int = epoch) -> None:
+                    progress.advance(batches_bar)
+                    if self.display.batch_lines and step % every == 0:
+                        loss = float(sums[0] / sums[2])  # the epoch's mean so far
+                        self.display.print(
+                            self.display.batch_line(
+                                epoch, config.epochs, step, self.steps_per_epoch, loss
+                            )
+                        )
+
+                record = self._epoch(epoch, on_batch)
                 self.history.append(record)
                 digests = (
                     self.procs.gather(state_digest(self.model))
@@ -422,7 +546,7 @@ class _Trainer:
     def _epoch(self, epoch: int, on_batch) -> dict[str, Any]:
         config, procs, device = self.config, self.procs, self.procs.device
         seed_epoch(config.seed, epoch, procs.rank)
-        self.train_loader.sampler.set_epoch(epoch)
+        self.train_loader.batch_sampler.sampler.set_epoch(epoch)
         self.ddp.train()
         if config.freeze_features:
             self.model.features.eval()
@@ -450,7 +574,7 @@ class _Trainer:
             self.scaler.update()
             self.scheduler.step()
             sums += batch
-            on_batch()
+            on_batch(step, sums)
         train_time = time.perf_counter() - start
         self._average_batchnorm_statistics()
         tally = tally_predictions(

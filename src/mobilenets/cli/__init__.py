@@ -2,7 +2,8 @@
 
 Each command group lives in its own module with a ``register(subparsers)`` function; add a
 module name to ``COMMAND_MODULES`` to add its commands. A :class:`MobileNetError` from the
-library becomes one ``error: ...`` line on stderr and exit status 2, never a traceback.
+library becomes one ``error: ...`` line on stderr and exit status 2, never a traceback; a
+warning is one ``warning: ...`` line. With no command, the help is printed.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -33,25 +35,33 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mobilenets {__version__}")
     subparsers = parser.add_subparsers(
-        dest="command", metavar="COMMAND", required=True, parser_class=ArgumentParser
+        dest="command", metavar="COMMAND", parser_class=ArgumentParser
     )
     for name in COMMAND_MODULES:
         importlib.import_module(f"mobilenets.cli.{name}").register(subparsers)
     return parser
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as users read them: one ``warning: ...`` line, no source location."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mobilenets`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # `mobilenets` alone: say what it can do
+        parser.print_help()
+        return 0
+    warnings.showwarning = show_warning
     try:
         return int(args.func(args) or 0)
     except MobileNetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # A training run says how to continue (mobilenets.train.RunInterrupted).
+        detail = f"; {e}" if str(e) else ""
+        print(f"error: interrupted{detail}", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -32,11 +32,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run_evaluate)
 
-    p = subparsers.add_parser("predict", help="the most probable classes of images")
+    p = subparsers.add_parser(
+        "predict",
+        help="the most probable classes of images, folders or globs",
+        description="One row per image: its most probable classes, or why it could not be "
+        "read. Folders are searched recursively for image files; other files are listed as "
+        "skipped. Exit status 0, or 1 when some image could not be read.",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders or globs")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (5)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    form.add_argument("--csv", action="store_true", help="print CSV, one row per image")
     p.set_defaults(func=run_predict)
 
 
@@ -76,7 +84,7 @@ def run_train(args: argparse.Namespace) -> int:
         for f in dataclasses.fields(TrainConfig)
         if getattr(args, f.name, None) is not None
     }
-    train(TrainConfig(**given))
+    train(TrainConfig(**given), epochs_given="epochs" in given)
     return 0
 
 
@@ -100,14 +108,48 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from mobilenets.predict import predict
 
-    predictions = predict(args.run_dir, args.images, top_k=args.top_k)
+    report = predict(args.run_dir, args.images, top_k=args.top_k)
+    status = 1 if report.errors else 0
+    if args.csv:
+        write_predictions_csv(report)
+        return status
 
     def views() -> Iterator[Any]:
         rows = [
-            [p.image if rank == 0 else "", str(rank + 1), name, f"{prob:.2%}"]
-            for p in predictions
-            for rank, (name, prob) in enumerate(zip(p.classes, p.probabilities, strict=True))
+            [p.image, *_top(p)] if p.error is None else [p.image, "", "", f"error: {p.error}"]
+            for p in report.predictions
         ]
-        yield (table(None, ["image", "rank", "class", "probability"], rows, right=1))
+        yield table(None, ["image", "class", "probability", "next"], rows)
+        if report.skipped:
+            yield f"skipped {len(report.skipped)} file(s) that are not images: " + ", ".join(
+                report.skipped
+            )
+        if report.errors:
+            yield f"{report.errors} of {len(report.predictions)} image(s) could not be read"
 
-    return show(args.json, [p.to_dict() for p in predictions], views())
+    show(args.json, report.to_dict(), views())
+    return status
+
+
+def _top(p: Any) -> list[str]:
+    """The most probable class, its probability, and the runners-up in one cell."""
+    rest = zip(p.classes[1:], p.probabilities[1:], strict=True)
+    return [p.classes[0], f"{p.probabilities[0]:.2%}", ", ".join(f"{c} {q:.1%}" for c, q in rest)]
+
+
+def write_predictions_csv(report: Any) -> None:
+    """One CSV row per image: image, class_1, probability_1, ... class_k, probability_k,
+    error."""
+    import csv
+    import sys
+
+    k = max([len(p.classes) for p in report.predictions] + [1])
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    ranks = [[f"class_{i}", f"probability_{i}"] for i in range(1, k + 1)]
+    writer.writerow(["image", *[c for pair in ranks for c in pair], "error"])
+    for p in report.predictions:
+        cells = [
+            v for c, q in zip(p.classes, p.probabilities, strict=True) for v in (c, f"{q:.6f}")
+        ]
+        cells += [""] * (2 * k - len(cells))
+        writer.writerow([p.image, *cells, p.error or ""])

@@ -30,6 +30,7 @@ from mobilenets.data.datasets import ImageFolderDataset, Renormalized, TensorIma
 from mobilenets.data.loader import SeededSampler, make_loader
 from mobilenets.data.sources import (
     DEFAULT_RESOLUTION,
+    IMAGE_EXTENSIONS,
     MIN_RESOLUTION,
     DataBundle,
     SkippedImagesWarning,
@@ -53,6 +54,7 @@ __all__ = [
     "IMAGENET_CROP_PCT",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
     "MIN_RESOLUTION",
     "VAL_FRACTION",
     "DataBundle",

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 
 class SeededSampler(Sampler):
@@ -50,6 +50,33 @@ class SeededSampler(Sampler):
         return iter([(i, seeds[i]) for i in indices])
 
 
+class FoldedBatchSampler(BatchSampler):
+    """Batches of ``batch_size`` with the last, partial batch kept, except that a last batch
+    of a single item joins the one before it.
+
+    Training in BatchNorm's train mode needs more than one value per channel: a lone image at
+    the end of an epoch can fail (a 1x1 feature map) or normalise with the statistics of one
+    image. Folding it into the previous batch uses every image and never trains on one alone
+    (unless the whole data set is one image).
+    """
+
+    def __init__(self, sampler: Sampler, batch_size: int) -> None:
+        super().__init__(sampler, batch_size, drop_last=False)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        full, rest = divmod(n, self.batch_size)
+        if full == 0:
+            return 1 if n else 0
+        return full + (rest > 1)
+
+    def __iter__(self) -> Iterator[list]:
+        batches = list(super().__iter__())
+        if len(batches) > 1 and len(batches[-1]) == 1:
+            batches[-2].extend(batches.pop())
+        return iter(batches)
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -58,6 +85,7 @@ def make_loader(
     num_workers: int | None = None,
     sampler: Iterable[int] | None = None,
     drop_last: bool = False,
+    fold_single: bool = False,
 ) -> DataLoader:
     """``make_loader(dataset, batch_size, shuffle, seed, num_workers=None, sampler=None,
     drop_last=False)``: a DataLoader whose order and augmentation are reproducible from
@@ -67,16 +95,22 @@ def make_loader(
     ``num_workers=None`` picks 0 for in-memory datasets (digits, CIFAR: a worker process costs
     more than indexing a tensor) and 2 persistent workers for image folders (decoding is the
     bottleneck there; this machine class has 2 cores). ``sampler`` (e.g. a
-    ``DistributedSampler``) supplies the indices instead of ``shuffle``.
+    ``DistributedSampler``) supplies the indices instead of ``shuffle``. ``fold_single``
+    keeps the last partial batch but never a batch of one image (:class:`FoldedBatchSampler`).
+    The seeded sampler is ``loader.batch_sampler.sampler`` either way.
     """
     if num_workers is None:
         num_workers = 0 if getattr(dataset, "in_memory", True) else min(2, os.cpu_count() or 1)
+    seeded = SeededSampler(len(dataset), shuffle, seed, sampler)
+    batching: dict = (
+        {"batch_sampler": FoldedBatchSampler(seeded, batch_size)}
+        if fold_single
+        else {"batch_size": batch_size, "sampler": seeded, "drop_last": drop_last}
+    )
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=SeededSampler(len(dataset), shuffle, seed, sampler),
+        **batching,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
-        drop_last=drop_last,
         generator=torch.Generator().manual_seed(seed),
     )
