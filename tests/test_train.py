@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -116,7 +117,7 @@ def test_resume_of_a_finished_run_is_refused(finished_run: Path) -> None:
 
 
 def test_resume_with_other_settings_is_refused(finished_run: Path) -> None:
-    with pytest.raises(MobileNetError, match="drop epochs, lr"):
+    with pytest.raises(MobileNetError, match="drop --lr"):
         train(TrainConfig(resume=str(finished_run), epochs=5, lr=0.01))
 
 
@@ -136,6 +137,12 @@ def test_resume_of_an_incomplete_directory_is_refused(finished_run: Path, tmp_pa
     info = json.loads((partial / "model.json").read_text())
     info["finished"] = False
     (partial / "model.json").write_text(json.dumps(info))
+    with pytest.raises(MobileNetError, match=r"model\.safetensors is missing"):
+        train(TrainConfig(resume=str(partial), quiet=True))
+    (partial / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(MobileNetError, match=r"cannot resume .* not a readable safetensors"):
+        train(TrainConfig(resume=str(partial), quiet=True))
+    (partial / "model.safetensors").write_bytes((finished_run / "model.safetensors").read_bytes())
     with pytest.raises(MobileNetError, match=r"train_state\.pt is missing"):
         train(TrainConfig(resume=str(partial), quiet=True))
     (partial / STATE_FILE).write_bytes(b"not a checkpoint")
@@ -146,7 +153,7 @@ def test_resume_of_an_incomplete_directory_is_refused(finished_run: Path, tmp_pa
 class BlowsUpInEpoch2(MobileNetV2):
     """Returns NaN logits from the first training step of epoch 2 on."""
 
-    steps_per_epoch = 1438 // 64  # the digits' train split, in full batches
+    steps_per_epoch = math.ceil(1438 / 64)  # the digits' train split, the last batch partial
 
     def __init__(self) -> None:
         super().__init__(num_classes=10, width_mult=0.35, small_input=True)

@@ -58,4 +58,5 @@ def evaluate(
     plot_path = run_dir / CONFUSION_FILE if plot is None else Path(plot)
     title = f"{info.model} on {bundle.name}: top-1 {result.top1:.2%}"
     save_figure(confusion_matrix_figure(result.confusion, result.class_names, title), plot_path)
+    result.figure = str(plot_path)
     return result

@@ -67,6 +67,7 @@ class Evaluation:
     top5: float | None  # None with 5 classes or fewer, where it would always be 1
     per_class: dict[str, float]  # accuracy (recall) of each true class
     confusion: list[list[int]]  # rows true class, columns predicted class
+    figure: str | None = None  # where the confusion matrix was drawn, if it was
 
     @classmethod
     def from_tally(cls, tally: Tally, class_names: Sequence[str]) -> Evaluation:
@@ -98,6 +99,7 @@ class Evaluation:
             "per_class": self.per_class,
             "class_names": self.class_names,
             "confusion": self.confusion,
+            "figure": self.figure,
         }
 
 

@@ -210,7 +210,13 @@ def holds_run(path: Path) -> bool:
 def read_train_state(run_dir: Path) -> dict[str, Any]:
     """The state a run continues from; refuses a run whose weights or state are missing or
     unreadable (the published weights are checked too: a resumed run rewrites them)."""
-    load_state_dict_file(run_dir / WEIGHTS_FILE)  # one line if missing or unreadable
+    weights = run_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise MobileNetError(f"cannot resume {run_dir}: {WEIGHTS_FILE} is missing")
+    try:
+        load_state_dict_file(weights)
+    except MobileNetError as e:
+        raise MobileNetError(f"cannot resume {run_dir}: {e}") from None
     path = run_dir / STATE_FILE
     if not path.is_file():
         raise MobileNetError(f"cannot resume {run_dir}: {STATE_FILE} is missing")

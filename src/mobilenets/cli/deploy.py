@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
@@ -114,7 +115,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         "calibrate_method": args.calibrate_method,
         "provider": args.provider,
     }
-    quiet = args.quiet or args.json
+    # No bar without a terminal: rich would leave a blank line on stderr where it stood.
+    quiet = args.quiet or args.json or not sys.stderr.isatty()
     bar = (
         nullcontext(None)
         if quiet

@@ -101,6 +101,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             for (name, acc), row in zip(result.per_class.items(), result.confusion, strict=True)
         ]
         yield (table("Per-class accuracy", ["class", "images", "top-1"], rows, right=2))
+        yield f"confusion matrix written to {result.figure}"
 
     return show(args.json, result.to_dict(), views())
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -124,10 +125,13 @@ def calibration_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
     """``n`` images drawn without replacement, seeded, so every class is likely represented."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise MobileNetError(f"calibration count must be a positive integer, got {n!r}")
-    if n > len(dataset):
-        raise MobileNetError(
-            f"calibration count {n} is larger than the training data ({len(dataset)} images)"
+    if n > len(dataset):  # a small data set calibrates on all of it
+        warnings.warn(
+            f"calibration count {n} is larger than the training data: calibrating on all "
+            f"{len(dataset)} images",
+            stacklevel=2,
         )
+        n = len(dataset)
     order = np.random.default_rng(seed).permutation(len(dataset))[:n]
     return Subset(dataset, sorted(order.tolist()))
 
@@ -282,7 +286,7 @@ def quantize_onnx(
         fp32_top1=fp32_top1,
         int8_top1=int8_top1,
         test_images=len(bundle.test),
-        calibration_images=calibration,
+        calibration_images=len(subset),
         per_channel=per_channel,
         quant_format=quant_format,
         fp32_depthwise=fp32_depthwise,
