@@ -157,16 +157,17 @@ def _init_hint(run_dir: Path, model_name: str | None, kwargs: dict) -> str:
         info = read_run_info(run_dir)
     except MobileNetError:
         return ""
-    flags = []
+    flags, what = [], []
     if model_name is not None and info.model != model_name:
         flags.append(f"--model {info.model}")
+        what.append(info.model)
     width = info.model_kwargs.get("width_mult")
     if width is not None and kwargs.get("width_mult") not in (None, width):
         flags.append(f"--width-mult {width}")
+        what.append(f"width {width}")
     if not flags:
         return ""
-    what = " ".join(f.split()[1] for f in flags)
-    return f"; the weights are {what}: pass {' '.join(flags)}"
+    return f"; the weights are {' '.join(what)}: pass {' '.join(flags)}"
 
 
 def freeze_features(model: nn.Module) -> None:
