@@ -176,7 +176,7 @@ def resolve_source(
             model_kwargs={"width_mult": width_mult},
             class_names=[str(i) for i in range(model.num_classes)],
         )
-        return f"{source} {width_mult:g}", model, info, None
+        return f"{source} (width {width_mult:g})", model, info, None
     raise MobileNetError(
         f"{source} is not a model name ({', '.join(list_models())}), a run directory or an "
         "ONNX file"

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from mobilenets.convert import ReplacedConv, to_separable
 from mobilenets.cost import profile_model
+from mobilenets.errors import MobileNetError
 from mobilenets.models import create_model
 from mobilenets.runs import load_run, read_run_info
-from mobilenets.train import TrainConfig, train
+from mobilenets.train import TrainConfig, holds_run, train
 
 ORIGINAL, CONVERTED = "vgg_small", "vgg_small_separable"
 
@@ -93,6 +94,12 @@ def compare_conversion(
     them is the convolutions.
     """
     out = Path(out)
+    taken = [out / name for name in (ORIGINAL, CONVERTED) if holds_run(out / name)]
+    if taken:  # train's own refusal would suggest --resume, which this command has not
+        raise MobileNetError(
+            f"{out} already holds a comparison ({taken[0]} is a run); pick another --out or "
+            f"remove {out}"
+        )
     run_dirs = {}
     for name in (ORIGINAL, CONVERTED):
         config = TrainConfig(

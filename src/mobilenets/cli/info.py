@@ -53,16 +53,29 @@ def run_models(args: argparse.Namespace) -> int:
 
     rows = []
     for name in list_models():
-        report = profile_model(create_model(name), args.resolution)
-        rows.append({"model": name, "params": report.total_params, "macs": report.total_macs})
+        model = create_model(name)
+        report = profile_model(model, args.resolution)
+        classes = getattr(model, "num_classes", None)
+        rows.append(
+            {
+                "model": name,
+                "classes": classes,
+                "params": report.total_params,
+                "macs": report.total_macs,
+            }
+        )
 
     def views() -> Iterator[Any]:
         yield (
             table(
-                f"Models at {args.resolution}x{args.resolution}, width 1.0, 1000 classes",
-                ["model", "params", "mult-adds"],
-                [[r["model"], fmt_int(r["params"]), fmt_int(r["macs"])] for r in rows],
-                right=2,
+                # Each family's defaults: width 1.0 and its own class count (a column).
+                f"Models at {args.resolution}x{args.resolution}, width 1.0",
+                ["model", "classes", "params", "mult-adds"],
+                [
+                    [r["model"], str(r["classes"] or "?"), fmt_int(r["params"]), fmt_int(r["macs"])]
+                    for r in rows
+                ],
+                right=3,
             )
         )
 

@@ -77,6 +77,7 @@ def run_speedup(args: argparse.Namespace) -> int:
                     for r in rows
                 ],
                 right=7,
+                key=4,
             )
         )
         yield (
