@@ -24,3 +24,60 @@ def test_readme_python_tour_runs() -> None:
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     assert blocks
     exec(compile(blocks[0], "README.md", "exec"), {})
+
+
+def bash_blocks() -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def readme_commands() -> list[list[str]]:
+    """Every ``mobilenets`` command of the README's shell blocks as argv (after
+    ``mobilenets``, or ``-m mobilenets`` under torchrun), comments and redirections dropped."""
+    import shlex
+
+    commands = []
+    for block in bash_blocks():
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if "mobilenets" not in words or words[0] == "#":
+                continue
+            argv = words[words.index("mobilenets") + 1 :]
+            commands.append(argv[: argv.index(">")] if ">" in argv else argv)
+    return commands
+
+
+def test_the_tour_activates_the_environment_before_its_first_command() -> None:
+    tour = bash_blocks()[2]  # after the two commands
+    lines = [line.split("#")[0].strip() for line in tour.splitlines()]
+    assert lines[0] == "source .venv/bin/activate"
+    assert all(not line.startswith("mobilenets") for line in lines[:1])
+
+
+def test_every_readme_command_is_one_the_cli_takes() -> None:
+    from mobilenets.cli import build_parser
+
+    parser = build_parser()
+    commands = readme_commands()
+    assert len(commands) >= 20
+    for argv in commands:
+        args = parser.parse_args(argv)  # an unknown command or flag exits here
+        assert args.command is not None, argv
+
+
+def test_the_tour_runs_as_written_at_80_columns(tmp_path, monkeypatch, capsys) -> None:
+    """The first block's commands, run for real in an 80-column terminal: no number is cut."""
+    from mobilenets.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.chdir(tmp_path)
+    tour = [argv for argv in readme_commands() if argv and argv[0] in ("models", "cost")][:4]
+    assert [argv[0] for argv in tour] == ["models", "cost", "cost", "cost"]
+    for argv in tour:
+        assert main(argv) == 0, argv
+        out = capsys.readouterr().out
+        assert "…" not in out, argv
+        if "--json" not in argv:
+            table_lines = [line for line in out.splitlines() if "│" in line or "┃" in line]
+            assert table_lines and max(len(line.rstrip()) for line in table_lines) <= 80, argv
+    assert main(["cost", "mobilenet_v2"]) == 0
+    assert "300,774,272" in capsys.readouterr().out  # the number the tour's comment promises
