@@ -356,3 +356,28 @@ def test_without_a_terminal_training_prints_lines_within_an_epoch(tmp_path: Path
     batch_lines = [line for line in out.splitlines() if "batch " in line and "loss" in line]
     assert batch_lines[0].startswith("epoch   1/1  batch 1/6  loss ")
     assert len(batch_lines) == 6  # 1438 images in batches of 256: a line per batch
+
+
+def test_quantize_calibrates_on_all_there_is_when_asked_for_more() -> None:
+    from torch.utils.data import TensorDataset
+
+    from mobilenets.deploy.quantize import calibration_subset
+
+    sixteen = TensorDataset(torch.zeros(16, 3, 8, 8), torch.zeros(16, dtype=torch.long))
+    with pytest.warns(UserWarning, match="calibrating on all 16 images"):
+        subset = calibration_subset(sixteen, 256)
+    assert len(subset) == 16
+
+
+def test_the_curves_name_the_best_epoch_in_the_legend() -> None:
+    from mobilenets.plots import training_curves_figure
+
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "test_loss": 1 / e, "train_top1": t - 0.02,
+         "test_top1": t}
+        for e, t in [(1, 0.5), (2, 0.9), (3, 0.85)]
+    ]  # fmt: skip
+    figure = training_curves_figure(history)
+    legend = [t.get_text() for t in figure.axes[1].get_legend().get_texts()]
+    assert "best test 90.00% (epoch 2)" in legend
+    assert not figure.axes[1].texts  # no label written over the curves

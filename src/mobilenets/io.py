@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
+import platform
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -88,6 +88,12 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 LOCK_FILE = ".lock"
 
 
+def host_name() -> str:
+    """This machine's name, as ``socket.gethostname()`` gives it (without importing socket,
+    which the CLI's start-up would pay for)."""
+    return os.uname().nodename if hasattr(os, "uname") else platform.node()
+
+
 def _alive(pid: int) -> bool:
     """Whether a process ``pid`` runs on this host (one we may not signal still runs)."""
     try:
@@ -114,7 +120,7 @@ class DirectoryLock:
     def __init__(self, directory: str | os.PathLike[str], what: str = "run") -> None:
         self.directory, self.what = Path(directory), what
         self.path = self.directory / LOCK_FILE
-        self.owner = {"pid": os.getpid(), "host": socket.gethostname()}
+        self.owner = {"pid": os.getpid(), "host": host_name()}
         self.held = False
 
     def __enter__(self) -> DirectoryLock:
