@@ -156,5 +156,6 @@ def test_compare_conversion_command_trains_both_and_compares(
         assert 0.1 < data[RUNS[name]]["top1"] <= 1
     before = (out / "comparison.json").read_bytes()
     assert main(args) == 2  # the runs are there: refused, nothing overwritten
-    assert "already holds a run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already holds a comparison" in err and "--resume" not in err
     assert (out / "comparison.json").read_bytes() == before
