@@ -76,8 +76,11 @@ def test_a_lock_is_exclusive_and_released(tmp_path: Path) -> None:
         assert holder == {"pid": os.getpid(), "host": socket.gethostname()}
         with raises_one_line(rf"in use by another run \(process {os.getpid()} on this host\)"):
             DirectoryLock(tmp_path / "run").acquire()
-    assert not (tmp_path / "run" / LOCK_FILE).exists()
-    assert [p.name for p in (tmp_path / "run").iterdir()] == []  # no temporary files left
+    assert not (tmp_path / "run").exists()  # made for the lock, left empty: removed
+    (tmp_path / "kept").mkdir()
+    with DirectoryLock(tmp_path / "kept"):
+        pass
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == []  # no temporary files left
 
 
 def test_a_second_train_into_a_held_directory_is_refused_with_the_holder(

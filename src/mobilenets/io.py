@@ -122,6 +122,7 @@ class DirectoryLock:
         self.path = self.directory / LOCK_FILE
         self.owner = {"pid": os.getpid(), "host": host_name()}
         self.held = False
+        self.created = False  # the directory was made for this lock
 
     def __enter__(self) -> DirectoryLock:
         self.acquire()
@@ -151,6 +152,7 @@ class DirectoryLock:
 
     def acquire(self) -> None:
         try:
+            self.created = not self.directory.exists()
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise write_error(self.directory, e) from None
@@ -208,6 +210,11 @@ class DirectoryLock:
         )
 
     def release(self) -> None:
+        """Remove the lock; and the directory, if it was made for the lock and stayed empty
+        (a run that failed before its first checkpoint leaves nothing behind)."""
         if self.held:
             self._remove_if(self.owner)
             self.held = False
+            if self.created:
+                with contextlib.suppress(OSError):  # not empty: it holds a run
+                    self.directory.rmdir()
