@@ -80,7 +80,7 @@ def test_evaluate_cli_json_and_table(run: Path, tmp_path: Path, capsys) -> None:
 def test_predict_agrees_with_the_labels_of_digit_pngs(
     run: Path, digit_pngs: list[tuple[Path, int]]
 ) -> None:
-    predictions = predict(run, [p for p, _ in digit_pngs], top_k=3)
+    predictions = predict(run, [p for p, _ in digit_pngs], top_k=3).predictions
     assert [Path(p.image) for p in predictions] == [p for p, _ in digit_pngs]
     for p in predictions:
         assert len(p.classes) == 3 and p.probabilities == sorted(p.probabilities, reverse=True)
@@ -94,8 +94,9 @@ def test_predict_agrees_with_the_labels_of_digit_pngs(
 def test_predict_cli_table_and_json(run: Path, digit_pngs, capsys) -> None:
     path = digit_pngs[0][0]
     assert main(["predict", str(run), str(path), "--top-k", "2", "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out)["predictions"]
     assert data[0]["image"] == str(path) and len(data[0]["top"]) == 2
+    assert data[0]["error"] is None
     assert main(["predict", str(run), str(path)]) == 0
     assert "probability" in capsys.readouterr().out
 
@@ -116,10 +117,17 @@ def test_bad_images_and_runs_are_one_line_errors(
     meta = json.loads((other_arch / "model.json").read_text())
     meta["model"] = "mobilenet_v2"
     (other_arch / "model.json").write_text(json.dumps(meta))
-    cases = [
+    # An image that cannot be read is a row with its error, not the end: exit status 1.
+    rows = [
         (["predict", str(run), good, str(truncated)], "cannot read image"),
         (["predict", str(run), str(not_image)], "cannot read image"),
         (["predict", str(run), str(tmp_path / "missing.png")], "image not found"),
+    ]
+    for argv, message in rows:
+        assert main([*argv, "--json"]) == 1
+        data = json.loads(capsys.readouterr().out)["predictions"]
+        assert message in data[-1]["error"] and data[-1]["top"] == [], (argv, data)
+    cases = [
         (["predict", str(incomplete), good], "model.safetensors is missing"),
         (["predict", str(other_arch), good], "do not fit the model"),
         (["evaluate", str(tmp_path / "nothing")], "does not exist"),
