@@ -88,9 +88,10 @@ def make_loader(
     fold_single: bool = False,
 ) -> DataLoader:
     """``make_loader(dataset, batch_size, shuffle, seed, num_workers=None, sampler=None,
-    drop_last=False)``: a DataLoader whose order and augmentation are reproducible from
-    ``seed`` (through :class:`SeededSampler`, reachable as ``loader.sampler``; call
-    ``loader.sampler.set_epoch(epoch)`` before an epoch to reproduce it on resume).
+    drop_last=False, fold_single=False)``: a DataLoader whose order and augmentation are
+    reproducible from ``seed`` (through :class:`SeededSampler`, reachable as
+    ``loader.batch_sampler.sampler``, and as ``loader.sampler`` without ``fold_single``; call
+    its ``set_epoch(epoch)`` before an epoch to reproduce it on resume).
 
     ``num_workers=None`` picks 0 for in-memory datasets (digits, CIFAR: a worker process costs
     more than indexing a tensor) and 2 persistent workers for image folders (decoding is the
