@@ -118,4 +118,4 @@ def test_cost_cli_shows_the_peak_and_draws_the_figure(
     assert max(r["live_activations"] for r in data["layers"]) == 2_558_976
     (tmp_path / "file").write_text("not a directory")
     assert main(["cost", "mobilenet_v1", "--plot", str(tmp_path / "file" / "x.png")]) == 2
-    assert "error: cannot write the figure" in capsys.readouterr().err
+    assert f"error: cannot write {tmp_path / 'file' / 'x.png'}: " in capsys.readouterr().err

@@ -18,7 +18,6 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mobilenets.errors import MobileNetError
 from mobilenets.io import atomic_path
 
 if TYPE_CHECKING:
@@ -27,12 +26,12 @@ if TYPE_CHECKING:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 120) -> None:
-    """Save ``fig`` as PNG to ``path`` whole or not at all, then release its memory."""
+    """Save ``fig`` as PNG to ``path`` whole or not at all, then release its memory. A failed
+    write (full disk, read-only or missing directory) is one line naming ``path``
+    (:func:`mobilenets.io.atomic_path`)."""
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    except OSError as e:
-        raise MobileNetError(f"cannot write the figure to {path}: {e.strerror or e}") from None
     finally:
         plt.close(fig)
 
