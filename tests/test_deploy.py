@@ -246,10 +246,16 @@ def test_a_file_that_is_not_onnx(not_onnx: Path, capsys) -> None:
 
 def test_a_calibration_count_larger_than_the_data(exported: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "q.onnx"
-    argv = ["quantize", str(exported), "--calibration", "100000", "--out", str(out)]
-    check_one_line_error(argv, "larger than the training data", capsys)
-    check_one_line_error([*argv[:3], "0", *argv[4:]], "must be a positive integer", capsys)
+    argv = ["quantize", str(exported), "--calibration", "0", "--out", str(out)]
+    check_one_line_error(argv, "must be a positive integer", capsys)
     assert listing(tmp_path) == set()
+    # More than there is: a warning, and calibration on every training image.
+    assert main([*argv[:3], "100000", *argv[4:], "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("warning: calibration count 100000 is larger than the ")
+    assert captured.err.count("\n") == 1
+    result = json.loads(captured.out)
+    assert 0 < result["calibration_images"] < 100000 and listing(tmp_path) == {"q.onnx"}
 
 
 def test_a_resolution_the_model_cannot_take(run: Path, exported: Path, capsys) -> None:
