@@ -44,6 +44,7 @@ from mobilenets.checkpoint import (
     save_run,
 )
 from mobilenets.errors import MobileNetError
+from mobilenets.imagenet import default_class_names
 from mobilenets.layers import InvertedResidual
 from mobilenets.models import V2_BOTTLENECKS, MobileNetV1, MobileNetV2, create_model
 
@@ -403,7 +404,7 @@ def import_checkpoint(
     info = RunInfo(
         model=model_name,
         model_kwargs=kwargs,
-        class_names=class_names or [f"class_{i}" for i in range(model.num_classes)],
+        class_names=class_names or default_class_names(model.num_classes),
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         input_size=(3, 224, 224),
