@@ -4,6 +4,7 @@ onnxruntime's CPU kernels; int8 through onnxruntime's static quantizer (``quanti
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,11 @@ def write(
     example: torch.Tensor,
     calibration: list[torch.Tensor] | None,
     metadata: dict[str, str],
+    fp32_modules: Sequence[str] = (),
 ) -> None:
     """Write ``model`` to ONNX at ``path``; for int8, the fp32 file goes to a temporary
-    folder and onnxruntime's quantizer writes ``path`` from it."""
+    folder and onnxruntime's quantizer writes ``path`` from it, leaving the modules named in
+    ``fp32_modules`` in float."""
     input_size = tuple(example.shape[1:])
     if calibration is None:
         write_onnx(model, path, input_size, {**metadata, PRECISION_KEY: "fp32"})
@@ -38,7 +41,7 @@ def write(
     with tempfile.TemporaryDirectory(prefix="mobilenets-onnx-") as tmp:
         fp32 = Path(tmp) / "model.onnx"
         write_onnx(model, fp32, input_size, {**metadata, PRECISION_KEY: "fp32"})
-        quantize_model(fp32, path, TensorDataset(torch.cat(calibration)))
+        quantize_model(fp32, path, TensorDataset(torch.cat(calibration)), fp32_modules=fp32_modules)
 
 
 def load(path: Path, threads: int | None = None) -> Runner:
