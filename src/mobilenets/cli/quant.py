@@ -66,6 +66,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_mixed)
 
+    p = subparsers.add_parser(
+        "qat",
+        help="quantization-aware training (pt2e): fine-tune a float run with int8 simulated",
+    )
+    p.add_argument("run_dir", help="the float run to start from")
+    p.add_argument("--out", help="the QAT run directory (default RUN_DIR-qat)")
+    p.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs (default 4)")
+    p.add_argument("--lr", type=float, default=0.005, help="SGD learning rate (default 0.005)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    p.add_argument("--freeze-bn-after", type=int, default=2, metavar="E", help="epochs (default 2)")
+    p.add_argument(
+        "--freeze-observers-after", type=int, default=3, metavar="E", help="epochs (default 3)"
+    )
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue --out where it stopped")
+    p.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--data", help="the run's data, if it moved (default: as the run records)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.set_defaults(func=run_qat)
+
 
 def run_sensitivity(args: argparse.Namespace) -> int:
     from mobilenets.plots import save_figure
@@ -181,4 +202,43 @@ def run_mixed(args: argparse.Namespace) -> int:
         )
     )
     out.print(f"wrote {result.path}; in float: {', '.join(result.mixed.fp32_modules) or 'none'}")
+    return 0
+
+
+def run_qat(args: argparse.Namespace) -> int:
+    from mobilenets.quant.qat import QATConfig, qat
+
+    config = QATConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        freeze_bn_after=args.freeze_bn_after,
+        freeze_observers_after=args.freeze_observers_after,
+        per_channel=not args.per_tensor,
+        seed=args.seed,
+    )
+    err = Console(stderr=True)
+
+    def on_epoch(r: dict) -> None:
+        err.print(
+            f"epoch {r['epoch']}: loss {r['loss']:.4f}, fake-quantized top-1 "
+            f"{r['fake_quant_top1']:.2%} ({r['seconds']:.0f} s)"
+        )
+
+    result = qat(
+        args.run_dir,
+        out=args.out,
+        config=config,
+        resume=args.resume,
+        data=args.data,
+        on_epoch=None if args.json else on_epoch,
+        stop_after_epoch=args.stop_after_epoch,
+    )
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    console().print(
+        f"wrote {result.run_dir}: a run like any other; ship it with "
+        f"`mobilenets quantize {result.run_dir}`{' --per-tensor' if args.per_tensor else ''}"
+    )
     return 0
