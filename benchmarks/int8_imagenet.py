@@ -30,7 +30,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from mobilenets.checkpoint import load_run
 from mobilenets.deploy.export import calibration_inputs, held_out_inputs
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.onnx_export import write_onnx
@@ -41,6 +40,7 @@ from mobilenets.errors import MobileNetError
 from mobilenets.plots import save_figure
 from mobilenets.quant.mixed import quantize_mixed
 from mobilenets.quant.sensitivity import sensitivity_figure, sensitivity_report
+from mobilenets.runs import load_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (label, calibration images, method, per channel, symmetric activations)

@@ -14,11 +14,11 @@ import onnx
 import pytest
 import torch
 
-from mobilenets.checkpoint import load_run
 from mobilenets.cli import main
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.errors import MobileNetError
 from mobilenets.quant.fake import FakeQuantModel, Int8Scheme, fake_quant_weight
+from mobilenets.runs import load_run
 from mobilenets.train import TrainConfig, state_digest, train
 
 RESOLUTION = 16
@@ -148,7 +148,7 @@ def test_qat_resumes_to_the_same_weights_and_refuses_another_config(run: Path, t
     a, info = load_run(straight)
     b, _ = load_run(resumed)
     assert state_digest(a) == state_digest(b)
-    assert info.extra["qat"]["per_channel"] is True and info.epoch == 2
+    assert info.train_config["qat"]["per_channel"] is True and info.epoch == 2 and info.finished
 
 
 def test_qat_needs_a_float_run(tmp_path: Path, capsys) -> None:

@@ -6,9 +6,6 @@ import argparse
 from contextlib import nullcontext
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
 from mobilenets.cli._output import console, print_json, table
 
 SENSITIVITY_FIGURE = "int8_sensitivity.png"
@@ -89,6 +86,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     from mobilenets.plots import save_figure
     from mobilenets.quant.fake import Int8Scheme
     from mobilenets.quant.sensitivity import count_layers, sensitivity_figure, sensitivity_report
@@ -158,6 +158,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
 
 
 def run_mixed(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from mobilenets.quant.mixed import quantize_mixed
 
     quiet = args.quiet or args.json
@@ -206,6 +208,8 @@ def run_mixed(args: argparse.Namespace) -> int:
 
 
 def run_qat(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from mobilenets.quant.qat import QATConfig, qat
 
     config = QATConfig(

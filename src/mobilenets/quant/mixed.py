@@ -26,15 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.checkpoint import atomic_path, load_run
 from mobilenets.deploy.export import calibration_inputs, held_out_inputs, target_of
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import Agreement, Target, agreement, run_batches
 from mobilenets.errors import MobileNetError
+from mobilenets.io import atomic_path
+from mobilenets.measure.timing import time_interleaved
 from mobilenets.quant.fake import FakeQuantModel
 from mobilenets.quant.sensitivity import measure_sensitivity, rank_key
-from mobilenets.timing import time_interleaved
+from mobilenets.runs import load_run
 
 DEFAULT_IMAGES = 300
 DEFAULT_REPORT_IMAGES = 32

@@ -24,7 +24,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +43,13 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
     get_default_x86_inductor_quantization_config,
 )
 
-from mobilenets.checkpoint import (
-    META_FILE,
-    RunInfo,
-    atomic_path,
-    load_run,
-    save_run,
-)
 from mobilenets.data import make_loader
 from mobilenets.errors import MobileNetError
-from mobilenets.evaluate import load_run_data, tally_predictions
-from mobilenets.train import STATE_FILE, holds_run, parameter_groups, seed_epoch, warmup_cosine
+from mobilenets.io import atomic_path
+from mobilenets.metrics import tally_predictions
+from mobilenets.optim import parameter_groups, warmup_cosine
+from mobilenets.runs import META_FILE, RunInfo, load_run, load_run_data, save_run
+from mobilenets.train import STATE_FILE, holds_run, seed_epoch
 
 QAT_KEY = "qat"
 
@@ -163,7 +159,7 @@ def qat(
         raise MobileNetError(f"{source} is not a float run directory (no {META_FILE})")
     out = Path(out) if out is not None else source.with_name(f"{source.name}-qat")
     model, info = load_run(source)
-    if info.extra.get(QAT_KEY):
+    if (info.train_config or {}).get(QAT_KEY):
         raise MobileNetError(f"{source} is already quantization-aware trained; start from float")
     state = None
     if resume:
@@ -265,16 +261,12 @@ def _checkpoint(
     """The run's weights and record, then the graph's state: the run is whole at every epoch."""
     recipe = {**asdict(config), "quantization": config.quantization()}
     epoch = history[-1]["epoch"]
-    qat_info = RunInfo(
-        model=info.model,
-        model_kwargs=info.model_kwargs,
-        class_names=info.class_names,
-        mean=info.mean,
-        std=info.std,
-        input_size=info.input_size,
+    qat_info = replace(
+        info,
         epoch=epoch,
-        metrics=history[-1],
-        extra={**info.extra, QAT_KEY: {"source": str(source), **recipe, "history": history}},
+        metrics={**history[-1], "history": history},
+        train_config={QAT_KEY: {"source": str(source), **recipe}},
+        finished=epoch == config.epochs,
     )
     out.mkdir(parents=True, exist_ok=True)
     save_run(out, float_weights(graph, model), qat_info)

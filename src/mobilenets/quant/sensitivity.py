@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.checkpoint import load_run
 from mobilenets.deploy.export import calibration_inputs, held_out_inputs
 from mobilenets.deploy.target import agreement
 from mobilenets.plots import Figure
 from mobilenets.quant.fake import KINDS, PER_CHANNEL, FakeQuantModel, Int8Scheme, sqnr_db
+from mobilenets.runs import load_run
 
 DEFAULT_IMAGES = 32
 DEFAULT_CALIBRATION = 256
