@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -208,6 +209,10 @@ def run_mixed(args: argparse.Namespace) -> int:
 
 
 def run_qat(args: argparse.Namespace) -> int:
+    # torchao logs a warning per optional GPU kernel library it cannot load on a CPU build, and
+    # torch one about an enum torchao registers: noise on the user's terminal, not problems.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     from rich.console import Console
 
     from mobilenets.quant.qat import QATConfig, qat
