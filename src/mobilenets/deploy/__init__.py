@@ -6,7 +6,7 @@ The path from a run directory to a file a server runs::
     export_onnx(run_dir)           RUN_DIR/model.onnx, fp32, BN folded, metadata inside
     quantize_onnx(run_dir, 256)    RUN_DIR/model.int8.onnx, static int8, top-1 before/after
 
-``mobilenets.bench`` times all of them side by side.
+``mobilenets.deploy.bench`` times all of them side by side.
 """
 
 from mobilenets.deploy.fold import count_batchnorms, fold_batchnorm, fold_conv_bn
