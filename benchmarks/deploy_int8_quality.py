@@ -123,7 +123,7 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    write_results(rows, args)
+            write_results(rows, args)  # after every row: a long run keeps what it measured
 
 
 def write_results(rows: list[dict], args: argparse.Namespace) -> None:

@@ -43,18 +43,18 @@ def section(report: BenchReport) -> list[str]:
         f"floors per batch are {report.fp32_floor_ms:.2f} ms (fp32) and "
         f"{report.int8_floor_ms:.2f} ms (int8).",
         "",
-        "| engine | median ms | p90 ms | x floor | images/s | memory MiB | model MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| engine | median ms | p90 ms | x floor | images/s | RSS growth MiB | planned MiB "
+        "| model MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for t in report.timings:
         floor = report.int8_floor_ms if t.engine.endswith("int8") else report.fp32_floor_ms
         memory = "" if t.memory_bytes is None else f"{t.memory_bytes / mib:.1f}"
-        if t.memory_source == "planned":
-            memory += " (planned)"
+        planned = "" if t.planned_bytes is None else f"{t.planned_bytes / mib:.2f}"
         model = "" if t.model_memory_bytes is None else f"{t.model_memory_bytes / mib:.1f}"
         lines.append(
             f"| {t.engine} | {t.median_ms:.2f} | {t.p90_ms:.2f} | {t.median_ms / floor:.2f}x | "
-            f"{t.images_per_s:.1f} | {memory} | {model} |"
+            f"{t.images_per_s:.1f} | {memory} | {planned} | {model} |"
         )
     return [*lines, ""]
 
@@ -85,9 +85,10 @@ def main() -> None:
         "engine in 10 interleaved rounds; other agents' processes were running on the same "
         "2 cores, so compare engines within one table, not across runs.",
         "int8 programs are calibrated on random inputs (ranges do not change speed; quality is "
-        "in deploy_int8_quality.md). Memory: ExecuTorch's planned activation buffers (planned),"
-        " else the growth of the process's resident set while the program is loaded and run "
-        "(weights, packed weight copies and the runtime's workspace included); model MiB: "
+        "in deploy_int8_quality.md). Memory: the growth of the process's resident set while "
+        "the program is loaded and run twice (weights, packed weight copies and the runtime's "
+        "workspace included); planned: the buffers ExecuTorch's memory planner laid out (only "
+        "the delegate's input and output: XNNPACK plans its activations itself); model MiB: "
         "the cost model's peak activations at that precision plus the weights.",
         "",
     ]

@@ -218,7 +218,7 @@ def bench_table(report):
                 f"{t.images_per_s:.1f}",
                 "" if t.gmacs_per_s is None else f"{t.gmacs_per_s:.1f}",
                 f"{first / t.median_ms:.2f}x",
-                _mib(t.memory_bytes) + (" (planned)" if t.memory_source == "planned" else ""),
+                _mib(t.memory_bytes),
                 _mib(t.model_memory_bytes),
             ]
             for t in report.timings
@@ -237,6 +237,6 @@ def bench_summary(report) -> str:
         if report.int8_floor_ms is not None:
             line += f" and no int8 one less than {report.int8_floor_ms:.2f} ms"
     return line + (
-        ". MiB: ExecuTorch's planned activation memory, else the process's RSS growth while "
-        "the program is loaded and run; model MiB: cost's peak activations plus the weights."
+        ". MiB: the process's resident-set growth while the program is loaded and run; "
+        "model MiB: the cost model's peak activations plus the weights."
     )

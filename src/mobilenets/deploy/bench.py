@@ -13,10 +13,11 @@ the fp32 rate of a 2048 x 2048 matmul (about the most arithmetic-friendly work a
 the int8 rate of the same matmul (``torch._int_mm``: VNNI where the CPU has it), the floor
 under int8 inference.
 
-Memory: each runtime's inference memory as that runtime reports it (ExecuTorch: the bytes its
-memory planner laid out; the others: growth of the process's resident set while the program
-is loaded and run, weights and the runtime's workspace included), next to the cost model's
-peak activation bytes plus the weights at that precision.
+Memory: each runtime's inference memory, measured as the growth of the process's resident set
+while the program is loaded and run twice (weights, packed weight copies and the runtime's
+workspace included), next to the cost model's peak activation bytes plus the weights at that
+precision; for ExecuTorch also the bytes its memory planner laid out (only the tensors at the
+XNNPACK delegate's boundary: the delegate plans its own activations).
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ class Timing:
     images_per_s: float
     gmacs_per_s: float | None
     iterations: int
-    memory_bytes: int | None = None  # as the runtime reports it, see memory_source
-    memory_source: str | None = None
+    memory_bytes: int | None = None  # resident-set growth while loaded and run
+    planned_bytes: int | None = None  # ExecuTorch: what its memory planner laid out
     model_memory_bytes: int | None = None  # cost model: peak activations + weights
 
 
@@ -276,7 +277,7 @@ def benchmark(
     calibration = [torch.randn(CALIBRATION_INPUTS, channels, resolution, resolution)]
 
     engines = _torch_engines(model, x)
-    memory: dict[str, tuple[int | None, str | None, int]] = {}
+    memory: dict[str, tuple[int | None, int | None, int]] = {}
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
         for target in targets:
             for precision in ("fp32", "int8"):
@@ -289,11 +290,12 @@ def benchmark(
                     onnx_metadata(info, precision),
                 )
                 name = engine_name(target, precision)
-                engines[name], used, source_of = _loaded(target, path, x, threads)
+                engines[name], used = _loaded(target, path, x, threads)
+                planned = executorch.planned_memory_bytes(path) if target.suffix == ".pte" else None
                 modelled = cost.peak_activation_bytes(precision) * batch + weights * (
                     1 if precision == "int8" else 4
                 )
-                memory[name] = (used, source_of, modelled)
+                memory[name] = (used, planned, modelled)
         with torch_threads(threads), torch.inference_mode():
             times = measure(engines, warmup, iterations, rounds)
     report = BenchReport(
@@ -308,7 +310,7 @@ def benchmark(
     report.timings = [summarize(name, t, batch, cost.total_macs) for name, t in times.items()]
     for timing in report.timings:
         if timing.engine in memory:
-            timing.memory_bytes, timing.memory_source, timing.model_memory_bytes = memory[
+            timing.memory_bytes, timing.planned_bytes, timing.model_memory_bytes = memory[
                 timing.engine
             ]
     return report
@@ -316,20 +318,17 @@ def benchmark(
 
 def _loaded(
     target: Target, path: Path, x: torch.Tensor, threads: int
-) -> tuple[Callable[[], object], int | None, str | None]:
-    """A no-argument call of ``path``'s program on ``x``, and its inference memory."""
+) -> tuple[Callable[[], object], int | None]:
+    """A no-argument call of ``path``'s program on ``x``, and the resident-set growth that
+    loading it and running it twice caused."""
     array = np.ascontiguousarray(x.numpy())
     before = resident_bytes()
     runner: Runner = target.load(path, threads)
     runner(array)
     runner(array)
     after = resident_bytes()
-    if target is FORMATS["executorch"]:
-        used, source = executorch.planned_memory_bytes(path), "planned"
-    else:
-        used = None if before is None or after is None else max(after - before, 0)
-        source = "RSS growth"
-    return (lambda: runner(array)), used, source
+    used = None if before is None or after is None else max(after - before, 0)
+    return (lambda: runner(array)), used
 
 
 def _torch_engines(model: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:

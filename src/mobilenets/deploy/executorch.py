@@ -122,13 +122,18 @@ def load(path: Path, threads: int | None = None) -> Runner:
 
 
 def planned_memory_bytes(path: Path) -> int:
-    """Bytes of the activation buffers ExecuTorch's memory planner laid out for ``forward``:
-    the program's whole working memory besides its weights and XNNPACK's packed copies."""
-    from executorch.runtime import Runtime
+    """Bytes of the buffers ExecuTorch's memory planner laid out for ``forward``.
+
+    With the whole graph delegated to XNNPACK this is only the tensors crossing the delegate's
+    boundary (the input and the logits): XNNPACK plans and allocates the activations inside
+    its subgraph itself, in its own workspace, which the process's resident set shows.
+    """
+    from executorch.exir._serialize._program import deserialize_pte_binary
 
     with _quiet_stderr():
-        meta = Runtime.get().load_program(Path(path)).metadata("forward")
-    return sum(meta.memory_planned_buffer_size(i) for i in range(meta.num_memory_planned_buffers()))
+        program = deserialize_pte_binary(Path(path).read_bytes())
+    program = getattr(program, "program", program)  # newer versions wrap it
+    return sum(program.execution_plan[0].non_const_buffer_sizes)
 
 
 @contextlib.contextmanager

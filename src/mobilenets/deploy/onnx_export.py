@@ -233,11 +233,11 @@ def export_onnx(
         inputs = [crops[: len(crops) // 2 or 1], crops[len(crops) // 2 or 1 :]]  # two batches
         result = export_model(model, info, out, [b for b in inputs if len(b)], opset, provider)
         return replace(result, checked_on="random crops of the bundled photos")
-    inputs = _first_images(load_run_data(info, data).test, verify_images)
+    inputs = first_images(load_run_data(info, data).test, verify_images)
     return export_model(model, info, out, inputs, opset, provider)
 
 
-def _first_images(dataset: Dataset, n: int, batch_size: int = 64) -> list[torch.Tensor]:
+def first_images(dataset: Dataset, n: int, batch_size: int = 64) -> list[torch.Tensor]:
     """The first ``n`` images in batches, the last one partial so that two batch sizes go
     through the dynamic axis; decoding stops there (an image folder's split can be large)."""
     kept, count = [], 0
