@@ -76,7 +76,7 @@ def quantize_nncf(
         ov_model,
         dataset,
         preset=presets[preset],
-        subset_size=sum(len(images) for images in calibration),
+        subset_size=len(calibration),  # NNCF counts the dataset's items: here, batches
         fast_bias_correction=fast_bias_correction,
         ignored_scope=nncf.IgnoredScope(types=list(fp32_types)) if fp32_types else None,
     )
