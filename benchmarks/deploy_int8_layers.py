@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenets.checkpoint import atomic_write_text, load_run
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops
+from mobilenets.io import atomic_write_text
+from mobilenets.runs import load_run
 
 RESULTS = Path(__file__).parent / "results" / "deploy_int8_layers.md"
 

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from mobilenets.checkpoint import atomic_write_json, atomic_write_text, load_run
 from mobilenets.deploy import executorch, litert, onnx_target, openvino
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.onnx_export import write_onnx
@@ -33,6 +32,8 @@ from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_cr
 from mobilenets.deploy.quantize import quantize_model
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import agreement, run_batches
+from mobilenets.io import atomic_write_json, atomic_write_text
+from mobilenets.runs import load_run
 
 RESULTS = Path(__file__).parent / "results"
 FIRST, LAST = "features.0.conv", "classifier.fc"

@@ -17,8 +17,8 @@ import argparse
 import platform
 from pathlib import Path
 
-from mobilenets.checkpoint import atomic_write_json, atomic_write_text
 from mobilenets.deploy.bench import BenchReport, benchmark
+from mobilenets.io import atomic_write_json, atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
 ONNX_FP32 = "onnxruntime fp32"

@@ -26,8 +26,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from mobilenets.checkpoint import atomic_write_text, read_run_info
+from mobilenets.io import atomic_write_text
 from mobilenets.plots import save_figure
+from mobilenets.runs import read_run_info
 from mobilenets.train import METRICS_FILE
 
 RESULTS = Path(__file__).parent / "results"
@@ -61,7 +62,7 @@ def main() -> int:
     rows = []
     for model, (seconds, run_) in results.items():
         info, history = run_["info"], run_["history"]
-        recipe = info.extra["train_config"]
+        recipe = info.train_config
         top1 = info.metrics["test_top1"]
         ok = top1 >= TARGET_TOP1 and seconds < TARGET_SECONDS
         train_s = sum(h["epoch_time_s"] for h in history)

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenets.checkpoint import atomic_write_text
 from mobilenets.deploy.bench import measure, summarize, torch_threads
+from mobilenets.io import atomic_write_text
 from mobilenets.models import create_model
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.md"

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobilenets.checkpoint import read_run_info
 from mobilenets.cli import main
 from mobilenets.deploy import target as target_module
 from mobilenets.deploy.export import FORMATS, export
 from mobilenets.deploy.target import agreement
 from mobilenets.errors import MobileNetError
+from mobilenets.runs import read_run_info
 from mobilenets.train import TrainConfig, train
 
 RESOLUTION = 16
@@ -62,7 +62,7 @@ def test_fp32_export_matches_pytorch_in_its_own_runtime(
     assert report["images"] == 96 and report["checked_on"] == "held-out images"
     assert listing(tmp_path) == {p.name for p in target.files(out)}  # no temporary left
     assert report["size_bytes"] == sum(p.stat().st_size for p in target.files(out))
-    recorded = read_run_info(run).extra["exports"][f"{fmt}-fp32"]
+    recorded = read_run_info(run).metrics["exports"][f"{fmt}-fp32"]
     assert recorded["max_rel_error"] == report["max_rel_error"]
 
 
@@ -76,7 +76,7 @@ def test_int8_export_reports_agreement_and_sqnr(fmt: str, run: Path, tmp_path: P
     assert c.images == 128 and int8.calibration_images == 64
     assert c.top1_agreement >= 0.8 and 5 < c.sqnr_db < 60  # quantized, and still the model
     assert int8.size_bytes < fp32.size_bytes
-    recorded = read_run_info(run).extra["exports"][f"{fmt}-int8"]
+    recorded = read_run_info(run).metrics["exports"][f"{fmt}-int8"]
     assert recorded["top1_agreement"] == c.top1_agreement and recorded["sqnr_db"] == c.sqnr_db
     assert recorded["quantization"] == target.quantization
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 import argparse
 from contextlib import nullcontext
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
 from mobilenets.cli._output import console, print_json, table
 
 FORMATS = "onnx, executorch, litert or openvino"
@@ -126,6 +123,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     from mobilenets.deploy.quantize import DEFAULT_CALIBRATION, quantize_onnx
 
     calibration = DEFAULT_CALIBRATION if args.calibration is None else args.calibration

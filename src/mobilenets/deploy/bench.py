@@ -37,7 +37,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.checkpoint import RunInfo, load_run
 from mobilenets.cost import count_params, profile_model
 from mobilenets.deploy import executorch
 from mobilenets.deploy.export import FORMATS, target_of
@@ -53,8 +52,9 @@ from mobilenets.deploy.runtime import (
 )
 from mobilenets.deploy.target import Runner, Target
 from mobilenets.errors import MobileNetError
+from mobilenets.measure.timing import time_interleaved
 from mobilenets.models import check_resolution, create_model, list_models
-from mobilenets.timing import time_interleaved
+from mobilenets.runs import RunInfo, load_run
 
 MATMUL_SIZE = 2048
 CALIBRATION_INPUTS = 8

@@ -4,7 +4,7 @@ Every format goes the same way: fold BatchNorm, write the program (int8: calibra
 run's training images), run it in the runtime that ships it on held-out images next to
 PyTorch, and only then give it its final name. The check's numbers (fp32: the largest logit
 difference; int8: top-1 agreement and logit SQNR) are returned and recorded in the run's
-``model.json`` under ``extra["exports"]``, so a run says what each of its files was measured at.
+``model.json`` under ``metrics["exports"]``, so a run says what each of its files was measured at.
 
 An imported run (torchvision or timm ImageNet weights) records no data set: it is checked and
 calibrated on random crops of the photographs bundled with installed wheels
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-from mobilenets.checkpoint import META_FILE, RunInfo, atomic_path, atomic_write_json, load_run
 from mobilenets.deploy import executorch, litert, onnx_target, openvino
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.onnx_export import first_images
@@ -32,8 +31,9 @@ from mobilenets.deploy.quantize import DEFAULT_CALIBRATION, calibration_subset
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import Agreement, Target, check_program
 from mobilenets.errors import MobileNetError
-from mobilenets.evaluate import load_run_data
+from mobilenets.io import atomic_path, atomic_write_json
 from mobilenets.models import check_resolution
+from mobilenets.runs import META_FILE, RunInfo, load_run, load_run_data
 
 FORMATS: dict[str, Target] = {
     "onnx": onnx_target.TARGET,
@@ -96,7 +96,7 @@ def held_out_inputs(
     info: RunInfo, data: str | os.PathLike[str] | None, n: int
 ) -> tuple[list[torch.Tensor], str]:
     """Up to ``n`` held-out images in batches, and what they are."""
-    if data is None and "data" not in info.extra:
+    if data is None and info.data is None:
         crops = photo_crops(n, info.input_size[1], info.mean, info.std, seed=EVALUATION_SEED)
         return list(
             crops.split(CHECK_BATCH)
@@ -110,7 +110,7 @@ def calibration_inputs(
     """``n`` training images (seeded draw) in batches, and what they are."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise MobileNetError(f"calibration count must be a positive integer, got {n!r}")
-    if data is None and "data" not in info.extra:
+    if data is None and info.data is None:
         crops = photo_crops(n, info.input_size[1], info.mean, info.std, seed=CALIBRATION_SEED)
         return list(
             crops.split(CHECK_BATCH)
@@ -175,7 +175,7 @@ def export(
         seconds=time.perf_counter() - start,
     )
     if record:
-        exports = info.extra.setdefault("exports", {})
+        exports = info.metrics.setdefault("exports", {})
         exports[f"{fmt}-{precision}"] = report.to_dict()
         atomic_write_json(Path(run_dir) / META_FILE, info.to_json())
     return report

@@ -33,20 +33,20 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from mobilenets.checkpoint import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+from mobilenets.data import IMAGENET_MEAN, IMAGENET_STD
+from mobilenets.errors import MobileNetError
+from mobilenets.imagenet import default_class_names
+from mobilenets.io import atomic_path
+from mobilenets.layers import InvertedResidual
+from mobilenets.models import V2_BOTTLENECKS, MobileNetV1, MobileNetV2, create_model
+from mobilenets.runs import (
+    ImportRecord,
     RunInfo,
-    atomic_path,
     load_run,
     load_state_dict_file,
     load_weights_into,
     save_run,
 )
-from mobilenets.errors import MobileNetError
-from mobilenets.imagenet import default_class_names
-from mobilenets.layers import InvertedResidual
-from mobilenets.models import V2_BOTTLENECKS, MobileNetV1, MobileNetV2, create_model
 
 Source = Literal["torchvision", "timm"]
 SOURCES: tuple[str, ...] = ("torchvision", "timm")
@@ -408,7 +408,7 @@ def import_checkpoint(
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         input_size=(3, 224, 224),
-        extra={"imported_from": {"file": str(Path(path).resolve()), "source": source}},
+        imported_from=ImportRecord(file=str(Path(path).resolve()), source=source),
     )
     save_run(out_dir, model.eval(), info)
     return info
