@@ -114,7 +114,10 @@ REFERENCE = json.loads((FIXTURES / "state_dict_shapes.json").read_text(encoding=
 REFUSALS = {
     "timm mobilenetv1_100h": "have no place in the model",
     "timm mobilenetv2_110d": "have no place in the model",
-    "torchvision mobilenet_v3_large width 0.75": r"features.2.block.0.0.weight has shape \(48, 16, 1, 1\)",
+    # torchvision scales V3's expansions, not their ratios: 48 channels where ours has 64.
+    "torchvision mobilenet_v3_large width 0.75": (
+        r"features.2.block.0.0.weight has shape \(48, 16, 1, 1\)"
+    ),
     "timm efficientnet_b0 as mobilenet_v3_large": (
         "is a timm efficientnet_b0 checkpoint, not a timm mobilenet_v3_large width 1 one"
     ),
@@ -226,6 +229,29 @@ def test_cli_import_of_timm_v1(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert max_abs_diff(model, *source_io(TIMM_V1)) <= 1e-5
 
 
+def test_cli_import_of_timm_v3_keeps_timm_batchnorm_eps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, back = tmp_path / "v3", tmp_path / "back.safetensors"
+    argv = ["import", str(TIMM_V3_SMALL), "--source", "timm", "--model", "mobilenet_v3_small"]
+    assert main([*argv, "--width-mult", "0.25", "--out", str(run)]) == 0
+    model, info = load_run(run)
+    assert info.model_kwargs == {"bn_eps": 1e-5, "width_mult": 0.25, "num_classes": 10}
+    assert max_abs_diff(model, *source_io(TIMM_V3_SMALL)) <= 1e-5
+    assert main(["export-weights", str(run), "--to", "timm", "--out", str(back)]) == 0
+    original, exported = read_checkpoint(TIMM_V3_SMALL), read_checkpoint(back)
+    assert all(torch.equal(exported[k].half(), v) for k, v in original.items())
+
+
+def test_released_efficientnet_imports_at_its_own_resolution(tmp_path: Path) -> None:
+    """EfficientNet-B2's 1000-class shapes (empty weights): a run at 260 px, as released."""
+    ref = REFERENCE["timm efficientnet_b2"]
+    path = tmp_path / "b2.safetensors"
+    save_file({k: torch.zeros(shape) for k, shape in ref["shapes"].items()}, str(path))
+    info = import_checkpoint(path, "timm", "efficientnet_b2", tmp_path / "run")
+    assert info.input_size == (3, 260, 260) and info.model_kwargs == {"num_classes": 1000}
+
+
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_cli_export_weights_gives_back_the_file(
     suffix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -285,6 +311,7 @@ def bad_files(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:
     labels = tmp / "labels.txt"
     labels.write_text("cat\ndog\n", encoding="utf-8")
     v2 = ["--source", "torchvision", "--model", "mobilenet_v2", "--width-mult", "0.35"]
+    v3 = ["--source", "timm", "--model", "mobilenet_v3_small", "--width-mult"]
     return {
         "text": (text, v2, "is not a checkpoint"),
         "truncated": (truncated, v2, "is truncated or corrupt"),
@@ -298,6 +325,27 @@ def bad_files(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:
         "other_width": (TV_V2, [*v2[:-1], "0.5"], "model's features.2.project.conv.weight needs"),
         "labels": (TV_V2, [*v2, "--labels", str(labels)], "has 2 class names"),
         "v1_from_torchvision": (TIMM_V1, [*v2[:3], "mobilenet_v1"], "torchvision has no"),
+        "v4_as_v3": (
+            TIMM_V4_SMALL,
+            [*v3, "0.25"],
+            "is not a timm mobilenet_v3_small width 0.25 checkpoint: ",
+        ),
+        "v3_other_width": (TIMM_V3_SMALL, [*v3, "0.5"], "(another width, class count"),
+        "efficientnet_width": (
+            TIMM_EFFICIENTNET,
+            ["--source", "timm", "--model", "efficientnet_b0", "--width-mult", "0.1"],
+            "efficientnet_b0 does not take width_mult",
+        ),
+        "lite_from_torchvision": (
+            TIMM_LITE,
+            ["--source", "torchvision", "--model", "efficientnet_lite0"],
+            "torchvision has no efficientnet_lite",
+        ),
+        "v4_width": (
+            TIMM_V4_SMALL,
+            ["--source", "timm", "--model", "mobilenetv4_conv_small", "--width-mult", "0.1"],
+            "mobilenetv4_conv_small does not take width_mult",
+        ),
     }
 
 
@@ -316,6 +364,11 @@ def bad_files(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:
         "other_width",
         "labels",
         "v1_from_torchvision",
+        "v4_as_v3",
+        "v3_other_width",
+        "efficientnet_width",
+        "lite_from_torchvision",
+        "v4_width",
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(

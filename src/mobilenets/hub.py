@@ -1,23 +1,31 @@
 """ImageNet weights from torchvision and timm checkpoint files, and our weights back to them.
 
-Nothing here downloads: the user points us at a checkpoint file they hold, a torchvision
-``mobilenet_v2`` or a timm ``mobilenetv1_*`` / ``mobilenetv2_*`` state dict, as ``.pth``/``.pt``
-or ``.safetensors``. Such a file is read with ``torch.load(weights_only=True)`` or safetensors,
-never by plain unpickling: a pickle that needs anything beyond tensors and plain containers to
-load is refused before any of it runs.
+Nothing here downloads: the user points us at a checkpoint file they hold (torchvision's
+``mobilenet_v2``, ``mobilenet_v3_large/small``, ``efficientnet_b0``-``b3``; timm's
+``mobilenetv1/v2/v3_*``, ``efficientnet_b0``-``b3``, ``efficientnet_lite0``,
+``mobilenetv4_conv_small/medium``), as ``.pth``/``.pt`` or ``.safetensors``. Such a file is
+read with ``torch.load(weights_only=True)`` or safetensors, never by plain unpickling: a pickle
+that needs anything beyond tensors and plain containers to load is refused before any of it runs.
 
-The three libraries build the same networks with different module names. The mapping is written
-out below as tables, one per block kind, from our names (``features.3.expand.conv``) to theirs
-(torchvision ``features.3.conv.0.0``, timm ``blocks.1.1.conv_pw``). It is checked both ways: every
-tensor of the model must come from the file and every tensor of the file must land in the model,
-or the import fails naming what is missing or left over; a shape mismatch names the layer.
+The three libraries build the same networks with different module names. The mapping is data:
+per source, one table per kind of block (our ``features.3.expand.conv`` is timm's
+``blocks.1.0.conv_pw``, torchvision's ``features.3.block.0.0``) and one layout per family (how
+timm groups a table's rows into stages, where torchvision keeps its stages and classifier). It
+is checked both ways: every tensor of the model must come from the file and every tensor of the
+file must land in the model, or the import fails naming what is missing, left over or
+mis-shaped, or which released model the file is when it is another one.
 
-Two details of the sources matter for equal outputs. timm's MobileNetV1 uses ReLU6 where the
+Details of the sources that matter for equal outputs. timm's MobileNetV1 uses ReLU6 where the
 paper (and our default) uses ReLU, so it imports into ``mobilenet_v1`` with
 ``activation="relu6"``; timm's ``mobilenetv1_100h`` adds a 1x1 head convolution that our V1 does
-not have, and is refused. Released timm checkpoints omit BatchNorm's ``num_batches_tracked``
+not have, and is refused. timm's MobileNetV3 uses BatchNorm's eps 1e-5 where torchvision and the
+TensorFlow reference use 1e-3, so it imports with ``bn_eps=1e-5``. torchvision's V3 head is a
+Linear layer after pooling, ours the equivalent 1x1 convolution: its weight is reshaped both
+ways. torchvision scales V3's widths its own way (absolute expansion widths and the head), so
+only its width 1.0 is our V3. Released timm checkpoints omit BatchNorm's ``num_batches_tracked``
 counter (it only matters for cumulative-average momentum, which no MobileNet recipe uses), so a
-missing counter is set to zero rather than failing the import.
+missing counter is set to zero rather than failing the import; half-precision files load into
+the float32 model.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from mobilenets.errors import MobileNetError
 from mobilenets.models import (
     EFFICIENTNET_B0_TABLE,
     EFFICIENTNET_LITE0_TABLE,
+    EFFICIENTNET_SCALING,
     V1_TABLE,
     V2_TABLE,
     V3_LARGE_TABLE,
@@ -447,6 +456,13 @@ RELEASED: dict[str, dict[str, tuple[str, float]]] = {
 }
 
 
+# The input size each family's released weights were trained at, when it is not 224 px.
+IMPORT_RESOLUTION: dict[str, int] = {
+    **{f"efficientnet_{v}": scaling.resolution for v, scaling in EFFICIENTNET_SCALING.items()},
+    "mobilenetv4_conv_medium": 256,
+}
+
+
 def model_kwargs(source: str, model_name: str, width_mult: float = 1.0) -> dict[str, Any]:
     """Constructor keywords of our ``model_name`` for weights from ``source`` at this width.
 
@@ -665,7 +681,11 @@ def import_checkpoint(
         class_names=class_names or [f"class_{i}" for i in range(model.num_classes)],
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        input_size=(3, 224, 224),
+        input_size=(
+            3,
+            IMPORT_RESOLUTION.get(model_name, 224),
+            IMPORT_RESOLUTION.get(model_name, 224),
+        ),
         extra={"imported_from": {"file": str(Path(path).resolve()), "source": source}},
     )
     save_run(out_dir, model.eval(), info)

@@ -87,9 +87,9 @@ V4_CONV_MEDIUM_TABLE: tuple[Row, ...] = (
 class MobileNetV4(TableNet):
     """A MobileNetV4 table, then pool -> 1x1 conv to 1280 with BN and ReLU -> dropout -> FC.
 
-    The paper scales the conv models by search, not by a width multiplier; ``width_mult`` is
-    timm's channel multiplier (the stem only grows, the 1280-channel head stays), for small
-    models and for timm checkpoints made with it.
+    The paper scales the conv models by search, not by a width multiplier, so the registered
+    models take none; the class's ``width_mult`` is timm's channel multiplier (the stem only
+    grows, the 1280-channel head stays), which the small interop fixtures are made with.
     """
 
     def __init__(
@@ -117,7 +117,6 @@ class MobileNetV4(TableNet):
 @register_model("mobilenetv4_conv_small")
 def mobilenetv4_conv_small(
     num_classes: int = 1000,
-    width_mult: float = 1.0,
     dropout: float = 0.2,
     in_chans: int = 3,
     small_input: bool = False,
@@ -125,14 +124,18 @@ def mobilenetv4_conv_small(
 ) -> MobileNetV4:
     """MNv4-Conv-S (Table 11): 0.2G mult-adds and 3.8M parameters in the paper, at 224 px."""
     return MobileNetV4(
-        V4_CONV_SMALL_TABLE, num_classes, width_mult, dropout, in_chans, small_input, drop_path_rate
+        V4_CONV_SMALL_TABLE,
+        num_classes,
+        dropout=dropout,
+        in_chans=in_chans,
+        small_input=small_input,
+        drop_path_rate=drop_path_rate,
     )
 
 
 @register_model("mobilenetv4_conv_medium")
 def mobilenetv4_conv_medium(
     num_classes: int = 1000,
-    width_mult: float = 1.0,
     dropout: float = 0.2,
     in_chans: int = 3,
     small_input: bool = False,
@@ -142,9 +145,8 @@ def mobilenetv4_conv_medium(
     return MobileNetV4(
         V4_CONV_MEDIUM_TABLE,
         num_classes,
-        width_mult,
-        dropout,
-        in_chans,
-        small_input,
-        drop_path_rate,
+        dropout=dropout,
+        in_chans=in_chans,
+        small_input=small_input,
+        drop_path_rate=drop_path_rate,
     )
