@@ -320,7 +320,11 @@ def bad_files(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:
         "raw_pickle": (raw_pickle, v2, "needs more than plain tensors to load (posix.system)"),
         "no_state_dict": (whole_model, v2, "holds no state dict"),
         "other_arch": (resnet, v2, "classifier.1.weight"),
-        "other_library": (TIMM_V2, v2, "is not a torchvision mobilenet_v2 checkpoint"),
+        "other_library": (
+            TIMM_V2,
+            v2,
+            "is a timm mobilenetv2_035 checkpoint, not a torchvision mobilenet_v2 one",
+        ),
         "v1_as_v2": (TIMM_V1, ["--source", "timm", "--model", "mobilenet_v2"], "not in the file"),
         "other_width": (TV_V2, [*v2[:-1], "0.5"], "model's features.2.project.conv.weight needs"),
         "labels": (TV_V2, [*v2, "--labels", str(labels)], "has 2 class names"),

@@ -30,6 +30,7 @@ the float32 model.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import pickle
@@ -496,19 +497,29 @@ def _linear_in_source(model: nn.Module, source: str) -> set[str]:
 
 
 def identify(state: dict[str, torch.Tensor], source: str) -> str | None:
-    """Which of the source's released models ``state`` is (any class count), or None."""
+    """Which released model ``state`` is (any class count), "<library> <name>", or None.
+
+    ``source``'s models are tried first, then the other library's."""
     shapes = _without_counters({k: tuple(v.shape) for k, v in state.items()})
-    for name, (ours, width) in RELEASED[source].items():
-        with torch.device("meta"):  # shapes only: no memory, no initialisation
-            model = create_model(ours, **model_kwargs(source, ours, width))
-        names = tensor_names(model, source)
-        fc = {names["classifier.fc.weight"], names["classifier.fc.bias"]}
-        theirs = _without_counters(_source_shapes(model, source))
-        if theirs.keys() == shapes.keys() and all(
-            shapes[k][1:] == v[1:] if k in fc else shapes[k] == v for k, v in theirs.items()
-        ):
-            return f"{source} {name}"
+    for library in sorted(SOURCES, key=lambda s: s != source):
+        for name in RELEASED[library]:
+            theirs, fc = _released_shapes(library, name)
+            if theirs.keys() == shapes.keys() and all(
+                shapes[k][1:] == v[1:] if k in fc else shapes[k] == v for k, v in theirs.items()
+            ):
+                return f"{library} {name}"
     return None
+
+
+@functools.cache
+def _released_shapes(source: str, name: str) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+    """The tensor shapes of a released model under the source's names, and its classifier's
+    names (the class count may differ). Built once per process: only a failed import asks."""
+    ours, width = RELEASED[source][name]
+    model = create_model(ours, **model_kwargs(source, ours, width))
+    names = tensor_names(model, source)
+    fc = {names["classifier.fc.weight"], names["classifier.fc.bias"]}
+    return _without_counters(_source_shapes(model, source)), fc
 
 
 def _without_counters(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
@@ -666,6 +677,9 @@ def import_checkpoint(
     state = read_checkpoint(path)
     classifier = next((state[k] for k in CLASSIFIER_WEIGHT[source] if k in state), None)
     if classifier is None or classifier.ndim != 2:
+        found = identify(state, source)
+        if found:
+            raise MobileNetError(f"{path} is a {found} checkpoint, not a {source} {model_name} one")
         raise MobileNetError(
             f"{path} is not a {source} {model_name} checkpoint: "
             f"it has no classifier weight {' or '.join(CLASSIFIER_WEIGHT[source])}"
