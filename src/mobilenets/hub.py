@@ -80,16 +80,9 @@ SOURCES: tuple[str, ...] = ("torchvision", "timm")
 # A model here is a table of rows (mobilenets.models._builder); each row becomes one layer of
 # ``features`` per repeat. What differs between the libraries is data: how each kind of block
 # names its parts (one table per source and block kind, below) and how the blocks are grouped
-# (one layout per source and model table, further below). One loop per source reads them.
-
-
-# Which of the source's tables names a block of each row kind. An "ir" row without expansion
-# (t = 1) is a depthwise-separable block in both libraries, with its parts shifted down.
-def _block_kind(row: Row, block: nn.Module) -> str:
-    if row.kind == "ir" and getattr(block, "expand", None) is None:
-        return "ir_no_expand"
-    return row.kind
-
+# (one layout per source and family, further below). One loop per source reads them. The
+# block tables are keyed by the row's kind; an "ir" row without expansion (t = 1) is
+# "ir_no_expand", a depthwise-separable block in both libraries, its parts shifted down.
 
 # timm: every family is its EfficientNet/MobileNetV3 builder's conv_stem/bn1,
 # blocks.<stage>.<block>, [conv_head/bn2 | conv_head/norm_head after pooling], classifier.
@@ -162,7 +155,6 @@ TIMM_STAGES: dict[str, tuple[int, ...]] = {
 # the order expand, depthwise, SE, project.
 TORCHVISION_CONV_BN = {"conv": "0", "bn": "1"}
 TORCHVISION_V2_BLOCKS: dict[str, dict[str, str]] = {
-    "conv": TORCHVISION_CONV_BN,
     "ir": {
         "expand.conv": "conv.0.0",
         "expand.bn": "conv.0.1",
@@ -227,6 +219,13 @@ SOURCE_KWARGS: dict[tuple[str, str], dict[str, Any]] = {
     ("timm", "mobilenet_v3_large"): {"bn_eps": 1e-5},
     ("timm", "mobilenet_v3_small"): {"bn_eps": 1e-5},
 }
+
+
+def _block_kind(row: Row, block: nn.Module) -> str:
+    """The key of the block tables for one layer built from ``row``."""
+    if row.kind == "ir" and getattr(block, "expand", None) is None:
+        return "ir_no_expand"
+    return row.kind
 
 
 def _rows_without_activation(table: Sequence[Row]) -> tuple[Row, ...]:
@@ -306,7 +305,7 @@ def torchvision_module_names(model: nn.Module) -> dict[str, str]:
         name = name or type(model).__name__
         raise MobileNetError(
             f"torchvision has no {name}; torchvision weights import into "
-            f"mobilenet_v2, mobilenet_v3_large/small and efficientnet_b0-b3 "
+            "mobilenet_v2, mobilenet_v3_large/small and efficientnet_b0-b3 "
             "(MobileNetV1, EfficientNet-Lite and MobileNetV4 weights come from timm: "
             "--source timm)"
         )
