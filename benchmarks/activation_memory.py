@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from mobilenets import create_model
-from mobilenets.checkpoint import atomic_write_text
 from mobilenets.cost import BYTES_PER_ELEMENT, profile_model
+from mobilenets.io import atomic_write_text
 from mobilenets.layers import set_bottleneck_split
-from mobilenets.memory import measure_peak_activation_bytes
-from mobilenets.timing import time_interleaved
+from mobilenets.measure.memory import measure_peak_activation_bytes
+from mobilenets.measure.timing import time_interleaved
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("mobilenet_v1", "mobilenet_v2")

@@ -1,9 +1,10 @@
 """A VGG-style CNN against its depthwise separable conversion, trained alike on the digits.
 
-Runs ``mobilenets.convert_demo.compare_conversion`` (the library function behind
-``mobilenets convert``) for several seeds: ``vgg_small`` and ``vgg_small_separable`` trained
-with the same recipe and epochs; prints and writes accuracy, parameters and mult-adds of both
-to benchmarks/results/convert_vgg.md. The runs land in temporary directories.
+Runs ``mobilenets.compare_conversion.compare_conversion`` (the library function behind
+``mobilenets compare-conversion``) for several seeds: ``vgg_small`` and
+``vgg_small_separable`` trained with the same recipe and epochs; prints and writes accuracy,
+parameters and mult-adds of both to benchmarks/results/convert_vgg.md. The runs land in
+temporary directories.
 
     flock /tmp/mobilenets-cpu.lock .venv/bin/python benchmarks/convert_vgg.py
 """
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from mobilenets.checkpoint import atomic_write_text
-from mobilenets.convert_demo import compare_conversion
+from mobilenets.compare_conversion import compare_conversion
+from mobilenets.io import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -41,7 +41,6 @@ from mobilenets.bench import (
     summarize,
     torch_threads,
 )
-from mobilenets.checkpoint import RunInfo, atomic_write_text, load_run
 from mobilenets.cost import layer_kind
 from mobilenets.deploy import create_session, export_model, fold_batchnorm, quantize_onnx
 from mobilenets.deploy.quantize import quantize_model
@@ -52,8 +51,9 @@ from mobilenets.deploy.runtime import (
     run_session,
     short_provider_name,
 )
-from mobilenets.evaluate import load_run_data
+from mobilenets.io import atomic_write_text
 from mobilenets.models import create_model
+from mobilenets.runs import RunInfo, load_run, load_run_data
 from mobilenets.train import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results" / "deploy_latency.md"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from mobilenets.checkpoint import atomic_write_text
+from mobilenets.io import atomic_write_text
+from mobilenets.measure.speedup import measure_separable_speedup, speedup_markdown, speedup_summary
 from mobilenets.plots import save_figure, separable_speedup_figure
-from mobilenets.speedup import measure_separable_speedup, speedup_markdown, summarize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,7 +56,7 @@ def main() -> None:
     atomic_write_text(RESULTS / "separable_speedup.md", header + speedup_markdown(rows))
     save_figure(separable_speedup_figure(rows), RESULTS / "separable_speedup.png")
     print()
-    for s in summarize(rows):
+    for s in speedup_summary(rows):
         print(
             f"batch {s['batch_size']:>2} {s['memory_format']:>13} {s['mode']:>16}: "
             f"geometric mean of measured/analytic: ours {s['ours']:.2f}, plain {s['plain']:.2f}"

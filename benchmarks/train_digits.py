@@ -30,8 +30,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from mobilenets.checkpoint import atomic_write_text, read_run_info
+from mobilenets.io import atomic_write_text
 from mobilenets.plots import save_figure
+from mobilenets.runs import read_run_info
 from mobilenets.train import METRICS_FILE
 
 RESULTS = Path(__file__).parent / "results"
@@ -73,7 +74,7 @@ def main() -> int:
     rows = []
     for model, (seconds, run_) in results.items():
         info, history = run_["info"], run_["history"]
-        recipe = info.extra["train_config"]
+        recipe = info.train_config
         top1 = info.metrics["test_top1"]
         _, target_top1, target_seconds = COMMANDS[model]
         ok = top1 >= target_top1 and (target_seconds is None or seconds < target_seconds)

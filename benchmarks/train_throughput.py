@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from mobilenets.bench import measure, summarize, torch_threads
-from mobilenets.checkpoint import atomic_write_text
+from mobilenets.io import atomic_write_text
 from mobilenets.models import create_model
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.md"

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from mobilenets import DepthwiseConv, MobileNetError, PointwiseConv, create_model
-from mobilenets.checkpoint import load_run
 from mobilenets.cli import main
 from mobilenets.convert import to_separable
 from mobilenets.cost import count_params, layer_kind, profile_model
-from mobilenets.speedup import ConvShape, geometric_mean, measure_separable_speedup
+from mobilenets.measure.speedup import ConvShape, geometric_mean, measure_separable_speedup
+from mobilenets.runs import load_run
 
 RUNS = {"vgg_small": "original", "vgg_small_separable": "converted"}
 
@@ -129,11 +129,21 @@ def test_layers_are_plain_convolutions_in_either_memory_format() -> None:
     assert pointwise(x[0]).shape == (24, 9, 9)  # unbatched input, as nn.Conv2d accepts
 
 
-def test_convert_command_trains_both_and_compares(
+@pytest.mark.slow
+def test_compare_conversion_command_trains_both_and_compares(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "convert"
-    args = ["convert", "--epochs", "1", "--width-mult", "0.5", "--out", str(out), "--json"]
+    args = [
+        "compare-conversion",
+        "--epochs",
+        "1",
+        "--width-mult",
+        "0.5",
+        "--out",
+        str(out),
+        "--json",
+    ]
     assert main(args) == 0
     data = json.loads(capsys.readouterr().out)
     assert data == json.loads((out / "comparison.json").read_text())

@@ -57,3 +57,22 @@ def test_bad_input_is_one_line_and_exit_2(
     assert err.count("\n") == 1 and err.startswith("error: ")
     assert message in err
     assert "Traceback" not in err
+
+
+def test_train_flags_are_generated_from_the_config_fields() -> None:
+    """Every TrainConfig field but the test-only stop_after_epoch is a flag; a flag left out
+    stays None so the dataclass keeps the defaults; booleans take --x / --no-x."""
+    import dataclasses
+
+    from mobilenets.cli import build_parser
+    from mobilenets.recipe import TrainConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["train"])
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"stop_after_epoch"}
+    assert fields <= set(vars(args)) and all(getattr(args, name) is None for name in fields)
+    args = parser.parse_args(
+        ["train", "--no-augment", "--workers", "2", "--lr", "0.1", "--optimizer", "rmsprop"]
+    )
+    assert (args.augment, args.num_workers, args.lr, args.optimizer) == (False, 2, 0.1, "rmsprop")
+    assert not hasattr(args, "stop_after_epoch")

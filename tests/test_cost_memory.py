@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomize_batchnorm
 from PIL import Image
 from torch import nn
 
@@ -14,20 +15,7 @@ from mobilenets import InvertedResidual, MobileNetError, create_model
 from mobilenets.cli import main
 from mobilenets.cost import profile_model
 from mobilenets.layers import set_bottleneck_split
-from mobilenets.memory import measure_peak_activation_bytes
-
-
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial running statistics, so that inference BatchNorm is not the identity."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
-    return model.eval()
+from mobilenets.measure.memory import measure_peak_activation_bytes
 
 
 def test_live_set_of_a_conv_bn_relu_by_hand() -> None:

@@ -3,7 +3,6 @@ and CIFAR batch files in the original pickle format."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import struct
 from pathlib import Path
@@ -11,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CodeCarrying, raises_one_line, write_digit_png
 from PIL import Image
 
-from mobilenets.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from mobilenets.data import (
     IMAGENET_CROP_PCT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     ImageFolderDataset,
     SkippedImagesWarning,
     eval_transform,
@@ -24,13 +25,6 @@ from mobilenets.data import (
     make_loader,
     stratified_split,
 )
-from mobilenets.errors import MobileNetError
-
-
-def raises_one_line(match: str):
-    """The errors users see are MobileNetError with a one-line message."""
-    return pytest.raises(MobileNetError, match=match)
-
 
 # --------------------------------------------------------------------------- digits
 
@@ -99,9 +93,7 @@ def test_eval_transform_of_a_digit_png_matches_the_test_split(digits, tmp_path):
     source = load_digits()
     _, test_idx = stratified_split(source.target, 0.2, seed=0)
     first = test_idx[0]
-    path = tmp_path / "digit.png"
-    pixels = np.round(source.images[first] / 16 * 255).astype(np.uint8)
-    Image.fromarray(pixels, mode="L").save(path)
+    path = write_digit_png(tmp_path / "digit.png", source.images[first])
     x = eval_transform(digits.mean, digits.std, digits.input_size)(load_image(path))
     expected, label = digits.test[0]
     assert label == source.target[first]
@@ -396,17 +388,9 @@ def test_cifar_reads_the_original_python2_pickles(cifar10):
     assert bundle.train.labels[:2].tolist() == [7, 1] and len(bundle.train) == 14
 
 
-class _Exploit:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_cifar_pickle_that_names_os_system_is_refused(cifar10, tmp_path):
     marker = tmp_path / "pwned"
-    _dump(cifar10 / "data_batch_2", {b"data": _Exploit(marker), b"labels": []})
+    _dump(cifar10 / "data_batch_2", {b"data": CodeCarrying(marker), b"labels": []})
     with raises_one_line(r"data_batch_2: refusing to load global (posix|os|nt)\.system"):
         load_data(cifar10)
     assert not marker.exists()

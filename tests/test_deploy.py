@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import randomize_batchnorm
 
 from mobilenets import create_model
-from mobilenets.checkpoint import WEIGHTS_FILE, load_run
 from mobilenets.cli import main
 from mobilenets.cost import profile_model
 from mobilenets.data import load_data
@@ -38,7 +38,7 @@ from mobilenets.deploy.runtime import (
     top1_accuracy,
 )
 from mobilenets.errors import MobileNetError
-from mobilenets.train import TrainConfig, train
+from mobilenets.runs import WEIGHTS_FILE, load_run
 
 RESOLUTION = 16
 
@@ -49,36 +49,14 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = TrainConfig(
-        model="mobilenet_v2",
-        width_mult=0.35,
-        resolution=RESOLUTION,
-        epochs=3,
-        quiet=True,
-        out=str(tmp_path_factory.mktemp("runs") / "v2"),
-    )
-    return train(config)
+def run(trained_v2: Path) -> Path:
+    return trained_v2
 
 
 @pytest.fixture(scope="module")
 def exported(run: Path) -> Path:
     assert main(["export", str(run)]) == 0
     return run / "model.onnx"
-
-
-def with_random_statistics(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """BatchNorm with the running statistics and affine terms of a trained network: with the
-    initial ones (mean 0, variance 1, gamma 1, beta 0) folding would change almost nothing."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.1)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
-    return model.eval()
 
 
 def listing(directory: Path) -> set[str]:
@@ -90,7 +68,7 @@ def listing(directory: Path) -> set[str]:
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
 def test_folding_keeps_outputs_within_1e5_on_real_images(name: str, digits) -> None:
-    model = with_random_statistics(
+    model = randomize_batchnorm(
         create_model(name, num_classes=10, width_mult=0.5, small_input=True)
     )
     images = torch.stack([digits.test[i][0] for i in range(64)])
@@ -147,7 +125,7 @@ def test_export_json_reports_the_check(run: Path, tmp_path: Path, capsys) -> Non
 
 
 def test_a_model_that_differs_from_the_file_is_caught(run: Path, exported: Path, digits) -> None:
-    other = with_random_statistics(load_run(run)[0], seed=1)
+    other = randomize_batchnorm(load_run(run)[0], seed=1)
     images = [torch.stack([digits.test[i][0] for i in range(8)])]
     with pytest.raises(MobileNetError, match="differs from PyTorch"):
         compare_with_torch(exported, other, images)

@@ -12,39 +12,19 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from mobilenets.checkpoint import read_run_info
 from mobilenets.cli import main
+from mobilenets.data import Renormalized
 from mobilenets.errors import MobileNetError
-from mobilenets.evaluate import Evaluation, Renormalized, Tally, evaluate, predict
-from mobilenets.train import TrainConfig, train
+from mobilenets.evaluate import evaluate
+from mobilenets.metrics import Evaluation, Tally
+from mobilenets.predict import predict
+from mobilenets.runs import read_run_info
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small V1 trained well enough on the digits (16 px) to recognise most of them."""
-    config = TrainConfig(
-        model="mobilenet_v1",
-        width_mult=0.25,
-        resolution=16,
-        epochs=6,
-        batch_size=32,
-        quiet=True,
-        out=str(tmp_path_factory.mktemp("runs") / "v1"),
-    )
-    return train(config)
-
-
-@pytest.fixture(scope="module")
-def digit_pngs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, int]]:
-    """Real digits as 8x8 grey PNGs, the way a user would hand them to predict."""
-    root = tmp_path_factory.mktemp("pngs")
-    digits = load_digits()
-    files = []
-    for i in range(0, 200, 10):
-        path = root / f"digit{i}_{digits.target[i]}.png"
-        Image.fromarray((digits.images[i] * 255 / 16).round().astype("uint8"), mode="L").save(path)
-        files.append((path, int(digits.target[i])))
-    return files
+def run(trained_v1: Path) -> Path:
+    """The session's small V1, trained on the digits (16 px) to recognise most of them."""
+    return trained_v1
 
 
 def test_tally_counts_confusion_top5_and_adds_up_over_shards() -> None:

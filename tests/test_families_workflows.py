@@ -13,11 +13,10 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from PIL import Image
+from conftest import randomize_batchnorm
 from torch import nn
 
 from mobilenets import create_model
-from mobilenets.checkpoint import load_run
 from mobilenets.cli import main
 from mobilenets.deploy.fold import count_batchnorms, fold_batchnorm
 from mobilenets.deploy.onnx_export import EXPORT_TOLERANCE, compare_with_torch, write_onnx
@@ -29,7 +28,9 @@ from mobilenets.models import (
     EfficientNet,
     MobileNetV4,
 )
-from mobilenets.train import TrainConfig, train
+from mobilenets.recipe import TrainConfig
+from mobilenets.runs import load_run
+from mobilenets.train import train
 
 # name -> a tiny model of the family (10 classes, total stride 8 for 32 px inputs)
 TINY = {
@@ -53,20 +54,6 @@ TINY = {
         V4_CONV_MEDIUM_TABLE, 10, width_mult=0.25, small_input=True
     ),
 }
-
-
-def with_random_statistics(model: nn.Module) -> nn.Module:
-    """BatchNorm with random affine parameters and measured running statistics, so that a fold
-    that dropped or misplaced one would show in the outputs."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=generator)
-                m.bias.normal_(0.0, 0.5, generator=generator)
-                m.momentum = None
-        model.train()(torch.randn(16, 3, 32, 32, generator=generator))
-    return model.eval()
 
 
 # --------------------------------------------------------------------------- features
@@ -99,7 +86,7 @@ def test_feature_maps_at_strides_2_to_32(name: str, levels: list[tuple[int, int]
 @pytest.mark.parametrize("name", list(TINY))
 def test_folding_keeps_outputs_and_leaves_unnormalised_convs_alone(name: str) -> None:
     """Every BatchNorm folds; SE's convolutions and V3's head (bias, no BN) pass unchanged."""
-    model = with_random_statistics(TINY[name]())
+    model = randomize_batchnorm(TINY[name]())
     folded = fold_batchnorm(model)
     assert count_batchnorms(folded) == 0 < count_batchnorms(model)
     state = model.state_dict()
@@ -133,7 +120,7 @@ def onnx_ops(path: Path) -> collections.Counter[str]:
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_onnx_export_agrees_with_pytorch_in_onnxruntime(name: str, tmp_path: Path) -> None:
-    model = with_random_statistics(TINY[name]())
+    model = randomize_batchnorm(TINY[name]())
     path = write_onnx(model, tmp_path / f"{name}.onnx", (3, 32, 32), {})
     inputs = [torch.randn(1, 3, 32, 32), torch.randn(3, 3, 32, 32)]  # the dynamic batch axis
     assert compare_with_torch(path, model, inputs) <= EXPORT_TOLERANCE
@@ -181,12 +168,11 @@ def test_v3_trains_and_evaluates_as_training_measured(v3_run: Path) -> None:
     assert report.top1 == pytest.approx(info.metrics["test_top1"])
 
 
-def test_v3_predicts_from_the_cli(v3_run: Path, tmp_path: Path, capsys) -> None:
-    image = tmp_path / "digit.png"
-    Image.new("L", (8, 8), 128).save(image)
+def test_v3_predicts_from_the_cli(v3_run: Path, digit_pngs, capsys) -> None:
+    image = digit_pngs[0][0]
     assert main(["predict", str(v3_run), str(image), "--top-k", "3", "--json"]) == 0
     (prediction,) = json.loads(capsys.readouterr().out)
-    assert len(prediction["top"]) == 3
+    assert prediction["image"] == str(image) and len(prediction["top"]) == 3
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mobilenets.errors import MobileNetError
-from mobilenets.timing import time_interleaved
+from mobilenets.measure.timing import time_interleaved
 
 
 def test_candidates_alternate_slice_by_slice() -> None:

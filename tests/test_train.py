@@ -18,21 +18,19 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from mobilenets.checkpoint import load_run, load_state_dict_file, read_run_info
 from mobilenets.cli import main
 from mobilenets.errors import MobileNetError
 from mobilenets.models import MobileNetV2
+from mobilenets.optim import make_optimizer, parameter_groups, warmup_cosine
+from mobilenets.recipe import TrainConfig
+from mobilenets.runs import load_run, load_state_dict_file, read_run_info
 from mobilenets.train import (
     CURVES_FILE,
     METRICS_FILE,
     STATE_FILE,
-    TrainConfig,
-    make_optimizer,
     model_kwargs,
-    parameter_groups,
     state_digest,
     train,
-    warmup_cosine,
 )
 
 TINY = dict(model="mobilenet_v2", width_mult=0.35, resolution=16, batch_size=64, quiet=True)
@@ -68,8 +66,8 @@ def test_a_run_directory_holds_model_state_metrics_and_curves(finished_run: Path
         "num_classes": 10, "in_chans": 3, "width_mult": 0.35, "dropout": 0.2, "small_input": True
     }  # fmt: skip
     assert info.input_size == (3, 16, 16) and info.class_names == [str(d) for d in range(10)]
-    assert info.extra["finished"] is True
-    assert info.extra["train_config"]["epochs"] == 2
+    assert info.finished is True
+    assert info.train_config["epochs"] == 2
     history = read_history(finished_run)
     assert [h["epoch"] for h in history] == [1, 2]
     assert info.metrics["test_top1"] == history[-1]["test_top1"]
@@ -86,12 +84,13 @@ def test_a_run_directory_holds_model_state_metrics_and_curves(finished_run: Path
 def test_resume_after_a_kill_ends_bit_identical(finished_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "killed"
     train(tiny(run, stop_after_epoch=1))  # ends as a run killed during epoch 2 would
-    assert read_run_info(run).epoch == 1 and not read_run_info(run).extra["finished"]
+    assert read_run_info(run).epoch == 1 and not read_run_info(run).finished
     train(TrainConfig(resume=str(run), quiet=True))
     assert weights_digest(run) == weights_digest(finished_run)
     assert without_timing(read_history(run)) == without_timing(read_history(finished_run))
 
 
+@pytest.mark.slow
 def test_resume_after_a_real_kill_ends_bit_identical(finished_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "sigkilled"
     argv = ["--width-mult", "0.35", "--resolution", "16", "--batch-size", "64", "--epochs", "2"]
@@ -135,7 +134,7 @@ def test_resume_of_an_incomplete_directory_is_refused(finished_run: Path, tmp_pa
     partial.mkdir()
     (partial / "model.json").write_bytes((finished_run / "model.json").read_bytes())
     info = json.loads((partial / "model.json").read_text())
-    info["extra"]["finished"] = False
+    info["finished"] = False
     (partial / "model.json").write_text(json.dumps(info))
     with pytest.raises(MobileNetError, match=r"train_state\.pt is missing"):
         train(TrainConfig(resume=str(partial), quiet=True))
@@ -167,7 +166,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path: Pa
     with pytest.raises(MobileNetError, match=r"loss became nan at epoch 2.*epoch 1 .* is kept"):
         train(tiny(run), model=BlowsUpInEpoch2())
     info = read_run_info(run)
-    assert info.epoch == 1 and not info.extra["finished"]
+    assert info.epoch == 1 and not info.finished
     assert torch.load(run / STATE_FILE, weights_only=True)["epoch"] == 1
     model, _ = load_run(run)
     assert all(torch.isfinite(t).all() for t in model.state_dict().values())
@@ -247,6 +246,7 @@ def test_init_from_another_architecture_is_refused(finished_run: Path, tmp_path:
     assert not (tmp_path / "v1" / "model.json").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_under_torchrun_end_with_the_same_weights(tmp_path: Path) -> None:
     run = tmp_path / "ddp"
     command = [
@@ -258,8 +258,8 @@ def test_two_processes_under_torchrun_end_with_the_same_weights(tmp_path: Path) 
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     info = read_run_info(run)
-    assert info.extra["world_size"] == 2
-    digests = info.extra["replica_sha256"]
+    assert info.world_size == 2
+    digests = info.replica_sha256
     assert len(digests) == 2 and digests[0] == digests[1] == weights_digest(run)
     assert done.stdout.count("epoch   1/1") == 1  # only rank 0 prints
 

@@ -29,7 +29,6 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from mobilenets.checkpoint import RunInfo, load_run
 from mobilenets.cost import profile_model
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.onnx_export import export_model
@@ -48,8 +47,9 @@ from mobilenets.deploy.runtime import (
     short_provider_name,
 )
 from mobilenets.errors import MobileNetError
+from mobilenets.measure.timing import time_interleaved
 from mobilenets.models import check_resolution, create_model, list_models
-from mobilenets.timing import time_interleaved
+from mobilenets.runs import RunInfo, load_run
 
 MATMUL_SIZE = 2048
 CALIBRATION_INPUTS = 8

@@ -18,12 +18,12 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mobilenets.checkpoint import atomic_path
 from mobilenets.errors import MobileNetError
+from mobilenets.io import atomic_path
 
 if TYPE_CHECKING:
     from mobilenets.cost import CostReport, LayerCost
-    from mobilenets.speedup import SpeedupMeasurement
+    from mobilenets.measure.speedup import SpeedupMeasurement
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 120) -> None:

@@ -8,7 +8,7 @@ the models are built with ``small_input`` (total stride 8): a network made for 2
 its input by 32, which would leave a 32 px digit a single feature pixel.
 
 A run directory holds the published model (``model.safetensors`` + ``model.json``, see
-:mod:`mobilenets.checkpoint`), rewritten after every epoch, and beside it:
+:mod:`mobilenets.runs`), rewritten after every epoch, and beside it:
 
 - ``train_state.pt``: what continuing needs (weights, optimizer, scheduler, gradient scaler,
   epoch, history); tensors and primitives only, so it is read back with ``weights_only=True``;
@@ -34,44 +34,37 @@ import hashlib
 import inspect
 import json
 import math
-import os
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from mobilenets.checkpoint import (
+from mobilenets.data import VAL_FRACTION, DataBundle, load_data, make_loader
+from mobilenets.distributed import Processes
+from mobilenets.errors import MobileNetError
+from mobilenets.io import atomic_path, atomic_write_text
+from mobilenets.metrics import Evaluation, Tally, tally_predictions
+from mobilenets.models import check_resolution, create_model, get_model_factory
+from mobilenets.optim import make_optimizer, warmup_cosine
+from mobilenets.plots import save_figure, training_curves_figure
+from mobilenets.progress import TrainingDisplay
+from mobilenets.recipe import RUNTIME_FIELDS, TrainConfig
+from mobilenets.runs import (
     META_FILE,
+    DataRecord,
     RunInfo,
-    atomic_path,
-    atomic_write_text,
     load_state_dict_file,
     load_weights_into,
     read_run_info,
     save_run,
 )
-from mobilenets.data import DataBundle, load_data, make_loader
-from mobilenets.errors import MobileNetError
-from mobilenets.evaluate import Evaluation, Tally, parse_device, tally_predictions
-from mobilenets.models import check_resolution, create_model, get_model_factory
-from mobilenets.plots import save_figure, training_curves_figure
 
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -80,116 +73,6 @@ CURVES_FILE = "curves.png"
 # runs with different seeds are then compared on the same images.
 SPLIT_SEED = 0
 SMALL_INPUT_BELOW = 128  # px; smaller inputs get the models' small_input (total stride 8)
-OPTIMIZERS = ("sgd", "rmsprop")
-# Fields that say how to run, not what to train: a resumed run takes them from the caller.
-RUNTIME_FIELDS = ("out", "resume", "quiet", "num_workers", "device", "stop_after_epoch")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; the defaults train MobileNetV2 on the digits to
-    over 98.5% held-out top-1 in a few minutes on two CPU cores."""
-
-    model: str = "mobilenet_v2"
-    data: str | None = None  # None: the embedded digits; or a CIFAR or image folder directory
-    width_mult: float = 0.5
-    resolution: int | None = None  # None: the dataset's own (32 for digits and CIFAR)
-    small_input: bool | None = None  # None: when the resolution is below 128 px
-    dropout: float = 0.2
-    epochs: int = 20
-    batch_size: int = 32  # global: split evenly across torchrun processes
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9  # SGD's (RMSprop keeps the papers' 0.9)
-    weight_decay: float = 5e-4  # not applied to BatchNorm parameters and biases
-    label_smoothing: float = 0.1
-    warmup_epochs: float = 1.0
-    augment: bool = True
-    channels_last: bool = True  # NHWC: 1-6% faster on CPU (benchmarks/train_throughput.py)
-    seed: int = 0
-    init: str | None = None  # weights to start from: a run directory or a .safetensors file
-    freeze_features: bool = False  # train the classifier only
-    out: str | None = None  # None: runs/<model>, or runs/<model>-2, ... if that exists
-    resume: str | None = None  # a run directory to continue; the recipe comes from it
-    quiet: bool = False  # no progress bars (the per-epoch lines still print)
-    num_workers: int | None = None  # None: the data module's choice
-    device: str | None = None  # None: the GPU when there is one
-    stop_after_epoch: int | None = None  # end early, as a killed run would (resume continues)
-
-    def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}"),
-            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
-            (
-                0 <= self.label_smoothing < 1,
-                f"label smoothing must be in [0, 1), got {self.label_smoothing}",
-            ),
-            (self.warmup_epochs >= 0, f"warm-up epochs must be >= 0, got {self.warmup_epochs}"),
-            (
-                self.optimizer in OPTIMIZERS,
-                f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise MobileNetError(message)
-
-    def recipe(self) -> dict[str, Any]:
-        """The fields that define what is trained (recorded in the run, reused on resume)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
-
-
-# --------------------------------------------------------------------------- processes
-
-
-@dataclass
-class Processes:
-    """This process's place among the training processes (one, unless under torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def start(cls, device: str | None) -> Processes:
-        """Join the process group torchrun describes in the environment, if any."""
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size <= 1:
-            return cls(device=parse_device(device))
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        if device is None:
-            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-        target = parse_device(device)
-        if target.type == "cuda":
-            torch.cuda.set_device(target)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
-        return cls(rank=rank, world_size=world_size, device=target)
-
-    def close(self) -> None:
-        if self.distributed and dist.is_initialized():
-            dist.destroy_process_group()
-
-    def gather(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj``, in rank order, on every rank."""
-        if not self.distributed:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-
 # --------------------------------------------------------------------------- the recipe
 
 
@@ -208,46 +91,6 @@ def model_kwargs(config: TrainConfig, num_classes: int, in_chans: int, resolutio
     }
     accepted = inspect.signature(get_model_factory(config.model)).parameters
     return {k: v for k, v in wanted.items() if k in accepted}
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on convolution and linear weights only: decaying BatchNorm's scale and
-    shift or a bias only fights the normalisation (as in the reference recipes)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, config.weight_decay)
-    if config.optimizer == "rmsprop":
-        # The papers' RMSprop (decay 0.9, momentum 0.9). TensorFlow adds epsilon inside the
-        # square root, torch outside: 1e-3 here is roughly TF's 1e-6 for typical gradients.
-        return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-3, momentum=0.9)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
-
-
-def warmup_cosine(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up from 0 over ``warmup_steps``, then a cosine decay to 0 at the last step.
-
-    Warm-up keeps the first, large updates from wrecking freshly initialised BatchNorm
-    statistics at the full learning rate.
-    """
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -337,10 +180,10 @@ def resumed_config(config: TrainConfig) -> TrainConfig:
             f"a resumed run keeps the settings it was started with; drop {', '.join(changed)}"
         )
     info = read_run_info(run_dir)
-    recipe = info.extra.get("train_config")
+    recipe = info.train_config
     if not isinstance(recipe, dict):
         raise MobileNetError(f"cannot resume {run_dir}: it was not written by mobilenets train")
-    if info.extra.get("finished"):
+    if info.finished:
         raise MobileNetError(
             f"{run_dir} is finished ({info.epoch} of {recipe.get('epochs')} epochs); "
             f"nothing to resume (fine-tune it with --init {run_dir})"
@@ -406,7 +249,11 @@ class _Trainer:
         else:  # every rank finds the same name: nothing is written before epoch 1 ends
             self.run_dir = new_run_dir(config)
         self.bundle: DataBundle = load_data(
-            config.data, config.resolution, seed=SPLIT_SEED, augment=config.augment
+            config.data,
+            config.resolution,
+            seed=SPLIT_SEED,
+            val_fraction=VAL_FRACTION,
+            augment=config.augment,
         )
         channels, resolution, _ = self.bundle.input_size
         num_classes = len(self.bundle.class_names)
@@ -462,7 +309,7 @@ class _Trainer:
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
             device_ids = [procs.device] if procs.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
-        self.console = Console(highlight=False, soft_wrap=True, quiet=not procs.is_main)
+        self.display = TrainingDisplay(quiet=config.quiet, is_main=procs.is_main)
 
     def _train_loader(self) -> torch.utils.data.DataLoader:
         """This rank's shard of each epoch, in an order drawn from (seed, epoch)."""
@@ -508,18 +355,16 @@ class _Trainer:
             input_size=bundle.input_size,
             epoch=epoch,
             metrics={k: v for k, v in last.items() if k != "epoch"},
-            extra={
-                "finished": epoch == self.config.epochs,
-                "train_config": self.config.recipe(),
-                "data": {
-                    "source": self.config.data,
-                    "name": bundle.name,
-                    "split_seed": SPLIT_SEED,
-                    "val_fraction": 0.2,
-                    "crop_pct": bundle.crop_pct,
-                },
-                "world_size": self.procs.world_size,
-            },
+            data=DataRecord(
+                source=self.config.data,
+                name=bundle.name,
+                split_seed=SPLIT_SEED,
+                val_fraction=VAL_FRACTION,
+                crop_pct=bundle.crop_pct,
+            ),
+            train_config=self.config.recipe(),
+            finished=epoch == self.config.epochs,
+            world_size=self.procs.world_size,
         )
 
     def _checkpoint(self, epoch: int, replica_digests: list[str] | None = None) -> None:
@@ -529,7 +374,7 @@ class _Trainer:
         write_metrics(self.run_dir, self.history)
         info = self._run_info(epoch)
         if replica_digests is not None:
-            info.extra["replica_sha256"] = replica_digests
+            info.replica_sha256 = replica_digests
         save_run(self.run_dir, self.model, info)
         state = {
             "epoch": epoch,
@@ -551,9 +396,10 @@ class _Trainer:
             if config.stop_after_epoch is None
             else min(config.epochs, config.stop_after_epoch)
         )
-        if self.procs.is_main:
-            self.console.print(self._banner())
-        with self._progress() as progress:
+        self.display.print(
+            self.display.banner(config, self.bundle, self.procs, self.start_epoch, self.run_dir)
+        )
+        with self.display.progress() as progress:
             epochs_bar = progress.add_task(
                 "epochs", total=config.epochs, completed=self.start_epoch
             )
@@ -569,8 +415,8 @@ class _Trainer:
                 )
                 self._checkpoint(epoch, digests)
                 progress.advance(epochs_bar)
-                progress.console.print(self._epoch_line(record))
-        self.console.print(f"run saved to {self.run_dir}")
+                progress.console.print(self.display.epoch_line(record, config.epochs))
+        self.display.print(f"run saved to {self.run_dir}")
         return self.run_dir
 
     def _epoch(self, epoch: int, on_batch) -> dict[str, Any]:
@@ -646,34 +492,3 @@ class _Trainer:
             "images_per_s": images / train_time,
             "epoch_time_s": epoch_time,
         }
-
-    # ---------------------------------------------------------------- output
-
-    def _banner(self) -> str:
-        c, b = self.config, self.bundle
-        where = f"{self.procs.world_size} processes" if self.procs.distributed else "1 process"
-        first = "resuming after epoch " + str(self.start_epoch) if self.start_epoch else "training"
-        return (
-            f"{first} {c.model} (width {c.width_mult}) on {b.name}: {len(b.train)} train / "
-            f"{len(b.test)} test images at {b.input_size[1]}px, {c.epochs} epochs, "
-            f"batch {c.batch_size}, {self.procs.device.type}, {where} -> {self.run_dir}"
-        )
-
-    def _epoch_line(self, r: dict[str, Any]) -> str:
-        return (
-            f"epoch {r['epoch']:>3}/{self.config.epochs}  loss {r['train_loss']:.4f}  "
-            f"train {r['train_top1']:.2%}  test {r['test_top1']:.2%}  "
-            f"{r['images_per_s']:.0f} img/s  {r['epoch_time_s']:.1f} s"
-        )
-
-    def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("{task.description:>7}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            disable=self.config.quiet or not self.procs.is_main,
-            transient=True,
-        )

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import argparse
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-from mobilenets.bench import BenchReport, benchmark
 from mobilenets.cli._output import console, print_json, table
-from mobilenets.deploy.onnx_export import DEFAULT_OPSET, export_onnx
-from mobilenets.deploy.quantize import (
-    CALIBRATORS,
-    DEFAULT_CALIBRATION,
-    FORMATS,
-    QuantizeResult,
-    quantize_onnx,
-)
-from mobilenets.deploy.runtime import DEFAULT_PROVIDER
+
+if TYPE_CHECKING:
+    from mobilenets.bench import BenchReport
+    from mobilenets.deploy.quantize import QuantizeResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", help="a run directory (model.safetensors + model.json)")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="output format")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default 18)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 18)")
     p.add_argument("--out", help="output file (default RUN_DIR/model.onnx)")
     _add_data_and_provider(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a line")
@@ -42,9 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--calibration",
         type=int,
-        default=DEFAULT_CALIBRATION,
         metavar="N",
-        help=f"training images to calibrate on (default {DEFAULT_CALIBRATION})",
+        help="training images to calibrate on (default 256)",
     )
     p.add_argument("--out", help="output file (default <fp32 file>.int8.onnx)")
     p.add_argument(
@@ -55,9 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fp32-depthwise", action="store_true", help="leave depthwise convolutions in fp32"
     )
-    p.add_argument("--quant-format", choices=list(FORMATS), default="qdq", help="ONNX encoding")
+    p.add_argument("--quant-format", help="ONNX encoding: qdq (default) or qoperator")
     p.add_argument(
-        "--calibrate-method", choices=list(CALIBRATORS), default="minmax", help="range estimate"
+        "--calibrate-method", help="range estimate: minmax (default), entropy, percentile"
     )
     _add_data_and_provider(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -89,14 +80,16 @@ def _add_data_and_provider(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="the run's data, if it moved (default: as the run records)")
     p.add_argument(
         "--provider",
-        default=DEFAULT_PROVIDER,
         help="onnxruntime execution provider: cpu (default) or openvino (mobilenets[openvino])",
     )
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from mobilenets.deploy.onnx_export import export_onnx
+
+    given = {"opset": args.opset, "provider": args.provider}
     result = export_onnx(
-        args.run_dir, args.out, opset=args.opset, data=args.data, provider=args.provider
+        args.run_dir, args.out, data=args.data, **{k: v for k, v in given.items() if v}
     )
     if args.json:
         print_json(result.to_dict())
@@ -110,6 +103,17 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_quantize(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from mobilenets.deploy.quantize import DEFAULT_CALIBRATION, quantize_onnx
+
+    calibration = DEFAULT_CALIBRATION if args.calibration is None else args.calibration
+    given = {
+        "quant_format": args.quant_format,
+        "calibrate_method": args.calibrate_method,
+        "provider": args.provider,
+    }
     quiet = args.quiet or args.json
     bar = (
         nullcontext(None)
@@ -123,18 +127,16 @@ def run_quantize(args: argparse.Namespace) -> int:
         )
     )
     with bar as progress:
-        task = None if progress is None else progress.add_task("", total=args.calibration)
+        task = None if progress is None else progress.add_task("", total=calibration)
         result = quantize_onnx(
             args.source,
-            calibration=args.calibration,
+            calibration=calibration,
             out=args.out,
             data=args.data,
             per_channel=not args.per_tensor,
-            quant_format=args.quant_format,
             fp32_depthwise=args.fp32_depthwise,
-            calibrate_method=args.calibrate_method,
-            provider=args.provider,
             on_batch=None if progress is None else lambda n: progress.advance(task, n),
+            **{k: v for k, v in given.items() if v is not None},
         )
     if args.json:
         print_json(result.to_dict())
@@ -160,6 +162,8 @@ def _quantize_table(r: QuantizeResult):
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from mobilenets.bench import benchmark
+
     report = benchmark(
         args.source,
         resolution=args.resolution,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-from mobilenets.cli._output import console, fmt_int, fmt_shape, print_json, table
-from mobilenets.cost import BYTES_PER_ELEMENT, KINDS, CostReport, profile_model
-from mobilenets.models import create_model, list_models
-from mobilenets.plots import layer_cost_figure, save_figure
+from mobilenets.cli._output import fmt_int, fmt_shape, show, table
+
+if TYPE_CHECKING:
+    from mobilenets.cost import CostReport
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,25 +48,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    from mobilenets.cost import profile_model
+    from mobilenets.models import create_model, list_models
+
     rows = []
     for name in list_models():
         report = profile_model(create_model(name), args.resolution)
         rows.append({"model": name, "params": report.total_params, "macs": report.total_macs})
-    if args.json:
-        print_json({"resolution": args.resolution, "models": rows})
-        return 0
-    console().print(
-        table(
-            f"Models at {args.resolution}x{args.resolution}, width 1.0, 1000 classes",
-            ["model", "params", "mult-adds"],
-            [[r["model"], fmt_int(r["params"]), fmt_int(r["macs"])] for r in rows],
-            right=2,
+
+    def views() -> Iterator[Any]:
+        yield (
+            table(
+                f"Models at {args.resolution}x{args.resolution}, width 1.0, 1000 classes",
+                ["model", "params", "mult-adds"],
+                [[r["model"], fmt_int(r["params"]), fmt_int(r["macs"])] for r in rows],
+                right=2,
+            )
         )
-    )
-    return 0
+
+    return show(args.json, {"resolution": args.resolution, "models": rows}, views())
 
 
 def _profile(name: str, args: argparse.Namespace) -> CostReport:
+    from mobilenets.cost import profile_model
+    from mobilenets.models import create_model
+
     # small_input and width_mult only when asked for: not every family takes them.
     extra: dict[str, object] = {"small_input": True} if args.small_input else {}
     if args.width_mult is not None:
@@ -74,6 +82,8 @@ def _profile(name: str, args: argparse.Namespace) -> CostReport:
 
 
 def run_cost(args: argparse.Namespace) -> int:
+    from mobilenets.plots import layer_cost_figure, save_figure
+
     report = _profile(args.model, args)
     other = _profile(args.compare, args) if args.compare else None
     if args.plot:
@@ -83,34 +93,35 @@ def run_cost(args: argparse.Namespace) -> int:
             f"{report.total_params / 1e6:.2f}M parameters"
         )
         save_figure(layer_cost_figure(report, title), args.plot)
-    if args.json:
-        data = report.to_dict()
-        data.update(model=args.model, width_mult=args.width_mult, resolution=args.resolution)
-        if other is not None:
-            data["compare"] = {"model": args.compare, **_summary(other)}
-        print_json(data)
-        return 0
-    out = console()
-    out.print(_layer_table(report, args))
-    out.print(
-        f"total: {fmt_int(report.total_macs)} mult-adds, {fmt_int(report.total_params)} "
-        f"parameters, {fmt_int(report.total_activations)} activation values"
-    )
-    out.print(
-        "peak activation memory in inference: "
-        + ", ".join(
-            f"{report.peak_activation_bytes(dtype) / 2**20:,.2f} MiB {dtype}"
-            for dtype in BYTES_PER_ELEMENT
-        )
-        + f" ({fmt_int(report.peak_activations)} values alive at once)"
-    )
-    if args.plot:
-        out.print(f"written: {args.plot}")
-    if args.compare_standard:
-        out.print(_pair_table(report))
+    data = report.to_dict()
+    data.update(model=args.model, width_mult=args.width_mult, resolution=args.resolution)
     if other is not None:
-        out.print(_compare_table(args.model, report, args.compare, other))
-    return 0
+        data["compare"] = {"model": args.compare, **_summary(other)}
+
+    def views() -> Iterator[Any]:
+        from mobilenets.cost import BYTES_PER_ELEMENT
+
+        yield _layer_table(report, args)
+        yield (
+            f"total: {fmt_int(report.total_macs)} mult-adds, {fmt_int(report.total_params)} "
+            f"parameters, {fmt_int(report.total_activations)} activation values"
+        )
+        yield (
+            "peak activation memory in inference: "
+            + ", ".join(
+                f"{report.peak_activation_bytes(dtype) / 2**20:,.2f} MiB {dtype}"
+                for dtype in BYTES_PER_ELEMENT
+            )
+            + f" ({fmt_int(report.peak_activations)} values alive at once)"
+        )
+        if args.plot:
+            yield f"written: {args.plot}"
+        if args.compare_standard:
+            yield _pair_table(report)
+        if other is not None:
+            yield _compare_table(args.model, report, args.compare, other)
+
+    return show(args.json, data, views())
 
 
 def _summary(report: CostReport) -> dict[str, object]:
@@ -125,6 +136,8 @@ def _summary(report: CostReport) -> dict[str, object]:
 
 def _compare_table(name: str, report: CostReport, other_name: str, other: CostReport):
     """Totals and mult-adds per layer kind of two models, with their ratio."""
+    from mobilenets.cost import KINDS
+
     a, b = _summary(report), _summary(other)
     rows = [
         ("mult-adds", a["total_macs"], b["total_macs"]),

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from typing import Any
 
-from mobilenets.cli._output import console, print_json, table
-from mobilenets.plots import save_figure, separable_speedup_figure
-from mobilenets.speedup import MEMORY_FORMATS, MODES, measure_separable_speedup, summarize
+from mobilenets.cli._output import show, table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,9 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], metavar="N")
     p.add_argument(
-        "--formats", nargs="+", default=list(MEMORY_FORMATS), choices=list(MEMORY_FORMATS)
+        "--formats", nargs="+", help="memory formats: nchw, channels_last (default: both)"
     )
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--modes", nargs="+", help="forward, forward+backward (default: both)")
     p.add_argument("--budget", type=float, default=1.0, help="seconds per combination (1.0)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the ratios to this PNG")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -31,70 +31,74 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_speedup(args: argparse.Namespace) -> int:
+    from mobilenets.measure.speedup import measure_separable_speedup, speedup_summary
+    from mobilenets.plots import save_figure, separable_speedup_figure
+
+    chosen = {"memory_formats": args.formats, "modes": args.modes}
     rows = measure_separable_speedup(
         batch_sizes=args.batch_sizes,
-        memory_formats=args.formats,
-        modes=args.modes,
         budget_s=args.budget,
+        **{k: v for k, v in chosen.items() if v is not None},
     )
     if args.plot:
         save_figure(separable_speedup_figure(rows), args.plot)
-    if args.json:
-        print_json({"rows": [r.to_dict() for r in rows], "summary": summarize(rows)})
-        return 0
-    out = console()
-    out.print(
-        table(
-            "Standard 3x3 convolution against depthwise + pointwise (best ms per call)",
-            [
-                "shape",
-                "batch",
-                "format",
-                "pass",
-                "standard",
-                "ours",
-                "plain",
-                "analytic",
-                "measured",
-                "ours/analytic",
-                "plain/analytic",
-            ],
-            [
+
+    def views() -> Iterator[Any]:
+        yield (
+            table(
+                "Standard 3x3 convolution against depthwise + pointwise (best ms per call)",
                 [
-                    str(r.shape),
-                    str(r.batch_size),
-                    r.memory_format,
-                    r.mode,
-                    f"{r.standard_ms:.3f}",
-                    f"{r.separable_ms:.3f}",
-                    f"{r.plain_separable_ms:.3f}",
-                    f"{r.analytic:.2f}x",
-                    f"{r.measured:.2f}x",
-                    f"{r.ratio:.2f}",
-                    f"{r.plain_ratio:.2f}",
-                ]
-                for r in rows
-            ],
-            right=7,
-        )
-    )
-    out.print(
-        table(
-            "Geometric mean of measured / analytic over the shapes",
-            ["batch", "format", "pass", "ours", "plain PyTorch"],
-            [
+                    "shape",
+                    "batch",
+                    "format",
+                    "pass",
+                    "standard",
+                    "ours",
+                    "plain",
+                    "analytic",
+                    "measured",
+                    "ours/analytic",
+                    "plain/analytic",
+                ],
                 [
-                    str(s["batch_size"]),
-                    s["memory_format"],
-                    s["mode"],
-                    f"{s['ours']:.2f}",
-                    f"{s['plain']:.2f}",
-                ]
-                for s in summarize(rows)
-            ],
-            right=2,
+                    [
+                        str(r.shape),
+                        str(r.batch_size),
+                        r.memory_format,
+                        r.mode,
+                        f"{r.standard_ms:.3f}",
+                        f"{r.separable_ms:.3f}",
+                        f"{r.plain_separable_ms:.3f}",
+                        f"{r.analytic:.2f}x",
+                        f"{r.measured:.2f}x",
+                        f"{r.ratio:.2f}",
+                        f"{r.plain_ratio:.2f}",
+                    ]
+                    for r in rows
+                ],
+                right=7,
+            )
         )
+        yield (
+            table(
+                "Geometric mean of measured / analytic over the shapes",
+                ["batch", "format", "pass", "ours", "plain PyTorch"],
+                [
+                    [
+                        str(s["batch_size"]),
+                        s["memory_format"],
+                        s["mode"],
+                        f"{s['ours']:.2f}",
+                        f"{s['plain']:.2f}",
+                    ]
+                    for s in speedup_summary(rows)
+                ],
+                right=2,
+            )
+        )
+        if args.plot:
+            yield f"written: {args.plot}"
+
+    return show(
+        args.json, {"rows": [r.to_dict() for r in rows], "summary": speedup_summary(rows)}, views()
     )
-    if args.plot:
-        out.print(f"written: {args.plot}")
-    return 0

@@ -1,17 +1,17 @@
 """``mobilenets train``, ``evaluate`` and ``predict``: each parses its flags and calls one
 library function (:func:`mobilenets.train.train`, :func:`mobilenets.evaluate.evaluate`,
-:func:`mobilenets.evaluate.predict`)."""
+:func:`mobilenets.predict.predict`)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
+from collections.abc import Iterator
+from typing import Any
 
-from mobilenets.cli._output import console, print_json, table
-from mobilenets.evaluate import evaluate, predict
-from mobilenets.train import OPTIMIZERS, TrainConfig, train
-
-DEFAULTS = TrainConfig()
+from mobilenets.cli._output import show, table
+from mobilenets.recipe import TrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,46 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a model; under torchrun, one DistributedDataParallel replica per "
         "process. Every flag defaults to the recipe shown.",
     )
-    d = DEFAULTS
-    p.add_argument(
-        "--model", help=f"a registered model, see `mobilenets models` (default {d.model})"
-    )
-    p.add_argument("--data", help="'digits' (default), a CIFAR-10/100 directory or an image folder")
-    p.add_argument("--width-mult", type=float, help=f"width multiplier (default {d.width_mult})")
-    p.add_argument("--resolution", type=int, help="input size (default: the dataset's, 32)")
-    p.add_argument(
-        "--small-input",
-        action=argparse.BooleanOptionalAction,
-        help="total stride 8 instead of 32 (default: on below 128 px)",
-    )
-    p.add_argument("--dropout", type=float, help=f"before the classifier (default {d.dropout})")
-    p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
-    p.add_argument(
-        "--batch-size", type=int, help=f"global, split across processes (default {d.batch_size})"
-    )
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {d.optimizer}")
-    p.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
-    p.add_argument("--weight-decay", type=float, help=f"default {d.weight_decay}")
-    p.add_argument("--label-smoothing", type=float, help=f"default {d.label_smoothing}")
-    p.add_argument("--warmup-epochs", type=float, help=f"default {d.warmup_epochs}")
-    p.add_argument(
-        "--augment", action=argparse.BooleanOptionalAction, help="augment the train split (on)"
-    )
-    p.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        help="NHWC memory format (default on: faster depthwise convolutions on CPU)",
-    )
-    p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--out", help="run directory (default runs/<model>, or -2, -3, ... if taken)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run where it stopped")
-    p.add_argument(
-        "--init", metavar="WEIGHTS", help="start from a run directory or a .safetensors file"
-    )
-    p.add_argument("--freeze-features", action="store_true", help="train the classifier only")
-    p.add_argument("--workers", type=int, dest="num_workers", help="data loader processes")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: a GPU when present)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(p, TrainConfig)
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser("evaluate", help="top-1, top-5, per-class accuracy of a run")
@@ -79,7 +40,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_predict)
 
 
+def add_config_flags(p: argparse.ArgumentParser, config: type) -> None:
+    """One flag per field of the dataclass ``config``: ``--field-name``, typed by the field's
+    annotation (``X | None`` as ``X``; a bool as ``--x/--no-x``), its help and default from the
+    field. Every flag defaults to None, so only what the user typed reaches the config and the
+    dataclass stays the one place defaults live. Metadata ``flag`` renames a flag (None: no
+    flag); other metadata (``choices``, ``metavar``) goes to argparse as is."""
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        meta = dict(f.metadata)
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        if flag is None:
+            continue
+        help_text = meta.pop("help", "")
+        kind = _flag_type(hints[f.name])
+        if f.default is not None:
+            help_text += f" (default {f.default})"
+        extra = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
+        p.add_argument(flag, dest=f.name, default=None, help=help_text, **extra, **meta)
+
+
+def _flag_type(annotation: Any) -> type:
+    """``int | None`` -> ``int``: the one non-None type of a field."""
+    kinds = [t for t in typing.get_args(annotation) if t is not type(None)] or [annotation]
+    if len(kinds) != 1 or kinds[0] not in (bool, int, float, str):
+        raise TypeError(f"no command-line flag for a field of type {annotation}")
+    return kinds[0]
+
+
 def run_train(args: argparse.Namespace) -> int:
+    from mobilenets.train import train
+
     given = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(TrainConfig)
@@ -90,30 +81,33 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from mobilenets.evaluate import evaluate
+
     result = evaluate(args.run_dir, data=args.data, batch_size=args.batch_size, plot=args.plot)
-    if args.json:
-        print_json(result.to_dict())
-        return 0
-    out = console()
-    top5 = "" if result.top5 is None else f", top-5 {result.top5:.2%}"
-    out.print(f"{result.num_images} images: top-1 {result.top1:.2%}{top5}, loss {result.loss:.4f}")
-    rows = [
-        [name, str(sum(row)), f"{acc:.2%}"]
-        for (name, acc), row in zip(result.per_class.items(), result.confusion, strict=True)
-    ]
-    out.print(table("Per-class accuracy", ["class", "images", "top-1"], rows, right=2))
-    return 0
+
+    def views() -> Iterator[Any]:
+        top5 = "" if result.top5 is None else f", top-5 {result.top5:.2%}"
+        yield f"{result.num_images} images: top-1 {result.top1:.2%}{top5}, loss {result.loss:.4f}"
+        rows = [
+            [name, str(sum(row)), f"{acc:.2%}"]
+            for (name, acc), row in zip(result.per_class.items(), result.confusion, strict=True)
+        ]
+        yield (table("Per-class accuracy", ["class", "images", "top-1"], rows, right=2))
+
+    return show(args.json, result.to_dict(), views())
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from mobilenets.predict import predict
+
     predictions = predict(args.run_dir, args.images, top_k=args.top_k)
-    if args.json:
-        print_json([p.to_dict() for p in predictions])
-        return 0
-    rows = [
-        [p.image if rank == 0 else "", str(rank + 1), name, f"{prob:.2%}"]
-        for p in predictions
-        for rank, (name, prob) in enumerate(zip(p.classes, p.probabilities, strict=True))
-    ]
-    console().print(table(None, ["image", "rank", "class", "probability"], rows, right=1))
-    return 0
+
+    def views() -> Iterator[Any]:
+        rows = [
+            [p.image if rank == 0 else "", str(rank + 1), name, f"{prob:.2%}"]
+            for p in predictions
+            for rank, (name, prob) in enumerate(zip(p.classes, p.probabilities, strict=True))
+        ]
+        yield (table(None, ["image", "rank", "class", "probability"], rows, right=1))
+
+    return show(args.json, [p.to_dict() for p in predictions], views())

@@ -26,7 +26,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mobilenets.checkpoint import RunInfo, atomic_path, load_run
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.runtime import (
     DEFAULT_PROVIDER,
@@ -41,8 +40,9 @@ from mobilenets.deploy.runtime import (
     set_metadata,
 )
 from mobilenets.errors import MobileNetError
-from mobilenets.evaluate import load_run_data
+from mobilenets.io import atomic_path
 from mobilenets.models import check_resolution
+from mobilenets.runs import RunInfo, load_run, load_run_data
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18
@@ -225,7 +225,7 @@ def export_onnx(
     check_provider(provider)
     model, info = load_run(run_dir)
     out = Path(run_dir) / ONNX_FILE if out is None else Path(out)
-    if data is None and "data" not in info.extra:
+    if data is None and info.data is None:
         # Imported weights record no data set: check on seeded random images rather than
         # refuse; --data gives real ones.
         generator = torch.Generator().manual_seed(0)

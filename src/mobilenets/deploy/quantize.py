@@ -39,7 +39,6 @@ from onnxruntime.quantization import (
 )
 from torch.utils.data import Dataset, Subset
 
-from mobilenets.checkpoint import WEIGHTS_FILE, atomic_path, read_run_info
 from mobilenets.deploy.onnx_export import ONNX_FILE, export_onnx
 from mobilenets.deploy.runtime import (
     DEFAULT_PROVIDER,
@@ -54,7 +53,8 @@ from mobilenets.deploy.runtime import (
     top1_accuracy,
 )
 from mobilenets.errors import MobileNetError
-from mobilenets.evaluate import load_run_data
+from mobilenets.io import atomic_path
+from mobilenets.runs import WEIGHTS_FILE, load_run_data, read_run_info
 
 DEFAULT_CALIBRATION = 256
 CALIBRATION_BATCH = 32

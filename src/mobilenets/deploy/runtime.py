@@ -21,8 +21,8 @@ import torch
 from google.protobuf.message import DecodeError
 from torch.utils.data import DataLoader, Dataset
 
-from mobilenets.checkpoint import RunInfo
 from mobilenets.errors import MobileNetError
+from mobilenets.runs import RunInfo
 
 DEFAULT_PROVIDER = "CPUExecutionProvider"
 OPENVINO_PROVIDER = "OpenVINOExecutionProvider"
@@ -42,13 +42,12 @@ def onnx_metadata(info: RunInfo, precision: str) -> dict[str, str]:
     ``crop_pct`` completes the preprocessing: resize the shorter side to
     ``input_size / crop_pct``, centre-crop ``input_size``, normalise with ``mean`` and ``std``.
     """
-    recorded = info.extra.get("data", {}) or {}
     return {
         "class_names": json.dumps(list(info.class_names)),
         "mean": json.dumps(list(info.mean)),
         "std": json.dumps(list(info.std)),
         "input_size": json.dumps(list(info.input_size)),
-        "crop_pct": json.dumps(float(recorded.get("crop_pct", 1.0))),
+        "crop_pct": json.dumps(info.crop_pct),
         PRECISION_KEY: precision,
         RUN_KEY: json.dumps(info.to_json()),
     }

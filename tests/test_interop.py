@@ -9,19 +9,18 @@ neither torchvision nor timm.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import shlex
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import CodeCarrying
 from safetensors.torch import load_file, save_file
 
 from mobilenets import MobileNetError, create_model
-from mobilenets.checkpoint import IMAGENET_MEAN, load_run
 from mobilenets.cli import main
-from mobilenets.hub import (
+from mobilenets.data import IMAGENET_MEAN
+from mobilenets.interop import (
     from_source_state_dict,
     identify,
     import_checkpoint,
@@ -40,6 +39,7 @@ from mobilenets.models import (
     MobileNetV3,
     MobileNetV4,
 )
+from mobilenets.runs import load_run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "interop"
 TV_V2 = FIXTURES / "torchvision_mobilenet_v2_035.pth"
@@ -214,7 +214,7 @@ def test_import_writes_a_run_that_loads(tmp_path: Path) -> None:
     model, loaded = load_run(run)
     assert loaded.mean == IMAGENET_MEAN and loaded.input_size == (3, 224, 224)
     assert loaded.model_kwargs == {"width_mult": 0.35, "num_classes": 10}
-    assert loaded.extra["imported_from"]["source"] == "timm"
+    assert loaded.imported_from.source == "timm"
     assert max_abs_diff(model, *source_io(TIMM_V2)) <= 1e-5
 
 
@@ -280,16 +280,6 @@ def test_v1_activation_changes_nothing_but_the_clipping() -> None:
 def test_relu_v1_is_not_exported_as_timm() -> None:
     with pytest.raises(MobileNetError, match="ReLU6"):
         to_timm_state_dict(create_model("mobilenet_v1", width_mult=0.25))
-
-
-class CodeCarrying:
-    """Unpickling this runs a shell command: what a malicious checkpoint does."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
 
 
 def bad_files(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:

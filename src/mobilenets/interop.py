@@ -45,17 +45,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from mobilenets.checkpoint import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    RunInfo,
-    atomic_path,
-    load_run,
-    load_state_dict_file,
-    load_weights_into,
-    save_run,
-)
+from mobilenets.data import IMAGENET_MEAN, IMAGENET_STD
 from mobilenets.errors import MobileNetError
+from mobilenets.io import atomic_path
 from mobilenets.models import (
     EFFICIENTNET_B0_TABLE,
     EFFICIENTNET_LITE0_TABLE,
@@ -71,6 +63,14 @@ from mobilenets.models import (
     get_model_factory,
 )
 from mobilenets.models._builder import REPEATED_KINDS, scale_depth
+from mobilenets.runs import (
+    ImportRecord,
+    RunInfo,
+    load_run,
+    load_state_dict_file,
+    load_weights_into,
+    save_run,
+)
 
 Source = Literal["torchvision", "timm"]
 SOURCES: tuple[str, ...] = ("torchvision", "timm")
@@ -699,7 +699,7 @@ def import_checkpoint(
             IMPORT_RESOLUTION.get(model_name, 224),
             IMPORT_RESOLUTION.get(model_name, 224),
         ),
-        extra={"imported_from": {"file": str(Path(path).resolve()), "source": source}},
+        imported_from=ImportRecord(file=str(Path(path).resolve()), source=source),
     )
     save_run(out_dir, model.eval(), info)
     return info

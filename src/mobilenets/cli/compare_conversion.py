@@ -1,4 +1,5 @@
-"""``mobilenets convert``: train a VGG-style CNN and its depthwise separable conversion alike."""
+"""``mobilenets compare-conversion``: train a VGG-style CNN and its depthwise separable
+conversion alike, and compare accuracy and cost."""
 
 from __future__ import annotations
 
@@ -6,15 +7,19 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-from mobilenets.checkpoint import atomic_write_text
-from mobilenets.cli._output import console, fmt_int, print_json, table
-from mobilenets.convert_demo import ConversionComparison, compare_conversion
+from mobilenets.cli._output import fmt_int, show, table
+from mobilenets.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from mobilenets.compare_conversion import ConversionComparison
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "convert",
+        "compare-conversion",
         help="make vgg_small's convolutions depthwise separable; train both and compare",
         description=(
             "Train vgg_small and vgg_small_separable (every standard 3x3 convolution replaced "
@@ -33,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from mobilenets.compare_conversion import compare_conversion
+
     # With --json, stdout carries the JSON alone; the training log goes to stderr.
     log_to = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with log_to:
@@ -45,14 +52,13 @@ def run_convert(args: argparse.Namespace) -> int:
             quiet=args.quiet or args.json,
         )
     atomic_write_text(f"{args.out}/comparison.json", json.dumps(result.to_dict(), indent=2))
-    if args.json:
-        print_json(result.to_dict())
-        return 0
-    out = console()
-    out.print(_replaced_table(result))
-    out.print(_comparison_table(result))
-    out.print(f"written: {args.out}/comparison.json")
-    return 0
+
+    def views() -> Iterator[Any]:
+        yield (_replaced_table(result))
+        yield (_comparison_table(result))
+        yield f"written: {args.out}/comparison.json"
+
+    return show(args.json, result.to_dict(), views())
 
 
 def _replaced_table(result: ConversionComparison):

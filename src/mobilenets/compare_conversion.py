@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mobilenets.checkpoint import load_run, read_run_info
 from mobilenets.convert import ReplacedConv, to_separable
 from mobilenets.cost import profile_model
 from mobilenets.models import create_model
+from mobilenets.runs import load_run, read_run_info
 from mobilenets.train import TrainConfig, train
 
 ORIGINAL, CONVERTED = "vgg_small", "vgg_small_separable"

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 
 from mobilenets.cli._output import console
-from mobilenets.hub import SOURCES, export_weights, import_checkpoint
-from mobilenets.models import list_models
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,8 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("file", help="the checkpoint file")
-    p.add_argument("--source", required=True, choices=SOURCES, help="the library that wrote it")
-    p.add_argument("--model", required=True, choices=list_models(), help="our model name")
+    p.add_argument("--source", required=True, help="the library that wrote it: torchvision or timm")
+    p.add_argument("--model", required=True, help="our model name (see `mobilenets models`)")
     p.add_argument("--width-mult", type=float, default=1.0, help="width multiplier of the file")
     p.add_argument("--labels", help="text file with one class name per line")
     p.add_argument("--out", required=True, help="run directory to create (new or empty)")
@@ -38,12 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("run_dir", help="a run directory")
-    p.add_argument("--to", required=True, choices=SOURCES, help="the library to write for")
+    p.add_argument("--to", required=True, help="the library to write for: torchvision or timm")
     p.add_argument("--out", required=True, help="output file (.pth or .safetensors)")
     p.set_defaults(func=run_export_weights)
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from mobilenets.interop import import_checkpoint
+
     info = import_checkpoint(
         args.file,
         args.source,
@@ -60,6 +60,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export_weights(args: argparse.Namespace) -> int:
+    from mobilenets.interop import export_weights
+
     state = export_weights(args.run_dir, args.to, args.out)
     console().print(f"wrote {len(state)} tensors with {args.to}'s names to {args.out}")
     return 0

@@ -26,7 +26,7 @@ from torch import nn
 from mobilenets.cost import separable_cost_ratio
 from mobilenets.errors import MobileNetError
 from mobilenets.layers import DepthwiseConv, PointwiseConv
-from mobilenets.timing import time_interleaved
+from mobilenets.measure.timing import time_interleaved
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ def measure_separable_speedup(
     return rows
 
 
-def summarize(rows: Sequence[SpeedupMeasurement]) -> list[dict]:
+def speedup_summary(rows: Sequence[SpeedupMeasurement]) -> list[dict]:
     """Geometric means of measured/analytic over the shapes, per batch, format and pass."""
     groups: dict[tuple[int, str, str], list[SpeedupMeasurement]] = {}
     for row in rows:
@@ -254,7 +254,7 @@ def speedup_markdown(rows: Sequence[SpeedupMeasurement]) -> str:
         "| batch | input format | pass | ours | plain PyTorch |",
         "|---|---|---|---|---|",
     ]
-    for s in summarize(rows):
+    for s in speedup_summary(rows):
         lines.append(
             f"| {s['batch_size']} | {s['memory_format']} | {s['mode']} "
             f"| {s['ours']:.2f} | {s['plain']:.2f} |"

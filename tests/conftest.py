@@ -1,0 +1,118 @@
+"""Shared fixtures and helpers of the test suite.
+
+- one trained MobileNetV1 and one trained MobileNetV2 run for the whole session (training is
+  the slow part of the suite: a module that needs a trained run takes one of these, and must
+  not change it beyond adding files of its own);
+- the helpers several test modules need: the one-line error assertion, a BatchNorm randomiser,
+  a pickle that runs code when loaded, digit PNGs as a user would hand them to predict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from mobilenets.errors import MobileNetError
+
+# --------------------------------------------------------------------------- trained runs
+
+
+@pytest.fixture(scope="session")
+def trained_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small V1 trained well enough on the digits (16 px) to recognise most of them."""
+    from mobilenets.train import TrainConfig, train
+
+    config = TrainConfig(
+        model="mobilenet_v1",
+        width_mult=0.25,
+        resolution=16,
+        epochs=6,
+        batch_size=32,
+        quiet=True,
+        out=str(tmp_path_factory.mktemp("runs") / "v1"),
+    )
+    return train(config)
+
+
+@pytest.fixture(scope="session")
+def trained_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small V2 trained for three epochs on the digits at 16 px."""
+    from mobilenets.train import TrainConfig, train
+
+    config = TrainConfig(
+        model="mobilenet_v2",
+        width_mult=0.35,
+        resolution=16,
+        epochs=3,
+        quiet=True,
+        out=str(tmp_path_factory.mktemp("runs") / "v2"),
+    )
+    return train(config)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def raises_one_line(match: str) -> Iterator[pytest.ExceptionInfo[MobileNetError]]:
+    """The errors users see: a MobileNetError whose message matches ``match`` and is one line
+    (the CLI prints it as is)."""
+    with pytest.raises(MobileNetError, match=match) as info:
+        yield info
+    assert "\n" not in str(info.value), f"not one line: {info.value}"
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """BatchNorm with the running statistics and affine terms of a trained network (in eval
+    mode): with the initial ones (mean 0, variance 1, gamma 1, beta 0) BatchNorm is nearly the
+    identity, and folding it or measuring it would test almost nothing."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 2 + 0.1)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+    return model.eval()
+
+
+class CodeCarrying:
+    """Unpickling this runs a shell command (it touches ``marker``): what a malicious
+    checkpoint or data file does. A test passes when the marker never appears."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
+
+
+def write_digit_png(path: Path, image: np.ndarray) -> Path:
+    """One of scikit-learn's 8x8 digits (values 0..16) as an 8-bit grey PNG."""
+    Image.fromarray(np.round(image * 255 / 16).astype(np.uint8), mode="L").save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digit_pngs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, int]]:
+    """Twenty real digits as PNG files with their labels, as a user would hand them to
+    predict."""
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("pngs")
+    digits = load_digits()
+    return [
+        (write_digit_png(root / f"digit{i}_{digits.target[i]}.png", digits.images[i]),
+         int(digits.target[i]))
+        for i in range(0, 200, 10)
+    ]  # fmt: skip
