@@ -1,4 +1,4 @@
-"""Make the torchvision and timm fixtures that tests/test_hub.py checks our import against.
+"""Make the torchvision and timm fixtures that tests/test_interop.py checks our import against.
 
 Not part of the package and not run by CI: it needs torchvision and timm, which the project does
 not depend on (torchvision does not import beside the CPU torch build we use). The fixtures were
@@ -6,11 +6,14 @@ made once, in a separate virtual environment, with::
 
     python3 -m venv /tmp/srcvenv
     /tmp/srcvenv/bin/pip install torch==2.14.1 torchvision==0.29.1 timm==1.0.31
-    /tmp/srcvenv/bin/python scripts/make_interop_fixtures.py
+    /tmp/srcvenv/bin/python scripts/make_interop_fixtures.py [--only NAME ...]
 
-For each source model it writes, into tests/fixtures/interop/:
+(``--only`` remakes just the named fixtures; the V3, EfficientNet and MobileNetV4 ones were
+added that way, leaving the V1/V2 files as they were.) For each source model it writes, into
+tests/fixtures/interop/:
 
     <name>.pth or <name>.safetensors   the source library's state dict, as a user would hold it
+                                       (half precision for the later families, to stay small)
     <name>.io.safetensors              fixed random inputs ("inputs") and the source model's
                                        eval-mode outputs on them ("logits")
     state_dict_shapes.json             tensor names and shapes of the full-size ImageNet models
