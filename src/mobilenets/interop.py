@@ -52,6 +52,7 @@ from mobilenets.models import (
     EFFICIENTNET_B0_TABLE,
     EFFICIENTNET_LITE0_TABLE,
     EFFICIENTNET_SCALING,
+    REPEATED_KINDS,
     V1_TABLE,
     V2_TABLE,
     V3_LARGE_TABLE,
@@ -61,8 +62,8 @@ from mobilenets.models import (
     Row,
     create_model,
     get_model_factory,
+    scale_depth,
 )
-from mobilenets.models._builder import REPEATED_KINDS, scale_depth
 from mobilenets.runs import (
     ImportRecord,
     RunInfo,
