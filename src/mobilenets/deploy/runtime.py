@@ -178,6 +178,7 @@ def create_session(
     path: str | os.PathLike[str],
     threads: int | None = None,
     provider: str = DEFAULT_PROVIDER,
+    profile_prefix: str | None = None,
 ) -> ort.InferenceSession:
     """An onnxruntime session with every graph optimization on (fusions, NCHWc layouts).
 
@@ -187,6 +188,8 @@ def create_session(
     core long after the call and slowed whatever ran next on this 2-core machine by up to 2x
     (PyTorch 9.4 -> 18 ms, measured), at no cost to onnxruntime's own latency (3.38 -> 3.44 ms).
     With OpenVINO the whole graph goes to OpenVINO, which runs it on its own threads.
+    ``profile_prefix`` turns on onnxruntime's profiler (per-node kernel times, a JSON file
+    under that prefix once ``end_profiling`` is called), for the latency model's calibration.
     """
     provider = check_provider(provider)
     options = ort.SessionOptions()
@@ -197,6 +200,9 @@ def create_session(
     if threads is not None:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: no warnings on stderr of the CLI
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     providers: list[str] | None = [provider]
     if provider == OPENVINO_PROVIDER:  # a plugin: chosen by device, not by name
         options.add_provider_for_devices([_openvino_plugin()], _openvino_options(threads))
