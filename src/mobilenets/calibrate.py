@@ -37,7 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 from scipy.optimize import least_squares
 
 from mobilenets.checkpoint import atomic_write_json
-from mobilenets.cost import LayerCost, profile_model
+from mobilenets.cost import CostReport, LayerCost, profile_model
 from mobilenets.deploy.runtime import DEFAULT_PROVIDER, create_session, short_provider_name
 from mobilenets.errors import MobileNetError
 from mobilenets.latency import (
@@ -45,10 +45,12 @@ from mobilenets.latency import (
     LATENCY_KINDS,
     MEMORY_ONLY_KINDS,
     Calibration,
+    LatencyPrediction,
     Roofline,
     bytes_moved,
     latency_kinds,
     numel,
+    predict_latency,
 )
 from mobilenets.models import create_model, list_models
 
@@ -251,7 +253,8 @@ def layer_graph(sample: Sample, seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     row = sample.row
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(row.input_shape))
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    out_shape = row.input_shape if sample.kind == "se" else row.output_shape
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))
     inits: list[TensorProto] = []
     if row.kind == "linear":
         k, n = row.input_shape[-1], row.output_shape[-1]
@@ -527,3 +530,14 @@ def calibrate(
     measured = measure_samples(samples, provider, threads, budget_s, progress)
     node_overhead, run_overhead = measure_overheads(provider, threads)
     return fit_calibration(measured, node_overhead, run_overhead, runtime, threads)
+
+
+def predict_cached(
+    report: CostReport,
+    runtime: str = DEFAULT_RUNTIME,
+    threads: int = 0,
+    say: Callable[[str], None] | None = None,
+) -> LatencyPrediction:
+    """``report``'s predicted latency with this machine's cached calibration (made first if
+    there is none or it is stale): what ``mobilenets cost --latency`` shows."""
+    return predict_latency(report, load_calibration(runtime, threads, say=say))

@@ -34,6 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE.png",
         help="draw per-layer mult-adds, parameters and activation memory to this PNG",
     )
+    p.add_argument(
+        "--latency",
+        action="store_true",
+        help="add each layer's predicted onnxruntime ms and whether it is compute- or "
+        "memory-bound (calibrates this machine on first use)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="with --latency: intra-op threads")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run_cost)
 
@@ -64,6 +71,12 @@ def run_cost(args: argparse.Namespace) -> int:
         args.model, width_mult=args.width_mult, num_classes=args.num_classes, **extra
     )
     report = profile_model(model, args.resolution, batch_size=args.batch_size)
+    latency = None
+    if args.latency:
+        from mobilenets.calibrate import predict_cached
+
+        say = None if args.json else console().print
+        latency = predict_cached(report, threads=args.threads, say=say)
     if args.plot:
         title = (
             f"{args.model} width {args.width_mult:g} at {args.resolution}x{args.resolution}, "
@@ -74,10 +87,12 @@ def run_cost(args: argparse.Namespace) -> int:
     if args.json:
         data = report.to_dict()
         data.update(model=args.model, width_mult=args.width_mult, resolution=args.resolution)
+        if latency is not None:
+            data["latency"] = latency.to_dict()
         print_json(data)
         return 0
     out = console()
-    out.print(_layer_table(report, args))
+    out.print(_layer_table(report, args, latency))
     out.print(
         f"total: {fmt_int(report.total_macs)} mult-adds, {fmt_int(report.total_params)} "
         f"parameters, {fmt_int(report.total_activations)} activation values"
@@ -90,6 +105,13 @@ def run_cost(args: argparse.Namespace) -> int:
         )
         + f" ({fmt_int(report.peak_activations)} values alive at once)"
     )
+    if latency is not None:
+        memory_ms = sum(layer.ms for layer in latency.layers if layer.bound == "memory")
+        kernels_ms = sum(layer.ms for layer in latency.layers)
+        out.print(
+            f"predicted latency in onnxruntime: {latency.ms:.3f} ms; memory-bound layers take "
+            f"{memory_ms / kernels_ms:.0%} of the kernel time"
+        )
     if args.plot:
         out.print(f"written: {args.plot}")
     if args.compare_standard:
@@ -97,7 +119,7 @@ def run_cost(args: argparse.Namespace) -> int:
     return 0
 
 
-def _layer_table(report: CostReport, args: argparse.Namespace):
+def _layer_table(report: CostReport, args: argparse.Namespace, latency=None):
     layers = [
         layer
         for layer in report.layers
@@ -108,9 +130,20 @@ def _layer_table(report: CostReport, args: argparse.Namespace):
         f"{args.model} width {args.width_mult:g} at {args.resolution}x{args.resolution}, "
         f"batch {args.batch_size}"
     )
+    columns = ["mult-adds", "params", "activations", "alive at once"]
+    priced = {} if latency is None else latency.by_name()
+    if latency is not None:
+        columns += ["pred. ms", "bound"]
+
+    def predicted(name: str) -> list[str]:
+        if latency is None:
+            return []
+        row = priced.get(name)
+        return ["", ""] if row is None else [f"{row.ms:.4f}", row.bound]
+
     return table(
         title,
-        ["layer", "kind", "input", "output", "mult-adds", "params", "activations", "alive at once"],
+        ["layer", "kind", "input", "output", *columns],
         [
             [
                 layer.name,
@@ -121,10 +154,11 @@ def _layer_table(report: CostReport, args: argparse.Namespace):
                 fmt_int(layer.params),
                 fmt_int(layer.activations),
                 fmt_int(layer.live_activations),
+                *predicted(layer.name),
             ]
             for layer in layers
         ],
-        right=4,
+        right=len(columns) - (1 if latency is not None else 0),
     )
 
 
