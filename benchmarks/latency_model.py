@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +79,13 @@ def match_nodes(case: Case, nodes: list[tuple[str, str, float]]) -> dict[int, fl
     return {i: s for i, (_, s) in enumerate(kept)}
 
 
+def export(name: str, width: float, resolution: int, path: Path) -> Path:
+    """deploy's export of one model (run in a worker process: exports are the slow part)."""
+    model = create_model(name, width_mult=width).eval()
+    write_onnx(model, path, (3, resolution, resolution), {})
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=None, help="default: all registered")
@@ -86,7 +95,13 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.3, help="seconds per model per round")
     parser.add_argument("--threads", type=int, default=0, help="0: onnxruntime's default")
     parser.add_argument("--recalibrate", action="store_true", help="calibrate afresh first")
+    parser.add_argument("--jobs", type=int, default=1, help="export processes (1)")
     parser.add_argument("--out", default=str(RESULTS / "latency_model.md"))
+    parser.add_argument(
+        "--note",
+        default="Other agents' processes were running on this 2-core machine during the run.",
+        help="what else ran on the machine, for the report",
+    )
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -97,7 +112,8 @@ def main() -> None:
     print(f"calibration: {cache_path(DEFAULT_RUNTIME, args.threads)} ({calibrate_s:.0f} s)")
 
     cases: list[Case] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs) as pool:
+        exports = []
         for name in args.models or list_models():
             for width in args.widths:
                 for resolution in args.resolutions:
@@ -107,18 +123,13 @@ def main() -> None:
                     except MobileNetError:
                         continue
                     path = Path(tmp) / f"{name}-{width:g}-{resolution}.onnx"
-                    write_onnx(model, path, (3, resolution, resolution), {})
-                    cases.append(
-                        Case(
-                            name,
-                            width,
-                            resolution,
-                            report.total_macs,
-                            predict_latency(report, calibration),
-                            path,
-                        )
-                    )
-                    print(f"exported {cases[-1].label}", flush=True)
+                    prediction = predict_latency(report, calibration)
+                    cases.append(Case(name, width, resolution, report.total_macs, prediction, path))
+                    exports.append(pool.submit(export, name, width, resolution, path))
+        for i, done in enumerate(exports):
+            done.result()
+            print(f"exported {i + 1}/{len(exports)}", flush=True)
+        pool.shutdown()
         for r in range(args.rounds):
             for case in cases:
                 profile = profile_onnx(
@@ -154,13 +165,12 @@ def report_markdown(cases: list[Case], calibration, args, calibrate_s: float) ->
         "",
         f"onnxruntime {ort.__version__} CPU, fp32, batch 1, threads "
         f"{args.threads or 'default'}; torch {torch.__version__}; {platform.machine()}, "
-        f"{calibration.machine}. Other agents' processes were running on this 2-core machine "
-        f"during the run: each model's latency is its fastest call over {args.rounds} rounds that "
-        "pass over the whole grid in turn (interleaved), and each layer's its fastest kernel "
-        "time under onnxruntime's profiler. Calibration "
+        f"{calibration.machine}. {args.note} Each model's latency is its fastest call over "
+        f"{args.rounds} rounds that pass over the whole grid in turn (interleaved), and each "
+        "layer's its fastest kernel time under onnxruntime's profiler. Calibration "
         f"({calibration.created}, {calibrate_s:.0f} s when made in this run) is the cached one.",
         "",
-        "Command: `flock /tmp/mobilenets-cpu.lock .venv/bin/python benchmarks/latency_model.py`",
+        f"Command: `python benchmarks/latency_model.py {' '.join(sys.argv[1:])}`",
         "",
         "## Summary",
         "",

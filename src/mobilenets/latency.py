@@ -11,7 +11,8 @@ whichever of arithmetic or memory traffic takes longer bounds the layer, and a f
 kernel call (thread-pool dispatch, the runtime's bookkeeping) comes on top. The rates differ
 with what the layer does, so they are fitted per *latency kind*: standard convolutions,
 depthwise ones, pointwise ones by their number of input channels K (the GEMM's inner
-dimension: small K means little reuse of each loaded value), the squeeze-and-excitation
+dimension: small K means little reuse of each loaded value), standard ones by the same K
+(``c_in * f * f``: a stem on three colour channels is a thin GEMM), the squeeze-and-excitation
 gate, fully connected layers (matrix-vector products, bound by loading their weights) and
 pooling. :mod:`mobilenets.calibrate` measures the rates once per machine and runtime.
 
@@ -28,11 +29,13 @@ from dataclasses import asdict, dataclass, field
 from mobilenets.cost import CostReport, LayerCost, bytes_per_element
 from mobilenets.errors import MobileNetError
 
-CALIBRATION_FORMAT = 1  # bump when the kinds or the fitted quantities change
+CALIBRATION_FORMAT = 2  # bump when the kinds or the fitted quantities change
 
 POINTWISE_K_EDGES = (64, 256)  # pointwise kinds: K < 64, 64 <= K < 256, K >= 256
+STANDARD_K_EDGE = 64  # standard kinds: K = c_in * f * f below 64 (a stem on RGB) or not
 LATENCY_KINDS = (
-    "standard",
+    "standard K<64",
+    "standard K>=64",
     "depthwise",
     "pointwise K<64",
     "pointwise K<256",
@@ -53,6 +56,11 @@ def pointwise_kind(k: int) -> str:
     if k < high:
         return "pointwise K<256"
     return "pointwise K>=256"
+
+
+def standard_kind(k: int) -> str:
+    """The latency kind of a standard convolution whose GEMM has inner dimension ``k``."""
+    return "standard K<64" if k < STANDARD_K_EDGE else "standard K>=64"
 
 
 def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -87,7 +95,7 @@ def latency_kinds(layers: Sequence[LayerCost]) -> list[str | None]:
     for i, row in enumerate(layers):
         kind: str | None = None
         if row.kind in ("standard", "grouped"):
-            kind = "standard"
+            kind = standard_kind(row.macs // max(numel(row.output_shape), 1))
         elif row.kind == "depthwise":
             kind = "depthwise"
         elif row.kind == "pointwise":
