@@ -167,7 +167,7 @@ class ChooseConfig:
     max_measure: int = 8
     rounds: int = 20  # interleaved timing rounds
     epochs: int = 0  # 0: no training, rank by mult-adds
-    max_train: int = 4
+    max_train: int = 3
     time_budget_s: float = 600.0
     seed: int = 0
     quiet: bool = False

@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: its default)")
     p.add_argument("--measure", type=int, default=8, help="most candidates to measure (8)")
     p.add_argument("--epochs", type=int, default=0, help="short training per candidate (0: none)")
-    p.add_argument("--train", type=int, default=4, help="most candidates to train (4)")
+    p.add_argument("--train", type=int, default=3, help="most candidates to train (3)")
     p.add_argument("--time-budget", type=float, default=10.0, help="minutes in all (10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output directory (default choose/<data>)")
