@@ -22,6 +22,7 @@ from mobilenets.deploy.runtime import create_session
 from mobilenets.errors import MobileNetError
 from mobilenets.latency import (
     LATENCY_KINDS,
+    MEMORY_ONLY_KINDS,
     Calibration,
     Roofline,
     latency_kinds,
@@ -87,7 +88,7 @@ def test_layer_kinds_of_mobilenet_v2() -> None:
     assert kinds["features.14.expand.conv"] == "pointwise K<256"  # 96
     assert kinds["features.18.conv"] == "pointwise K>=256"  # 320
     assert kinds["classifier.fc"] == "fc"
-    assert kinds["classifier.pool"] == "pool"
+    assert kinds["classifier.pool"] == "global pool"
     fused = [r.name for r in report.layers if r.kind in ("batchnorm", "activation")]
     assert fused and all(kinds[name] is None for name in fused)
 
@@ -97,7 +98,7 @@ def test_squeeze_excitation_is_told_from_the_classifier_pool() -> None:
     kinds = dict(zip((r.name for r in report.layers), latency_kinds(report.layers), strict=True))
     assert kinds["se.pool"] == "se"
     assert kinds["se.reduce"] == kinds["se.expand"] == "fc"  # matrix-vector on a 1x1 map
-    assert kinds["pool"] == "pool"
+    assert kinds["pool"] == "global pool"
     assert kinds["project"] == "pointwise K<64"
 
 
@@ -137,7 +138,7 @@ def test_fit_recovers_a_known_roofline() -> None:
 
 @pytest.mark.parametrize("kind", LATENCY_KINDS)
 def test_one_layer_graphs_compute_the_traced_shapes(kind: str, tmp_path: Path) -> None:
-    samples = cal.registry_samples(["mobilenet_v2", "vgg_small"], (0.5,), (96,))
+    samples = cal.registry_samples(["mobilenet_v2", "vgg_small"], (0.5,), (96,))  # max pools
     sample = next(s for s in samples if s.kind == kind)
     model = cal.layer_graph(sample)
     onnx.checker.check_model(model)
@@ -155,7 +156,7 @@ def test_calibration_fits_every_kind(calibration: Calibration) -> None:
     assert set(calibration.rooflines) == set(LATENCY_KINDS)
     for kind, roof in calibration.rooflines.items():
         assert roof.bytes_per_s > 0 and roof.overhead_s >= 0
-        assert math.isinf(roof.macs_per_s) == (kind in ("se", "pool"))
+        assert math.isinf(roof.macs_per_s) == (kind in MEMORY_ONLY_KINDS)
         assert calibration.fit[kind]["samples"] >= 1
     assert calibration.machine == cal.machine_fingerprint()
     assert Calibration.from_json(json.loads(json.dumps(calibration.to_json()))) == calibration

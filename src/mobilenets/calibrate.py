@@ -59,6 +59,9 @@ from mobilenets.models import create_model, list_models
 RUNTIMES = {"onnxruntime": DEFAULT_PROVIDER}
 DEFAULT_RUNTIME = "onnxruntime"
 OPSET = 18
+# IR version 8 is what opset 18 needs; the onnx package would write its newest, which an older
+# onnxruntime refuses ("Unsupported model IR version").
+IR_VERSION = 8
 # Where the registered models' layer shapes are sampled: the papers' width and resolution dials.
 SAMPLE_WIDTHS = (0.35, 0.75, 1.4)
 SAMPLE_RESOLUTIONS = (96, 224)
@@ -208,17 +211,45 @@ def registry_samples(
                     if kind is not None:
                         sample = Sample(row, kind)
                         seen.setdefault(sample.key(), sample)
-    return list(seen.values()) + [s for s in synthetic_se_samples() if s.key() not in seen]
+    found = {s.kind for s in seen.values()}
+    return list(seen.values()) + [s for s in synthetic_samples() if s.kind not in found]
 
 
-def synthetic_se_samples() -> list[Sample]:
-    """Squeeze-and-excitation gates on MobileNetV3-like feature maps, so the ``se`` kind is
-    calibrated even while no registered model has one."""
-    shapes = [(16, 56), (72, 28), (96, 14), (120, 28), (240, 14), (576, 7), (960, 7)]
-    return [
-        Sample(LayerCost(f"se{c}x{h}", "pool", (1, c, h, h), (1, c, 1, 1), 0, 0, c), "se")
-        for c, h in shapes
+def synthetic_samples() -> list[Sample]:
+    """Squeeze-and-excitation gates on MobileNetV3-like feature maps, VGG-like 3x3
+    convolutions and 2x2 max poolings, for the kinds that no model being sampled has (no
+    registered one has a gate yet), so that every kind is calibrated."""
+    gates = [(16, 56), (72, 28), (96, 14), (120, 28), (240, 14), (576, 7), (960, 7)]
+    pools = [(16, 112), (32, 96), (64, 56), (128, 28), (256, 14), (512, 8)]
+    convs = [
+        Sample(
+            LayerCost(
+                f"conv{c}x{h}",
+                "standard",
+                (1, c, h, h),
+                (1, c, h, h),
+                9 * c * c * h * h,
+                9 * c * c,
+                c * h * h,
+            ),
+            "standard K>=64",
+        )
+        for c, h in pools
     ]
+    return (
+        convs
+        + [
+            Sample(LayerCost(f"se{c}x{h}", "pool", (1, c, h, h), (1, c, 1, 1), 0, 0, c), "se")
+            for c, h in gates
+        ]
+        + [
+            Sample(
+                LayerCost(f"max{c}x{h}", "pool", (1, c, h, h), (1, c, h // 2, h // 2), 0, 0, c),
+                "max pool",
+            )
+            for c, h in pools
+        ]
+    )
 
 
 def spread(samples: Sequence[Sample], per_kind: int) -> list[Sample]:
@@ -295,19 +326,21 @@ def _one_layer(sample: Sample, seed: int) -> onnx.ModelProto:
             _initializer("b", np.zeros(n)),
         ]
         nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="layer", transB=1)]
-    elif sample.kind in ("se", "pool") and row.output_shape[2:] == (1, 1):
+    elif sample.kind in ("se", "global pool"):
         pooled = "p" if sample.kind == "se" else "y"
         inits = [numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes")]
         nodes = [helper.make_node("ReduceMean", ["x", "axes"], [pooled], name="layer", keepdims=1)]
         if sample.kind == "se":
             nodes.append(helper.make_node("Mul", ["x", "p"], ["y"], name="scale"))
-    elif sample.kind == "pool":
+    elif sample.kind == "max pool":
         k = row.input_shape[2] // row.output_shape[2]
         nodes = [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[k, k])]
     else:
         nodes, inits = _conv_nodes(row, rng)
     graph = helper.make_graph(nodes, "layer", [x], [y], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
+    )
 
 
 def _side_by_side(models: Sequence[onnx.ModelProto]) -> onnx.ModelProto:
@@ -327,7 +360,9 @@ def _side_by_side(models: Sequence[onnx.ModelProto]) -> onnx.ModelProto:
         output.name = f"{output.name}{i}"
         outputs.append(output)
     graph = helper.make_graph(nodes, "side_by_side", [models[0].graph.input[0]], outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
+    )
 
 
 def _conv_nodes(row: LayerCost, rng: np.random.Generator) -> tuple[list, list]:
@@ -372,7 +407,9 @@ def chain_graph(length: int, channels: int = 8, size: int = 8) -> onnx.ModelProt
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
     graph = helper.make_graph(nodes, "chain", [x], [y], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
+    )
 
 
 # --------------------------------------------------------------------------- timing

@@ -14,7 +14,9 @@ depthwise ones, pointwise ones by their number of input channels K (the GEMM's i
 dimension: small K means little reuse of each loaded value), standard ones by the same K
 (``c_in * f * f``: a stem on three colour channels is a thin GEMM), the squeeze-and-excitation
 gate, fully connected layers (matrix-vector products, bound by loading their weights) and
-pooling. :mod:`mobilenets.calibrate` measures the rates once per machine and runtime.
+pooling (global average pooling and max pooling apart: the runtime runs the first on the plain
+layout after converting back to it, the second in its blocked one).
+:mod:`mobilenets.calibrate` measures the rates once per machine and runtime.
 
 The layers come from :func:`mobilenets.cost.profile_model`; BatchNorm and activations get no
 time of their own because deployed graphs fold and fuse them into the convolution before them.
@@ -29,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from mobilenets.cost import CostReport, LayerCost, bytes_per_element
 from mobilenets.errors import MobileNetError
 
-CALIBRATION_FORMAT = 2  # bump when the kinds or the fitted quantities change
+CALIBRATION_FORMAT = 3  # bump when the kinds or the fitted quantities change
 
 POINTWISE_K_EDGES = (64, 256)  # pointwise kinds: K < 64, 64 <= K < 256, K >= 256
 STANDARD_K_EDGE = 64  # standard kinds: K = c_in * f * f below 64 (a stem on RGB) or not
@@ -42,10 +44,11 @@ LATENCY_KINDS = (
     "pointwise K>=256",
     "se",
     "fc",
-    "pool",
+    "global pool",
+    "max pool",
 )
 # Kinds whose work is only data movement: no compute rate is fitted, the roofline is flat.
-MEMORY_ONLY_KINDS = ("se", "pool")
+MEMORY_ONLY_KINDS = ("se", "global pool", "max pool")
 
 
 def pointwise_kind(k: int) -> str:
@@ -102,9 +105,10 @@ def latency_kinds(layers: Sequence[LayerCost]) -> list[str | None]:
             kind = "fc" if _is_vector(row.input_shape) else pointwise_kind(row.input_shape[1])
         elif row.kind == "linear":
             kind = "fc"
+        elif row.kind == "pool" and _is_vector(row.output_shape):
+            kind = "se" if _is_se_squeeze(layers, i) else "global pool"
         elif row.kind == "pool":
-            squeeze = _is_vector(row.output_shape) and _is_se_squeeze(layers, i)
-            kind = "se" if squeeze else "pool"
+            kind = "max pool"
         kinds.append(kind)
     return kinds
 

@@ -213,7 +213,8 @@ def pareto_figure(
     front = sorted((ms, score) for _, ms, score, on_front in points if on_front)
     if front:
         ax.plot(*zip(*front, strict=True), color="C0", linewidth=1, label="Pareto front")
-    if latency_budget_ms is not None:
+    slowest = max((ms for _, ms, _, _ in points), default=0.0)
+    if latency_budget_ms is not None and latency_budget_ms <= 2 * slowest:  # else off the scale
         ax.axvline(latency_budget_ms, color="C3", linestyle="--", label="latency budget")
     ax.set(xlabel=xlabel, ylabel=ylabel, title="Candidates near the frontier, as measured")
     ax.grid(alpha=0.3)
