@@ -36,6 +36,7 @@ from mobilenets.calibrate import (
     cache_path,
     load_calibration,
     profile_onnx,
+    takes_width,
 )
 from mobilenets.checkpoint import atomic_write_text
 from mobilenets.cost import profile_model
@@ -79,9 +80,15 @@ def match_nodes(case: Case, nodes: list[tuple[str, str, float]]) -> dict[int, fl
     return {i: s for i, (_, s) in enumerate(kept)}
 
 
+def build(name: str, width: float) -> torch.nn.Module:
+    """``name`` at ``width``; families without a width multiplier at their table's widths."""
+    kwargs = {"width_mult": width} if takes_width(name) else {}
+    return create_model(name, **kwargs).eval()
+
+
 def export(name: str, width: float, resolution: int, path: Path) -> Path:
     """deploy's export of one model (run in a worker process: exports are the slow part)."""
-    model = create_model(name, width_mult=width).eval()
+    model = build(name, width)
     write_onnx(model, path, (3, resolution, resolution), {})
     return path
 
@@ -115,10 +122,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs) as pool:
         exports = []
         for name in args.models or list_models():
-            for width in args.widths:
+            for width in args.widths if takes_width(name) else [1.0]:
                 for resolution in args.resolutions:
                     try:
-                        model = create_model(name, width_mult=width).eval()
+                        model = build(name, width)
                         report = profile_model(model, resolution)
                     except MobileNetError:
                         continue

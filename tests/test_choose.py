@@ -17,6 +17,7 @@ from mobilenets.choose import (
     ChooseConfig,
     enumerate_candidates,
     frontier,
+    full_train_command,
     nothing_fits,
     pareto_front,
 )
@@ -99,6 +100,16 @@ def test_candidates_are_built_as_training_builds_them(cached_rates: Calibration)
     # Below 128 px training uses small_input (total stride 8): 64 px costs more than 160 px.
     assert small.macs > large.macs
     assert small.predicted_ms > 0 and small.params < 2_300_000  # 10 classes, not 1000
+
+
+def test_families_without_a_width_are_enumerated_once_per_resolution(
+    cached_rates: Calibration,
+) -> None:
+    config = ChooseConfig(families=["efficientnet_b0"], widths=[0.5, 1.0], resolutions=[160, 224])
+    found = enumerate_candidates(config, cached_rates, num_classes=10, in_chans=3)
+    assert [(c.width, c.resolution) for c in found] == [(1.0, 160), (1.0, 224)]
+    assert "--width-mult" not in full_train_command(found[0], None)
+    assert "--width-mult 0.5" in full_train_command(candidate("mobilenet_v2", 0.5, 96), None)
 
 
 def test_nothing_fits_names_what_the_cheapest_needs(

@@ -102,6 +102,15 @@ def test_squeeze_excitation_is_told_from_the_classifier_pool() -> None:
     assert kinds["project"] == "pointwise K<64"
 
 
+def test_gates_of_the_registered_v3_are_priced_as_se_and_fc() -> None:
+    report = profile_model(create_model("mobilenet_v3_small"), 224)
+    kinds = dict(zip((r.name for r in report.layers), latency_kinds(report.layers), strict=True))
+    assert kinds["features.1.se.pool"] == "se"
+    assert kinds["features.1.se.reduce"] == kinds["features.1.se.expand"] == "fc"
+    assert kinds["features.1.se.gate"] is None
+    assert kinds["classifier.pool"] == "global pool"
+
+
 def test_pointwise_kind_edges() -> None:
     assert [pointwise_kind(k) for k in (63, 64, 255, 256)] == [
         "pointwise K<64",

@@ -20,6 +20,7 @@ model and count) and the runtime version: a calibration from elsewhere is never 
 from __future__ import annotations
 
 import datetime
+import inspect
 import json
 import math
 import os
@@ -52,7 +53,7 @@ from mobilenets.latency import (
     numel,
     predict_latency,
 )
-from mobilenets.models import create_model, list_models
+from mobilenets.models import create_model, get_model_factory, list_models
 
 # Runtimes the latency model can be calibrated for: the name users type -> provider. Only
 # runtimes whose profiler reports per-kernel times can be calibrated layer by layer.
@@ -201,10 +202,11 @@ def registry_samples(
     """
     seen: dict[tuple, Sample] = {}
     for name in list_models() if models is None else models:
-        for width in widths:
+        for width in widths if takes_width(name) else (None,):
             for resolution in resolutions:
+                kwargs = {} if width is None else {"width_mult": width}
                 try:
-                    report = profile_model(create_model(name, width_mult=width), resolution)
+                    report = profile_model(create_model(name, **kwargs), resolution)
                 except MobileNetError:
                     continue
                 for row, kind in zip(report.layers, latency_kinds(report.layers), strict=True):
@@ -213,6 +215,12 @@ def registry_samples(
                         seen.setdefault(sample.key(), sample)
     found = {s.kind for s in seen.values()}
     return list(seen.values()) + [s for s in synthetic_samples() if s.kind not in found]
+
+
+def takes_width(name: str) -> bool:
+    """Whether the family ``name`` has a width multiplier (EfficientNet and MobileNetV4 fix
+    their widths in their tables)."""
+    return "width_mult" in inspect.signature(get_model_factory(name)).parameters
 
 
 def synthetic_samples() -> list[Sample]:

@@ -36,7 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from mobilenets.calibrate import DEFAULT_RUNTIME, RUNTIMES, check_runtime, load_calibration
+from mobilenets.calibrate import (
+    DEFAULT_RUNTIME,
+    RUNTIMES,
+    check_runtime,
+    load_calibration,
+    takes_width,
+)
 from mobilenets.checkpoint import atomic_path, atomic_write_json, read_run_info
 from mobilenets.cost import profile_model
 from mobilenets.data import load_data
@@ -205,7 +211,12 @@ def enumerate_candidates(
     it for this data, with its counted costs and predicted latency. Combinations a family
     refuses (a resolution below its total stride) are left out."""
     families = list(list_models() if config.families is None else config.families)
-    grid = [(f, w, r) for f in families for w in config.widths for r in config.resolutions]
+    grid = [
+        (f, w, r)
+        for f in families
+        for w in (config.widths if takes_width(f) else (1.0,))  # 1.0: the table's own widths
+        for r in config.resolutions
+    ]
     candidates = []
     for i, (family, width, resolution) in enumerate(grid):
         recipe = TrainConfig(model=family, width_mult=width, resolution=resolution)
@@ -354,16 +365,10 @@ def train_candidate(c: Candidate, config: ChooseConfig) -> None:
 
 def full_train_command(c: Candidate, data: str | None) -> str:
     """The command that trains the recommended network with the full default recipe."""
-    words = [
-        "mobilenets",
-        "train",
-        "--model",
-        c.model,
-        "--width-mult",
-        f"{c.width:g}",
-        "--resolution",
-        str(c.resolution),
-    ]
+    words = ["mobilenets", "train", "--model", c.model]
+    if takes_width(c.model):
+        words += ["--width-mult", f"{c.width:g}"]
+    words += ["--resolution", str(c.resolution)]
     if data is not None:
         words += ["--data", data]
     return " ".join(shlex.quote(w) for w in words)

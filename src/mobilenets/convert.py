@@ -11,7 +11,6 @@ is nothing exact to copy) and is meant to be trained, as the MobileNet paper tra
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -19,7 +18,8 @@ from torch import nn
 
 from mobilenets.cost import count_params
 from mobilenets.errors import MobileNetError
-from mobilenets.layers import Activation, DepthwiseConv, PointwiseConv
+from mobilenets.layers import Activation, SeparableConv
+from mobilenets.models._common import init_weights
 
 
 @dataclass(frozen=True)
@@ -59,26 +59,21 @@ def _is_standard(conv: nn.Module, min_kernel: int) -> bool:
     )
 
 
-def separable_replacement(conv: nn.Conv2d, activation: Activation = nn.ReLU) -> nn.Sequential:
-    """The depthwise -> BN -> activation -> pointwise stack that takes ``conv``'s place.
-
-    The pointwise layer keeps ``conv``'s bias if it had one, so whatever followed ``conv`` (a
-    BatchNorm, an activation, nothing) still sees what it expects.
-    """
-    n_c, n_out = conv.in_channels, conv.out_channels
-    layers: OrderedDict[str, nn.Module] = OrderedDict()
-    layers["depthwise"] = DepthwiseConv(
-        n_c, conv.kernel_size, stride=conv.stride, padding=conv.padding, dilation=conv.dilation
+def separable_replacement(conv: nn.Conv2d, activation: Activation = nn.ReLU) -> SeparableConv:
+    """The depthwise -> BN -> activation -> pointwise stack that takes ``conv``'s place, with
+    ``conv``'s geometry and bias, on its device and dtype, initialised as the models are."""
+    stack = SeparableConv(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        bias=conv.bias is not None,
+        activation=activation,
     )
-    layers["depthwise"].padding_mode = conv.padding_mode
-    layers["bn"] = nn.BatchNorm2d(n_c)
-    if activation is not None:
-        layers["act"] = activation(inplace=True)
-    layers["pointwise"] = PointwiseConv(n_c, n_out, bias=conv.bias is not None)
-    stack = nn.Sequential(layers)
+    stack.depthwise.padding_mode = conv.padding_mode
     stack.to(device=conv.weight.device, dtype=conv.weight.dtype)
-    from mobilenets.models._common import init_weights  # the models import this module
-
     init_weights(stack)
     return stack
 

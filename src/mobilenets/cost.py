@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from mobilenets.errors import MobileNetError
-from mobilenets.layers import InvertedResidual
+from mobilenets.layers import InvertedResidual, SqueezeExcitation, StochasticDepth
+from mobilenets.models import check_resolution
 
 # ---------------------------------------------------------------------------------------------
 # Closed forms (square inputs and kernels, as in the lecture)
@@ -74,16 +75,21 @@ KINDS = (
     "depthwise",
     "pointwise",
     "grouped",
+    "se",
     "linear",
     "batchnorm",
     "activation",
     "pool",
+    "drop_path",
     "other",
 )
 
 
 def layer_kind(module: nn.Module) -> str:
-    """Name what a leaf module is, in the vocabulary of the papers."""
+    """Name what a leaf module is, in the vocabulary of the papers.
+
+    (Squeeze-and-excitation's 1x1 convolutions are pointwise by shape; :func:`profile_model`
+    names them ``se`` from where they sit.)"""
     if isinstance(module, nn.Conv2d):
         if module.groups > 1 and module.groups == module.in_channels == module.out_channels:
             return "depthwise"
@@ -96,8 +102,13 @@ def layer_kind(module: nn.Module) -> str:
         return "linear"
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return "batchnorm"
-    if isinstance(module, nn.ReLU | nn.ReLU6 | nn.Hardswish | nn.SiLU | nn.GELU | nn.Sigmoid):
+    if isinstance(
+        module,
+        nn.ReLU | nn.ReLU6 | nn.Hardswish | nn.Hardsigmoid | nn.SiLU | nn.GELU | nn.Sigmoid,
+    ):
         return "activation"
+    if isinstance(module, StochasticDepth):
+        return "drop_path"
     if isinstance(module, nn.modules.pooling._AdaptiveAvgPoolNd | nn.modules.pooling._AvgPoolNd):
         return "pool"
     if isinstance(module, nn.modules.pooling._MaxPoolNd | nn.modules.pooling._AdaptiveMaxPoolNd):
@@ -276,13 +287,22 @@ def _input_channels(model: nn.Module) -> int:
 
 
 def _find_pairs(layers: list[LayerCost], modules: dict[str, nn.Module]) -> list[SeparablePair]:
-    """Pair each depthwise conv with the next conv in execution order when it is pointwise."""
-    convs = [layer for layer in layers if isinstance(modules.get(layer.name), nn.Conv2d)]
+    """Pair each depthwise conv with the next conv in execution order when it is pointwise.
+
+    Squeeze-and-excitation between them (V3, EfficientNet) is skipped over: it rescales the
+    depthwise output and leaves its shape, so the pointwise layer after it still completes the
+    separable pair. The pointwise layer must read a map of the depthwise output's shape.
+    """
+    convs = [
+        layer
+        for layer in layers
+        if isinstance(modules.get(layer.name), nn.Conv2d) and layer.kind != "se"
+    ]
     pairs = []
     for dw, pw in itertools.pairwise(convs):
         if dw.kind != "depthwise" or pw.kind != "pointwise":
             continue
-        if pw.input_shape[1] != dw.output_shape[1]:
+        if pw.input_shape[1:] != dw.output_shape[1:]:
             continue
         dw_mod = modules[dw.name]
         k = dw_mod.kernel_size[0]
@@ -370,8 +390,6 @@ def profile_model(
         raise MobileNetError(f"expected a torch.nn.Module, got {type(model).__name__}")
     h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
     if isinstance(getattr(model, "stride", None), int):  # our networks know their total stride
-        from mobilenets.models import check_resolution
-
         for size in (h, w):
             check_resolution(model, size)
     if batch_size < 1:
@@ -386,6 +404,12 @@ def profile_model(
     live = _LiveTensors()
     block_names = _block_names(model)
     block_peak: dict[str, int] = {}
+    se_members = {
+        f"{prefix}.{child}" if prefix else child
+        for prefix, m in model.named_modules()
+        if isinstance(m, SqueezeExcitation)
+        for child, _ in m.named_children()
+    }
 
     def enter(module: nn.Module, inputs: tuple) -> None:
         live.enter(inputs)
@@ -417,7 +441,7 @@ def profile_model(
             layers.append(
                 LayerCost(
                     name=name,
-                    kind=layer_kind(module),
+                    kind="se" if name in se_members else layer_kind(module),
                     input_shape=tuple(first.shape),
                     output_shape=tuple(output.shape),
                     macs=_layer_macs(module, output),

@@ -76,7 +76,8 @@ def _is_vector(shape: tuple[int, ...]) -> bool:
 
 
 def _is_se_squeeze(layers: Sequence[LayerCost], i: int) -> bool:
-    """Whether the global pooling at ``layers[i]`` is a squeeze-and-excitation gate.
+    """Whether the global pooling at ``layers[i]`` is a squeeze-and-excitation gate, for
+    networks whose gate :func:`~mobilenets.cost.profile_model` does not name ``se``.
 
     The gate pools the feature map to one value per channel, passes it through small layers on
     that 1x1 map, and multiplies the feature map by the result, so the first layer after the
@@ -105,6 +106,11 @@ def latency_kinds(layers: Sequence[LayerCost]) -> list[str | None]:
             kind = "fc" if _is_vector(row.input_shape) else pointwise_kind(row.input_shape[1])
         elif row.kind == "linear":
             kind = "fc"
+        elif row.kind == "se":  # the builder's gate: its pooling, its two 1x1 layers
+            if row.macs:
+                kind = "fc"
+            elif _is_vector(row.output_shape) and not _is_vector(row.input_shape):
+                kind = "se"
         elif row.kind == "pool" and _is_vector(row.output_shape):
             kind = "se" if _is_se_squeeze(layers, i) else "global pool"
         elif row.kind == "pool":

@@ -1,5 +1,7 @@
-"""The building blocks of MobileNet: depthwise, pointwise and depthwise separable convolutions,
-and the MobileNetV2 inverted residual (bottleneck) block.
+"""The building blocks of the MobileNets: depthwise, pointwise and depthwise separable
+convolutions, the V2 inverted residual (bottleneck) and what the later families add to it:
+squeeze-and-excitation, hard-swish, stochastic depth, MobileNetV4's fused and universal
+inverted bottlenecks.
 
 A standard f x f convolution from n_c to n_c' channels mixes space and channels in one step and
 costs f*f*n_c*n_c' multiplications per output pixel. The depthwise separable convolution splits
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +24,23 @@ from torch import nn
 from mobilenets.errors import MobileNetError
 
 Activation = type[nn.Module] | None
+
+# The activations the papers use, by the names the model tables give them.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "hswish": nn.Hardswish,  # MobileNetV3: x * ReLU6(x + 3) / 6, a cheap swish
+    "silu": nn.SiLU,  # EfficientNet's swish
+    "sigmoid": nn.Sigmoid,
+    "hsigmoid": nn.Hardsigmoid,  # MobileNetV3's gate: ReLU6(x + 3) / 6
+}
+
+
+def activation(name: str) -> type[nn.Module]:
+    """The activation class a table names, or a one-line error listing the known names."""
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise MobileNetError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -41,29 +61,12 @@ def same_padding(kernel_size: int, dilation: int = 1) -> int:
     return (kernel_size - 1) // 2 * dilation
 
 
-# How the layers run on CPU (measured on 2 cores at batch 1; benchmarks/separable_speedup.py):
-# oneDNN's depthwise kernel is 2-3x faster on a channels_last tensor than on NCHW (112x112x32:
-# 0.11 against 0.29 ms), so depthwise layers take and hand on channels_last tensors. A 1x1
-# convolution is a matrix product over the channel axis; as one GEMM on the NHWC view (no copy
-# for a channels_last input) it is as fast as oneDNN's convolution path on large maps and twice
-# as fast on small ones (7x7x1024->1024: 0.53 against 0.99 ms). Intra-op threading stays at
-# PyTorch's default, one thread per core: one thread was 1.7-1.9x slower on these kernels.
-# Exports (ONNX) see the plain convolutions, so exported graphs keep their Conv nodes.
-
-
-def pointwise(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """A 1x1 convolution as one matrix product over channels: (N*H*W, n_c) @ (n_c, n_c').
-
-    Works on batched (N, C, H, W) and unbatched (C, H, W) inputs; returns a channels_last
-    tensor (free for a channels_last input, one transpose for an NCHW one).
-    """
-    return F.linear(x.movedim(-3, -1), weight.flatten(1), bias).movedim(-1, -3)
-
-
-def _exporting() -> bool:
-    return torch.onnx.is_in_onnx_export() or torch.jit.is_scripting() or torch.jit.is_tracing()
+# Every layer is a plain ``nn.Conv2d`` call, so the graph that torch.export, torch.compile, FX and
+# both ONNX exporters capture is the model's own: standard convolutions, nothing rewritten for
+# the eager CPU path. (An earlier version ran pointwise layers as a GEMM on the NHWC view; the
+# captured graphs then held movedim + linear pairs that XNNPACK refused to lower.) For speed in
+# eager PyTorch on a CPU, put the model and its input in channels_last memory format, as the
+# trainer does.
 
 
 class DepthwiseConv(nn.Conv2d):
@@ -95,22 +98,12 @@ class DepthwiseConv(nn.Conv2d):
             bias=bias,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4 and not _exporting():
-            x = x.contiguous(memory_format=torch.channels_last)
-        return super().forward(x)
-
 
 class PointwiseConv(nn.Conv2d):
     """A pointwise (1x1) convolution: mixes channels at each pixel, never looks at neighbours."""
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = False) -> None:
         super().__init__(in_channels, out_channels, kernel_size=1, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _exporting():
-            return super().forward(x)
-        return pointwise(x, self.weight, self.bias)
 
 
 def _make_conv(
@@ -120,12 +113,13 @@ def _make_conv(
     stride: int,
     groups: int,
     padding: int | None,
+    bias: bool = False,
 ) -> nn.Conv2d:
     """Pick the convolution class that names what the layer is (depthwise, pointwise, standard)."""
-    if groups == in_channels == out_channels and kernel_size > 1:
+    if groups == in_channels == out_channels and kernel_size > 1 and not bias:
         return DepthwiseConv(in_channels, kernel_size, stride=stride, padding=padding)
     if kernel_size == 1 and groups == 1 and stride == 1 and not padding:
-        return PointwiseConv(in_channels, out_channels)
+        return PointwiseConv(in_channels, out_channels, bias=bias)
     return nn.Conv2d(
         in_channels,
         out_channels,
@@ -133,15 +127,56 @@ def _make_conv(
         stride=stride,
         padding=same_padding(kernel_size) if padding is None else padding,
         groups=groups,
-        bias=False,
+        bias=bias,
     )
+
+
+class SeparableConv(nn.Sequential):
+    """A drop-in replacement for a standard convolution: depthwise -> BN -> activation ->
+    pointwise, with the standard one's geometry (kernel, stride, padding, dilation).
+
+    The pointwise layer takes the replaced convolution's bias, so whatever followed it (a
+    BatchNorm, an activation, nothing) still sees what it expects. ``to_separable`` puts one in
+    the place of every standard convolution of a network; ``vgg_small_separable`` is built of
+    them.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int] = 3,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | None = None,
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = False,
+        activation: Activation = nn.ReLU,
+    ) -> None:
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        k = kernel_size if isinstance(kernel_size, int) else kernel_size[0]
+        d = dilation if isinstance(dilation, int) else dilation[0]
+        layers["depthwise"] = DepthwiseConv(
+            in_channels,
+            kernel_size,
+            stride=stride,
+            padding=same_padding(k, d) if padding is None else padding,
+            dilation=dilation,
+        )
+        layers["bn"] = nn.BatchNorm2d(in_channels)
+        if activation is not None:
+            layers["act"] = activation(inplace=True)
+        layers["pointwise"] = PointwiseConv(in_channels, out_channels, bias=bias)
+        super().__init__(layers)
 
 
 class ConvBNAct(nn.Sequential):
     """Convolution -> BatchNorm -> activation, the unit every MobileNet layer is made of.
 
     The convolution has no bias because BatchNorm's shift replaces it. ``activation=None`` gives
-    a linear layer (the V2 projection). Submodules are named ``conv``, ``bn``, ``act``.
+    a linear layer (the V2 projection); ``norm=False`` drops the BatchNorm and gives the
+    convolution a bias instead (MobileNetV3's last 1x1 convolution, after pooling).
+    ``separable=True`` makes the convolution a :class:`SeparableConv`. Submodules are named
+    ``conv``, ``bn``, ``act``.
     """
 
     def __init__(
@@ -153,10 +188,20 @@ class ConvBNAct(nn.Sequential):
         groups: int = 1,
         activation: Activation = nn.ReLU,
         padding: int | None = None,
+        norm: bool = True,
+        separable: bool = False,
     ) -> None:
         layers: OrderedDict[str, nn.Module] = OrderedDict()
-        layers["conv"] = _make_conv(in_channels, out_channels, kernel_size, stride, groups, padding)
-        layers["bn"] = nn.BatchNorm2d(out_channels)
+        if separable:
+            layers["conv"] = SeparableConv(
+                in_channels, out_channels, kernel_size, stride, padding, bias=not norm
+            )
+        else:
+            layers["conv"] = _make_conv(
+                in_channels, out_channels, kernel_size, stride, groups, padding, bias=not norm
+            )
+        if norm:
+            layers["bn"] = nn.BatchNorm2d(out_channels)
         if activation is not None:
             layers["act"] = activation(inplace=True)
         super().__init__(layers)
@@ -181,8 +226,7 @@ class DepthwiseSeparableConv(nn.Module):
         activation: Activation = nn.ReLU,
     ) -> None:
         super().__init__()
-        if stride not in (1, 2):
-            raise MobileNetError(f"stride must be 1 or 2, got {stride}")
+        _check_stride(stride)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.stride = stride
@@ -195,21 +239,110 @@ class DepthwiseSeparableConv(nn.Module):
         return self.pointwise(self.depthwise(x))
 
 
-class InvertedResidual(nn.Module):
-    """MobileNetV2's bottleneck block (Sandler et al. 2018, Table 1).
+def _check_stride(stride: int) -> None:
+    if stride not in (1, 2):
+        raise MobileNetError(f"stride must be 1 or 2, got {stride}")
 
-    1x1 *expansion* by ``expand_ratio`` -> BN -> ReLU6, 3x3 *depthwise* -> BN -> ReLU6, 1x1
-    linear *projection* -> BN. The expansion gives the depthwise filter a wide space to work
-    in; the projection has no activation because a ReLU in the narrow bottleneck would destroy
-    information (the paper's "linear bottleneck"). The thin tensors are the ones passed between
-    blocks, so the residual joins those, and only where stride is 1 and the channel count is
-    unchanged. With ``expand_ratio == 1`` there is nothing to expand and the layer is skipped.
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018), as MobileNetV3 and EfficientNet use it.
+
+    Global average pooling squeezes each channel to one number; a 1x1 convolution ``reduce``s
+    them to ``reduced_channels``, an activation, a 1x1 convolution ``expand``s back, and the
+    ``gate`` (hard-sigmoid in V3, sigmoid in EfficientNet) turns the result into per-channel
+    weights that rescale the input. Both convolutions have biases and act on a 1x1 map, so
+    they cost ``2 * channels * reduced_channels`` mult-adds: little, but counted.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        reduced_channels: int,
+        activation: type[nn.Module] = nn.ReLU,
+        gate: type[nn.Module] = nn.Hardsigmoid,
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.reduced_channels = reduced_channels
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, reduced_channels, 1)
+        self.act = activation(inplace=True)
+        self.expand = nn.Conv2d(reduced_channels, channels, 1)
+        self.gate = gate()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.expand(self.act(self.reduce(self.pool(x)))))
+
+
+class StochasticDepth(nn.Module):
+    """Drop a residual branch for whole samples with probability ``p`` while training
+    (Huang et al. 2016; EfficientNet's "drop connect"), scaling kept ones by 1/(1-p).
+
+    The identity at inference, so it costs nothing in a deployed network.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise MobileNetError(f"stochastic depth probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = 1 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+SEFactory = Callable[[int, int], nn.Module]
+"""Builds a block's squeeze-and-excitation from (block input channels, hidden channels)."""
+
+
+class _Residual(nn.Module):
+    """What the bottleneck blocks share: their residual rule and its stochastic depth.
+
+    The thin tensors are the ones passed between blocks, so the residual joins those, and only
+    where the stride is 1 and the channel count is unchanged.
+    """
+
+    def _init_residual(
+        self, in_channels: int, out_channels: int, stride: int, drop_path: float
+    ) -> None:
+        _check_stride(stride)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.stride = stride
+        self.use_residual = stride == 1 and in_channels == out_channels
+        self.drop_path = StochasticDepth(drop_path) if self.use_residual and drop_path > 0 else None
+
+    def _join(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if not self.use_residual:
+            return out
+        return x + (out if self.drop_path is None else self.drop_path(out))
+
+
+class InvertedResidual(_Residual):
+    """MobileNetV2's bottleneck block (Sandler et al. 2018, Table 1), and the V3 and
+    EfficientNet (MBConv) blocks built on it.
+
+    1x1 *expansion* to ``hidden_channels`` (default ``expand_ratio`` x the input) -> BN ->
+    activation, k x k *depthwise* -> BN -> activation, optional squeeze-and-excitation (V3,
+    EfficientNet), 1x1 linear *projection* -> BN. The expansion gives the depthwise filter a
+    wide space to work in; the projection has no activation because a ReLU in the narrow
+    bottleneck would destroy information (the paper's "linear bottleneck"). With nothing to
+    expand (hidden width equal to the input's) the expansion is skipped. ``drop_path`` is the
+    stochastic depth of the residual branch (EfficientNet).
 
     ``split=k`` is the paper's memory-efficient inference (section 6): expansion and depthwise
     act per channel and the projection is linear, so in eval mode the block runs on k groups of
     the hidden channels (expand a slice, depthwise it, project it, accumulate) and the expanded
     tensor never exists whole. Outputs equal the unsplit block up to float rounding; training
-    always runs whole (BatchNorm there needs the statistics of the batch).
+    always runs whole (BatchNorm there needs the statistics of the batch). A block with
+    squeeze-and-excitation cannot be split: its gate needs every hidden channel at once.
     """
 
     def __init__(
@@ -217,30 +350,31 @@ class InvertedResidual(nn.Module):
         in_channels: int,
         out_channels: int,
         stride: int,
-        expand_ratio: float,
+        expand_ratio: float = 6,
         kernel_size: int = 3,
         activation: Activation = nn.ReLU6,
         split: int = 1,
+        *,
+        hidden_channels: int | None = None,
+        se: SEFactory | None = None,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        if stride not in (1, 2):
-            raise MobileNetError(f"stride must be 1 or 2, got {stride}")
         if expand_ratio < 1:
             raise MobileNetError(f"expand_ratio must be >= 1, got {expand_ratio}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.stride = stride
-        self.expand_ratio = expand_ratio
-        hidden = round(in_channels * expand_ratio)
+        self._init_residual(in_channels, out_channels, stride, drop_path)
+        hidden = round(in_channels * expand_ratio) if hidden_channels is None else hidden_channels
+        self.expand_ratio = hidden / in_channels
         self.hidden_channels = hidden
-        self.use_residual = stride == 1 and in_channels == out_channels
-
         self.expand = (
-            ConvBNAct(in_channels, hidden, 1, activation=activation) if expand_ratio != 1 else None
+            ConvBNAct(in_channels, hidden, 1, activation=activation)
+            if hidden != in_channels
+            else None
         )
         self.depthwise = ConvBNAct(
             hidden, hidden, kernel_size, stride, groups=hidden, activation=activation
         )
+        self.se = None if se is None else se(in_channels, hidden)
         self.project = ConvBNAct(hidden, out_channels, 1, activation=None)
         self.split = split
 
@@ -253,17 +387,23 @@ class InvertedResidual(nn.Module):
     def split(self, k: int) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise MobileNetError(f"split must be a positive integer, got {k!r}")
+        if k > 1 and self.se is not None:
+            raise MobileNetError(
+                "a block with squeeze-and-excitation cannot run split: its gate needs every "
+                "hidden channel at once"
+            )
         self._split = k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.split > 1 and not self.training:
-            out = self._forward_split(x)
-        else:
-            # One statement per layer, so each intermediate is freed as soon as it is used.
-            out = x if self.expand is None else self.expand(x)
-            out = self.depthwise(out)
-            out = self.project(out)
-        return x + out if self.use_residual else out
+            return self._join(x, self._forward_split(x))
+        # One statement per layer, so each intermediate is freed as soon as it is used.
+        out = x if self.expand is None else self.expand(x)
+        out = self.depthwise(out)
+        if self.se is not None:
+            out = self.se(out)
+        out = self.project(out)
+        return self._join(x, out)
 
     def _forward_split(self, x: torch.Tensor) -> torch.Tensor:
         """Expand, depthwise and project one channel group at a time; sum the projections."""
@@ -272,13 +412,119 @@ class InvertedResidual(nn.Module):
         for group in _channel_groups(self.hidden_channels, self.split):
             h = x[:, group] if self.expand is None else _unit_on_channels(self.expand, x, group)
             h = _unit_on_channels(self.depthwise, h, group)
-            part = pointwise(h, projection.weight[:, group])
+            part = F.conv2d(h, projection.weight[:, group])
             out = part if out is None else out.add_(part)
             del h, part
         assert out is not None
         if projection.bias is not None:
             out = out + projection.bias.view(-1, 1, 1)
         return _apply_norm_act(self.project, out, slice(None))
+
+
+class FusedInvertedResidual(_Residual):
+    """The fused inverted bottleneck (MobileNetV4's FusedIB; EdgeTPU's and EfficientNetV2's
+    fused MBConv): one full k x k convolution does the *expansion* and the spatial filtering
+    at once, then a 1x1 linear *projection*.
+
+    Early in a network, where maps are large and channels few, one dense convolution runs
+    faster on accelerators than a 1x1 + depthwise pair, for more mult-adds.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        hidden_channels: int,
+        kernel_size: int = 3,
+        activation: Activation = nn.ReLU,
+        *,
+        se: SEFactory | None = None,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self._init_residual(in_channels, out_channels, stride, drop_path)
+        self.hidden_channels = hidden_channels
+        self.expand = ConvBNAct(
+            in_channels, hidden_channels, kernel_size, stride, activation=activation
+        )
+        self.se = None if se is None else se(in_channels, hidden_channels)
+        self.project = ConvBNAct(hidden_channels, out_channels, 1, activation=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.expand(x)
+        if self.se is not None:
+            out = self.se(out)
+        return self._join(x, self.project(out))
+
+
+class UniversalInvertedBottleneck(_Residual):
+    """MobileNetV4's Universal Inverted Bottleneck (Qin et al. 2024, section 3.2).
+
+    An inverted bottleneck with two optional depthwise convolutions: ``start_depthwise``
+    (kernel ``start_kernel_size``, BN, no activation) before the 1x1 *expansion*, and the
+    usual ``depthwise`` (kernel ``kernel_size``) between expansion and *projection*. The four
+    combinations are the paper's four blocks: both (ExtraDW), middle only (the inverted
+    bottleneck, IB), start only (ConvNext-like), neither (FFN). The stride sits on the middle
+    depthwise when there is one, otherwise on the start one; an FFN cannot downsample.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        hidden_channels: int,
+        kernel_size: int = 3,
+        start_kernel_size: int = 0,
+        activation: Activation = nn.ReLU,
+        *,
+        se: SEFactory | None = None,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self._init_residual(in_channels, out_channels, stride, drop_path)
+        if stride != 1 and not (kernel_size or start_kernel_size):
+            raise MobileNetError("a UIB without depthwise convolutions (FFN) cannot downsample")
+        self.hidden_channels = hidden_channels
+        self.kernel_size = kernel_size
+        self.start_kernel_size = start_kernel_size
+        self.start_depthwise = (
+            ConvBNAct(
+                in_channels,
+                in_channels,
+                start_kernel_size,
+                1 if kernel_size else stride,
+                groups=in_channels,
+                activation=None,
+            )
+            if start_kernel_size
+            else None
+        )
+        self.expand = ConvBNAct(in_channels, hidden_channels, 1, activation=activation)
+        self.depthwise = (
+            ConvBNAct(
+                hidden_channels,
+                hidden_channels,
+                kernel_size,
+                stride,
+                groups=hidden_channels,
+                activation=activation,
+            )
+            if kernel_size
+            else None
+        )
+        self.se = None if se is None else se(in_channels, hidden_channels)
+        self.project = ConvBNAct(hidden_channels, out_channels, 1, activation=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x if self.start_depthwise is None else self.start_depthwise(x)
+        out = self.expand(out)
+        if self.depthwise is not None:
+            out = self.depthwise(out)
+        if self.se is not None:
+            out = self.se(out)
+        return self._join(x, self.project(out))
 
 
 def _channel_groups(channels: int, k: int) -> list[slice]:
@@ -295,7 +541,6 @@ def _unit_on_channels(unit: ConvBNAct, x: torch.Tensor, group: slice) -> torch.T
     conv = unit.conv
     bias = None if conv.bias is None else conv.bias[group]
     if isinstance(conv, DepthwiseConv):
-        x = x.contiguous(memory_format=torch.channels_last)
         y = F.conv2d(
             x,
             conv.weight[group],
@@ -306,7 +551,7 @@ def _unit_on_channels(unit: ConvBNAct, x: torch.Tensor, group: slice) -> torch.T
             groups=x.shape[1],
         )
     else:
-        y = pointwise(x, conv.weight[group], bias)
+        y = F.conv2d(x, conv.weight[group], bias)
     return _apply_norm_act(unit, y, group)
 
 

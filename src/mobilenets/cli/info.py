@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mobilenets.cli._output import console, fmt_int, fmt_shape, print_json, table
-from mobilenets.cost import BYTES_PER_ELEMENT, CostReport, profile_model
+from mobilenets.cost import BYTES_PER_ELEMENT, KINDS, CostReport, profile_model
 from mobilenets.models import create_model, list_models
 from mobilenets.plots import layer_cost_figure, save_figure
 
@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("cost", help="per-layer mult-adds, parameters and activations")
     p.add_argument("model", help="a registered model name (see `mobilenets models`)")
-    p.add_argument("--width-mult", type=float, default=1.0, help="width multiplier alpha")
+    p.add_argument(
+        "--width-mult", type=float, help="width multiplier alpha (families that have one)"
+    )
     p.add_argument("--resolution", type=int, default=224, help="input size (default 224)")
     p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
     p.add_argument("--small-input", action="store_true", help="total stride 8 (32px inputs)")
@@ -28,6 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--compare-standard",
         action="store_true",
         help="price each depthwise separable pair against a standard convolution",
+    )
+    p.add_argument(
+        "--compare",
+        metavar="MODEL",
+        help="a second registered model: totals and mult-adds per layer kind side by side",
     )
     p.add_argument(
         "--plot",
@@ -64,13 +71,18 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile(name: str, args: argparse.Namespace) -> CostReport:
+    # small_input and width_mult only when asked for: not every family takes them.
+    extra: dict[str, object] = {"small_input": True} if args.small_input else {}
+    if args.width_mult is not None:
+        extra["width_mult"] = args.width_mult
+    model = create_model(name, num_classes=args.num_classes, **extra)
+    return profile_model(model, args.resolution, batch_size=args.batch_size)
+
+
 def run_cost(args: argparse.Namespace) -> int:
-    # small_input only when asked for: not every registered model (vgg_small) takes it.
-    extra = {"small_input": True} if args.small_input else {}
-    model = create_model(
-        args.model, width_mult=args.width_mult, num_classes=args.num_classes, **extra
-    )
-    report = profile_model(model, args.resolution, batch_size=args.batch_size)
+    report = _profile(args.model, args)
+    other = _profile(args.compare, args) if args.compare else None
     latency = None
     if args.latency:
         from mobilenets.calibrate import predict_cached
@@ -79,7 +91,7 @@ def run_cost(args: argparse.Namespace) -> int:
         latency = predict_cached(report, threads=args.threads, say=say)
     if args.plot:
         title = (
-            f"{args.model} width {args.width_mult:g} at {args.resolution}x{args.resolution}, "
+            f"{args.model} width {args.width_mult or 1:g} at {args.resolution}x{args.resolution}, "
             f"batch {args.batch_size}: {report.total_macs / 1e6:,.1f}M mult-adds, "
             f"{report.total_params / 1e6:.2f}M parameters"
         )
@@ -89,6 +101,8 @@ def run_cost(args: argparse.Namespace) -> int:
         data.update(model=args.model, width_mult=args.width_mult, resolution=args.resolution)
         if latency is not None:
             data["latency"] = latency.to_dict()
+        if other is not None:
+            data["compare"] = {"model": args.compare, **_summary(other)}
         print_json(data)
         return 0
     out = console()
@@ -116,7 +130,38 @@ def run_cost(args: argparse.Namespace) -> int:
         out.print(f"written: {args.plot}")
     if args.compare_standard:
         out.print(_pair_table(report))
+    if other is not None:
+        out.print(_compare_table(args.model, report, args.compare, other))
     return 0
+
+
+def _summary(report: CostReport) -> dict[str, object]:
+    """The totals two models are compared on."""
+    return {
+        "total_macs": report.total_macs,
+        "total_params": report.total_params,
+        "peak_activation_bytes": report.peak_activation_bytes("fp32"),
+        "macs_by_kind": report.macs_by_kind(),
+    }
+
+
+def _compare_table(name: str, report: CostReport, other_name: str, other: CostReport):
+    """Totals and mult-adds per layer kind of two models, with their ratio."""
+    a, b = _summary(report), _summary(other)
+    rows = [
+        ("mult-adds", a["total_macs"], b["total_macs"]),
+        ("parameters", a["total_params"], b["total_params"]),
+        ("peak activations (fp32 bytes)", a["peak_activation_bytes"], b["peak_activation_bytes"]),
+    ]
+    kinds_a, kinds_b = a["macs_by_kind"], b["macs_by_kind"]
+    for kind in [k for k in KINDS if k in kinds_a or k in kinds_b]:
+        rows.append((f"  {kind} mult-adds", kinds_a.get(kind, 0), kinds_b.get(kind, 0)))
+    return table(
+        f"{name} against {other_name}",
+        ["", name, other_name, "ratio"],
+        [[label, fmt_int(x), fmt_int(y), f"{x / y:.3f}" if y else "-"] for label, x, y in rows],
+        right=3,
+    )
 
 
 def _layer_table(report: CostReport, args: argparse.Namespace, latency=None):
@@ -127,7 +172,7 @@ def _layer_table(report: CostReport, args: argparse.Namespace, latency=None):
         if args.all_layers or layer.kind != "batchnorm"
     ]
     title = (
-        f"{args.model} width {args.width_mult:g} at {args.resolution}x{args.resolution}, "
+        f"{args.model} width {args.width_mult or 1:g} at {args.resolution}x{args.resolution}, "
         f"batch {args.batch_size}"
     )
     columns = ["mult-adds", "params", "activations", "alive at once"]

@@ -1,18 +1,44 @@
-"""The model families and the registry that builds them by name."""
+"""The model families, the one builder that reads their tables, and the registry."""
 
+from mobilenets.models._builder import SE, Head, Row, TableNet, build_trunk
 from mobilenets.models._common import check_resolution
-from mobilenets.models.mobilenet_v1 import V1_BLOCKS, MobileNetV1
-from mobilenets.models.mobilenet_v2 import V2_BOTTLENECKS, MobileNetV2
+from mobilenets.models.efficientnet import (
+    EFFICIENTNET_B0_TABLE,
+    EFFICIENTNET_LITE0_TABLE,
+    EFFICIENTNET_SCALING,
+    EfficientNet,
+)
+from mobilenets.models.mobilenet_v1 import V1_BLOCKS, V1_TABLE, MobileNetV1
+from mobilenets.models.mobilenet_v2 import V2_BOTTLENECKS, V2_TABLE, MobileNetV2
+from mobilenets.models.mobilenet_v3 import V3_LARGE_TABLE, V3_SMALL_TABLE, MobileNetV3
+from mobilenets.models.mobilenet_v4 import V4_CONV_MEDIUM_TABLE, V4_CONV_SMALL_TABLE, MobileNetV4
 from mobilenets.models.registry import create_model, get_model_factory, list_models, register_model
 from mobilenets.models.vgg import VGG_SMALL, VGGSmall
 
 __all__ = [
+    "EFFICIENTNET_B0_TABLE",
+    "EFFICIENTNET_LITE0_TABLE",
+    "EFFICIENTNET_SCALING",
+    "SE",
     "V1_BLOCKS",
+    "V1_TABLE",
     "V2_BOTTLENECKS",
+    "V2_TABLE",
+    "V3_LARGE_TABLE",
+    "V3_SMALL_TABLE",
+    "V4_CONV_MEDIUM_TABLE",
+    "V4_CONV_SMALL_TABLE",
     "VGG_SMALL",
+    "EfficientNet",
+    "Head",
     "MobileNetV1",
     "MobileNetV2",
+    "MobileNetV3",
+    "MobileNetV4",
+    "Row",
+    "TableNet",
     "VGGSmall",
+    "build_trunk",
     "check_resolution",
     "create_model",
     "get_model_factory",

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from mobilenets.errors import MobileNetError
+from mobilenets.layers import ConvBNAct
 
 
 def check_model_args(num_classes: int, width_mult: float, dropout: float, in_chans: int) -> None:
@@ -45,16 +46,22 @@ def check_resolution(model: nn.Module, resolution: int) -> None:
         )
 
 
-def classifier(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
-    """Global average pooling -> dropout -> fully connected; softmax lives in the loss."""
-    return nn.Sequential(
-        OrderedDict(
-            pool=nn.AdaptiveAvgPool2d(1),
-            flatten=nn.Flatten(1),
-            dropout=nn.Dropout(dropout),
-            fc=nn.Linear(in_features, num_classes),
-        )
-    )
+def classifier(
+    in_features: int, num_classes: int, dropout: float, head: ConvBNAct | None = None
+) -> nn.Sequential:
+    """Global average pooling -> [1x1 ``head`` conv] -> dropout -> fully connected.
+
+    Softmax lives in the loss. The optional head is MobileNetV3's and V4's last 1x1
+    convolution, run after the pooling, where it costs 49 times less than before it.
+    """
+    layers: OrderedDict[str, nn.Module] = OrderedDict(pool=nn.AdaptiveAvgPool2d(1))
+    if head is not None:
+        layers["head"] = head
+        in_features = head.out_channels
+    layers["flatten"] = nn.Flatten(1)
+    layers["dropout"] = nn.Dropout(dropout)
+    layers["fc"] = nn.Linear(in_features, num_classes)
+    return nn.Sequential(layers)
 
 
 class ConvClassifier(nn.Module):
@@ -72,12 +79,13 @@ class ConvClassifier(nn.Module):
         stride: int,
         num_classes: int,
         dropout: float,
+        head: ConvBNAct | None = None,
     ) -> None:
         """Attach the trunk and the head, then initialise every weight once."""
         self.features = nn.Sequential(features)
         self.num_features = num_features
         self.stride = stride
-        self.classifier = classifier(num_features, num_classes, dropout)
+        self.classifier = classifier(num_features, num_classes, dropout, head)
         init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,23 +8,42 @@ as the embedded digits or CIFAR: three poolings, total stride 8.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections.abc import Sequence
 
-from torch import nn
-
-from mobilenets.convert import to_separable
-from mobilenets.layers import ConvBNAct, make_divisible
-from mobilenets.models._common import ConvClassifier, check_model_args
+from mobilenets.models._builder import Row, TableNet
 from mobilenets.models.registry import register_model
 
-POOL = "M"
-# Output channels of each 3x3 convolution, "M" for a 2x2 max pooling (VGG's configuration
-# notation, at a quarter of VGG-11's first widths and without its wide last stages).
-VGG_SMALL: tuple[int | str, ...] = (32, 32, POOL, 64, 64, POOL, 128, 128, POOL)
+POOL = Row("pool", k=2, s=2)
+
+
+def conv(c: int) -> Row:
+    """A 3x3 convolution -> BN -> ReLU to ``c`` channels."""
+    return Row("conv", k=3, c=c)
+
+
+# VGG's configuration notation ("M" is a 2x2 max pooling), at a quarter of VGG-11's first widths
+# and without its wide last stages.
+VGG_SMALL: tuple[Row, ...] = (
+    conv(32),
+    conv(32),
+    POOL,
+    conv(64),
+    conv(64),
+    POOL,
+    conv(128),
+    conv(128),
+    POOL,
+)
+
+
+def separable(rows: Sequence[Row]) -> tuple[Row, ...]:
+    """The table with every standard convolution made depthwise separable (``to_separable``'s
+    replacement, in the place of the convolution inside each conv-BN-ReLU unit)."""
+    return tuple(row._replace(kind="sepconv") if row.kind == "conv" else row for row in rows)
 
 
 @register_model("vgg_small")
-class VGGSmall(ConvClassifier):
+class VGGSmall(TableNet):
     """The table ``VGG_SMALL`` read into conv-BN-ReLU units and max poolings, then a classifier."""
 
     def __init__(
@@ -33,22 +52,15 @@ class VGGSmall(ConvClassifier):
         width_mult: float = 1.0,
         dropout: float = 0.2,
         in_chans: int = 3,
+        blocks: Sequence[Row] = VGG_SMALL,
     ) -> None:
-        super().__init__()
-        check_model_args(num_classes, width_mult, dropout, in_chans)
-        self.num_classes = num_classes
-        self.width_mult = width_mult
-        layers: OrderedDict[str, nn.Module] = OrderedDict()
-        channels, stride = in_chans, 1
-        for row in VGG_SMALL:
-            if row == POOL:
-                layers[str(len(layers))] = nn.MaxPool2d(2)
-                stride *= 2
-            else:
-                out_channels = make_divisible(row * width_mult)
-                layers[str(len(layers))] = ConvBNAct(channels, out_channels, 3)
-                channels = out_channels
-        self._finish(layers, channels, stride, num_classes, dropout)
+        super().__init__(
+            blocks,
+            num_classes=num_classes,
+            width_mult=width_mult,
+            dropout=dropout,
+            in_chans=in_chans,
+        )
 
 
 @register_model("vgg_small_separable")
@@ -57,9 +69,9 @@ def vgg_small_separable(
     width_mult: float = 1.0,
     dropout: float = 0.2,
     in_chans: int = 3,
-) -> nn.Module:
-    """``vgg_small`` with every 3x3 convolution made depthwise separable by ``to_separable``.
+) -> VGGSmall:
+    """``vgg_small`` with every 3x3 convolution depthwise separable, as ``to_separable`` makes it.
 
     Registered under its own name so that a trained run directory rebuilds this architecture.
     """
-    return to_separable(VGGSmall(num_classes, width_mult, dropout, in_chans)).model
+    return VGGSmall(num_classes, width_mult, dropout, in_chans, blocks=separable(VGG_SMALL))
