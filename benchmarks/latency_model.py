@@ -14,8 +14,6 @@ and Spearman's rank correlation; writes benchmarks/results/latency_model.md.
     flock /tmp/mobilenets-cpu.lock .venv/bin/python benchmarks/latency_model.py
 """
 
-from __future__ import annotations
-
 import argparse
 import platform
 import statistics
