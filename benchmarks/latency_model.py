@@ -15,6 +15,7 @@ and Spearman's rank correlation; writes benchmarks/results/latency_model.md.
 """
 
 import argparse
+import multiprocessing
 import platform
 import statistics
 import sys
@@ -117,7 +118,10 @@ def main() -> None:
     print(f"calibration: {cache_path(DEFAULT_RUNTIME, args.threads)} ({calibrate_s:.0f} s)")
 
     cases: list[Case] = []
-    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs) as pool:
+    # Spawned, not forked: a child forked from a process whose thread pools (OpenMP,
+    # onnxruntime) are running can deadlock on a lock one of those threads held.
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs, spawn) as pool:
         exports = []
         for name in args.models or list_models():
             for width in args.widths if takes_width(name) else [1.0]:
