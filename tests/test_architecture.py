@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "cost": 3,
     "convert": 3,
     "measure": 3,
+    "latency": 3,
     "runs": 4,
     "plots": 5,
     "evaluate": 5,
@@ -45,6 +46,8 @@ LAYERS: dict[str, int] = {
     "compare_conversion": 5,
     "deploy": 5,
     "bench": 5,
+    "calibrate": 5,
+    "choose": 5,
     "cli": 6,
     "__main__": 6,
 }
