@@ -21,6 +21,7 @@ import contextlib
 import io
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,15 @@ def capture_any_batch(model: nn.Module, example: torch.Tensor) -> torch.fx.Graph
     return torch.export.export(model, (pair,), dynamic_shapes=({0: batch},)).module()
 
 
-def quantize_pt2e(model: nn.Module, example: torch.Tensor, calibration: list[torch.Tensor]):
+def quantize_pt2e(
+    model: nn.Module,
+    example: torch.Tensor,
+    calibration: list[torch.Tensor],
+    fp32_modules: Sequence[str] = (),
+) -> torch.fx.GraphModule:
     """``model`` with int8 quantize/dequantize pairs where XNNPACK runs int8, its activation
-    ranges observed on ``calibration``."""
+    ranges observed on ``calibration``; the modules named in ``fp32_modules`` (``classifier.fc``,
+    say) stay in float."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -70,8 +77,10 @@ def write(
     example: torch.Tensor,
     calibration: list[torch.Tensor] | None,
     metadata: dict[str, str],
+    fp32_modules: Sequence[str] = (),
 ) -> None:
-    """Lower ``model`` to an XNNPACK-delegated ExecuTorch program at ``path``.
+    """Lower ``model`` (int8 when ``calibration`` is given) to an XNNPACK-delegated ExecuTorch
+    program at ``path``.
 
     ``metadata`` is not stored: a ``.pte`` holds no free-form properties; the run directory's
     ``model.json`` records what the program was exported from.
@@ -83,7 +92,7 @@ def write(
         warnings.simplefilter("ignore")
         try:
             if calibration is not None:
-                model = quantize_pt2e(model, example, calibration)
+                model = quantize_pt2e(model, example, calibration, fp32_modules)
             program = torch.export.export(model, (example,))
             lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
             buffer = lowered.to_executorch().buffer
@@ -113,13 +122,18 @@ def load(path: Path, threads: int | None = None) -> Runner:
 
 
 def planned_memory_bytes(path: Path) -> int:
-    """Bytes of the activation buffers ExecuTorch's memory planner laid out for ``forward``:
-    the program's whole working memory besides its weights and XNNPACK's packed copies."""
-    from executorch.runtime import Runtime
+    """Bytes of the buffers ExecuTorch's memory planner laid out for ``forward``.
+
+    With the whole graph delegated to XNNPACK this is only the tensors crossing the delegate's
+    boundary (the input and the logits): XNNPACK plans and allocates the activations inside
+    its subgraph itself, in its own workspace, which the process's resident set shows.
+    """
+    from executorch.exir._serialize._program import deserialize_pte_binary
 
     with _quiet_stderr():
-        meta = Runtime.get().load_program(Path(path)).metadata("forward")
-    return sum(meta.memory_planned_buffer_size(i) for i in range(meta.num_memory_planned_buffers()))
+        program = deserialize_pte_binary(Path(path).read_bytes())
+    program = getattr(program, "program", program)  # newer versions wrap it
+    return sum(program.execution_plan[0].non_const_buffer_sizes)
 
 
 @contextlib.contextmanager

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
 from mobilenets.deploy import executorch, litert, onnx_target, openvino
 from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.deploy.onnx_export import first_images
 from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops
 from mobilenets.deploy.quantize import DEFAULT_CALIBRATION, calibration_subset
-from mobilenets.deploy.runtime import batches, onnx_metadata
+from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import Agreement, Target, check_program
 from mobilenets.errors import MobileNetError
 from mobilenets.io import atomic_path, atomic_write_json
@@ -101,7 +101,7 @@ def held_out_inputs(
         return list(
             crops.split(CHECK_BATCH)
         ), f"random crops of the bundled photos (seed {EVALUATION_SEED})"
-    return _first(load_run_data(info, data).test, n), "held-out images"
+    return first_images(load_run_data(info, data).test, n, CHECK_BATCH), "held-out images"
 
 
 def calibration_inputs(
@@ -117,17 +117,7 @@ def calibration_inputs(
         ), f"random crops of the bundled photos (seed {CALIBRATION_SEED})"
     bundle = load_run_data(info, data)
     train = bundle.train_raw if bundle.train_raw is not None else bundle.train
-    return _first(calibration_subset(train, n), n), "training images"
-
-
-def _first(dataset: Dataset, n: int) -> list[torch.Tensor]:
-    kept, count = [], 0
-    for images, _ in batches(dataset, CHECK_BATCH):
-        if count >= n:
-            break
-        kept.append(images[: n - count])
-        count += len(kept[-1])
-    return kept
+    return first_images(calibration_subset(train, n), n, CHECK_BATCH), "training images"
 
 
 def export(

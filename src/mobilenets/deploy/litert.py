@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,10 @@ def write(
     example: torch.Tensor,
     calibration: list[torch.Tensor] | None,
     metadata: dict[str, str],
+    fp32_modules: Sequence[str] = (),
 ) -> None:
-    """Convert ``model`` (int8 when ``calibration`` is given) to a ``.tflite`` at ``path``.
+    """Convert ``model`` (int8 when ``calibration`` is given) to a ``.tflite`` at ``path``;
+    the modules named in ``fp32_modules`` stay in float.
 
     ``metadata`` is not stored: the run directory's ``model.json`` records the export.
     """
@@ -59,6 +62,8 @@ def write(
                 quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
                     pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
                 )
+                for name in fp32_modules:
+                    quantizer.set_module_name(name, None)
                 captured = capture_any_batch(model, example)
                 prepared = quantize_pt2e.prepare_pt2e(captured, quantizer)
                 with torch.no_grad():
@@ -81,15 +86,32 @@ def load(path: Path, threads: int | None = None) -> Runner:
         interpreter.allocate_tensors()
     except Exception as e:  # ValueError or RuntimeError with the interpreter's message
         raise MobileNetError(f"LiteRT cannot load {path}: {first_line(e)}") from None
-    input_index = interpreter.get_input_details()[0]["index"]
-    output_index = interpreter.get_output_details()[0]["index"]
+    source, sink = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
 
     def run(images: np.ndarray) -> np.ndarray:
-        interpreter.set_tensor(input_index, images)
+        interpreter.set_tensor(source["index"], _to_tensor(images, source))
         interpreter.invoke()
-        return interpreter.get_tensor(output_index).copy()
+        return _from_tensor(interpreter.get_tensor(sink["index"]), sink)
 
     return run
+
+
+def _to_tensor(images: np.ndarray, detail: dict) -> np.ndarray:
+    """Float images in the input's dtype: an int8 program (the PT2E flow quantizes its input
+    and output too) takes ``round(x / scale) + zero_point``, as an app feeding it would."""
+    if detail["dtype"] == np.float32:
+        return images
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    q = np.round(images / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(detail["dtype"])
+
+
+def _from_tensor(values: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return values.copy()
+    scale, zero_point = detail["quantization"]
+    return (values.astype(np.float32) - zero_point) * scale
 
 
 @contextlib.contextmanager

@@ -106,10 +106,16 @@ class QuantizeResult:
 class ImageReader(CalibrationDataReader):
     """Feeds preprocessed images to onnxruntime's calibrator, a batch at a time."""
 
-    def __init__(self, dataset: Dataset, input_name: str, on_batch: OnBatch = None) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        input_name: str,
+        on_batch: OnBatch = None,
+        batch_size: int = CALIBRATION_BATCH,
+    ) -> None:
         self.input_name = input_name
         self.on_batch = on_batch
-        self.iterator: Iterator = iter(batches(dataset, CALIBRATION_BATCH))
+        self.iterator: Iterator = iter(batches(dataset, batch_size))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         images = next(self.iterator, None)
@@ -200,7 +206,15 @@ def quantize_model(
         quantize_static(
             str(prepared),
             str(out),
-            ImageReader(calibration, input_name, on_batch),
+            # The histogram calibrators (entropy, percentile) stack every batch's values into
+            # one array and fail on a last, smaller batch (200 images in 32s: "inhomogeneous
+            # shape"); one image per batch always stacks.
+            ImageReader(
+                calibration,
+                input_name,
+                on_batch,
+                CALIBRATION_BATCH if calibrate_method == "minmax" else 1,
+            ),
             quant_format=FORMATS[quant_format],
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
