@@ -114,7 +114,7 @@ def test_mixed_precision_keeps_the_named_layers_in_float(run: Path, tmp_path: Pa
 def test_an_unreachable_target_says_the_best_and_writes_nothing(run: Path, tmp_path, capsys):
     out = tmp_path / "never.onnx"
     argv = ["quantize-mixed", str(run), "--target-agreement", "1.0", "--max-float", "1"]
-    argv += ["--max-latency-cost", "-1", "--images", "32", "--calibration", "16"]
+    argv += ["--max-latency-cost", "-1", "--images", "32", "--calibration", "16", "--quiet"]
     check_one_line_error([*argv, "--out", str(out)], "the best reached", capsys)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
