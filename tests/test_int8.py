@@ -130,6 +130,7 @@ def test_qat_resumes_to_the_same_weights_and_refuses_another_config(run: Path, t
     assert main(["qat", str(run), "--out", str(straight), *common, "--json"]) == 0
     capsys.readouterr()
     assert main(["qat", str(run), "--out", str(resumed), *common, "--stop-after-epoch", "1"]) == 0
+    capsys.readouterr()  # the epoch lines
     check_one_line_error(
         ["qat", str(run), "--out", str(resumed), *common, "--resume", "--per-tensor"],
         "resume it with the same config",
