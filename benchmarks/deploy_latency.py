@@ -31,22 +31,19 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from mobilenets.bench import (
+from mobilenets.cost import layer_kind
+from mobilenets.deploy import create_session, export_model, fold_batchnorm, quantize_onnx
+from mobilenets.deploy.bench import (
     BenchReport,
     benchmark,
-    default_providers,
-    engine_name,
     matmul_gflops,
     measure,
     summarize,
     torch_threads,
 )
-from mobilenets.cost import layer_kind
-from mobilenets.deploy import create_session, export_model, fold_batchnorm, quantize_onnx
 from mobilenets.deploy.quantize import quantize_model
 from mobilenets.deploy.runtime import (
     DEFAULT_PROVIDER,
-    OPENVINO_PROVIDER,
     batches,
     run_session,
     short_provider_name,
@@ -60,7 +57,16 @@ RESULTS = Path(__file__).parent / "results" / "deploy_latency.md"
 ISSUE_MATMUL_GFLOPS = 107.0  # the figure the issue quotes for "this 2-core AVX2 machine"
 THREADS = 2
 RESOLUTION = 224
-PROVIDERS = default_providers()  # onnxruntime's CPU kernels, and OpenVINO's where installed
+# onnxruntime's CPU kernels. (OpenVINO used to be timed here as onnxruntime's plugin provider;
+# it is now a target of its own, timed by benchmarks/deploy_runtimes.py.)
+PROVIDERS = [DEFAULT_PROVIDER]
+
+
+def engine_name(precision: str, provider: str = DEFAULT_PROVIDER) -> str:
+    """The bench's name for onnxruntime at ``precision``."""
+    return " ".join(filter(None, ("onnxruntime", precision)))
+
+
 # (label, format, per_channel, fp32_depthwise)
 VARIANTS = [
     ("QDQ, per channel", "qdq", True, False),
@@ -76,7 +82,13 @@ def latency_section(iterations: int) -> tuple[list[str], list[BenchReport]]:
     for name in ("mobilenet_v2", "mobilenet_v1"):
         print(f"timing {name} ...", file=sys.stderr)
         report = benchmark(
-            name, resolution=RESOLUTION, batch=1, threads=THREADS, iterations=iterations, rounds=10
+            name,
+            resolution=RESOLUTION,
+            batch=1,
+            threads=THREADS,
+            iterations=iterations,
+            rounds=10,
+            formats=["onnx"],
         )
         reports.append(report)
         eager = report.timing("PyTorch eager NCHW").median_ms
@@ -271,10 +283,6 @@ def accuracy_section(runs: list[Path], calibration: int) -> list[str]:
         print(f"quantizing {label} ...", file=sys.stderr)
         with tempfile.TemporaryDirectory() as tmp:
             variants = [(*v, DEFAULT_PROVIDER) for v in VARIANTS]
-            if OPENVINO_PROVIDER in PROVIDERS:  # the default encoding, run by OpenVINO
-                variants.append(
-                    ("QDQ, per channel, on OpenVINO", "qdq", True, False, OPENVINO_PROVIDER)
-                )
             for encoding, fmt, per_channel, fp32_dw, provider in variants:
                 r = quantize_onnx(
                     run,

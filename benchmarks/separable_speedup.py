@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from mobilenets.calibrate import load_calibration
 from mobilenets.io import atomic_write_text
 from mobilenets.measure.speedup import measure_separable_speedup, speedup_markdown, speedup_summary
 from mobilenets.plots import save_figure, separable_speedup_figure
@@ -39,8 +40,9 @@ def main() -> None:
             flush=True,
         )
 
+    calibration = load_calibration(say=print)  # the predicted column: the latency model
     rows = measure_separable_speedup(
-        batch_sizes=args.batch_sizes, budget_s=args.budget, progress=show
+        batch_sizes=args.batch_sizes, budget_s=args.budget, progress=show, calibration=calibration
     )
     header = (
         f"# Separable speed-up, analytic against measured\n\n"
@@ -48,7 +50,9 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}; best of 5-60 interleaved rounds per "
         f"cell. *ours*: `DepthwiseConv` + `PointwiseConv` (channels_last depthwise, GEMM "
         f"pointwise); *plain*: two `nn.Conv2d` with PyTorch's defaults; the standard conv runs "
-        f"in the input's format. Ratio = measured / analytic speed-up.\n\n"
+        f"in the input's format. Ratio = measured / analytic speed-up. *predicted*: the "
+        f"latency model's speed-up (per-layer roofline, onnxruntime rates of this machine), "
+        f"with the bound it finds for the depthwise layer.\n\n"
         f"Command: `flock /tmp/mobilenets-cpu.lock .venv/bin/python "
         f"benchmarks/separable_speedup.py`\n\n"
     )

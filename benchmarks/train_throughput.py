@@ -10,7 +10,8 @@ Run under the shared CPU lock, so no other job skews the timings::
 (t, c, n, s) table written out here again, independently of ours. Before timing, the plain
 network is loaded with our weights and must give the same logits, so both sides compute the
 same function. A step is forward, label-smoothed cross-entropy, backward and an SGD update,
-as in ``mobilenets train``. Engines are timed in interleaved rounds (mobilenets.bench.measure),
+as in ``mobilenets train``. Engines are timed in interleaved rounds
+(mobilenets.deploy.bench.measure),
 so load changes during the run hit all of them alike.
 
 The last rows time the default training configurations (width 0.5) in both formats: they are
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenets.bench import measure, summarize, torch_threads
+from mobilenets.deploy.bench import measure, summarize, torch_threads
 from mobilenets.io import atomic_write_text
 from mobilenets.models import create_model
 

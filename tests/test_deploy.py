@@ -30,13 +30,7 @@ from mobilenets.deploy import (
     run_info_of,
 )
 from mobilenets.deploy.onnx_export import compare_with_torch
-from mobilenets.deploy.runtime import (
-    OPENVINO_PROVIDER,
-    available_providers,
-    check_provider,
-    run_session,
-    top1_accuracy,
-)
+from mobilenets.deploy.runtime import check_provider, run_session, top1_accuracy
 from mobilenets.errors import MobileNetError
 from mobilenets.runs import WEIGHTS_FILE, load_run
 
@@ -118,9 +112,14 @@ def test_exported_model_agrees_with_pytorch_at_any_batch_size(
 
 def test_export_json_reports_the_check(run: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "again.onnx"
-    assert main(["export", str(run), "--out", str(out), "--opset", "20", "--json"]) == 0
+    assert main(["export", str(run), "--out", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["max_rel_error"] < 1e-4 and result["images_checked"] > 64
+    assert result["max_rel_error"] < 1e-4 and result["images"] > 64
+
+
+def test_export_onnx_writes_the_opset_asked_for(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "again.onnx"
+    export_onnx(run, out, opset=20)
     assert {o.version for o in onnx.load(str(out)).opset_import if o.domain == ""} == {20}
 
 
@@ -168,6 +167,17 @@ def test_quantize_gives_a_smaller_int8_model_that_predicts_like_fp32(
     assert abs(result.int8_top1 - result.fp32_top1) < 0.1
 
 
+def test_histogram_calibration_takes_a_count_that_is_no_multiple_of_the_batch(
+    exported: Path, tmp_path: Path
+) -> None:
+    """onnxruntime's entropy and percentile calibrators stack all batches into one array: 40
+    images in batches of 32 used to fail with "inhomogeneous shape"."""
+    for method in ("entropy", "percentile"):
+        out = tmp_path / f"{method}.onnx"
+        result = quantize_onnx(exported, calibration=40, out=out, calibrate_method=method)
+        assert out.is_file() and result.int8_top1 > 0.5
+
+
 def test_quantize_cli_from_a_run_directory(run: Path, exported: Path, capsys) -> None:
     assert main(["quantize", str(run), "--calibration", "64", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -181,7 +191,7 @@ def test_quantize_cli_from_a_run_directory(run: Path, exported: Path, capsys) ->
 
 def test_bench_times_every_engine_side_by_side(run: Path, capsys) -> None:
     argv = ["bench", str(run), "--threads", "1", "--iterations", "5", "--warmup", "1", "--json"]
-    assert main([*argv, "--provider", "cpu"]) == 0
+    assert main([*argv, "--format", "onnx"]) == 0
     report = json.loads(capsys.readouterr().out)
     engines = [t["engine"] for t in report["timings"]]
     assert engines == [
@@ -265,36 +275,28 @@ def test_a_resolution_the_model_cannot_take(run: Path, exported: Path, capsys) -
 
 def test_a_missing_provider_and_a_bad_opset(run: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "m.onnx"
-    for argv in (
-        ["export", str(run), "--out", str(out), "--provider", "TensorrtExecutionProvider"],
-        ["quantize", str(run), "--out", str(out), "--provider", "TensorrtExecutionProvider"],
-        ["bench", str(run), "--provider", "TensorrtExecutionProvider"],
-    ):
-        check_one_line_error(argv, "'TensorrtExecutionProvider' is not available", capsys)
-    check_one_line_error(["export", str(run), "--out", str(out), "--opset", "11"], "opset", capsys)
+    argv = ["quantize", str(run), "--out", str(out), "--provider", "TensorrtExecutionProvider"]
+    check_one_line_error(argv, "'TensorrtExecutionProvider' is not available", capsys)
+    with pytest.raises(MobileNetError, match="opset"):
+        export_onnx(run, out, opset=11)
     assert listing(tmp_path) == set()
 
 
-def test_an_imported_run_exports_checked_on_random_images(tmp_path: Path, capsys) -> None:
+def test_an_imported_run_exports_checked_on_photos(tmp_path: Path, capsys) -> None:
     """Weights imported from torchvision record no data set: the export check still runs, on
-    seeded random images, and evaluation asks for --data rather than guessing."""
+    crops of the bundled photographs, and evaluation asks for --data rather than guessing."""
     fixture = Path(__file__).parent / "fixtures" / "interop" / "torchvision_mobilenet_v2_035.pth"
     run_dir = tmp_path / "imported"
     argv = ["import", str(fixture), "--source", "torchvision", "--model", "mobilenet_v2"]
     assert main([*argv, "--width-mult", "0.35", "--out", str(run_dir)]) == 0
     capsys.readouterr()
-    result = export_onnx(run_dir, tmp_path / "imported.onnx")
-    assert result.checked_on.startswith("random images")
+    result = export_onnx(run_dir, tmp_path / "imported.onnx", verify_images=16)
+    assert result.checked_on == "random crops of the bundled photos"
     assert result.max_rel_error <= 1e-4
     check_one_line_error(["evaluate", str(run_dir)], "pass --data", capsys)
 
 
-# --------------------------------------------------------------------------- OpenVINO
-
-needs_openvino = pytest.mark.skipif(
-    OPENVINO_PROVIDER not in available_providers(),
-    reason="the OpenVINO plugin (mobilenets[openvino]) is not installed",
-)
+# --------------------------------------------------------------------------- providers
 
 
 def test_provider_short_names() -> None:
@@ -304,46 +306,8 @@ def test_provider_short_names() -> None:
         check_provider("tpu")
 
 
-def test_openvino_missing_says_how_to_install_it(monkeypatch, run: Path, tmp_path: Path) -> None:
-    import mobilenets.deploy.runtime as runtime
-
-    monkeypatch.setattr(runtime, "available_providers", lambda: ["CPUExecutionProvider"])
-    with pytest.raises(MobileNetError, match=r'pip install "mobilenets\[openvino\]"'):
-        export_onnx(run, tmp_path / "m.onnx", provider="openvino")
-    assert listing(tmp_path) == set()
-
-
-@needs_openvino
-def test_export_is_checked_in_openvino(run: Path, tmp_path: Path) -> None:
-    """OpenVINO runs the exported graph in fp32 (not the bf16/fp16 it would pick on its own
-    on this CPU), so it matches PyTorch as closely as onnxruntime's own kernels do."""
-    result = export_onnx(run, tmp_path / "m.onnx", provider="openvino")
-    assert result.max_rel_error <= 1e-4
-    session = create_session(result.path, threads=1, provider="openvino")
-    assert session.get_providers()[0] == OPENVINO_PROVIDER
-
-
-@needs_openvino
-def test_int8_in_openvino_keeps_accuracy(exported: Path, tmp_path: Path) -> None:
-    result = quantize_onnx(
-        exported, calibration=128, out=tmp_path / "q.onnx", provider="OpenVINOExecutionProvider"
-    )
-    assert result.top1_drop <= 0.01
-    cpu = top1_accuracy(create_session(result.path), load_data(None, RESOLUTION).test)
-    assert abs(cpu - result.int8_top1) <= 0.01  # the same int8 model, two engines
-
-
-@needs_openvino
-def test_bench_compares_providers_side_by_side(run: Path, capsys) -> None:
-    argv = ["bench", str(run), "--threads", "1", "--iterations", "3", "--warmup", "1", "--json"]
-    assert main(argv) == 0
-    engines = [t["engine"] for t in json.loads(capsys.readouterr().out)["timings"]]
-    assert engines[-4:] == [
-        "onnxruntime fp32",
-        "onnxruntime int8",
-        "onnxruntime fp32 (OpenVINO)",
-        "onnxruntime int8 (OpenVINO)",
-    ]
-    assert main([*argv, "--provider", "openvino"]) == 0
-    engines = [t["engine"] for t in json.loads(capsys.readouterr().out)["timings"]]
-    assert engines[-2:] == ["onnxruntime fp32 (OpenVINO)", "onnxruntime int8 (OpenVINO)"]
+def test_openvino_is_not_an_onnxruntime_provider_here() -> None:
+    """OpenVINO's onnxruntime plugin lists no device on non-Intel CPUs; the OpenVINO target
+    runs in OpenVINO's own runtime instead, and the error says so."""
+    with pytest.raises(MobileNetError, match="mobilenets export --format openvino"):
+        check_provider("openvino")

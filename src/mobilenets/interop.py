@@ -1,31 +1,43 @@
 """ImageNet weights from torchvision and timm checkpoint files, and our weights back to them.
 
-Nothing here downloads: the user points us at a checkpoint file they hold, a torchvision
-``mobilenet_v2`` or a timm ``mobilenetv1_*`` / ``mobilenetv2_*`` state dict, as ``.pth``/``.pt``
-or ``.safetensors``. Such a file is read with ``torch.load(weights_only=True)`` or safetensors,
-never by plain unpickling: a pickle that needs anything beyond tensors and plain containers to
-load is refused before any of it runs.
+Nothing here downloads: the user points us at a checkpoint file they hold (torchvision's
+``mobilenet_v2``, ``mobilenet_v3_large/small``, ``efficientnet_b0``-``b3``; timm's
+``mobilenetv1/v2/v3_*``, ``efficientnet_b0``-``b3``, ``efficientnet_lite0``,
+``mobilenetv4_conv_small/medium``), as ``.pth``/``.pt`` or ``.safetensors``. Such a file is
+read with ``torch.load(weights_only=True)`` or safetensors, never by plain unpickling: a pickle
+that needs anything beyond tensors and plain containers to load is refused before any of it runs.
 
-The three libraries build the same networks with different module names. The mapping is written
-out below as tables, one per block kind, from our names (``features.3.expand.conv``) to theirs
-(torchvision ``features.3.conv.0.0``, timm ``blocks.1.1.conv_pw``). It is checked both ways: every
-tensor of the model must come from the file and every tensor of the file must land in the model,
-or the import fails naming what is missing or left over; a shape mismatch names the layer.
+The three libraries build the same networks with different module names. The mapping is data:
+per source, one table per kind of block (our ``features.3.expand.conv`` is timm's
+``blocks.1.0.conv_pw``, torchvision's ``features.3.block.0.0``) and one layout per family (how
+timm groups a table's rows into stages, where torchvision keeps its stages and classifier). It
+is checked both ways: every tensor of the model must come from the file and every tensor of the
+file must land in the model, or the import fails naming what is missing, left over or
+mis-shaped, or which released model the file is when it is another one.
 
-Two details of the sources matter for equal outputs. timm's MobileNetV1 uses ReLU6 where the
+Details of the sources that matter for equal outputs. timm's MobileNetV1 uses ReLU6 where the
 paper (and our default) uses ReLU, so it imports into ``mobilenet_v1`` with
 ``activation="relu6"``; timm's ``mobilenetv1_100h`` adds a 1x1 head convolution that our V1 does
-not have, and is refused. Released timm checkpoints omit BatchNorm's ``num_batches_tracked``
+not have, and is refused. timm's MobileNetV3 uses BatchNorm's eps 1e-5 where torchvision and the
+TensorFlow reference use 1e-3, so it imports with ``bn_eps=1e-5``. torchvision's V3 head is a
+Linear layer after pooling, ours the equivalent 1x1 convolution: its weight is reshaped both
+ways. torchvision scales V3's widths its own way (absolute expansion widths and the head), so
+only its width 1.0 is our V3. Released timm checkpoints omit BatchNorm's ``num_batches_tracked``
 counter (it only matters for cumulative-average momentum, which no MobileNet recipe uses), so a
-missing counter is set to zero rather than failing the import.
+missing counter is set to zero rather than failing the import; half-precision files load into
+the float32 model.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import pickle
 import re
 import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,9 +47,24 @@ from torch import nn
 
 from mobilenets.data import IMAGENET_MEAN, IMAGENET_STD
 from mobilenets.errors import MobileNetError
+from mobilenets.imagenet import default_class_names
 from mobilenets.io import atomic_path
-from mobilenets.layers import InvertedResidual
-from mobilenets.models import V2_BOTTLENECKS, MobileNetV1, MobileNetV2, create_model
+from mobilenets.models import (
+    EFFICIENTNET_B0_TABLE,
+    EFFICIENTNET_LITE0_TABLE,
+    EFFICIENTNET_SCALING,
+    REPEATED_KINDS,
+    V1_TABLE,
+    V2_TABLE,
+    V3_LARGE_TABLE,
+    V3_SMALL_TABLE,
+    V4_CONV_MEDIUM_TABLE,
+    V4_CONV_SMALL_TABLE,
+    Row,
+    create_model,
+    get_model_factory,
+    scale_depth,
+)
 from mobilenets.runs import (
     ImportRecord,
     RunInfo,
@@ -51,108 +78,259 @@ Source = Literal["torchvision", "timm"]
 SOURCES: tuple[str, ...] = ("torchvision", "timm")
 
 # --- the name tables: our submodule -> the source's submodule, per kind of layer -------------
+#
+# A model here is a table of rows (mobilenets.models._builder); each row becomes one layer of
+# ``features`` per repeat. What differs between the libraries is data: how each kind of block
+# names its parts (one table per source and block kind, below) and how the blocks are grouped
+# (one layout per source and family, further below). One loop per source reads them. The
+# block tables are keyed by the row's kind; an "ir" row without expansion (t = 1) is
+# "ir_no_expand", a depthwise-separable block in both libraries, its parts shifted down.
 
-# torchvision's Conv2dNormActivation (the V2 stem and last 1x1 convolution) is a Sequential of
-# convolution, BatchNorm, activation.
-TORCHVISION_CONV_BN = {"conv": "0", "bn": "1"}
-# torchvision's InvertedResidual keeps its layers in one Sequential, ``conv``; without an
-# expansion (t = 1) the positions shift down by one.
-TORCHVISION_BOTTLENECK = {
-    "expand.conv": "conv.0.0",
-    "expand.bn": "conv.0.1",
-    "depthwise.conv": "conv.1.0",
-    "depthwise.bn": "conv.1.1",
-    "project.conv": "conv.2",
-    "project.bn": "conv.3",
+# timm: every family is its EfficientNet/MobileNetV3 builder's conv_stem/bn1,
+# blocks.<stage>.<block>, [conv_head/bn2 | conv_head/norm_head after pooling], classifier.
+TIMM_SE = {"se.reduce": "se.conv_reduce", "se.expand": "se.conv_expand"}
+TIMM_BLOCKS: dict[str, dict[str, str]] = {
+    "conv": {"conv": "conv", "bn": "bn1"},  # timm's ConvBnAct block ("cn")
+    "ds": {  # MobileNetV1's separable block
+        "depthwise.conv": "conv_dw",
+        "depthwise.bn": "bn1",
+        "pointwise.conv": "conv_pw",
+        "pointwise.bn": "bn2",
+    },
+    "ir_no_expand": {  # timm's DepthwiseSeparableConv ("ds"), with optional SE
+        "depthwise.conv": "conv_dw",
+        "depthwise.bn": "bn1",
+        **TIMM_SE,
+        "project.conv": "conv_pw",
+        "project.bn": "bn2",
+    },
+    "ir": {  # InvertedResidual ("ir")
+        "expand.conv": "conv_pw",
+        "expand.bn": "bn1",
+        "depthwise.conv": "conv_dw",
+        "depthwise.bn": "bn2",
+        **TIMM_SE,
+        "project.conv": "conv_pwl",
+        "project.bn": "bn3",
+    },
+    "fused": {  # EdgeResidual ("er"), MobileNetV4's FusedIB
+        "expand.conv": "conv_exp",
+        "expand.bn": "bn1",
+        **TIMM_SE,
+        "project.conv": "conv_pwl",
+        "project.bn": "bn2",
+    },
+    "uib": {  # UniversalInvertedResidual ("uir")
+        "start_depthwise.conv": "dw_start.conv",
+        "start_depthwise.bn": "dw_start.bn",
+        "expand.conv": "pw_exp.conv",
+        "expand.bn": "pw_exp.bn",
+        "depthwise.conv": "dw_mid.conv",
+        "depthwise.bn": "dw_mid.bn",
+        **TIMM_SE,
+        "project.conv": "pw_proj.conv",
+        "project.bn": "pw_proj.bn",
+    },
 }
-TORCHVISION_BOTTLENECK_NO_EXPAND = {
-    "depthwise.conv": "conv.0.0",
-    "depthwise.bn": "conv.0.1",
-    "project.conv": "conv.1",
-    "project.bn": "conv.2",
-}
-TORCHVISION_CLASSIFIER = "classifier.1"  # classifier.0 is the dropout
-
-# timm builds both versions as an EfficientNet: conv_stem/bn1, blocks.<stage>.<block>,
-# conv_head/bn2 (V2 only), classifier. Its V2 first block (t = 1) is a "ds" block.
 TIMM_STEM = {"conv": "conv_stem", "bn": "bn1"}
-TIMM_HEAD = {"conv": "conv_head", "bn": "bn2"}
-TIMM_BOTTLENECK = {
-    "expand.conv": "conv_pw",
-    "expand.bn": "bn1",
-    "depthwise.conv": "conv_dw",
-    "depthwise.bn": "bn2",
-    "project.conv": "conv_pwl",
-    "project.bn": "bn3",
-}
-TIMM_BOTTLENECK_NO_EXPAND = {
-    "depthwise.conv": "conv_dw",
-    "depthwise.bn": "bn1",
-    "project.conv": "conv_pw",
-    "project.bn": "bn2",
-}
-TIMM_SEPARABLE = {
-    "depthwise.conv": "conv_dw",
-    "depthwise.bn": "bn1",
-    "pointwise.conv": "conv_pw",
-    "pointwise.bn": "bn2",
-}
+TIMM_LAST_CONV = {"conv": "conv_head", "bn": "bn2"}  # a last 1x1 row outside the stages
+TIMM_HEAD = {"classifier.head.conv": "conv_head", "classifier.head.bn": "norm_head"}
 TIMM_CLASSIFIER = "classifier"
-# timm's V1 arch_def has five rows ("dsa_r1_k3_s1_c64", "dsa_r2_k3_s2_c128", ...): the 13 blocks
-# of V1_BLOCKS grouped into stages that each start at a stride-2 block. Its V2 rows are the rows
-# of V2_BOTTLENECKS.
-TIMM_V1_STAGE_DEPTHS = (1, 2, 2, 6, 2)
-TIMM_V2_STAGE_DEPTHS = tuple(row.n for row in V2_BOTTLENECKS)
+
+# How many rows of each table (after the stem row) each of timm's stages holds; rows after
+# the stages are its conv_head. From timm's arch_def lists, which group by resolution and
+# width but not by one rule (MNv4-Conv-S's second stage holds a 96- and a 64-channel conv).
+TIMM_STAGES: dict[str, tuple[int, ...]] = {
+    "mobilenet_v1": (1, 2, 2, 6, 2),
+    "mobilenet_v2": (1, 1, 1, 1, 1, 1, 1),
+    "mobilenet_v3_large": (1, 2, 3, 4, 2, 3, 1),
+    "mobilenet_v3_small": (1, 2, 3, 2, 3, 1),
+    "efficientnet": (1, 1, 1, 1, 1, 1, 1),
+    "efficientnet_lite": (1, 1, 1, 1, 1, 1, 1),
+    "mobilenetv4_conv_small": (2, 2, 3, 5, 1),
+    "mobilenetv4_conv_medium": (1, 2, 7, 9, 1),
+}
+
+# torchvision: MobileNetV2 keeps a block's layers in one Sequential ``conv`` whose projection
+# is a bare convolution and BatchNorm; MobileNetV3 and EfficientNet in ``block``, one
+# Conv2dNormActivation (0: conv, 1: bn) or SqueezeExcitation (fc1, fc2) per part present, in
+# the order expand, depthwise, SE, project.
+TORCHVISION_CONV_BN = {"conv": "0", "bn": "1"}
+TORCHVISION_V2_BLOCKS: dict[str, dict[str, str]] = {
+    "ir": {
+        "expand.conv": "conv.0.0",
+        "expand.bn": "conv.0.1",
+        "depthwise.conv": "conv.1.0",
+        "depthwise.bn": "conv.1.1",
+        "project.conv": "conv.2",
+        "project.bn": "conv.3",
+    },
+    "ir_no_expand": {
+        "depthwise.conv": "conv.0.0",
+        "depthwise.bn": "conv.0.1",
+        "project.conv": "conv.1",
+        "project.bn": "conv.2",
+    },
+}
+TORCHVISION_BLOCK_PARTS = ("expand", "depthwise", "se", "project")
+TORCHVISION_PART_LAYERS = {"conv": "0", "bn": "1", "reduce": "fc1", "expand": "fc2"}
+
+
+@dataclass(frozen=True)
+class TorchvisionLayout:
+    """Where torchvision keeps a model's layers: ``features.<i>`` in one flat list (V2, V3),
+    or ``features.<stage>.<block>`` with the stem first and the last convolution after the
+    stages (EfficientNet); then the classifier's layers."""
+
+    staged: bool
+    fc: str
+    head: str | None = None  # V3's Linear after pooling, our 1x1 head convolution
+    v2_blocks: bool = False
+
+
+TORCHVISION_LAYOUTS: dict[str, TorchvisionLayout] = {
+    "mobilenet_v2": TorchvisionLayout(staged=False, fc="classifier.1", v2_blocks=True),
+    "mobilenet_v3_large": TorchvisionLayout(staged=False, fc="classifier.3", head="classifier.0"),
+    "mobilenet_v3_small": TorchvisionLayout(staged=False, fc="classifier.3", head="classifier.0"),
+    "efficientnet": TorchvisionLayout(staged=True, fc="classifier.1"),
+}
 
 CLASSIFIER_WEIGHT = {
-    "torchvision": f"{TORCHVISION_CLASSIFIER}.weight",
-    "timm": f"{TIMM_CLASSIFIER}.weight",
+    "torchvision": ("classifier.1.weight", "classifier.3.weight"),
+    "timm": (f"{TIMM_CLASSIFIER}.weight",),
 }
 OPTIONAL_SUFFIX = ".num_batches_tracked"
 
+# The families whose weights move: a model is of a family when its table has the family's
+# rows, whatever their activations (MobileNetV1 is built with ReLU or ReLU6). EfficientNet-B1
+# to B3 are B0's table under depth and width multipliers.
+FAMILIES: dict[str, tuple[Row, ...]] = {
+    "mobilenet_v1": V1_TABLE,
+    "mobilenet_v2": V2_TABLE,
+    "mobilenet_v3_large": V3_LARGE_TABLE,
+    "mobilenet_v3_small": V3_SMALL_TABLE,
+    "efficientnet": EFFICIENTNET_B0_TABLE,
+    "efficientnet_lite": EFFICIENTNET_LITE0_TABLE,
+    "mobilenetv4_conv_small": V4_CONV_SMALL_TABLE,
+    "mobilenetv4_conv_medium": V4_CONV_MEDIUM_TABLE,
+}
+# timm's MobileNetV1 clips at 6 (TF-slim's weights); its V3 uses BatchNorm's eps 1e-5 where the
+# TensorFlow reference and torchvision use 1e-3.
+SOURCE_KWARGS: dict[tuple[str, str], dict[str, Any]] = {
+    ("timm", "mobilenet_v1"): {"activation": "relu6"},
+    ("timm", "mobilenet_v3_large"): {"bn_eps": 1e-5},
+    ("timm", "mobilenet_v3_small"): {"bn_eps": 1e-5},
+}
 
-def torchvision_module_names(model: nn.Module) -> dict[str, str]:
-    """Our module name -> torchvision's, for every module of ``model`` that holds tensors."""
-    if not isinstance(model, MobileNetV2):
-        raise MobileNetError(
-            f"torchvision has no {type(model).__name__}; only mobilenet_v2 imports from "
-            "torchvision (MobileNetV1 weights come from timm: --source timm)"
-        )
-    names = {"classifier.fc": TORCHVISION_CLASSIFIER}
-    for i, layer in enumerate(model.features):
-        if isinstance(layer, InvertedResidual):
-            table = (
-                TORCHVISION_BOTTLENECK
-                if layer.expand is not None
-                else TORCHVISION_BOTTLENECK_NO_EXPAND
-            )
-        else:
-            table = TORCHVISION_CONV_BN
-        names.update({f"features.{i}.{a}": f"features.{i}.{b}" for a, b in table.items()})
-    return names
+
+def _block_kind(row: Row, block: nn.Module) -> str:
+    """The key of the block tables for one layer built from ``row``."""
+    if row.kind == "ir" and getattr(block, "expand", None) is None:
+        return "ir_no_expand"
+    return row.kind
+
+
+def _rows_without_activation(table: Sequence[Row]) -> tuple[Row, ...]:
+    return tuple(row._replace(act="") for row in table)
+
+
+_FAMILY_OF_ROWS = {_rows_without_activation(t): name for name, t in FAMILIES.items()}
+
+
+def family(model: nn.Module) -> str | None:
+    """The family in :data:`FAMILIES` that ``model`` is built from, or None."""
+    table = getattr(model, "table", None)
+    return None if table is None else _FAMILY_OF_ROWS.get(_rows_without_activation(table))
+
+
+def _layers(model: nn.Module) -> list[tuple[int, Row]]:
+    """(row index, row) of each layer of ``model.features``, repeats and depth included."""
+    depth = getattr(model, "depth_mult", 1.0)
+    layers = []
+    for r, row in enumerate(model.table):
+        n = scale_depth(row.n, depth) if row.kind in REPEATED_KINDS else row.n
+        layers += [(r, row)] * n
+    return layers
+
+
+def _stage_positions(stages: Sequence[int], layers: list[tuple[int, Row]]) -> list[tuple[int, int]]:
+    """(stage, index in stage) for each layer; stage -1 before the stages, len after."""
+    stage_of_row = {}
+    row = 1
+    for s, count in enumerate(stages):
+        for _ in range(count):
+            stage_of_row[row] = s
+            row += 1
+    positions, seen = [], {}
+    for r, _ in layers:
+        s = -1 if r == 0 else stage_of_row.get(r, len(stages))
+        positions.append((s, seen.get(s, 0)))
+        seen[s] = seen.get(s, 0) + 1
+    return positions
 
 
 def timm_module_names(model: nn.Module) -> dict[str, str]:
     """Our module name -> timm's, for every module of ``model`` that holds tensors."""
-    if isinstance(model, MobileNetV1):
-        depths = TIMM_V1_STAGE_DEPTHS
-    elif isinstance(model, MobileNetV2):
-        depths = TIMM_V2_STAGE_DEPTHS
-    else:
-        raise MobileNetError(f"no timm mapping for {type(model).__name__}")
-    stages = [(s, j) for s, n in enumerate(depths) for j in range(n)]
-    names = {f"features.0.{a}": b for a, b in TIMM_STEM.items()}
-    names["classifier.fc"] = TIMM_CLASSIFIER
-    blocks = list(model.features)[1 : 1 + len(stages)]
-    for i, ((s, j), block) in enumerate(zip(stages, blocks, strict=True), start=1):
-        if isinstance(block, InvertedResidual):
-            table = TIMM_BOTTLENECK if block.expand is not None else TIMM_BOTTLENECK_NO_EXPAND
+    name = family(model)
+    if name is None:
+        raise MobileNetError(f"no timm weights for {type(model).__name__}")
+    stages = TIMM_STAGES[name]
+    layers = _layers(model)
+    names = {"classifier.fc": TIMM_CLASSIFIER, **TIMM_HEAD}
+    for i, ((_, row), (s, j)) in enumerate(
+        zip(layers, _stage_positions(stages, layers), strict=True)
+    ):
+        if s < 0:
+            parts, prefix = TIMM_STEM, ""
+        elif s < len(stages):
+            parts, prefix = TIMM_BLOCKS[_block_kind(row, model.features[i])], f"blocks.{s}.{j}."
         else:
-            table = TIMM_SEPARABLE
-        names.update({f"features.{i}.{a}": f"blocks.{s}.{j}.{b}" for a, b in table.items()})
-    if isinstance(model, MobileNetV2):
-        last = len(model.features) - 1
-        names.update({f"features.{last}.{a}": b for a, b in TIMM_HEAD.items()})
+            parts, prefix = TIMM_LAST_CONV, ""
+        names.update({f"features.{i}.{a}": prefix + b for a, b in parts.items()})
+    return names
+
+
+def _torchvision_block_names(block: nn.Module) -> dict[str, str]:
+    """V3 and EfficientNet: ``block.<k>`` for the k-th of the block's parts present."""
+    present = [p for p in TORCHVISION_BLOCK_PARTS if getattr(block, p, None) is not None]
+    return {
+        f"{part}.{layer}": f"block.{k}.{theirs}"
+        for k, part in enumerate(present)
+        for layer, theirs in TORCHVISION_PART_LAYERS.items()
+    }
+
+
+def torchvision_module_names(model: nn.Module) -> dict[str, str]:
+    """Our module name -> torchvision's, for every module of ``model`` that holds tensors."""
+    name = family(model)
+    if name not in TORCHVISION_LAYOUTS:
+        name = name or type(model).__name__
+        raise MobileNetError(
+            f"torchvision has no {name}; torchvision weights import into "
+            "mobilenet_v2, mobilenet_v3_large/small and efficientnet_b0-b3 "
+            "(MobileNetV1, EfficientNet-Lite and MobileNetV4 weights come from timm: "
+            "--source timm)"
+        )
+    layout = TORCHVISION_LAYOUTS[name]
+    layers = _layers(model)
+    names = {"classifier.fc": layout.fc}
+    if layout.head:
+        names["classifier.head.conv"] = layout.head
+    stages = (1,) * sum(1 for row in model.table[1:] if row.kind in REPEATED_KINDS)
+    positions = _stage_positions(stages, layers)
+    for i, ((_, row), (s, j)) in enumerate(zip(layers, positions, strict=True)):
+        block = model.features[i]
+        if layout.staged:
+            prefix = f"features.{s + 1}.{j}." if 0 <= s < len(stages) else f"features.{s + 1}."
+        else:
+            prefix = f"features.{i}."
+        if row.kind == "conv":
+            parts = TORCHVISION_CONV_BN
+        elif layout.v2_blocks:
+            parts = TORCHVISION_V2_BLOCKS[_block_kind(row, block)]
+        else:
+            parts = _torchvision_block_names(block)
+        names.update({f"features.{i}.{a}": prefix + b for a, b in parts.items()})
     return names
 
 
@@ -256,17 +434,122 @@ def _strip_wrappers(state: dict[str, torch.Tensor], path: Path) -> dict[str, tor
 # --- mapping state dicts --------------------------------------------------------------------
 
 
+# The released ImageNet checkpoints of each source: their name -> our model and width. An
+# import that does not fit says which of these the file is, when it is one.
+RELEASED: dict[str, dict[str, tuple[str, float]]] = {
+    "torchvision": {
+        "mobilenet_v2": ("mobilenet_v2", 1.0),
+        "mobilenet_v3_large": ("mobilenet_v3_large", 1.0),
+        "mobilenet_v3_small": ("mobilenet_v3_small", 1.0),
+        **{f"efficientnet_b{i}": (f"efficientnet_b{i}", 1.0) for i in range(4)},
+    },
+    "timm": {
+        "mobilenetv1_100": ("mobilenet_v1", 1.0),
+        "mobilenetv1_125": ("mobilenet_v1", 1.25),
+        **{f"mobilenetv2_{w:03d}": ("mobilenet_v2", w / 100) for w in (35, 50, 75, 100, 140)},
+        "mobilenetv3_large_075": ("mobilenet_v3_large", 0.75),
+        "mobilenetv3_large_100": ("mobilenet_v3_large", 1.0),
+        **{f"mobilenetv3_small_{w:03d}": ("mobilenet_v3_small", w / 100) for w in (50, 75, 100)},
+        **{f"efficientnet_b{i}": (f"efficientnet_b{i}", 1.0) for i in range(4)},
+        "efficientnet_lite0": ("efficientnet_lite0", 1.0),
+        "mobilenetv4_conv_small": ("mobilenetv4_conv_small", 1.0),
+        "mobilenetv4_conv_medium": ("mobilenetv4_conv_medium", 1.0),
+    },
+}
+
+
+# The input size each family's released weights were trained at, when it is not 224 px.
+IMPORT_RESOLUTION: dict[str, int] = {
+    **{f"efficientnet_{v}": scaling.resolution for v, scaling in EFFICIENTNET_SCALING.items()},
+    "mobilenetv4_conv_medium": 256,
+}
+
+
+def model_kwargs(source: str, model_name: str, width_mult: float = 1.0) -> dict[str, Any]:
+    """Constructor keywords of our ``model_name`` for weights from ``source`` at this width.
+
+    A family without a width multiplier is only asked for one when it is not 1, so that
+    ``create_model`` refuses it in one line.
+    """
+    kwargs: dict[str, Any] = dict(SOURCE_KWARGS.get((source, model_name), {}))
+    if (
+        width_mult != 1.0
+        or "width_mult" in inspect.signature(get_model_factory(model_name)).parameters
+    ):
+        kwargs["width_mult"] = width_mult
+    return kwargs
+
+
+def _source_shapes(model: nn.Module, source: str) -> dict[str, tuple[int, ...]]:
+    """The source's key -> shape for ``model``: torchvision's V3 head is a Linear layer."""
+    names = tensor_names(model, source)
+    linear = _linear_in_source(model, source)
+    return {
+        names[k]: tuple(v.shape[:2]) if k in linear else tuple(v.shape)
+        for k, v in model.state_dict().items()
+    }
+
+
+def _linear_in_source(model: nn.Module, source: str) -> set[str]:
+    """Our 1x1-convolution weights that the source holds as a Linear layer's."""
+    if source == "torchvision" and TORCHVISION_LAYOUTS[family(model)].head:
+        return {"classifier.head.conv.weight"}
+    return set()
+
+
+def identify(state: dict[str, torch.Tensor], source: str) -> str | None:
+    """Which released model ``state`` is (any class count), "<library> <name>", or None.
+
+    ``source``'s models are tried first, then the other library's."""
+    shapes = _without_counters({k: tuple(v.shape) for k, v in state.items()})
+    for library in sorted(SOURCES, key=lambda s: s != source):
+        for name in RELEASED[library]:
+            theirs, fc = _released_shapes(library, name)
+            if theirs.keys() == shapes.keys() and all(
+                shapes[k][1:] == v[1:] if k in fc else shapes[k] == v for k, v in theirs.items()
+            ):
+                return f"{library} {name}"
+    return None
+
+
+@functools.cache
+def _released_shapes(source: str, name: str) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+    """The tensor shapes of a released model under the source's names, and its classifier's
+    names (the class count may differ). Built once per process: only a failed import asks."""
+    ours, width = RELEASED[source][name]
+    model = create_model(ours, **model_kwargs(source, ours, width))
+    names = tensor_names(model, source)
+    fc = {names["classifier.fc.weight"], names["classifier.fc.bias"]}
+    return _without_counters(_source_shapes(model, source)), fc
+
+
+def _without_counters(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    return {k: v for k, v in shapes.items() if not k.endswith(OPTIONAL_SUFFIX)}
+
+
 def from_source_state_dict(
     model: nn.Module, state: dict[str, torch.Tensor], source: Source, origin: str = "the state dict"
 ) -> dict[str, torch.Tensor]:
-    """Rename a torchvision or timm state dict to ``model``'s names, checking it fits exactly."""
+    """Rename a torchvision or timm state dict to ``model``'s names, checking it fits exactly.
+
+    A file that does not fit is named: which released model it is, when it is one.
+    """
     names = tensor_names(model, source)
     own = model.state_dict()
+    wanted = _source_shapes(model, source)
     missing = [k for k, theirs in names.items() if theirs not in state]
     missing_needed = [k for k in missing if not k.endswith(OPTIONAL_SUFFIX)]
     leftover = sorted(set(state) - set(names.values()))
+    misfit = [
+        k
+        for k, theirs in names.items()
+        if theirs in state and tuple(state[theirs].shape) != wanted[theirs]
+    ]
     arch = f"{source} {_describe(model)}"
-    if missing_needed or leftover:
+    if missing_needed or leftover or misfit:
+        found = identify(state, source)
+        if found:
+            raise MobileNetError(f"{origin} is a {found} checkpoint, not a {arch} one")
         problems = []
         if missing_needed:
             k = missing_needed[0]
@@ -279,27 +562,29 @@ def from_source_state_dict(
                 f"{len(leftover)} tensor(s) of the file have no place in the model "
                 f"(first: {leftover[0]})"
             )
+        if misfit and not problems:
+            k = misfit[0]
+            problems.append(
+                f"{names[k]} has shape {tuple(state[names[k]].shape)}, the model's {k} needs "
+                f"{wanted[names[k]]} (another width, class count or architecture?)"
+            )
         raise MobileNetError(f"{origin} is not a {arch} checkpoint: {'; '.join(problems)}")
     renamed = {}
     for ours, theirs in names.items():
         if theirs not in state:  # an omitted num_batches_tracked counter
             renamed[ours] = torch.zeros_like(own[ours])
             continue
-        tensor = state[theirs]
-        if tensor.shape != own[ours].shape:
-            raise MobileNetError(
-                f"{origin} does not fit {arch}: {theirs} has shape {tuple(tensor.shape)}, "
-                f"the model's {ours} needs {tuple(own[ours].shape)} "
-                "(another width, class count or architecture?)"
-            )
-        renamed[ours] = tensor
+        # Half-precision files load into the float32 model; V3's Linear head into its conv.
+        renamed[ours] = state[theirs].to(own[ours].dtype).reshape(own[ours].shape)
     return renamed
 
 
 def _describe(model: nn.Module) -> str:
-    name = {MobileNetV1: "mobilenet_v1", MobileNetV2: "mobilenet_v2"}.get(type(model), "model")
+    name = family(model) or type(model).__name__
     width = getattr(model, "width_mult", None)
-    return f"{name} width {width:g}" if isinstance(width, int | float) else name
+    depth = getattr(model, "depth_mult", 1.0)
+    described = f"{name} width {width:g}" if isinstance(width, int | float) else name
+    return described + (f" depth {depth:g}" if depth != 1.0 else "")
 
 
 def _check_source(source: str) -> None:
@@ -309,7 +594,7 @@ def _check_source(source: str) -> None:
 
 def _check_activation(model: nn.Module, source: str) -> None:
     """timm's V1 clips at 6: moving weights between it and a ReLU model changes the outputs."""
-    if source == "timm" and isinstance(model, MobileNetV1) and model.activation != "relu6":
+    if source == "timm" and family(model) == "mobilenet_v1" and model.activation != "relu6":
         raise MobileNetError(
             "timm's MobileNetV1 uses ReLU6, this model ReLU: weights move between them only "
             "for a model built with activation='relu6'"
@@ -340,7 +625,11 @@ def to_timm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def _to_source_state_dict(model: nn.Module, source: str) -> dict[str, torch.Tensor]:
     _check_activation(model, source)
     names = tensor_names(model, source)
-    return {names[k]: v.detach().clone() for k, v in model.state_dict().items()}
+    shapes = _source_shapes(model, source)
+    return {
+        names[k]: v.detach().reshape(shapes[names[k]]).clone()
+        for k, v in model.state_dict().items()
+    }
 
 
 def export_weights(
@@ -384,16 +673,17 @@ def import_checkpoint(
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise MobileNetError(f"{out_dir} already exists and is not an empty directory")
-    kwargs: dict[str, Any] = {"width_mult": width_mult}
-    if source == "timm" and model_name == "mobilenet_v1":
-        kwargs["activation"] = "relu6"
+    kwargs = model_kwargs(source, model_name, width_mult)
     tensor_names(create_model(model_name, **kwargs), source)  # can this source hold the model?
     state = read_checkpoint(path)
-    classifier = state.get(CLASSIFIER_WEIGHT[source])
+    classifier = next((state[k] for k in CLASSIFIER_WEIGHT[source] if k in state), None)
     if classifier is None or classifier.ndim != 2:
+        found = identify(state, source)
+        if found:
+            raise MobileNetError(f"{path} is a {found} checkpoint, not a {source} {model_name} one")
         raise MobileNetError(
             f"{path} is not a {source} {model_name} checkpoint: "
-            f"it has no classifier weight {CLASSIFIER_WEIGHT[source]}"
+            f"it has no classifier weight {' or '.join(CLASSIFIER_WEIGHT[source])}"
         )
     kwargs["num_classes"] = int(classifier.shape[0])
     model = create_model(model_name, **kwargs)
@@ -403,10 +693,14 @@ def import_checkpoint(
     info = RunInfo(
         model=model_name,
         model_kwargs=kwargs,
-        class_names=class_names or [f"class_{i}" for i in range(model.num_classes)],
+        class_names=class_names or default_class_names(model.num_classes),
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        input_size=(3, 224, 224),
+        input_size=(
+            3,
+            IMPORT_RESOLUTION.get(model_name, 224),
+            IMPORT_RESOLUTION.get(model_name, 224),
+        ),
         imported_from=ImportRecord(file=str(Path(path).resolve()), source=source),
     )
     save_run(out_dir, model.eval(), info)

@@ -199,3 +199,29 @@ def separable_speedup_figure(rows: Sequence[SpeedupMeasurement]) -> Figure:
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def pareto_figure(
+    points: Sequence[tuple[str, float, float, bool]],
+    ylabel: str,
+    xlabel: str,
+    latency_budget_ms: float | None = None,
+) -> Figure:
+    """Score against measured latency for ``(label, ms, score, on_front)`` points, each point
+    labelled, the Pareto front joined, the latency budget drawn as a vertical line."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for label, ms, score, on_front in points:
+        ax.scatter(ms, score, color="C0" if on_front else "C7", zorder=3)
+        ax.annotate(label, (ms, score), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    front = sorted((ms, score) for _, ms, score, on_front in points if on_front)
+    if front:
+        ax.plot(*zip(*front, strict=True), color="C0", linewidth=1, label="Pareto front")
+    slowest = max((ms for _, ms, _, _ in points), default=0.0)
+    if latency_budget_ms is not None and latency_budget_ms <= 2 * slowest:  # else off the scale
+        ax.axvline(latency_budget_ms, color="C3", linestyle="--", label="latency budget")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title="Candidates near the frontier, as measured")
+    ax.grid(alpha=0.3)
+    if front or latency_budget_ms is not None:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -18,7 +18,16 @@ from typing import NoReturn
 from mobilenets import __version__
 from mobilenets.errors import MobileNetError
 
-COMMAND_MODULES = ("info", "interop", "train", "deploy", "compare_conversion", "speedup")
+COMMAND_MODULES = (
+    "info",
+    "interop",
+    "train",
+    "deploy",
+    "quant",
+    "compare_conversion",
+    "speedup",
+    "latency",
+)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -1,42 +1,51 @@
-"""``mobilenets export``, ``quantize`` and ``bench``: from a run directory to a timed ONNX file."""
+"""``mobilenets export``, ``quantize`` and ``bench``: from a run directory to a program checked
+and timed in the runtime that ships it (onnxruntime, OpenVINO, ExecuTorch, LiteRT).
+
+The library modules are imported inside each command: the runtimes are heavy to import and
+most commands need none of them."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from contextlib import nullcontext
-from typing import TYPE_CHECKING
 
 from mobilenets.cli._output import console, print_json, table
 
-if TYPE_CHECKING:
-    from mobilenets.bench import BenchReport
-    from mobilenets.deploy.quantize import QuantizeResult
+FORMATS = "onnx, executorch, litert or openvino"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
-        help="export a run to ONNX (BN folded), checked in onnxruntime against PyTorch",
+        help="export a run (BN folded) to ONNX, ExecuTorch, LiteRT or OpenVINO, fp32 or int8, "
+        "checked in that runtime against PyTorch",
     )
     p.add_argument("run_dir", help="a run directory (model.safetensors + model.json)")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="output format")
-    p.add_argument("--opset", type=int, help="ONNX opset (default 18)")
-    p.add_argument("--out", help="output file (default RUN_DIR/model.onnx)")
-    _add_data_and_provider(p)
+    p.add_argument("--format", default="onnx", help=f"{FORMATS} (default onnx)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="post-training int8, calibrated on the run's training images",
+    )
+    p.add_argument(
+        "--calibration", type=int, metavar="N", help="training images to calibrate int8 on (256)"
+    )
+    p.add_argument(
+        "--verify-images", type=int, metavar="N", help="held-out images to check on (256)"
+    )
+    p.add_argument("--out", help="output file (default RUN_DIR/model[.int8].<suffix>)")
+    p.add_argument("--data", help="the run's data, if it moved (default: as the run records)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a line")
     p.set_defaults(func=run_export)
 
     p = subparsers.add_parser(
         "quantize",
-        help="static int8 quantization calibrated on training images; fp32 vs int8 top-1",
+        help="ONNX int8 in detail (encodings, calibration methods): fp32 vs int8 top-1",
     )
     p.add_argument("source", help="a run directory or an ONNX file written by `export`")
     p.add_argument(
-        "--calibration",
-        type=int,
-        metavar="N",
-        help="training images to calibrate on (default 256)",
+        "--calibration", type=int, metavar="N", help="training images to calibrate on (256)"
     )
     p.add_argument("--out", help="output file (default <fp32 file>.int8.onnx)")
     p.add_argument(
@@ -47,9 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fp32-depthwise", action="store_true", help="leave depthwise convolutions in fp32"
     )
-    p.add_argument("--quant-format", help="ONNX encoding: qdq (default) or qoperator")
+    p.add_argument("--quant-format", default="qdq", help="ONNX encoding: qdq or qoperator")
     p.add_argument(
-        "--calibrate-method", help="range estimate: minmax (default), entropy, percentile"
+        "--calibrate-method",
+        default="minmax",
+        help="range estimate: minmax, entropy or percentile",
     )
     _add_data_and_provider(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -58,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "bench",
-        help="latency of PyTorch eager, BN folded, onnxruntime fp32 and int8, side by side",
+        help="latency and memory of PyTorch and every installed runtime, fp32 and int8",
     )
     p.add_argument("source", help="a model name, a run directory or an ONNX file")
     p.add_argument("--resolution", type=int, help="input size (default: the run's, or 224)")
@@ -68,10 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, default=100, help="timed calls per engine")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls per engine first")
     p.add_argument(
-        "--provider",
+        "--format",
         action="append",
-        dest="providers",
-        help="onnxruntime execution provider, repeatable (default: cpu, and openvino if installed)",
+        dest="formats",
+        help=f"runtime to time ({FORMATS}), repeatable (default: every installed one)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_bench)
@@ -79,26 +90,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_data_and_provider(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="the run's data, if it moved (default: as the run records)")
-    p.add_argument(
-        "--provider",
-        help="onnxruntime execution provider: cpu (default) or openvino (mobilenets[openvino])",
-    )
+    p.add_argument("--provider", default="cpu", help="onnxruntime execution provider (default cpu)")
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from mobilenets.deploy.onnx_export import export_onnx
+    from mobilenets.deploy.export import export
 
-    given = {"opset": args.opset, "provider": args.provider}
-    result = export_onnx(
-        args.run_dir, args.out, data=args.data, **{k: v for k, v in given.items() if v}
+    counts = {"calibration": args.calibration, "verify_images": args.verify_images}
+    report = export(
+        args.run_dir,
+        args.format,
+        int8=args.int8,
+        out=args.out,
+        data=args.data,
+        **{k: v for k, v in counts.items() if v is not None},
     )
     if args.json:
-        print_json(result.to_dict())
+        print_json(report.to_dict())
         return 0
+    c = report.check
+    if report.precision == "fp32":
+        verdict = f"matches PyTorch to {c.max_rel_error:.1e} (relative)"
+    else:
+        verdict = (
+            f"agrees with PyTorch fp32 on {c.top1_agreement:.1%} of top-1, logit SQNR "
+            f"{c.sqnr_db:.1f} dB (calibrated on {report.calibration_images} {report.calibrated_on})"
+        )
     console().print(
-        f"wrote {result.path} ({result.size_bytes / 2**20:.2f} MiB, opset {result.opset}, "
-        f"BN folded); onnxruntime matches PyTorch on {result.images_checked} {result.checked_on} "
-        f"to {result.max_rel_error:.1e} (relative)"
+        f"wrote {report.path} ({report.size_bytes / 2**20:.2f} MiB, {report.precision}, BN "
+        f"folded); {report.runtime} {verdict} on {c.images} {report.checked_on}"
     )
     return 0
 
@@ -110,11 +130,6 @@ def run_quantize(args: argparse.Namespace) -> int:
     from mobilenets.deploy.quantize import DEFAULT_CALIBRATION, quantize_onnx
 
     calibration = DEFAULT_CALIBRATION if args.calibration is None else args.calibration
-    given = {
-        "quant_format": args.quant_format,
-        "calibrate_method": args.calibrate_method,
-        "provider": args.provider,
-    }
     # No bar without a terminal: rich would leave a blank line on stderr where it stood.
     quiet = args.quiet or args.json or not sys.stderr.isatty()
     bar = (
@@ -136,9 +151,11 @@ def run_quantize(args: argparse.Namespace) -> int:
             out=args.out,
             data=args.data,
             per_channel=not args.per_tensor,
+            quant_format=args.quant_format,
             fp32_depthwise=args.fp32_depthwise,
+            calibrate_method=args.calibrate_method,
+            provider=args.provider,
             on_batch=None if progress is None else lambda n: progress.advance(task, n),
-            **{k: v for k, v in given.items() if v is not None},
         )
     if args.json:
         print_json(result.to_dict())
@@ -147,7 +164,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quantize_table(r: QuantizeResult):
+def _quantize_table(r):
     change = 100 * (r.int8_top1 - r.fp32_top1)  # not -top1_drop: no "-0.00" when equal
     return table(
         f"int8 ({r.quant_format}, weights {'per channel' if r.per_channel else 'per tensor'}"
@@ -164,7 +181,7 @@ def _quantize_table(r: QuantizeResult):
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from mobilenets.bench import benchmark
+    from mobilenets.deploy.bench import benchmark
 
     report = benchmark(
         args.source,
@@ -174,7 +191,7 @@ def run_bench(args: argparse.Namespace) -> int:
         width_mult=args.width_mult,
         warmup=args.warmup,
         iterations=args.iterations,
-        providers=args.providers,
+        formats=args.formats,
     )
     if args.json:
         print_json(report.to_dict())
@@ -185,12 +202,16 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_table(report: BenchReport):
+def _mib(n: int | None) -> str:
+    return "" if n is None else f"{n / 2**20:.1f}"
+
+
+def bench_table(report):
     first = report.timings[0].median_ms
     return table(
         f"{report.model} at {report.resolution}x{report.resolution}, batch {report.batch}, "
         f"{report.threads} thread(s)",
-        ["engine", "median ms", "p90 ms", "images/s", "GMAC/s", "speed-up"],
+        ["engine", "median ms", "p90 ms", "images/s", "GMAC/s", "speed-up", "MiB", "model MiB"],
         [
             [
                 t.engine,
@@ -199,6 +220,8 @@ def bench_table(report: BenchReport):
                 f"{t.images_per_s:.1f}",
                 "" if t.gmacs_per_s is None else f"{t.gmacs_per_s:.1f}",
                 f"{first / t.median_ms:.2f}x",
+                _mib(t.memory_bytes),
+                _mib(t.model_memory_bytes),
             ]
             for t in report.timings
         ],
@@ -206,11 +229,16 @@ def bench_table(report: BenchReport):
     )
 
 
-def bench_summary(report: BenchReport) -> str:
+def bench_summary(report) -> str:
     line = f"fp32 matmul {report.matmul_gflops:.0f} GFLOP/s"
+    if report.int8_matmul_gops:
+        line += f", int8 matmul {report.int8_matmul_gops:.0f} GOP/s"
     if report.macs is not None:
-        line = (
-            f"{report.macs:,} mult-adds per image; {line}, so no fp32 engine can take less "
-            f"than {report.fp32_floor_ms:.2f} ms per batch here"
-        )
-    return line
+        line = f"{report.macs:,} mult-adds per image; {line}, so no fp32 engine can take less "
+        line += f"than {report.fp32_floor_ms:.2f} ms per batch here"
+        if report.int8_floor_ms is not None:
+            line += f" and no int8 one less than {report.int8_floor_ms:.2f} ms"
+    return line + (
+        ". MiB: the process's resident-set growth while the program is loaded and run; "
+        "model MiB: the cost model's peak activations plus the weights."
+    )

@@ -39,6 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a second registered model: totals and mult-adds per layer kind side by side",
     )
     p.add_argument(
+        "--latency",
+        action="store_true",
+        help="add each layer's predicted onnxruntime ms and whether it is compute- or "
+        "memory-bound (calibrates this machine on first use)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="with --latency: intra-op threads")
+    p.add_argument(
         "--plot",
         metavar="FILE.png",
         help="draw per-layer mult-adds, parameters and activation memory to this PNG",
@@ -99,6 +106,14 @@ def run_cost(args: argparse.Namespace) -> int:
 
     report = _profile(args.model, args)
     other = _profile(args.compare, args) if args.compare else None
+    latency = None
+    if args.latency:
+        from mobilenets.calibrate import predict_cached
+        from mobilenets.cli._output import console
+
+        latency = predict_cached(
+            report, threads=args.threads, say=None if args.json else console().print
+        )
     if args.plot:
         title = (
             f"{args.model} width {args.width_mult or 1:g} at {args.resolution}x{args.resolution}, "
@@ -110,11 +125,13 @@ def run_cost(args: argparse.Namespace) -> int:
     data.update(model=args.model, width_mult=args.width_mult, resolution=args.resolution)
     if other is not None:
         data["compare"] = {"model": args.compare, **_summary(other)}
+    if latency is not None:
+        data["latency"] = latency.to_dict()
 
     def views() -> Iterator[Any]:
         from mobilenets.cost import BYTES_PER_ELEMENT
 
-        yield _layer_table(report, args)
+        yield _layer_table(report, args, latency)
         yield (
             f"total: {fmt_int(report.total_macs)} mult-adds, {fmt_int(report.total_params)} "
             f"parameters, {fmt_int(report.total_activations)} activation values"
@@ -127,6 +144,13 @@ def run_cost(args: argparse.Namespace) -> int:
             )
             + f" ({fmt_int(report.peak_activations)} values alive at once)"
         )
+        if latency is not None:
+            memory_ms = sum(layer.ms for layer in latency.layers if layer.bound == "memory")
+            kernels_ms = sum(layer.ms for layer in latency.layers)
+            yield (
+                f"predicted latency in onnxruntime: {latency.ms:.3f} ms; memory-bound layers "
+                f"take {memory_ms / kernels_ms:.0%} of the kernel time"
+            )
         if args.plot:
             yield f"written: {args.plot}"
         if args.compare_standard:
@@ -168,7 +192,7 @@ def _compare_table(name: str, report: CostReport, other_name: str, other: CostRe
     )
 
 
-def _layer_table(report: CostReport, args: argparse.Namespace):
+def _layer_table(report: CostReport, args: argparse.Namespace, latency=None):
     layers = [
         layer
         for layer in report.layers
@@ -179,9 +203,20 @@ def _layer_table(report: CostReport, args: argparse.Namespace):
         f"{args.model} width {args.width_mult or 1:g} at {args.resolution}x{args.resolution}, "
         f"batch {args.batch_size}"
     )
+    columns = ["mult-adds", "params", "activations", "alive at once"]
+    priced = {} if latency is None else latency.by_name()
+    if latency is not None:
+        columns += ["pred. ms", "bound"]
+
+    def predicted(name: str) -> list[str]:
+        if latency is None:
+            return []
+        row = priced.get(name)
+        return ["", ""] if row is None else [f"{row.ms:.4f}", row.bound]
+
     return table(
         title,
-        ["layer", "kind", "input", "output", "mult-adds", "params", "activations", "alive at once"],
+        ["layer", "kind", "input", "output", *columns],
         [
             [
                 layer.name,
@@ -192,10 +227,11 @@ def _layer_table(report: CostReport, args: argparse.Namespace):
                 fmt_int(layer.params),
                 fmt_int(layer.activations),
                 fmt_int(layer.live_activations),
+                *predicted(layer.name),
             ]
             for layer in layers
         ],
-        right=4,
+        right=len(columns) - (1 if latency is not None else 0),
     )
 
 

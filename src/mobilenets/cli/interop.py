@@ -12,9 +12,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "import",
         help="turn a torchvision or timm checkpoint file into a run directory",
         description=(
-            "Read a torchvision mobilenet_v2 or timm mobilenetv1_*/mobilenetv2_* state dict "
-            "(.pth/.pt, read weights-only, or .safetensors) and write a run directory that "
-            "predict, evaluate, export and train --init use. Nothing is downloaded."
+            "Read a torchvision (mobilenet_v2, mobilenet_v3_*, efficientnet_b0-b3) or timm "
+            "(mobilenetv1/v2/v3_*, efficientnet_b0-b3, efficientnet_lite0, "
+            "mobilenetv4_conv_small/medium) state dict (.pth/.pt, read weights-only, or "
+            ".safetensors) and write a run directory that predict, evaluate, export and train "
+            "--init use. Nothing is downloaded."
         ),
     )
     p.add_argument("file", help="the checkpoint file")

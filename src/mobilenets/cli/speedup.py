@@ -25,6 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--modes", nargs="+", help="forward, forward+backward (default: both)")
     p.add_argument("--budget", type=float, default=1.0, help="seconds per combination (1.0)")
+    p.add_argument(
+        "--no-predict",
+        action="store_true",
+        help="leave out the latency model's predicted speed-up (it calibrates on first use)",
+    )
     p.add_argument("--plot", metavar="FILE.png", help="also draw the ratios to this PNG")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run_speedup)
@@ -35,9 +40,16 @@ def run_speedup(args: argparse.Namespace) -> int:
     from mobilenets.plots import save_figure, separable_speedup_figure
 
     chosen = {"memory_formats": args.formats, "modes": args.modes}
+    calibration = None
+    if not args.no_predict:
+        from mobilenets.calibrate import load_calibration
+        from mobilenets.cli._output import console
+
+        calibration = load_calibration(say=None if args.json else console().print)
     rows = measure_separable_speedup(
         batch_sizes=args.batch_sizes,
         budget_s=args.budget,
+        calibration=calibration,
         **{k: v for k, v in chosen.items() if v is not None},
     )
     if args.plot:
@@ -46,7 +58,8 @@ def run_speedup(args: argparse.Namespace) -> int:
     def views() -> Iterator[Any]:
         yield (
             table(
-                "Standard 3x3 convolution against depthwise + pointwise (best ms per call)",
+                "Standard 3x3 convolution against depthwise + pointwise (best ms per call; "
+                "predicted: the latency model, onnxruntime rates)",
                 [
                     "shape",
                     "batch",
@@ -56,6 +69,7 @@ def run_speedup(args: argparse.Namespace) -> int:
                     "ours",
                     "plain",
                     "analytic",
+                    "predicted",
                     "measured",
                     "ours/analytic",
                     "plain/analytic",
@@ -70,13 +84,14 @@ def run_speedup(args: argparse.Namespace) -> int:
                         f"{r.separable_ms:.3f}",
                         f"{r.plain_separable_ms:.3f}",
                         f"{r.analytic:.2f}x",
+                        "-" if r.predicted is None else f"{r.predicted:.2f}x",
                         f"{r.measured:.2f}x",
                         f"{r.ratio:.2f}",
                         f"{r.plain_ratio:.2f}",
                     ]
                     for r in rows
                 ],
-                right=7,
+                right=8,
                 key=4,
             )
         )

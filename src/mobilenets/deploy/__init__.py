@@ -1,12 +1,19 @@
-"""Deployment: fold BatchNorm, export to ONNX (checked in onnxruntime), quantize to int8.
+"""Deployment: fold BatchNorm, export to ONNX, ExecuTorch, LiteRT or OpenVINO, each checked in
+the runtime that ships it, in fp32 or int8; time them all side by side.
 
-The path from a run directory to a file a server runs::
+The path from a run directory to a file a device runs::
 
-    fold_batchnorm(model)          the same function with one layer fewer per ConvBNAct
-    export_onnx(run_dir)           RUN_DIR/model.onnx, fp32, BN folded, metadata inside
-    quantize_onnx(run_dir, 256)    RUN_DIR/model.int8.onnx, static int8, top-1 before/after
+    fold_batchnorm(model)               the same function with one layer fewer per ConvBNAct
+    export.export(run_dir, "executorch", int8=True)
+                                        RUN_DIR/model.int8.pte, checked in ExecuTorch; the
+                                        check's numbers recorded in RUN_DIR/model.json
+    export_onnx(run_dir)                RUN_DIR/model.onnx, any opset from 18
+    quantize_onnx(run_dir, 256)         RUN_DIR/model.int8.onnx, top-1 before/after
 
-``mobilenets.bench`` times all of them side by side.
+One module per target format (``onnx_target``, ``executorch``, ``litert``, ``openvino``), each a
+:class:`~mobilenets.deploy.target.Target` with its own runtime check; ``photos`` gives real
+images for models that record no data; ``mobilenets.deploy.bench`` times every runtime.
+The runtimes' packages are optional extras, imported only when their format is used.
 """
 
 from mobilenets.deploy.fold import count_batchnorms, fold_batchnorm, fold_conv_bn

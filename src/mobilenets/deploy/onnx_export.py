@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.deploy.photos import photo_crops
 from mobilenets.deploy.runtime import (
     DEFAULT_PROVIDER,
     INPUT_NAME,
@@ -226,19 +227,17 @@ def export_onnx(
     model, info = load_run(run_dir)
     out = Path(run_dir) / ONNX_FILE if out is None else Path(out)
     if data is None and info.data is None:
-        # Imported weights record no data set: check on seeded random images rather than
-        # refuse; --data gives real ones.
-        generator = torch.Generator().manual_seed(0)
-        n = min(verify_images, 8)
-        images = torch.randn(n, *info.input_size, generator=generator)
-        inputs = [images[: n // 2], images[n // 2 :]]  # two batch sizes: the dynamic axis
-        result = export_model(model, info, out, inputs, opset, provider)
-        return replace(result, checked_on="random images (the run records no data)")
-    inputs = _first_images(load_run_data(info, data).test, verify_images)
+        # Imported weights record no data set: check on crops of the bundled photographs
+        # rather than refuse; --data gives the real test split.
+        crops = photo_crops(verify_images, info.input_size[1], info.mean, info.std)
+        inputs = [crops[: len(crops) // 2 or 1], crops[len(crops) // 2 or 1 :]]  # two batches
+        result = export_model(model, info, out, [b for b in inputs if len(b)], opset, provider)
+        return replace(result, checked_on="random crops of the bundled photos")
+    inputs = first_images(load_run_data(info, data).test, verify_images)
     return export_model(model, info, out, inputs, opset, provider)
 
 
-def _first_images(dataset: Dataset, n: int, batch_size: int = 64) -> list[torch.Tensor]:
+def first_images(dataset: Dataset, n: int, batch_size: int = 64) -> list[torch.Tensor]:
     """The first ``n`` images in batches, the last one partial so that two batch sizes go
     through the dynamic axis; decoding stops there (an image folder's split can be large)."""
     kept, count = [], 0

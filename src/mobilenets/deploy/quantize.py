@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -107,10 +107,16 @@ class QuantizeResult:
 class ImageReader(CalibrationDataReader):
     """Feeds preprocessed images to onnxruntime's calibrator, a batch at a time."""
 
-    def __init__(self, dataset: Dataset, input_name: str, on_batch: OnBatch = None) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        input_name: str,
+        on_batch: OnBatch = None,
+        batch_size: int = CALIBRATION_BATCH,
+    ) -> None:
         self.input_name = input_name
         self.on_batch = on_batch
-        self.iterator: Iterator = iter(batches(dataset, CALIBRATION_BATCH))
+        self.iterator: Iterator = iter(batches(dataset, batch_size))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         images = next(self.iterator, None)
@@ -136,6 +142,21 @@ def calibration_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
     return Subset(dataset, sorted(order.tolist()))
 
 
+def nodes_of_layers(model: onnx.ModelProto, layers: Sequence[str]) -> list[str]:
+    """Names of the nodes that read the weights of the PyTorch modules named in ``layers``
+    (``features.1.depthwise.conv``): the exporter keeps parameter names as initializer names."""
+    weights = {f"{layer}.weight": layer for layer in layers}
+    found = {
+        weights[n.input[1]]: n.name
+        for n in model.graph.node
+        if n.input[1:2] and n.input[1] in weights
+    }
+    missing = [layer for layer in layers if layer not in found]
+    if missing:
+        raise MobileNetError(f"no layer named {', '.join(missing)} in the ONNX graph")
+    return list(found.values())
+
+
 def depthwise_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the Conv nodes that are depthwise (one group per input channel, > 1 group)."""
     shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
@@ -159,11 +180,16 @@ def quantize_model(
     fp32_depthwise: bool = False,
     calibrate_method: str = "minmax",
     on_batch: OnBatch = None,
+    fp32_modules: Sequence[str] = (),
+    symmetric_activations: bool = False,
 ) -> Path:
     """Quantize an fp32 ONNX file to ``out`` (written directly; callers make it atomic).
 
     ``fp32_depthwise`` leaves the depthwise convolutions in float: the usual remedy when they
-    are quantized per tensor. Metadata is carried over and marked int8.
+    are quantized per tensor. ``fp32_modules`` leaves the layers of those PyTorch names in float
+    (mixed precision, :mod:`mobilenets.quant.mixed`); ``symmetric_activations`` centres
+    activation ranges on 0 (measured in benchmarks/int8_imagenet.py). Metadata is carried
+    over and marked int8.
     """
     if quant_format not in FORMATS:
         raise MobileNetError(f"unknown format {quant_format!r}; choose from {', '.join(FORMATS)}")
@@ -177,25 +203,38 @@ def quantize_model(
         # recommends: the quantizer needs every tensor's shape to quantize Add and Gemm too.
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
-        excluded = depthwise_nodes(onnx.load(str(prepared))) if fp32_depthwise else []
+        graph = onnx.load(str(prepared))
+        excluded = depthwise_nodes(graph) if fp32_depthwise else []
+        excluded += nodes_of_layers(graph, fp32_modules)
         input_name = source.graph.input[0].name
         quantize_static(
             str(prepared),
             str(out),
-            ImageReader(calibration, input_name, on_batch),
+            # The histogram calibrators (entropy, percentile) stack every batch's values into
+            # one array and fail on a last, smaller batch (200 images in 32s: "inhomogeneous
+            # shape"); one image per batch always stacks.
+            ImageReader(
+                calibration,
+                input_name,
+                on_batch,
+                CALIBRATION_BATCH if calibrate_method == "minmax" else 1,
+            ),
             quant_format=FORMATS[quant_format],
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
             calibrate_method=CALIBRATORS[calibrate_method],
+            extra_options={"ActivationSymmetric": symmetric_activations},
         )
     quantized = onnx.load(str(out))
     props = metadata(source)
     props[PRECISION_KEY] = "int8"
     props["mobilenets.quantization"] = (
         f"static U8S8 {quant_format}, weights {'per channel' if per_channel else 'per tensor'}"
-        f"{', depthwise in fp32' if fp32_depthwise else ''}, {calibrate_method} calibration "
+        f"{', depthwise in fp32' if fp32_depthwise else ''}"
+        f"{f', {len(fp32_modules)} layers in fp32' if fp32_modules else ''}, "
+        f"{calibrate_method} calibration "
         f"on {len(calibration)} training images"
     )
     set_metadata(quantized, props)

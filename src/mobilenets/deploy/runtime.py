@@ -8,7 +8,6 @@ that quantization can rebuild the training data for calibration and evaluation.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Iterable
@@ -25,8 +24,6 @@ from mobilenets.errors import MobileNetError
 from mobilenets.runs import RunInfo
 
 DEFAULT_PROVIDER = "CPUExecutionProvider"
-OPENVINO_PROVIDER = "OpenVINOExecutionProvider"
-OPENVINO_REGISTRATION = "mobilenets-openvino"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 RUN_KEY = "mobilenets.run"
@@ -100,24 +97,25 @@ def load_onnx(path: str | os.PathLike[str], check: bool = True) -> onnx.ModelPro
 
 
 def available_providers() -> list[str]:
-    """The execution providers a session can use here: onnxruntime's own, plus OpenVINO when
-    its plugin package (``pip install "mobilenets[openvino]"``) is installed."""
-    providers = list(ort.get_available_providers())
-    if OPENVINO_PROVIDER not in providers and _openvino_plugin() is not None:
-        providers.append(OPENVINO_PROVIDER)
-    return providers
+    """The onnxruntime execution providers a session can use here.
+
+    OpenVINO is not among them: its onnxruntime plugin registers on any x86 CPU but lists no
+    device on non-Intel ones, so ``mobilenets export --format openvino`` uses OpenVINO's own
+    runtime instead (:mod:`mobilenets.deploy.openvino`), which runs on both.
+    """
+    return list(ort.get_available_providers())
 
 
 def short_provider_name(provider: str) -> str:
-    """``OpenVINOExecutionProvider`` -> ``OpenVINO``: the name users type and tables show."""
+    """``CUDAExecutionProvider`` -> ``CUDA``: the name users type and tables show."""
     return provider.removesuffix("ExecutionProvider")
 
 
 def check_provider(provider: str) -> str:
     """The full name of ``provider`` if this machine has it, else a one-line error.
 
-    Short names are accepted: ``cpu`` and ``openvino`` stand for ``CPUExecutionProvider`` and
-    ``OpenVINOExecutionProvider`` (case is ignored, the ``ExecutionProvider`` suffix optional).
+    Short names are accepted: ``cpu`` and ``cuda`` stand for ``CPUExecutionProvider`` and
+    ``CUDAExecutionProvider`` (case is ignored, the ``ExecutionProvider`` suffix optional).
     """
     if not isinstance(provider, str) or not provider:
         raise MobileNetError(f"an execution provider name is needed, got {provider!r}")
@@ -128,55 +126,18 @@ def check_provider(provider: str) -> str:
             return name
     hint = ""
     if wanted == "openvino":
-        hint = ' (install it with pip install "mobilenets[openvino]")'
+        hint = " (OpenVINO runs natively: mobilenets export --format openvino)"
     raise MobileNetError(
         f"onnxruntime execution provider {provider!r} is not available here{hint}; "
         f"available: {', '.join(available)}"
     )
 
 
-@functools.cache
-def _openvino_plugin() -> ort.OrtEpDevice | None:
-    """OpenVINO's CPU device, its plugin library registered with onnxruntime (once per process).
-
-    OpenVINO ships for onnxruntime as a plugin execution provider: a separate wheel holding
-    the provider and the OpenVINO runtime, loaded here only when someone asks for it.
-    """
-    try:
-        import onnxruntime_ep_openvino as plugin
-    except ImportError:
-        return None
-    if not hasattr(ort, "register_execution_provider_library"):  # onnxruntime < 1.23
-        return None
-    try:
-        ort.register_execution_provider_library(OPENVINO_REGISTRATION, plugin.get_library_path())
-    except Exception:  # already registered by the caller, under our name
-        pass
-    devices = [
-        d
-        for d in ort.get_ep_devices()
-        if d.ep_name == plugin.get_ep_name() and d.ep_metadata.get("ov_device") == "CPU"
-    ]
-    return devices[0] if devices else None
-
-
-def _openvino_options(threads: int | None) -> dict[str, str]:
-    """OpenVINO's CPU settings for a session: fp32 arithmetic, tuned for latency.
-
-    Asked for nothing, OpenVINO picks a lower inference precision on CPUs that have bf16 or
-    fp16 instructions (this one has both): 1.5x slower here (4.8 vs 3.2 ms, MobileNetV2 at
-    224) and no longer fp32, so the export check would compare the wrong arithmetic.
-    """
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-    if threads is not None:
-        config["INFERENCE_NUM_THREADS"] = str(threads)
-    return {"load_config": json.dumps({"CPU": config})}
-
-
 def create_session(
     path: str | os.PathLike[str],
     threads: int | None = None,
     provider: str = DEFAULT_PROVIDER,
+    profile_prefix: str | None = None,
 ) -> ort.InferenceSession:
     """An onnxruntime session with every graph optimization on (fusions, NCHWc layouts).
 
@@ -185,7 +146,8 @@ def create_session(
     threads spin between operators but stop when ``run`` returns: left spinning, they held a
     core long after the call and slowed whatever ran next on this 2-core machine by up to 2x
     (PyTorch 9.4 -> 18 ms, measured), at no cost to onnxruntime's own latency (3.38 -> 3.44 ms).
-    With OpenVINO the whole graph goes to OpenVINO, which runs it on its own threads.
+    ``profile_prefix`` turns on onnxruntime's profiler (per-node kernel times, a JSON file
+    under that prefix once ``end_profiling`` is called), for the latency model's calibration.
     """
     provider = check_provider(provider)
     options = ort.SessionOptions()
@@ -196,12 +158,11 @@ def create_session(
     if threads is not None:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only: no warnings on stderr of the CLI
-    providers: list[str] | None = [provider]
-    if provider == OPENVINO_PROVIDER:  # a plugin: chosen by device, not by name
-        options.add_provider_for_devices([_openvino_plugin()], _openvino_options(threads))
-        providers = None
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=[provider])
     except Exception as e:  # onnxruntime raises its own types, all direct Exception subclasses
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MobileNetError(f"onnxruntime cannot load {path}: {first_line}") from None

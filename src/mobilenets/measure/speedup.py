@@ -11,6 +11,12 @@ Three things are timed on the same input: a standard ``nn.Conv2d``; *our* pair
 choose their memory format and kernels, see :mod:`mobilenets.layers`); and the *plain* pair, two
 ``nn.Conv2d`` as PyTorch runs them by default, the baseline our layers must beat. BatchNorm and
 activations are left out on both sides, as they are in the mult-add count.
+
+Given a latency calibration (:mod:`mobilenets.latency`), each row also carries the speed-up the
+per-layer roofline predicts: the depthwise layer priced on its own (memory-bound) roof and the
+pointwise one on its K's, so the gap between counted and real speed-up is explained layer by
+layer. The calibration is onnxruntime's, the timings PyTorch's: the prediction says how far the
+hardware lets the saving go, not what PyTorch's kernels make of it.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mobilenets.cost import separable_cost_ratio
+from mobilenets.cost import profile_model, separable_cost_ratio
 from mobilenets.errors import MobileNetError
+from mobilenets.latency import Calibration, predict_latency
 from mobilenets.layers import DepthwiseConv, PointwiseConv
 from mobilenets.measure.timing import time_interleaved
 
@@ -71,6 +78,8 @@ class SpeedupMeasurement:
     standard_ms: float
     separable_ms: float  # our DepthwiseConv + PointwiseConv
     plain_separable_ms: float  # nn.Conv2d(groups=n_c) + nn.Conv2d(1x1), PyTorch's defaults
+    predicted: float | None = None  # the latency model's standard / separable time
+    depthwise_bound: str | None = None  # "memory" or "compute", by the latency model
 
     @property
     def analytic(self) -> float:
@@ -108,6 +117,8 @@ class SpeedupMeasurement:
             "measured": self.measured,
             "ratio": self.ratio,
             "plain_ratio": self.plain_ratio,
+            "predicted": self.predicted,
+            "depthwise_bound": self.depthwise_bound,
         }
 
 
@@ -117,6 +128,25 @@ def geometric_mean(values: Iterable[float]) -> float:
     if not values or min(values) <= 0:
         raise MobileNetError("a geometric mean needs one or more positive values")
     return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def predicted_speedup(
+    shape: ConvShape, batch_size: int, calibration: Calibration
+) -> tuple[float, str]:
+    """The latency model's standard / separable time for ``shape``, and whether it prices the
+    depthwise layer as memory- or compute-bound."""
+    f, n_c, n_out = shape.kernel_size, shape.in_channels, shape.out_channels
+    standard = nn.Conv2d(n_c, n_out, f, padding=f // 2, bias=False)
+    separable = nn.Sequential(DepthwiseConv(n_c, f), PointwiseConv(n_c, n_out))
+    priced = {
+        name: predict_latency(profile_model(m, shape.size, batch_size, n_c), calibration)
+        for name, m in (("standard", standard), ("separable", separable))
+    }
+    # Per call: the kernels and the runtime's cost between them, without the fixed cost of a
+    # whole inference call (a layer inside a network does not pay it).
+    seconds = {name: p.seconds - p.run_overhead_s for name, p in priced.items()}
+    depthwise = next(layer for layer in priced["separable"].layers if layer.kind == "depthwise")
+    return seconds["standard"] / seconds["separable"], depthwise.bound
 
 
 def _layers(shape: ConvShape, fmt: torch.memory_format) -> dict[str, Callable]:
@@ -174,10 +204,12 @@ def measure_separable_speedup(
     budget_s: float = 1.0,
     seed: int = 0,
     progress: Callable[[SpeedupMeasurement], None] | None = None,
+    calibration: Calibration | None = None,
 ) -> list[SpeedupMeasurement]:
     """Time standard against separable convolutions for every combination asked for.
 
-    ``budget_s`` is roughly the time spent per combination (5 to 60 timed rounds).
+    ``budget_s`` is roughly the time spent per combination (5 to 60 timed rounds). With a
+    ``calibration`` every row also gets the latency model's predicted speed-up.
     """
     for fmt in memory_formats:
         if fmt not in MEMORY_FORMATS:
@@ -197,6 +229,11 @@ def measure_separable_speedup(
                 x = torch.randn(
                     batch, shape.in_channels, shape.size, shape.size, generator=generator
                 ).contiguous(memory_format=MEMORY_FORMATS[fmt])
+                predicted, bound = (
+                    (None, None)
+                    if calibration is None
+                    else predicted_speedup(shape, batch, calibration)
+                )
                 for mode in modes:
                     ms = _fastest_ms(layers, x, mode == "forward+backward", budget_s)
                     row = SpeedupMeasurement(
@@ -208,6 +245,8 @@ def measure_separable_speedup(
                         standard_ms=ms["standard"],
                         separable_ms=ms["separable"],
                         plain_separable_ms=ms["plain"],
+                        predicted=predicted,
+                        depthwise_bound=bound,
                     )
                     rows.append(row)
                     if progress is not None:
@@ -237,15 +276,17 @@ def speedup_markdown(rows: Sequence[SpeedupMeasurement]) -> str:
     """The per-shape table and the summary, as markdown."""
     lines = [
         "| shape | batch | input format | pass | standard ms | ours ms | plain ms "
-        "| analytic | measured (ours) | ours/analytic | measured (plain) | plain/analytic |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| analytic | predicted | depthwise bound | measured (ours) | ours/analytic "
+        "| measured (plain) | plain/analytic |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        predicted = "-" if r.predicted is None else f"{r.predicted:.2f}"
         lines.append(
             f"| {r.shape} | {r.batch_size} | {r.memory_format} | {r.mode} "
             f"| {r.standard_ms:.3f} | {r.separable_ms:.3f} | {r.plain_separable_ms:.3f} "
-            f"| {r.analytic:.2f} | {r.measured:.2f} | {r.ratio:.2f} "
-            f"| {r.plain_measured:.2f} | {r.plain_ratio:.2f} |"
+            f"| {r.analytic:.2f} | {predicted} | {r.depthwise_bound or '-'} "
+            f"| {r.measured:.2f} | {r.ratio:.2f} | {r.plain_measured:.2f} | {r.plain_ratio:.2f} |"
         )
     lines += [
         "",

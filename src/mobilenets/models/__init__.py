@@ -1,6 +1,14 @@
 """The model families, the one builder that reads their tables, and the registry."""
 
-from mobilenets.models._builder import SE, Head, Row, TableNet, build_trunk
+from mobilenets.models._builder import (
+    REPEATED_KINDS,
+    SE,
+    Head,
+    Row,
+    TableNet,
+    build_trunk,
+    scale_depth,
+)
 from mobilenets.models._common import check_resolution
 from mobilenets.models.efficientnet import (
     EFFICIENTNET_B0_TABLE,
@@ -19,6 +27,7 @@ __all__ = [
     "EFFICIENTNET_B0_TABLE",
     "EFFICIENTNET_LITE0_TABLE",
     "EFFICIENTNET_SCALING",
+    "REPEATED_KINDS",
     "SE",
     "V1_BLOCKS",
     "V1_TABLE",
@@ -44,4 +53,5 @@ __all__ = [
     "get_model_factory",
     "list_models",
     "register_model",
+    "scale_depth",
 ]

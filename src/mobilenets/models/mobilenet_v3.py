@@ -17,9 +17,11 @@ def bneck(k: int, exp: int, c: int, se: bool, nl: str, s: int) -> Row:
 HS, RE = "hswish", "relu"
 
 # Table 1 (MobileNetV3-Large). The rows after the last bneck: conv2d 1x1 960 (hard-swish),
-# pool 7x7, then "conv2d 1x1, NBN" 1280 and the classifier, which are the head.
+# pool 7x7, then "conv2d 1x1, NBN" 1280 and the classifier, which are the head. The 16-channel
+# stem only grows with the width (Keras keeps it at 16, timm below width 0.75): so
+# timm's mobilenetv3_small_050 has a 16-channel stem, not 8.
 V3_LARGE_TABLE: tuple[Row, ...] = (
-    Row("conv", k=3, c=16, s=2, act=HS),
+    Row("conv", k=3, c=16, s=2, act=HS, width="grow"),
     bneck(3, 16, 16, False, RE, 1),
     bneck(3, 64, 24, False, RE, 2),
     bneck(3, 72, 24, False, RE, 1),
@@ -40,7 +42,7 @@ V3_LARGE_TABLE: tuple[Row, ...] = (
 
 # Table 2 (MobileNetV3-Small); its head is "conv2d 1x1, NBN" 1024.
 V3_SMALL_TABLE: tuple[Row, ...] = (
-    Row("conv", k=3, c=16, s=2, act=HS),
+    Row("conv", k=3, c=16, s=2, act=HS, width="grow"),
     bneck(3, 16, 16, True, RE, 2),
     bneck(3, 72, 24, False, RE, 2),
     bneck(3, 88, 24, False, RE, 1),

@@ -40,8 +40,9 @@ def ffn(t: float, c: int, n: int = 1) -> Row:
 
 
 # Table 11 (MNv4-Conv-S), from the 224 px input; the head is pool -> 1x1 1280 (BN, ReLU) -> FC.
+# The stem only grows with the width, and the head keeps 1280 channels, as in timm's generator.
 V4_CONV_SMALL_TABLE: tuple[Row, ...] = (
-    conv(3, 32, s=2),
+    Row("conv", k=3, c=32, s=2, width="grow"),
     conv(3, 32, s=2),
     conv(1, 32),
     conv(3, 96, s=2),
@@ -59,7 +60,7 @@ V4_CONV_SMALL_TABLE: tuple[Row, ...] = (
 
 # Table 12 (MNv4-Conv-M), at 256 px.
 V4_CONV_MEDIUM_TABLE: tuple[Row, ...] = (
-    conv(3, 32, s=2),
+    Row("conv", k=3, c=32, s=2, width="grow"),
     fused_ib(3, 4.0, 48, s=2),
     extra_dw(3, 5, 4.0, 80, s=2),
     extra_dw(3, 3, 2.0, 80),
@@ -86,13 +87,16 @@ V4_CONV_MEDIUM_TABLE: tuple[Row, ...] = (
 class MobileNetV4(TableNet):
     """A MobileNetV4 table, then pool -> 1x1 conv to 1280 with BN and ReLU -> dropout -> FC.
 
-    The conv models have no width multiplier (the paper scales them by search, not by alpha).
+    The paper scales the conv models by search, not by a width multiplier, so the registered
+    models take none; the class's ``width_mult`` is timm's channel multiplier (the stem only
+    grows, the 1280-channel head stays), which the small interop fixtures are made with.
     """
 
     def __init__(
         self,
         blocks: Sequence[Row],
         num_classes: int = 1000,
+        width_mult: float = 1.0,
         dropout: float = 0.2,
         in_chans: int = 3,
         small_input: bool = False,
@@ -101,10 +105,11 @@ class MobileNetV4(TableNet):
         super().__init__(
             blocks,
             num_classes=num_classes,
+            width_mult=width_mult,
             dropout=dropout,
             in_chans=in_chans,
             small_input=small_input,
-            head=Head(1280, act="relu", norm=True),
+            head=Head(1280, act="relu", norm=True, width="fixed"),
             drop_path_rate=drop_path_rate,
         )
 
@@ -119,7 +124,12 @@ def mobilenetv4_conv_small(
 ) -> MobileNetV4:
     """MNv4-Conv-S (Table 11): 0.2G mult-adds and 3.8M parameters in the paper, at 224 px."""
     return MobileNetV4(
-        V4_CONV_SMALL_TABLE, num_classes, dropout, in_chans, small_input, drop_path_rate
+        V4_CONV_SMALL_TABLE,
+        num_classes,
+        dropout=dropout,
+        in_chans=in_chans,
+        small_input=small_input,
+        drop_path_rate=drop_path_rate,
     )
 
 
@@ -133,5 +143,10 @@ def mobilenetv4_conv_medium(
 ) -> MobileNetV4:
     """MNv4-Conv-M (Table 12): 1.0G mult-adds and 9.2M parameters in the paper, at 256 px."""
     return MobileNetV4(
-        V4_CONV_MEDIUM_TABLE, num_classes, dropout, in_chans, small_input, drop_path_rate
+        V4_CONV_MEDIUM_TABLE,
+        num_classes,
+        dropout=dropout,
+        in_chans=in_chans,
+        small_input=small_input,
+        drop_path_rate=drop_path_rate,
     )

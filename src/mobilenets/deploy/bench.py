@@ -1,14 +1,23 @@
-"""Latency and throughput of one model in every form we deploy it, side by side.
+"""Latency, throughput and memory of one model in every runtime we deploy it to, side by side.
 
-Engines are timed in interleaved rounds (each engine runs a slice of its iterations, then the
-next engine, and so on), so a change in background load during the run affects all of them
-alike instead of whichever happened to be measured at the time. Each engine gets warm-up
-calls first (allocators, onnxruntime's first-run planning, oneDNN's kernel selection).
+Engines are PyTorch eager (NCHW and channels_last, BN folded or not) and, for every target
+whose runtime is installed (onnxruntime, OpenVINO, ExecuTorch, LiteRT), the exported program
+in fp32 and int8. They are timed in interleaved rounds (each engine runs a slice of its
+iterations, then the next engine, and so on), so a change in background load during the run
+affects all of them alike. Each engine gets warm-up calls first (allocators, first-run
+planning, kernel selection).
 
-Beside the latencies we report the model's mult-adds, the rate achieved (GMAC/s) and the
-machine's own fp32 matmul rate measured in the same run: a 2048 x 2048 matmul is about the most
-arithmetic-friendly work a CPU does, so ``2 * mult-adds / matmul FLOP/s`` is a floor under any
-fp32 forward pass on this machine, and the distance to it says what is left to gain.
+Beside the latencies we report the model's mult-adds and two floors measured in the same run:
+the fp32 rate of a 2048 x 2048 matmul (about the most arithmetic-friendly work a CPU does, so
+``2 * mult-adds / matmul FLOP/s`` is a floor under any fp32 forward pass on this machine) and
+the int8 rate of the same matmul (``torch._int_mm``: VNNI where the CPU has it), the floor
+under int8 inference.
+
+Memory: each runtime's inference memory, measured as the growth of the process's resident set
+while the program is loaded and run twice (weights, packed weight copies and the runtime's
+workspace included), next to the cost model's peak activation bytes plus the weights at that
+precision; for ExecuTorch also the bytes its memory planner laid out (only the tensors at the
+XNNPACK delegate's boundary: the delegate plans its own activations).
 """
 
 from __future__ import annotations
@@ -25,27 +34,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
-from mobilenets.cost import profile_model
+from mobilenets.cost import count_params, profile_model
+from mobilenets.deploy import executorch
+from mobilenets.deploy.export import FORMATS, target_of
 from mobilenets.deploy.fold import fold_batchnorm
-from mobilenets.deploy.onnx_export import export_model
-from mobilenets.deploy.quantize import quantize_model
 from mobilenets.deploy.runtime import (
-    DEFAULT_PROVIDER,
-    OPENVINO_PROVIDER,
     PRECISION_KEY,
-    available_providers,
-    check_provider,
     create_session,
     input_resolution,
     load_onnx,
     metadata,
+    onnx_metadata,
     run_info_of,
-    short_provider_name,
 )
+from mobilenets.deploy.target import Runner, Target
 from mobilenets.errors import MobileNetError
 from mobilenets.measure.timing import time_interleaved
 from mobilenets.models import check_resolution, create_model, list_models
@@ -57,7 +62,7 @@ CALIBRATION_INPUTS = 8
 
 @dataclass
 class Timing:
-    """One engine's latencies (per batch), in milliseconds."""
+    """One engine's latencies (per batch), in milliseconds, and the memory it took."""
 
     engine: str
     median_ms: float
@@ -65,6 +70,9 @@ class Timing:
     images_per_s: float
     gmacs_per_s: float | None
     iterations: int
+    memory_bytes: int | None = None  # resident-set growth while loaded and run
+    planned_bytes: int | None = None  # ExecuTorch: what its memory planner laid out
+    model_memory_bytes: int | None = None  # cost model: peak activations + weights
 
 
 @dataclass
@@ -77,6 +85,7 @@ class BenchReport:
     threads: int
     macs: int | None  # mult-adds per image
     matmul_gflops: float  # fp32, 2048 x 2048, same threads, same run
+    int8_matmul_gops: float | None = None  # int8 x int8 -> int32, same size, same run
     timings: list[Timing] = field(default_factory=list)
 
     @property
@@ -86,12 +95,20 @@ class BenchReport:
             return None
         return 2 * self.macs * self.batch / (self.matmul_gflops * 1e9) * 1e3
 
+    @property
+    def int8_floor_ms(self) -> float | None:
+        """The batch's int8 latency if every mult-add ran at the int8 matmul rate."""
+        if self.macs is None or not self.int8_matmul_gops:
+            return None
+        return 2 * self.macs * self.batch / (self.int8_matmul_gops * 1e9) * 1e3
+
     def timing(self, engine: str) -> Timing:
         return next(t for t in self.timings if t.engine == engine)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["fp32_floor_ms"] = self.fp32_floor_ms
+        data["int8_floor_ms"] = self.int8_floor_ms
         return data
 
 
@@ -140,6 +157,20 @@ def matmul_gflops(threads: int, size: int = MATMUL_SIZE, repeats: int = 10) -> f
     return 2 * size**3 / best / 1e9
 
 
+def int8_matmul_gops(threads: int, size: int = MATMUL_SIZE, repeats: int = 10) -> float | None:
+    """The int8 rate of the same matmul (``torch._int_mm``, int32 accumulation), best of
+    ``repeats``; None where this PyTorch build has no CPU int8 matmul."""
+    with torch_threads(threads):
+        a = torch.randint(-128, 128, (size, size), dtype=torch.int8)
+        b = torch.randint(-128, 128, (size, size), dtype=torch.int8)
+        try:
+            torch._int_mm(a, b)
+        except RuntimeError:
+            return None
+        best = min(_time_once(lambda: torch._int_mm(a, b)) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
 def _time_once(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -154,6 +185,15 @@ def torch_threads(threads: int):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def resident_bytes() -> int | None:
+    """The process's resident set size (Linux ``/proc``), None elsewhere."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 # --------------------------------------------------------------------------- sources
@@ -183,6 +223,17 @@ def resolve_source(
     )
 
 
+def installed_formats() -> list[str]:
+    """The export formats whose runtime is installed here (ONNX always is)."""
+    return [name for name, target in FORMATS.items() if target.installed()]
+
+
+def engine_name(target: Target, precision: str) -> str:
+    """``onnxruntime fp32``, ``ExecuTorch int8``, ...: the runtime and the precision."""
+    runtime = "onnxruntime" if target.name == "ONNX" else target.name
+    return f"{runtime} {precision}"
+
+
 def benchmark(
     source: str | os.PathLike[str],
     resolution: int | None = None,
@@ -192,19 +243,19 @@ def benchmark(
     warmup: int = 10,
     iterations: int = 100,
     rounds: int = 5,
-    providers: Sequence[str] | None = None,
+    formats: Sequence[str] | None = None,
 ) -> BenchReport:
-    """Time a model as PyTorch eager (NCHW, channels_last), with BN folded, and in
-    onnxruntime fp32 and int8 on each of ``providers``; or, for an ONNX file, that file alone.
+    """Time a model as PyTorch eager (NCHW, channels_last, BN folded or not) and in every
+    runtime of ``formats`` (default: all installed) in fp32 and int8; or, for an ONNX file,
+    that file alone in onnxruntime.
 
-    ``providers`` defaults to onnxruntime's CPU provider plus OpenVINO where it is installed.
-    The int8 model is calibrated on random inputs: its ranges do not change its speed, and
-    its accuracy is ``mobilenets quantize``'s business.
+    The int8 programs are calibrated on random inputs: ranges do not change their speed, and
+    their accuracy is ``mobilenets export --int8``'s business.
     """
-    providers = default_providers() if providers is None else providers
-    if not providers:
-        raise MobileNetError("name at least one execution provider to bench")
-    providers = list(dict.fromkeys(check_provider(p) for p in providers))
+    formats = installed_formats() if formats is None else list(dict.fromkeys(formats))
+    if not formats:
+        raise MobileNetError("name at least one export format to bench")
+    targets = [target_of(f) for f in formats]
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise MobileNetError(f"batch must be a positive integer, got {batch!r}")
     threads = (os.cpu_count() or 1) if threads is None else threads
@@ -212,35 +263,72 @@ def benchmark(
         raise MobileNetError(f"threads must be a positive integer, got {threads!r}")
     label, model, info, onnx_path = resolve_source(source, width_mult)
     if onnx_path is not None:
-        return _benchmark_onnx(
-            onnx_path, resolution, batch, threads, warmup, iterations, rounds, providers
-        )
+        return _benchmark_onnx(onnx_path, resolution, batch, threads, warmup, iterations, rounds)
 
     assert model is not None and info is not None
     resolution = int(info.input_size[1]) if resolution is None else resolution
     check_resolution(model, resolution)
     channels = int(info.input_size[0])
     info.input_size = (channels, resolution, resolution)
-    macs = profile_model(model, resolution).total_macs
+    cost = profile_model(model, resolution)
+    folded = fold_batchnorm(model)
+    weights = count_params(folded)
     x = torch.randn(batch, channels, resolution, resolution)
+    calibration = [torch.randn(CALIBRATION_INPUTS, channels, resolution, resolution)]
 
+    engines = _torch_engines(model, x)
+    memory: dict[str, tuple[int | None, int | None, int]] = {}
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
-        fp32_path, int8_path = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
-        export_model(model, info, fp32_path, [x])
-        calibration = torch.utils.data.TensorDataset(
-            torch.randn(CALIBRATION_INPUTS, channels, resolution, resolution)
-        )
-        quantize_model(fp32_path, int8_path, calibration)
-        engines = _torch_engines(model, x)
-        for provider in providers:
-            for precision, path in (("fp32", fp32_path), ("int8", int8_path)):
-                name = engine_name(precision, provider)
-                engines[name] = _ort_engine(path, x, threads, provider)
+        for target in targets:
+            for precision in ("fp32", "int8"):
+                path = Path(tmp) / f"model.{precision}{target.suffix}"
+                target.write(
+                    folded,
+                    path,
+                    x,
+                    calibration if precision == "int8" else None,
+                    onnx_metadata(info, precision),
+                )
+                name = engine_name(target, precision)
+                engines[name], used = _loaded(target, path, x, threads)
+                planned = executorch.planned_memory_bytes(path) if target.suffix == ".pte" else None
+                modelled = cost.peak_activation_bytes(precision) * batch + weights * (
+                    1 if precision == "int8" else 4
+                )
+                memory[name] = (used, planned, modelled)
         with torch_threads(threads), torch.inference_mode():
             times = measure(engines, warmup, iterations, rounds)
-    report = BenchReport(label, resolution, batch, threads, macs, matmul_gflops(threads))
-    report.timings = [summarize(name, t, batch, macs) for name, t in times.items()]
+    report = BenchReport(
+        label,
+        resolution,
+        batch,
+        threads,
+        cost.total_macs,
+        matmul_gflops(threads),
+        int8_matmul_gops(threads),
+    )
+    report.timings = [summarize(name, t, batch, cost.total_macs) for name, t in times.items()]
+    for timing in report.timings:
+        if timing.engine in memory:
+            timing.memory_bytes, timing.planned_bytes, timing.model_memory_bytes = memory[
+                timing.engine
+            ]
     return report
+
+
+def _loaded(
+    target: Target, path: Path, x: torch.Tensor, threads: int
+) -> tuple[Callable[[], object], int | None]:
+    """A no-argument call of ``path``'s program on ``x``, and the resident-set growth that
+    loading it and running it twice caused."""
+    array = np.ascontiguousarray(x.numpy())
+    before = resident_bytes()
+    runner: Runner = target.load(path, threads)
+    runner(array)
+    runner(array)
+    after = resident_bytes()
+    used = None if before is None or after is None else max(after - before, 0)
+    return (lambda: runner(array)), used
 
 
 def _torch_engines(model: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:
@@ -257,30 +345,6 @@ def _torch_engines(model: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], 
     }
 
 
-def default_providers() -> list[str]:
-    """The providers bench compares unless told: onnxruntime's own CPU kernels, and OpenVINO's
-    where its plugin is installed."""
-    return [p for p in (DEFAULT_PROVIDER, OPENVINO_PROVIDER) if p in available_providers()]
-
-
-def engine_name(precision: str, provider: str = DEFAULT_PROVIDER) -> str:
-    """``onnxruntime fp32`` for onnxruntime's own kernels, ``onnxruntime fp32 (OpenVINO)``
-    for another provider's; ``precision=""`` names the provider alone."""
-    name = " ".join(filter(None, ("onnxruntime", precision)))
-    if provider == DEFAULT_PROVIDER:
-        return name
-    return f"{name} ({short_provider_name(provider)})"
-
-
-def _ort_engine(path: Path, x: torch.Tensor, threads: int, provider: str):
-    return _runner(create_session(path, threads=threads, provider=provider), x.numpy())
-
-
-def _runner(session: ort.InferenceSession, x: np.ndarray) -> Callable[[], object]:
-    feed = {session.get_inputs()[0].name: x}
-    return lambda: session.run(None, feed)
-
-
 def _benchmark_onnx(
     path: Path,
     resolution: int | None,
@@ -289,11 +353,10 @@ def _benchmark_onnx(
     warmup: int,
     iterations: int,
     rounds: int,
-    providers: Sequence[str],
 ) -> BenchReport:
     proto = load_onnx(path)
-    sessions = {p: create_session(path, threads=threads, provider=p) for p in providers}
-    channels, height, width = input_resolution(sessions[providers[0]])
+    session = create_session(path, threads=threads)
+    channels, height, width = input_resolution(session)
     if resolution is not None and resolution != height:
         raise MobileNetError(
             f"{path} takes {height}x{width} inputs, not {resolution}x{resolution}; "
@@ -306,8 +369,11 @@ def _benchmark_onnx(
         macs = profile_model(info.build_model(), height).total_macs
     precision = props.get(PRECISION_KEY, "fp32")
     x = np.random.default_rng(0).standard_normal((batch, channels, height, width), np.float32)
-    engines = {engine_name(precision, p): _runner(s, x) for p, s in sessions.items()}
+    feed = {session.get_inputs()[0].name: x}
+    engines = {f"onnxruntime {precision}": lambda: session.run(None, feed)}
     times = measure(engines, warmup, iterations, rounds)
-    report = BenchReport(path.name, height, batch, threads, macs, matmul_gflops(threads))
+    report = BenchReport(
+        path.name, height, batch, threads, macs, matmul_gflops(threads), int8_matmul_gops(threads)
+    )
     report.timings = [summarize(name, t, batch, macs) for name, t in times.items()]
     return report

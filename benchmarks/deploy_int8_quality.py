@@ -1,0 +1,159 @@
+"""int8 quality of torchvision's MobileNetV2 ImageNet weights in every runtime, lever by lever.
+
+Reference: the BN-folded fp32 model in PyTorch. Each runtime's int8 program is made with the
+quantizer that runtime ships, calibrated on random crops of the bundled photos (seed 0), and
+run in that runtime on other crops (seed 1); we report top-1 agreement with the fp32 model and
+the logits' SQNR. Every PTQ choice the runtime offers that we tried is one row, so the effect
+of each lever is measured, not assumed.
+
+    python scripts/fetch_imagenet_weights.py --run-dir /tmp/v2-imagenet
+    python benchmarks/deploy_int8_quality.py /tmp/v2-imagenet [--runtimes onnx,openvino,...]
+
+Writes benchmarks/results/deploy_int8_quality.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from mobilenets.deploy import executorch, litert, onnx_target, openvino
+from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.deploy.onnx_export import write_onnx
+from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops, photo_paths
+from mobilenets.deploy.quantize import quantize_model
+from mobilenets.deploy.runtime import onnx_metadata
+from mobilenets.deploy.target import agreement, run_batches
+from mobilenets.io import atomic_write_json, atomic_write_text
+from mobilenets.runs import load_run
+
+RESULTS = Path(__file__).parent / "results"
+FIRST, LAST = "features.0.conv", "classifier.fc"
+
+# Per runtime: (what was tried, the options its writer takes for it).
+LEVERS = {
+    "onnx": [
+        ("MinMax calibration (default)", {"calibrate_method": "minmax"}),
+        # Entropy and percentile calibration are levers too, but onnxruntime's histogram
+        # calibrators keep every activation of every image: at 224 px the entropy run had
+        # grown to 12 GB after 19 minutes on 200 images, half this machine, and was stopped.
+        ("MinMax, depthwise left in fp32", {"calibrate_method": "minmax", "fp32_depthwise": True}),
+    ],
+    "openvino": [
+        ("PERFORMANCE preset (symmetric activations)", {"preset": "performance"}),
+        ("MIXED preset (asymmetric activations; our default)", {"preset": "mixed"}),
+        ("MIXED, classifier (MatMul) in fp32", {"preset": "mixed", "fp32_types": ["MatMul"]}),
+        ("MIXED, full bias correction", {"preset": "mixed", "fast_bias_correction": False}),
+    ],
+    "executorch": [
+        ("per channel, histogram observer (default)", {}),
+        ("classifier in fp32", {"fp32_modules": [LAST]}),
+        ("first conv and classifier in fp32", {"fp32_modules": [FIRST, LAST]}),
+    ],
+    "litert": [
+        ("per channel, histogram observer (default)", {}),
+        ("classifier in fp32", {"fp32_modules": [LAST]}),
+    ],
+}
+
+
+def build(runtime: str, options: dict, model, info, tmp: Path, example, calibration):
+    """Write the int8 program for one lever and load it in its runtime."""
+    if runtime == "onnx":
+        fp32, out = tmp / "model.onnx", tmp / "model.int8.onnx"
+        write_onnx(model, fp32, tuple(info.input_size), onnx_metadata(info, "fp32"))
+        quantize_model(fp32, out, TensorDataset(torch.cat(calibration)), **options)
+        return onnx_target.load(out, None), None
+    if runtime == "openvino":
+        out = tmp / "model.int8.xml"
+        openvino.write(model, out, example, calibration, {}, **options)
+        return openvino.load(out, None), None
+    if runtime == "executorch":
+        out = tmp / "model.int8.pte"
+        executorch.write(model, out, example, calibration, {}, **options)
+        return executorch.load(out, None), 1
+    out = tmp / "model.int8.tflite"
+    litert.write(model, out, example, calibration, {}, **options)
+    return litert.load(out, None), 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="the imported torchvision V2 run")
+    parser.add_argument("--runtimes", default=",".join(LEVERS))
+    parser.add_argument("--calibration", type=int, default=200)
+    parser.add_argument("--evaluation", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tag", default="", help="suffix of the result files")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, info = load_run(args.run_dir)
+    folded = fold_batchnorm(model)
+    size = info.input_size[1]
+    calibration = list(
+        photo_crops(args.calibration, size, info.mean, info.std, seed=CALIBRATION_SEED).split(32)
+    )
+    evaluation = list(
+        photo_crops(args.evaluation, size, info.mean, info.std, seed=EVALUATION_SEED).split(50)
+    )
+    with torch.no_grad():
+        expected = torch.cat([folded(x) for x in evaluation]).numpy()
+    rows = []
+    for runtime in args.runtimes.split(","):
+        for lever, options in LEVERS[runtime]:
+            start = time.perf_counter()
+            with tempfile.TemporaryDirectory() as tmp:
+                runner, batch = build(
+                    runtime, options, folded, info, Path(tmp), evaluation[0][:1], calibration
+                )
+                got = run_batches(runner, evaluation, batch)
+            result = agreement(expected, got)
+            row = {
+                "runtime": runtime,
+                "lever": lever,
+                "top1_agreement": result.top1_agreement,
+                "sqnr_db": result.sqnr_db,
+                "seconds": time.perf_counter() - start,
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            write_results(rows, args)  # after every row: a long run keeps what it measured
+
+
+def write_results(rows: list[dict], args: argparse.Namespace) -> None:
+    tag = f"_{args.tag}" if args.tag else ""
+    lines = [
+        "# int8 quality per runtime and PTQ lever: torchvision MobileNetV2 ImageNet weights",
+        "",
+        f"`python benchmarks/deploy_int8_quality.py RUN --calibration {args.calibration} "
+        f"--evaluation {args.evaluation}` on {platform.machine()}, {args.threads} threads; "
+        "other agents' processes were running on the same 2 cores.",
+        f"Calibration: {args.calibration} random crops of {len(photo_paths())} bundled photos "
+        f"(seed {CALIBRATION_SEED}); evaluation: {args.evaluation} other crops (seed "
+        f"{EVALUATION_SEED}); reference: the BN-folded fp32 model in PyTorch.",
+        "Target: >= 90% top-1 agreement and >= 20 dB logit SQNR in every runtime.",
+        "",
+        "| runtime | lever | top-1 agreement | SQNR dB | seconds to make + check |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['runtime']} | {r['lever']} | {r['top1_agreement']:.1%} | "
+            f"{r['sqnr_db']:.1f} | {r['seconds']:.0f} |"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_text(RESULTS / f"deploy_int8_quality{tag}.md", "\n".join(lines) + "\n")
+    atomic_write_json(RESULTS / f"deploy_int8_quality{tag}.json", {"rows": rows})
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()

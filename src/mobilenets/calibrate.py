@@ -1,0 +1,644 @@
+"""Measure the latency model's rates on this machine and runtime, and cache them.
+
+Calibration times single layers, not whole networks: for each latency kind it takes layer
+shapes that the registered models really run (every family at a few widths and resolutions,
+so a family added to the registry is calibrated for without a change here), builds each as a
+one-layer ONNX graph (a convolution with its fused activation, a ``Gemm``, a pooling), and
+reads the layer's kernel time from onnxruntime's profiler. A one-layer graph also gets the
+NCHWc layout conversions (``ReorderInput``/``ReorderOutput``) that a whole network pays only at
+its ends; the profiler times them as nodes of their own, which are left out. The runtime's
+cost between kernels and per call is measured on chains of tiny layers of two lengths.
+
+Each kind's roofline is then fitted to its samples by least squares on the logarithm of the
+time, so that a 20 us layer weighs as much as a 2 ms one. Times are the fastest of several
+runs: on a shared machine the fastest run is the one least disturbed by other processes.
+
+The result is cached per runtime, provider and thread count, and keyed by the machine (CPU
+model and count) and the runtime version: a calibration from elsewhere is never used.
+"""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from scipy.optimize import least_squares
+
+from mobilenets.cost import CostReport, LayerCost, profile_model
+from mobilenets.deploy.runtime import DEFAULT_PROVIDER, create_session, short_provider_name
+from mobilenets.errors import MobileNetError
+from mobilenets.io import atomic_write_json
+from mobilenets.latency import (
+    CALIBRATION_FORMAT,
+    LATENCY_KINDS,
+    MEMORY_ONLY_KINDS,
+    Calibration,
+    LatencyPrediction,
+    Roofline,
+    bytes_moved,
+    latency_kinds,
+    numel,
+    predict_latency,
+)
+from mobilenets.models import create_model, get_model_factory, list_models
+
+# Runtimes the latency model can be calibrated for: the name users type -> provider. Only
+# runtimes whose profiler reports per-kernel times can be calibrated layer by layer.
+RUNTIMES = {"onnxruntime": DEFAULT_PROVIDER}
+DEFAULT_RUNTIME = "onnxruntime"
+OPSET = 18
+# IR version 8 is what opset 18 needs; the onnx package would write its newest, which an older
+# onnxruntime refuses ("Unsupported model IR version").
+IR_VERSION = 8
+# Where the registered models' layer shapes are sampled: the papers' width and resolution dials.
+SAMPLE_WIDTHS = (0.35, 0.75, 1.4)
+SAMPLE_RESOLUTIONS = (96, 224)
+PER_KIND = 14
+CHAIN_LENGTH = 24
+CACHE_ENV = "MOBILENETS_CACHE"
+
+
+# --------------------------------------------------------------------------- the machine
+
+
+def machine_fingerprint() -> str:
+    """What makes timings comparable: the CPU model, the number of CPUs, the architecture."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, {platform.machine()}"
+
+
+def check_runtime(runtime: str) -> str:
+    """The provider of ``runtime``, or one line saying which runtimes can be calibrated."""
+    if runtime not in RUNTIMES:
+        raise MobileNetError(
+            f"cannot calibrate for runtime {runtime!r}: the latency model needs per-layer "
+            f"kernel times, which these runtimes report: {', '.join(RUNTIMES)}"
+        )
+    if RUNTIMES[runtime] not in ort.get_available_providers():
+        raise MobileNetError(f"{runtime} is not installed here ({RUNTIMES[runtime]} is missing)")
+    return RUNTIMES[runtime]
+
+
+def check_threads(threads: int) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise MobileNetError(f"threads must be 0 (the runtime's default) or more, got {threads!r}")
+    return threads
+
+
+def cache_dir() -> Path:
+    """``$MOBILENETS_CACHE``, else ``$XDG_CACHE_HOME/mobilenets``, else ``~/.cache/mobilenets``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mobilenets"
+
+
+def cache_path(runtime: str = DEFAULT_RUNTIME, threads: int = 0) -> Path:
+    provider = short_provider_name(check_runtime(runtime)).lower()
+    return cache_dir() / "latency" / f"{runtime}-{provider}-threads{threads}.json"
+
+
+def stale_reason(calibration: Calibration) -> str | None:
+    """Why a cached calibration cannot price this machine and runtime, or ``None``."""
+    if calibration.format != CALIBRATION_FORMAT:
+        return f"it has format {calibration.format}, this version reads {CALIBRATION_FORMAT}"
+    if calibration.machine != machine_fingerprint():
+        return f"it was made on another machine ({calibration.machine})"
+    if calibration.runtime_version != ort.__version__:
+        return (
+            f"it was made with {calibration.runtime} {calibration.runtime_version}, "
+            f"this is {ort.__version__}"
+        )
+    missing = set(LATENCY_KINDS) - set(calibration.rooflines)
+    if missing:
+        return f"it has no rates for {', '.join(sorted(missing))}"
+    return None
+
+
+def read_calibration(path: str | os.PathLike[str]) -> Calibration:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise MobileNetError(f"cannot read the calibration {path}: {e}") from None
+    return Calibration.from_json(data, str(path))
+
+
+def load_calibration(
+    runtime: str = DEFAULT_RUNTIME,
+    threads: int = 0,
+    recalibrate: bool = False,
+    say: Callable[[str], None] | None = None,
+    **calibrate_kwargs: object,
+) -> Calibration:
+    """The cached calibration for ``runtime`` and ``threads``, measured now if there is none,
+    if it is stale (another machine or runtime version: ``say`` is told why) or if asked to."""
+    check_threads(threads)
+    path = cache_path(runtime, threads)
+    if path.is_file() and not recalibrate:
+        try:
+            cached = read_calibration(path)
+            reason = stale_reason(cached)
+        except MobileNetError as e:
+            reason = str(e)
+        if reason is None:
+            return cached
+        if say is not None:
+            say(f"the cached latency calibration {path} is stale: {reason}; recalibrating")
+    elif say is not None and not recalibrate:
+        say(f"no latency calibration for {runtime} with threads={threads} yet; calibrating")
+    calibration = calibrate(runtime, threads, **calibrate_kwargs)  # type: ignore[arg-type]
+    atomic_write_json(path, calibration.to_json())
+    return calibration
+
+
+# --------------------------------------------------------------------------- the samples
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One layer to time: its traced row and latency kind, and what it measured."""
+
+    row: LayerCost
+    kind: str
+    seconds: float = math.nan
+
+    @property
+    def bytes(self) -> int:
+        return bytes_moved(self.row, self.kind)
+
+    def key(self) -> tuple:
+        return (self.kind, self.row.input_shape, self.row.output_shape, self.row.macs)
+
+
+def registry_samples(
+    models: Iterable[str] | None = None,
+    widths: Sequence[float] = SAMPLE_WIDTHS,
+    resolutions: Sequence[int] = SAMPLE_RESOLUTIONS,
+) -> list[Sample]:
+    """Every distinct pricable layer of the registered models at these widths and resolutions.
+
+    A combination a family refuses (a resolution below its stride) is skipped.
+    """
+    seen: dict[tuple, Sample] = {}
+    for name in list_models() if models is None else models:
+        for width in widths if takes_width(name) else (None,):
+            for resolution in resolutions:
+                kwargs = {} if width is None else {"width_mult": width}
+                try:
+                    report = profile_model(create_model(name, **kwargs), resolution)
+                except MobileNetError:
+                    continue
+                for row, kind in zip(report.layers, latency_kinds(report.layers), strict=True):
+                    if kind is not None:
+                        sample = Sample(row, kind)
+                        seen.setdefault(sample.key(), sample)
+    found = {s.kind for s in seen.values()}
+    return list(seen.values()) + [s for s in synthetic_samples() if s.kind not in found]
+
+
+def takes_width(name: str) -> bool:
+    """Whether the family ``name`` has a width multiplier (EfficientNet and MobileNetV4 fix
+    their widths in their tables)."""
+    return "width_mult" in inspect.signature(get_model_factory(name)).parameters
+
+
+def synthetic_samples() -> list[Sample]:
+    """Squeeze-and-excitation gates on MobileNetV3-like feature maps, VGG-like 3x3
+    convolutions and 2x2 max poolings, for the kinds that no model being sampled has (no
+    registered one has a gate yet), so that every kind is calibrated."""
+    gates = [(16, 56), (72, 28), (96, 14), (120, 28), (240, 14), (576, 7), (960, 7)]
+    pools = [(16, 112), (32, 96), (64, 56), (128, 28), (256, 14), (512, 8)]
+    convs = [
+        Sample(
+            LayerCost(
+                f"conv{c}x{h}",
+                "standard",
+                (1, c, h, h),
+                (1, c, h, h),
+                9 * c * c * h * h,
+                9 * c * c,
+                c * h * h,
+            ),
+            "standard K>=64",
+        )
+        for c, h in pools
+    ]
+    return (
+        convs
+        + [
+            Sample(LayerCost(f"se{c}x{h}", "pool", (1, c, h, h), (1, c, 1, 1), 0, 0, c), "se")
+            for c, h in gates
+        ]
+        + [
+            Sample(
+                LayerCost(f"max{c}x{h}", "pool", (1, c, h, h), (1, c, h // 2, h // 2), 0, 0, c),
+                "max pool",
+            )
+            for c, h in pools
+        ]
+    )
+
+
+def spread(samples: Sequence[Sample], per_kind: int) -> list[Sample]:
+    """Up to ``per_kind`` samples of each kind, evenly spaced over its range of work."""
+    chosen = []
+    for kind in LATENCY_KINDS:
+        of_kind = sorted(
+            (s for s in samples if s.kind == kind), key=lambda s: (s.row.macs, s.bytes)
+        )
+        if len(of_kind) <= per_kind:
+            chosen += of_kind
+            continue
+        picks = np.linspace(0, len(of_kind) - 1, per_kind).round().astype(int)
+        chosen += [of_kind[i] for i in sorted(set(picks.tolist()))]
+    return chosen
+
+
+# --------------------------------------------------------------------------- one-layer graphs
+
+
+def _initializer(name: str, array: np.ndarray) -> TensorProto:
+    return numpy_helper.from_array(array.astype(np.float32), name)
+
+
+def last_level_cache_bytes() -> int:
+    """The CPU's last-level cache (Linux reports it; 32 MiB where it does not)."""
+    for index in (3, 2):
+        path = Path(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size")
+        try:
+            text = path.read_text().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20}.get(text[-1:], 1)
+        return int(text.rstrip("KM")) * scale
+    return 32 * 2**20
+
+
+def cold_copies(sample: Sample) -> int:
+    """How many copies of a fully connected layer, each with its own weights, a one-layer
+    graph runs so that its weights come from memory rather than cache, as in a network where
+    every other layer has passed through the cache since (a 5 MB classifier measured 3.6x
+    slower inside MobileNetV2 than alone with warm weights)."""
+    if sample.kind != "fc":
+        return 1
+    weights = max(sample.row.params * 4, 1)
+    return int(min(64, max(1, math.ceil(2 * last_level_cache_bytes() / weights))))
+
+
+def layer_graph(sample: Sample, seed: int = 0) -> onnx.ModelProto:
+    """A one-layer ONNX model computing what ``sample``'s layer computes, as exported.
+
+    Convolutions carry a fused ReLU6 (``Clip``) as deployed MobileNets do; the kernel size,
+    stride and groups are read back from the traced shapes and mult-adds (all the models here
+    pad "same"). A fully connected layer runs :func:`cold_copies` times side by side on the
+    same input, each copy with its own weights and output.
+    """
+    copies = cold_copies(sample)
+    if copies > 1:
+        return _side_by_side([_one_layer(sample, seed + i) for i in range(copies)])
+    return _one_layer(sample, seed)
+
+
+def _one_layer(sample: Sample, seed: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    row = sample.row
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(row.input_shape))
+    out_shape = row.input_shape if sample.kind == "se" else row.output_shape
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))
+    inits: list[TensorProto] = []
+    if row.kind == "linear":
+        k, n = row.input_shape[-1], row.output_shape[-1]
+        inits = [
+            _initializer("w", rng.standard_normal((n, k)) * 0.01),
+            _initializer("b", np.zeros(n)),
+        ]
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="layer", transB=1)]
+    elif sample.kind in ("se", "global pool"):
+        pooled = "p" if sample.kind == "se" else "y"
+        inits = [numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes")]
+        nodes = [helper.make_node("ReduceMean", ["x", "axes"], [pooled], name="layer", keepdims=1)]
+        if sample.kind == "se":
+            nodes.append(helper.make_node("Mul", ["x", "p"], ["y"], name="scale"))
+    elif sample.kind == "max pool":
+        k = row.input_shape[2] // row.output_shape[2]
+        nodes = [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[k, k])]
+    else:
+        nodes, inits = _conv_nodes(row, rng)
+    graph = helper.make_graph(nodes, "layer", [x], [y], inits)
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
+    )
+
+
+def _side_by_side(models: Sequence[onnx.ModelProto]) -> onnx.ModelProto:
+    """One graph running ``models`` (one-layer graphs on the same input ``x``) side by side,
+    the names of each copy's weights, nodes and output suffixed with its index."""
+    nodes, inits, outputs = [], [], []
+    for i, model in enumerate(models):
+        for init in model.graph.initializer:
+            init.name = f"{init.name}{i}"
+            inits.append(init)
+        for node in model.graph.node:
+            node.name = f"{node.name}{i}"
+            node.input[:] = [n if n == "x" else f"{n}{i}" for n in node.input]
+            node.output[:] = [f"{n}{i}" for n in node.output]
+            nodes.append(node)
+        output = model.graph.output[0]
+        output.name = f"{output.name}{i}"
+        outputs.append(output)
+    graph = helper.make_graph(nodes, "side_by_side", [models[0].graph.input[0]], outputs, inits)
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
+    )
+
+
+def _conv_nodes(row: LayerCost, rng: np.random.Generator) -> tuple[list, list]:
+    c_in, c_out = row.input_shape[1], row.output_shape[1]
+    groups = c_in if row.kind == "depthwise" else 1
+    k = max(1, round(math.sqrt(row.macs / (numel(row.output_shape) * (c_in // groups)))))
+    stride = max(1, -(-row.input_shape[2] // row.output_shape[2]))
+    weight = rng.standard_normal((c_out, c_in // groups, k, k)) * (1 / math.sqrt(k * k * c_in))
+    inits = [
+        _initializer("w", weight),
+        _initializer("b", np.zeros(c_out)),
+        _initializer("lo", np.array(0.0)),
+        _initializer("hi", np.array(6.0)),
+    ]
+    conv = helper.make_node(
+        "Conv",
+        ["x", "w", "b"],
+        ["c"],
+        name="layer",
+        kernel_shape=[k, k],
+        strides=[stride, stride],
+        pads=[k // 2] * 4,
+        group=groups,
+    )
+    return [conv, helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="act")], inits
+
+
+def chain_graph(length: int, channels: int = 8, size: int = 8) -> onnx.ModelProto:
+    """``length`` tiny depthwise convolutions in a row: almost nothing but per-node overhead."""
+    weight = np.full((channels, 1, 3, 3), 1 / 9)
+    inits = [_initializer("w", weight)]
+    nodes, prev = [], "x"
+    for i in range(length):
+        out = "y" if i == length - 1 else f"h{i}"
+        nodes.append(
+            helper.make_node(
+                "Conv", [prev, "w"], [out], kernel_shape=[3, 3], pads=[1] * 4, group=channels
+            )
+        )
+        prev = out
+    shape = [1, channels, size, size]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+    graph = helper.make_graph(nodes, "chain", [x], [y], inits)
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
+    )
+
+
+# --------------------------------------------------------------------------- timing
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One graph's fastest wall time per call and fastest kernel time per node, in seconds,
+    nodes in execution order as ``(name, op type, seconds)``."""
+
+    wall_s: float
+    nodes: list[tuple[str, str, float]]
+
+    def kernel_s(self, skip_reorders: bool = True) -> float:
+        return sum(s for _, op, s in self.nodes if not (skip_reorders and op.startswith("Reorder")))
+
+
+def profile_onnx(
+    path: str | os.PathLike[str],
+    provider: str = DEFAULT_PROVIDER,
+    threads: int = 0,
+    budget_s: float = 0.1,
+    min_runs: int = 5,
+    max_runs: int = 60,
+    warmup: int = 3,
+    wall: bool = True,
+) -> Profile:
+    """Run an ONNX file under the profiler for the kernel time of each node and, with
+    ``wall``, in a plain session for the wall time per call (the profiler's own bookkeeping
+    would inflate it); keep the fastest of each."""
+    feed = _random_feed(path)
+    walls, runs = [math.nan], min_runs
+    with tempfile.TemporaryDirectory() as tmp:
+        profiled = create_session(path, threads or None, provider, profile_prefix=f"{tmp}/p")
+        for _ in range(warmup):
+            profiled.run(None, feed)
+        start = time.perf_counter()
+        profiled.run(None, feed)
+        one = max(time.perf_counter() - start, 1e-6)
+        runs = int(min(max_runs, max(min_runs, budget_s / (2 if wall else 1) / one)))
+        for _ in range(runs):
+            profiled.run(None, feed)
+        events = json.loads(Path(profiled.end_profiling()).read_text())
+    if wall:
+        plain = create_session(path, threads or None, provider)
+        for _ in range(warmup):
+            plain.run(None, feed)
+        walls = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            plain.run(None, feed)
+            walls.append(time.perf_counter() - start)
+    return Profile(min(walls), _fastest_nodes(events, skip_runs=warmup + 1))
+
+
+def _random_feed(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """A batch of one for the graph's input (a free batch axis taken as 1)."""
+    graph_input = onnx.load(str(path), load_external_data=False).graph.input[0]
+    dims = graph_input.type.tensor_type.shape.dim
+    shape = [d.dim_value if d.dim_value > 0 else 1 for d in dims]
+    return {graph_input.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+
+
+def _fastest_nodes(events: list[dict], skip_runs: int) -> list[tuple[str, str, float]]:
+    """Each node's fastest kernel time over the profiled runs after ``skip_runs``."""
+    times: dict[str, list[float]] = {}
+    ops: dict[str, str] = {}
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        name = event["name"].removesuffix("_kernel_time")
+        times.setdefault(name, []).append(event["dur"] * 1e-6)
+        ops[name] = event.get("args", {}).get("op_name", "")
+    return [
+        (name, ops[name], min(ts[skip_runs:] or ts)) for name, ts in times.items()
+    ]  # dicts keep insertion order: the order of the first run
+
+
+def measure_samples(
+    samples: Sequence[Sample],
+    provider: str = DEFAULT_PROVIDER,
+    threads: int = 0,
+    budget_s: float = 0.1,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Sample]:
+    """Time each sample's one-layer graph; its time is the kernel time of its own nodes."""
+    measured = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, sample in enumerate(samples):
+            path = Path(tmp) / f"layer{i}.onnx"
+            onnx.save(layer_graph(sample, seed=i), str(path))
+            profile = profile_onnx(path, provider, threads, budget_s, wall=False)
+            measured.append(replace(sample, seconds=profile.kernel_s() / cold_copies(sample)))
+            if progress is not None:
+                progress(i + 1, len(samples))
+    return measured
+
+
+def measure_overheads(
+    provider: str = DEFAULT_PROVIDER, threads: int = 0, length: int = CHAIN_LENGTH
+) -> tuple[float, float]:
+    """The runtime's seconds between kernels and per call, from chains of 1 and ``length``
+    tiny layers: what the wall time adds to the kernel times, split into a per-node and a
+    fixed part."""
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = {}
+        nodes = {}
+        for n in (1, length):
+            path = Path(tmp) / f"chain{n}.onnx"
+            onnx.save(chain_graph(n), str(path))
+            profile = profile_onnx(path, provider, threads, budget_s=0.2, min_runs=20)
+            extra[n] = profile.wall_s - profile.kernel_s(skip_reorders=False)
+            nodes[n] = len(profile.nodes)
+    per_node = (extra[length] - extra[1]) / max(nodes[length] - nodes[1], 1)
+    per_call = max(0.0, extra[1] - per_node * nodes[1])
+    return per_node, per_call
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def fit_roofline(samples: Sequence[Sample], memory_only: bool = False) -> Roofline:
+    """The roofline through ``samples`` that minimises the squared log error of the time.
+
+    A soft-L1 loss keeps a sample slowed by another process from dragging the fit.
+    """
+    macs = np.array([s.row.macs for s in samples], dtype=float)
+    nbytes = np.array([s.bytes for s in samples], dtype=float)
+    seconds = np.array([s.seconds for s in samples], dtype=float)
+    if len(samples) == 0 or not np.all(seconds > 0):
+        raise MobileNetError("a roofline needs one or more samples with a positive time")
+
+    def predict(theta: np.ndarray) -> np.ndarray:
+        memory = nbytes / np.exp(theta[0])
+        compute = 0.0 if memory_only else macs / np.exp(theta[2])
+        return np.maximum(compute, memory) + np.exp(theta[1])
+
+    theta0 = [math.log(np.max(nbytes / seconds)), math.log(0.3 * np.min(seconds))]
+    if not memory_only:
+        theta0.append(math.log(np.max(np.maximum(macs, 1) / seconds)))
+    result = least_squares(
+        lambda t: np.log(predict(t)) - np.log(seconds),
+        np.array(theta0),
+        loss="soft_l1",
+        f_scale=0.1,
+    )
+    theta = result.x
+    return Roofline(
+        macs_per_s=math.inf if memory_only else float(np.exp(theta[2])),
+        bytes_per_s=float(np.exp(theta[0])),
+        overhead_s=float(np.exp(theta[1])),
+    )
+
+
+def relative_errors(roof: Roofline, samples: Sequence[Sample]) -> list[float]:
+    return [abs(roof.seconds(s.row.macs, s.bytes) / s.seconds - 1) for s in samples]
+
+
+def fit_calibration(
+    samples: Sequence[Sample],
+    node_overhead_s: float,
+    run_overhead_s: float,
+    runtime: str = DEFAULT_RUNTIME,
+    threads: int = 0,
+) -> Calibration:
+    """Fit one roofline per latency kind to measured ``samples``."""
+    rooflines, fit = {}, {}
+    for kind in LATENCY_KINDS:
+        of_kind = [s for s in samples if s.kind == kind]
+        if not of_kind:
+            raise MobileNetError(f"no {kind} layers were measured; cannot calibrate")
+        roof = fit_roofline(of_kind, memory_only=kind in MEMORY_ONLY_KINDS)
+        rooflines[kind] = roof
+        errors = relative_errors(roof, of_kind)
+        fit[kind] = {
+            "samples": len(of_kind),
+            "median_error": float(np.median(errors)),
+            "max_error": float(np.max(errors)),
+        }
+    return Calibration(
+        runtime=runtime,
+        runtime_version=ort.__version__,
+        provider=RUNTIMES[runtime],
+        threads=threads,
+        machine=machine_fingerprint(),
+        rooflines=rooflines,
+        node_overhead_s=node_overhead_s,
+        run_overhead_s=run_overhead_s,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        fit=fit,
+    )
+
+
+def calibrate(
+    runtime: str = DEFAULT_RUNTIME,
+    threads: int = 0,
+    per_kind: int = PER_KIND,
+    budget_s: float = 0.1,
+    models: Iterable[str] | None = None,
+    widths: Sequence[float] = SAMPLE_WIDTHS,
+    resolutions: Sequence[int] = SAMPLE_RESOLUTIONS,
+    progress: Callable[[int, int], None] | None = None,
+) -> Calibration:
+    """Measure and fit this machine's rates for ``runtime`` with ``threads`` intra-op threads
+    (0: the runtime's default). ``budget_s`` is roughly the seconds spent timing each layer."""
+    provider = check_runtime(runtime)
+    check_threads(threads)
+    if per_kind < 3:
+        raise MobileNetError(f"a roofline needs at least 3 layers per kind, got {per_kind}")
+    samples = spread(registry_samples(models, widths, resolutions), per_kind)
+    measured = measure_samples(samples, provider, threads, budget_s, progress)
+    node_overhead, run_overhead = measure_overheads(provider, threads)
+    return fit_calibration(measured, node_overhead, run_overhead, runtime, threads)
+
+
+def predict_cached(
+    report: CostReport,
+    runtime: str = DEFAULT_RUNTIME,
+    threads: int = 0,
+    say: Callable[[str], None] | None = None,
+) -> LatencyPrediction:
+    """``report``'s predicted latency with this machine's cached calibration (made first if
+    there is none or it is stale): what ``mobilenets cost --latency`` shows."""
+    return predict_latency(report, load_calibration(runtime, threads, say=say))

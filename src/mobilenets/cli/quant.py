@@ -1,0 +1,253 @@
+"""``mobilenets sensitivity``, ``quantize-mixed`` and ``qat``: int8 that keeps its accuracy."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+
+from mobilenets.cli._output import console, print_json, table
+
+SENSITIVITY_FIGURE = "int8_sensitivity.png"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sensitivity",
+        help="int8 sensitivity per layer: SQNR with it alone quantized and with all but it",
+    )
+    p.add_argument("run_dir", help="a run directory (model.safetensors + model.json)")
+    p.add_argument("--images", type=int, default=32, help="held-out images (default 32)")
+    p.add_argument(
+        "--calibration", type=int, default=256, metavar="N", help="calibration images (256)"
+    )
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
+    p.add_argument("--symmetric-activations", action="store_true", help="int8 around 0, not uint8")
+    p.add_argument("--threads", type=int, help="PyTorch threads (default: all cores)")
+    p.add_argument("--top", type=int, default=15, help="rows of the table (default 15)")
+    p.add_argument("--plot", help=f"figure path (default RUN_DIR/{SENSITIVITY_FIGURE})")
+    p.add_argument("--data", help="the run's data, if it moved (default: as the run records)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_sensitivity)
+
+    p = subparsers.add_parser(
+        "quantize-mixed",
+        help="int8 with the most sensitive layers in float, by count, by name or to a target",
+    )
+    p.add_argument("run_dir", help="a run directory (model.safetensors + model.json)")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--keep", type=int, metavar="N", help="the N most sensitive layers in float")
+    how.add_argument(
+        "--fp32",
+        nargs="+",
+        metavar="LAYER",
+        help="these layers in float (features.1.depthwise.conv)",
+    )
+    how.add_argument(
+        "--target-agreement",
+        type=float,
+        metavar="P",
+        help="fewest float layers giving top-1 agreement >= P (0.99) with the float model",
+    )
+    p.add_argument("--format", default="onnx", help="deployment format (default onnx)")
+    p.add_argument(
+        "--max-latency-cost", type=float, default=0.15, help="vs all-int8 (default 0.15)"
+    )
+    p.add_argument("--max-float", type=int, default=8, help="most float layers tried (default 8)")
+    p.add_argument("--images", type=int, default=300, help="held-out images (default 300)")
+    p.add_argument("--calibration", type=int, default=256, help="calibration images (256)")
+    p.add_argument("--out", help="output file (default RUN_DIR/model.mixed.onnx)")
+    p.add_argument("--data", help="the run's data, if it moved (default: as the run records)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run_mixed)
+
+    p = subparsers.add_parser(
+        "qat",
+        help="quantization-aware training (pt2e): fine-tune a float run with int8 simulated",
+    )
+    p.add_argument("run_dir", help="the float run to start from")
+    p.add_argument("--out", help="the QAT run directory (default RUN_DIR-qat)")
+    p.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs (default 4)")
+    p.add_argument("--lr", type=float, default=0.005, help="SGD learning rate (default 0.005)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    p.add_argument("--freeze-bn-after", type=int, default=2, metavar="E", help="epochs (default 2)")
+    p.add_argument(
+        "--freeze-observers-after", type=int, default=3, metavar="E", help="epochs (default 3)"
+    )
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue --out where it stopped")
+    p.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--data", help="the run's data, if it moved (default: as the run records)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.set_defaults(func=run_qat)
+
+
+def run_sensitivity(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from mobilenets.plots import save_figure
+    from mobilenets.quant.fake import Int8Scheme
+    from mobilenets.quant.sensitivity import count_layers, sensitivity_figure, sensitivity_report
+
+    quiet = args.quiet or args.json
+    bar = (
+        nullcontext(None)
+        if quiet
+        else Progress(
+            TextColumn("layers"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+    )
+    with bar as progress:
+        task = None if progress is None else progress.add_task("", total=count_layers(args.run_dir))
+        report = sensitivity_report(
+            args.run_dir,
+            images=args.images,
+            calibration=args.calibration,
+            scheme=Int8Scheme(not args.per_tensor, args.symmetric_activations),
+            data=args.data,
+            threads=args.threads,
+            on_step=None if progress is None else lambda: progress.advance(task),
+        )
+    plot = Path(args.plot) if args.plot else Path(args.run_dir) / SENSITIVITY_FIGURE
+    save_figure(sensitivity_figure(report), plot)
+    if args.json:
+        print_json({**report.to_dict(), "figure": str(plot)})
+        return 0
+    out = console()
+    out.print(
+        table(
+            f"{report.model}, {report.scheme}: logit SQNR with every layer int8 "
+            f"{report.all_sqnr_db:.1f} dB, top-1 agreement {report.all_agreement:.1%} on "
+            f"{report.images} {report.images_from}; calibrated on {report.calibration}",
+            [
+                "rank",
+                "layer",
+                "kind",
+                "output dB",
+                "alone dB",
+                "alone agree",
+                "all-but dB",
+                "all-but agree",
+            ],
+            [
+                [
+                    str(i),
+                    s.name,
+                    s.kind,
+                    f"{s.output_sqnr_db:.1f}",
+                    f"{s.alone_sqnr_db:.1f}",
+                    f"{s.alone_agreement:.1%}",
+                    f"{s.all_but_sqnr_db:.1f}",
+                    f"{s.all_but_agreement:.1%}",
+                ]
+                for i, s in enumerate(report.ranked()[: args.top], start=1)
+            ],
+            right=5,
+        )
+    )
+    out.print(f"figure: {plot}; {report.seconds:.0f} s")
+    return 0
+
+
+def run_mixed(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from mobilenets.quant.mixed import quantize_mixed
+
+    quiet = args.quiet or args.json
+    err = Console(stderr=True)
+    result = quantize_mixed(
+        args.run_dir,
+        fmt=args.format,
+        fp32_modules=args.fp32,
+        keep=args.keep,
+        target_agreement=args.target_agreement,
+        max_latency_cost=args.max_latency_cost,
+        max_float=args.max_float,
+        images=args.images,
+        calibration=args.calibration,
+        out=args.out,
+        data=args.data,
+        on_message=None if quiet else err.print,
+    )
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    rows = [["fp32", "-", "100.0%", "inf", f"{result.fp32_ms:.2f}", ""]]
+    for label, c in (("int8", result.int8), ("mixed", result.mixed)):
+        rows.append(
+            [
+                label,
+                str(len(c.fp32_modules)),
+                f"{c.top1_agreement:.1%}",
+                f"{c.sqnr_db:.1f}",
+                f"{c.latency_ms:.2f}",
+                f"{c.latency_cost:+.0%}",
+            ]
+        )
+    out = console()
+    out.print(
+        table(
+            f"{result.runtime}: agreement with float on {result.images} {result.images_from}; "
+            f"float layers: {result.chosen_by}",
+            ["model", "float layers", "top-1 agreement", "SQNR dB", "ms", "vs int8"],
+            rows,
+            right=5,
+        )
+    )
+    out.print(f"wrote {result.path}; in float: {', '.join(result.mixed.fp32_modules) or 'none'}")
+    return 0
+
+
+def run_qat(args: argparse.Namespace) -> int:
+    # torchao logs a warning per optional GPU kernel library it cannot load on a CPU build, and
+    # torch one about an enum torchao registers: noise on the user's terminal, not problems.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from rich.console import Console
+
+    from mobilenets.quant.qat import QATConfig, qat
+
+    config = QATConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        freeze_bn_after=args.freeze_bn_after,
+        freeze_observers_after=args.freeze_observers_after,
+        per_channel=not args.per_tensor,
+        seed=args.seed,
+    )
+    err = Console(stderr=True)
+
+    def on_epoch(r: dict) -> None:
+        err.print(
+            f"epoch {r['epoch']}: loss {r['loss']:.4f}, fake-quantized top-1 "
+            f"{r['fake_quant_top1']:.2%} ({r['seconds']:.0f} s)"
+        )
+
+    result = qat(
+        args.run_dir,
+        out=args.out,
+        config=config,
+        resume=args.resume,
+        data=args.data,
+        on_epoch=None if args.json else on_epoch,
+        stop_after_epoch=args.stop_after_epoch,
+    )
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    console().print(
+        f"wrote {result.run_dir}: a run like any other; ship it with "
+        f"`mobilenets quantize {result.run_dir}`{' --per-tensor' if args.per_tensor else ''}"
+    )
+    return 0

@@ -1,0 +1,158 @@
+"""ExecuTorch: a ``.pte`` program with its convolutions delegated to XNNPACK, as phones run it.
+
+fp32: ``torch.export`` captures the BN-folded model, ``to_edge_transform_and_lower`` hands every
+subgraph XNNPACK supports (here all of it: conv, hardtanh, add, mean, linear) to the XNNPACK
+delegate, and ``to_executorch`` plans the activations' memory ahead of time into one buffer.
+
+int8: the PT2E flow (``torchao.quantization.pt2e``): ``prepare_pt2e`` inserts observers where
+``XNNPACKQuantizer`` says XNNPACK has int8 kernels, the calibration batches run through, and
+``convert_pt2e`` replaces observers with quantize/dequantize pairs that the XNNPACK partitioner
+fuses into int8 operators. Weights are symmetric per output channel (a depthwise filter after
+BN folding has one scale per channel, Krishnamoorthi 2018 section 3.1); activations are
+asymmetric per tensor, their ranges from a histogram observer.
+
+A program takes the batch size of the example it was exported with: mobile inference runs one
+image at a time, and a fixed shape lets the memory planner size every buffer exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobilenets.deploy.target import Runner, Target, first_line
+from mobilenets.errors import MobileNetError
+
+QUANTIZATION = (
+    "PT2E, XNNPACKQuantizer: weights int8 symmetric per channel, activations int8 per tensor "
+    "(histogram observer)"
+)
+
+
+def capture_any_batch(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """``torch.export``'s graph of ``model`` with a free batch axis, so calibration can feed
+    batches of any size to a program that will be lowered for ``example``'s."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    pair = example[:1].expand(2, *example.shape[1:])  # a batch of 1 would specialise the axis
+    return torch.export.export(model, (pair,), dynamic_shapes=({0: batch},)).module()
+
+
+def quantize_pt2e(
+    model: nn.Module,
+    example: torch.Tensor,
+    calibration: list[torch.Tensor],
+    fp32_modules: Sequence[str] = (),
+) -> torch.fx.GraphModule:
+    """``model`` with int8 quantize/dequantize pairs where XNNPACK runs int8, its activation
+    ranges observed on ``calibration``; the modules named in ``fp32_modules`` (``classifier.fc``,
+    say) stay in float."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True)
+    )
+    captured = capture_any_batch(model, example)
+    prepared = prepare_pt2e(captured, quantizer)
+    with torch.no_grad():
+        for images in calibration:
+            prepared(images)
+    return convert_pt2e(prepared)
+
+
+def write(
+    model: nn.Module,
+    path: Path,
+    example: torch.Tensor,
+    calibration: list[torch.Tensor] | None,
+    metadata: dict[str, str],
+    fp32_modules: Sequence[str] = (),
+) -> None:
+    """Lower ``model`` (int8 when ``calibration`` is given) to an XNNPACK-delegated ExecuTorch
+    program at ``path``.
+
+    ``metadata`` is not stored: a ``.pte`` holds no free-form properties; the run directory's
+    ``model.json`` records what the program was exported from.
+    """
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if calibration is not None:
+                model = quantize_pt2e(model, example, calibration, fp32_modules)
+            program = torch.export.export(model, (example,))
+            lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+            buffer = lowered.to_executorch().buffer
+        except Exception as e:  # export and lowering raise many types; the first line says which
+            raise MobileNetError(f"ExecuTorch cannot lower this model: {first_line(e)}") from e
+    Path(path).write_bytes(buffer)
+
+
+def load(path: Path, threads: int | None = None) -> Runner:
+    """Run ``path`` with ExecuTorch's runtime (the XNNPACK delegate on ``threads`` threads)."""
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+    from executorch.runtime import Runtime
+
+    _unsafe_reset_threadpool(threads or os.cpu_count() or 1)
+    with _quiet_stderr():
+        try:
+            method = Runtime.get().load_program(Path(path)).load_method("forward")
+        except Exception as e:  # the runtime raises RuntimeError or ValueError with a code
+            raise MobileNetError(f"ExecuTorch cannot load {path}: {first_line(e)}") from None
+    if method is None:
+        raise MobileNetError(f"{path} has no forward method")
+
+    def run(images: np.ndarray) -> np.ndarray:
+        return method.execute([torch.from_numpy(images)])[0].numpy()
+
+    return run
+
+
+def planned_memory_bytes(path: Path) -> int:
+    """Bytes of the buffers ExecuTorch's memory planner laid out for ``forward``.
+
+    With the whole graph delegated to XNNPACK this is only the tensors crossing the delegate's
+    boundary (the input and the logits): XNNPACK plans and allocates the activations inside
+    its subgraph itself, in its own workspace, which the process's resident set shows.
+    """
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    with _quiet_stderr():
+        program = deserialize_pte_binary(Path(path).read_bytes())
+    program = getattr(program, "program", program)  # newer versions wrap it
+    return sum(program.execution_plan[0].non_const_buffer_sizes)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Python-side warnings off while the runtime loads (its C++ log lines go to fd 2 and
+    are not ours to silence)."""
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+TARGET = Target(
+    name="ExecuTorch",
+    suffix=".pte",
+    extra="executorch",
+    modules=("executorch", "torchao"),
+    runtime="ExecuTorch (XNNPACK)",
+    write=write,
+    load=load,
+    batch_fixed=True,
+    quantization=QUANTIZATION,
+)

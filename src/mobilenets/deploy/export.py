@@ -1,0 +1,181 @@
+"""``mobilenets export RUN --format onnx|executorch|litert|openvino [--int8]``: one path for all.
+
+Every format goes the same way: fold BatchNorm, write the program (int8: calibrated on the
+run's training images), run it in the runtime that ships it on held-out images next to
+PyTorch, and only then give it its final name. The check's numbers (fp32: the largest logit
+difference; int8: top-1 agreement and logit SQNR) are returned and recorded in the run's
+``model.json`` under ``metrics["exports"]``, so a run says what each of its files was measured at.
+
+An imported run (torchvision or timm ImageNet weights) records no data set: it is checked and
+calibrated on random crops of the photographs bundled with installed wheels
+(:mod:`mobilenets.deploy.photos`), the calibration crops drawn with another seed than the
+checked ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mobilenets.deploy import executorch, litert, onnx_target, openvino
+from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.deploy.onnx_export import first_images
+from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops
+from mobilenets.deploy.quantize import DEFAULT_CALIBRATION, calibration_subset
+from mobilenets.deploy.runtime import onnx_metadata
+from mobilenets.deploy.target import Agreement, Target, check_program
+from mobilenets.errors import MobileNetError
+from mobilenets.io import atomic_path, atomic_write_json
+from mobilenets.models import check_resolution
+from mobilenets.runs import META_FILE, RunInfo, load_run, load_run_data
+
+FORMATS: dict[str, Target] = {
+    "onnx": onnx_target.TARGET,
+    "executorch": executorch.TARGET,
+    "litert": litert.TARGET,
+    "openvino": openvino.TARGET,
+}
+VERIFY_IMAGES = 256
+CHECK_BATCH = 32
+
+
+@dataclass
+class ExportReport:
+    """What one export wrote and how its runtime compared with PyTorch."""
+
+    format: str
+    precision: str  # "fp32" or "int8"
+    path: Path
+    files: list[Path]
+    size_bytes: int
+    runtime: str
+    checked_on: str
+    check: Agreement
+    quantization: str | None = None
+    calibration_images: int = 0
+    calibrated_on: str | None = None
+    seconds: float = 0.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "format": self.format,
+            "precision": self.precision,
+            "path": str(self.path),
+            "files": [str(f) for f in self.files],
+            "size_bytes": self.size_bytes,
+            "runtime": self.runtime,
+            "checked_on": self.checked_on,
+            **self.check.to_dict(),
+            "quantization": self.quantization,
+            "calibration_images": self.calibration_images,
+            "calibrated_on": self.calibrated_on,
+            "seconds": self.seconds,
+        }
+
+
+def target_of(fmt: str) -> Target:
+    """The target called ``fmt``, its runtime installed, or one line saying what to do."""
+    if fmt not in FORMATS:
+        raise MobileNetError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    return FORMATS[fmt].require()
+
+
+def default_path(run_dir: str | os.PathLike[str], target: Target, int8: bool) -> Path:
+    """``RUN_DIR/model.pte``, ``RUN_DIR/model.int8.pte``, and so on."""
+    return Path(run_dir) / f"model{'.int8' if int8 else ''}{target.suffix}"
+
+
+def held_out_inputs(
+    info: RunInfo, data: str | os.PathLike[str] | None, n: int
+) -> tuple[list[torch.Tensor], str]:
+    """Up to ``n`` held-out images in batches, and what they are."""
+    if data is None and info.data is None:
+        crops = photo_crops(n, info.input_size[1], info.mean, info.std, seed=EVALUATION_SEED)
+        return list(
+            crops.split(CHECK_BATCH)
+        ), f"random crops of the bundled photos (seed {EVALUATION_SEED})"
+    return first_images(load_run_data(info, data).test, n, CHECK_BATCH), "held-out images"
+
+
+def calibration_inputs(
+    info: RunInfo, data: str | os.PathLike[str] | None, n: int
+) -> tuple[list[torch.Tensor], str]:
+    """``n`` training images (seeded draw) in batches, and what they are."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise MobileNetError(f"calibration count must be a positive integer, got {n!r}")
+    if data is None and info.data is None:
+        crops = photo_crops(n, info.input_size[1], info.mean, info.std, seed=CALIBRATION_SEED)
+        return list(
+            crops.split(CHECK_BATCH)
+        ), f"random crops of the bundled photos (seed {CALIBRATION_SEED})"
+    bundle = load_run_data(info, data)
+    train = bundle.train_raw if bundle.train_raw is not None else bundle.train
+    return first_images(calibration_subset(train, n), n, CHECK_BATCH), "training images"
+
+
+def export(
+    run_dir: str | os.PathLike[str],
+    fmt: str = "onnx",
+    int8: bool = False,
+    out: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | None = None,
+    calibration: int = DEFAULT_CALIBRATION,
+    verify_images: int = VERIFY_IMAGES,
+    record: bool = True,
+) -> ExportReport:
+    """Export a run directory to ``fmt`` (int8 if asked), checked in that format's runtime.
+
+    Nothing is written unless the check passes; then the files get their final names (each
+    renamed atomically, the main file last) and, with ``record``, the check is added to the
+    run's ``model.json``.
+    """
+    target = target_of(fmt)
+    if isinstance(verify_images, bool) or not isinstance(verify_images, int) or verify_images < 1:
+        raise MobileNetError(f"verify_images must be a positive integer, got {verify_images!r}")
+    start = time.perf_counter()
+    model, info = load_run(run_dir)
+    for size in info.input_size[1:]:
+        check_resolution(model, size)
+    out = default_path(run_dir, target, int8) if out is None else Path(out)
+    if out.suffix != target.suffix:
+        raise MobileNetError(f"a {target.name} file must end in {target.suffix}, got {out.name}")
+    inputs, checked_on = held_out_inputs(info, data, verify_images)
+    cal, calibrated_on = calibration_inputs(info, data, calibration) if int8 else (None, None)
+    folded = fold_batchnorm(model)
+    example = inputs[0][:1]
+    precision = "int8" if int8 else "fp32"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        staged = Path(tmp) / out.name
+        target.write(folded, staged, example, cal, onnx_metadata(info, precision))
+        check = check_program(target, staged, folded, inputs, int8, len(example))
+        with contextlib.ExitStack() as stack:  # commits in reverse: the main file last
+            for source, dest in zip(target.files(staged), target.files(out), strict=True):
+                os.replace(source, stack.enter_context(atomic_path(dest)))
+    files = target.files(out)
+    report = ExportReport(
+        format=fmt,
+        precision=precision,
+        path=out,
+        files=files,
+        size_bytes=sum(f.stat().st_size for f in files),
+        runtime=target.runtime,
+        checked_on=checked_on,
+        check=check,
+        quantization=target.quantization if int8 else None,
+        calibration_images=sum(len(b) for b in cal) if cal else 0,
+        calibrated_on=calibrated_on,
+        seconds=time.perf_counter() - start,
+    )
+    if record:
+        exports = info.metrics.setdefault("exports", {})
+        exports[f"{fmt}-{precision}"] = report.to_dict()
+        atomic_write_json(Path(run_dir) / META_FILE, info.to_json())
+    return report

@@ -1,0 +1,141 @@
+"""LiteRT (formerly TensorFlow Lite): a ``.tflite`` flatbuffer run by ``ai-edge-litert``'s
+interpreter with its XNNPACK delegate, as Android apps run it.
+
+fp32: ``litert_torch.convert`` (the successor of the deprecated ``ai-edge-torch``) lowers the
+``torch.export`` graph of the BN-folded model through StableHLO to TFLite operators. LiteRT is
+NHWC inside; the converter inserts the layout transposes at the input and output, so the file
+takes NCHW images like every other target.
+
+int8: the converter's own PT2E quantizer (``litert_torch.quantize.pt2e_quantizer``), the same
+``prepare_pt2e``/``convert_pt2e`` flow as ExecuTorch's: weights int8 symmetric per channel,
+activations int8 per tensor from a histogram observer, lowered to TFLite's int8 kernels.
+
+A ``.tflite`` takes the batch size of the example it was converted with, like a ``.pte``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobilenets.deploy.executorch import capture_any_batch
+from mobilenets.deploy.target import Runner, Target, first_line
+from mobilenets.errors import MobileNetError
+
+QUANTIZATION = (
+    "PT2E, litert-torch PT2EQuantizer: weights int8 symmetric per channel, activations int8 "
+    "per tensor (histogram observer)"
+)
+
+
+def write(
+    model: nn.Module,
+    path: Path,
+    example: torch.Tensor,
+    calibration: list[torch.Tensor] | None,
+    metadata: dict[str, str],
+    fp32_modules: Sequence[str] = (),
+) -> None:
+    """Convert ``model`` (int8 when ``calibration`` is given) to a ``.tflite`` at ``path``;
+    the modules named in ``fp32_modules`` stay in float.
+
+    ``metadata`` is not stored: the run directory's ``model.json`` records the export.
+    """
+    import litert_torch
+    from litert_torch.quantize import pt2e_quantizer
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    with _quiet():
+        try:
+            quant_config = None
+            if calibration is not None:
+                quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+                    pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
+                )
+                for name in fp32_modules:
+                    quantizer.set_module_name(name, None)
+                captured = capture_any_batch(model, example)
+                prepared = quantize_pt2e.prepare_pt2e(captured, quantizer)
+                with torch.no_grad():
+                    for images in calibration:
+                        prepared(images)
+                model = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+                quant_config = QuantConfig(pt2e_quantizer=quantizer)
+            edge_model = litert_torch.convert(model, (example,), quant_config=quant_config)
+            edge_model.export(str(path))
+        except Exception as e:  # the converter raises many types; the first line says which
+            raise MobileNetError(f"LiteRT cannot convert this model: {first_line(e)}") from e
+
+
+def load(path: Path, threads: int | None = None) -> Runner:
+    """Run ``path`` in the LiteRT interpreter (XNNPACK delegate) on ``threads`` threads."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
+        interpreter.allocate_tensors()
+    except Exception as e:  # ValueError or RuntimeError with the interpreter's message
+        raise MobileNetError(f"LiteRT cannot load {path}: {first_line(e)}") from None
+    source, sink = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+
+    def run(images: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(source["index"], _to_tensor(images, source))
+        interpreter.invoke()
+        return _from_tensor(interpreter.get_tensor(sink["index"]), sink)
+
+    return run
+
+
+def _to_tensor(images: np.ndarray, detail: dict) -> np.ndarray:
+    """Float images in the input's dtype: an int8 program (the PT2E flow quantizes its input
+    and output too) takes ``round(x / scale) + zero_point``, as an app feeding it would."""
+    if detail["dtype"] == np.float32:
+        return images
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    q = np.round(images / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(detail["dtype"])
+
+
+def _from_tensor(values: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return values.copy()
+    scale, zero_point = detail["quantization"]
+    return (values.astype(np.float32) - zero_point) * scale
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The converter's Python warnings and absl/TensorFlow log lines off."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+TARGET = Target(
+    name="LiteRT",
+    suffix=".tflite",
+    extra="litert",
+    modules=("litert_torch", "ai_edge_litert", "torchao"),
+    runtime="LiteRT interpreter (XNNPACK)",
+    write=write,
+    load=load,
+    batch_fixed=True,
+    quantization=QUANTIZATION,
+)

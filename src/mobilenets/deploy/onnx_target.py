@@ -1,0 +1,65 @@
+"""ONNX as a :class:`~mobilenets.deploy.target.Target`: the file ``export_onnx`` writes, run by
+onnxruntime's CPU kernels; int8 through onnxruntime's static quantizer (``quantize.py``)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from mobilenets.deploy.onnx_export import write_onnx
+from mobilenets.deploy.quantize import quantize_model
+from mobilenets.deploy.runtime import PRECISION_KEY, create_session, run_session
+from mobilenets.deploy.target import Runner, Target
+
+QUANTIZATION = (
+    "onnxruntime static QDQ: weights int8 symmetric per channel, activations uint8 per tensor "
+    "(MinMax calibration)"
+)
+
+
+def write(
+    model: nn.Module,
+    path: Path,
+    example: torch.Tensor,
+    calibration: list[torch.Tensor] | None,
+    metadata: dict[str, str],
+    fp32_modules: Sequence[str] = (),
+) -> None:
+    """Write ``model`` to ONNX at ``path``; for int8, the fp32 file goes to a temporary
+    folder and onnxruntime's quantizer writes ``path`` from it, leaving the modules named in
+    ``fp32_modules`` in float."""
+    input_size = tuple(example.shape[1:])
+    if calibration is None:
+        write_onnx(model, path, input_size, {**metadata, PRECISION_KEY: "fp32"})
+        return
+    with tempfile.TemporaryDirectory(prefix="mobilenets-onnx-") as tmp:
+        fp32 = Path(tmp) / "model.onnx"
+        write_onnx(model, fp32, input_size, {**metadata, PRECISION_KEY: "fp32"})
+        quantize_model(fp32, path, TensorDataset(torch.cat(calibration)), fp32_modules=fp32_modules)
+
+
+def load(path: Path, threads: int | None = None) -> Runner:
+    session = create_session(path, threads=threads)
+
+    def run(images: np.ndarray) -> np.ndarray:
+        return run_session(session, images)
+
+    return run
+
+
+TARGET = Target(
+    name="ONNX",
+    suffix=".onnx",
+    extra="",
+    modules=("onnxruntime",),
+    runtime="onnxruntime (CPU)",
+    write=write,
+    load=load,
+    quantization=QUANTIZATION,
+)

@@ -1,0 +1,151 @@
+"""OpenVINO: an IR (``model.xml`` graph + ``model.bin`` weights) run by OpenVINO's own runtime.
+
+fp32: ``openvino.convert_model`` reads the BN-folded PyTorch model directly (through
+``torch.export``/TorchScript, no ONNX in between) with a dynamic batch axis, and
+``save_model`` writes the IR with fp32 weights (its default would halve them to fp16).
+
+int8: ``nncf.quantize`` inserts FakeQuantize nodes (weights symmetric per output channel,
+activations per tensor) calibrated on the given images, then corrects each layer's bias for
+the shift quantization introduces; the CPU plugin runs them as int8 kernels (VNNI where the
+CPU has it). The MIXED preset makes activations asymmetric: ReLU6 outputs are never
+negative, and a symmetric range would waste half of its 256 levels on them.
+
+The runtime is OpenVINO's native one, not onnxruntime's OpenVINO plugin: that plugin registers
+on any x86 CPU but lists no device on non-Intel ones (an AMD EPYC here), while the native
+runtime runs on both. The run's description travels inside the IR (``rt_info``), as it does
+in an ONNX file's metadata.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobilenets.deploy.target import Runner, Target, first_line
+from mobilenets.errors import MobileNetError
+
+RT_INFO_SECTION = "mobilenets"
+QUANTIZATION = (
+    "NNCF post-training: weights int8 symmetric per channel, activations int8 per tensor "
+    "(MIXED preset: asymmetric), bias correction"
+)
+
+
+def convert(model: nn.Module, example: torch.Tensor):
+    """``model`` as an OpenVINO model taking any batch of ``example``'s image size."""
+    import openvino as ov
+
+    shape = ov.PartialShape([-1, *example.shape[1:]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return ov.convert_model(model, example_input=example, input=[shape])
+        except Exception as e:  # the frontends raise their own types
+            raise MobileNetError(f"OpenVINO cannot convert this model: {first_line(e)}") from e
+
+
+def quantize_nncf(
+    ov_model,
+    calibration: list[torch.Tensor],
+    preset: str = "mixed",
+    fast_bias_correction: bool = True,
+    fp32_types: Sequence[str] = (),
+):
+    """``ov_model`` with int8 FakeQuantize nodes, ranges from ``calibration``.
+
+    ``preset`` "performance" makes activations symmetric, "mixed" asymmetric;
+    ``fast_bias_correction=False`` corrects each layer's bias by running the rest of the network
+    (7x slower here); ``fp32_types`` keeps every node of those OpenVINO types (``MatMul``: the
+    classifier) in float.
+    """
+    import nncf
+
+    presets = {
+        "mixed": nncf.QuantizationPreset.MIXED,
+        "performance": nncf.QuantizationPreset.PERFORMANCE,
+    }
+    if preset not in presets:
+        raise MobileNetError(f"unknown NNCF preset {preset!r}; choose from {', '.join(presets)}")
+    dataset = nncf.Dataset([images.numpy() for images in calibration])
+    return nncf.quantize(
+        ov_model,
+        dataset,
+        preset=presets[preset],
+        subset_size=len(calibration),  # NNCF counts the dataset's items: here, batches
+        fast_bias_correction=fast_bias_correction,
+        ignored_scope=nncf.IgnoredScope(types=list(fp32_types)) if fp32_types else None,
+    )
+
+
+def write(
+    model: nn.Module,
+    path: Path,
+    example: torch.Tensor,
+    calibration: list[torch.Tensor] | None,
+    metadata: dict[str, str],
+    **nncf_options: object,
+) -> None:
+    """Convert ``model`` (int8 when ``calibration`` is given, with ``nncf_options`` for
+    :func:`quantize_nncf`) and save the IR at ``path`` (``.xml``) and beside it (``.bin``)."""
+    import openvino as ov
+
+    ov_model = convert(model, example)
+    if calibration is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ov_model = quantize_nncf(ov_model, calibration, **nncf_options)
+    for key, value in metadata.items():
+        ov_model.set_rt_info(value, [RT_INFO_SECTION, key])
+    ov.save_model(ov_model, str(path), compress_to_fp16=False)
+
+
+def load(path: Path, threads: int | None = None) -> Runner:
+    """Compile ``path`` for OpenVINO's CPU plugin, fp32 arithmetic, tuned for latency.
+
+    Asked for nothing, OpenVINO picks bf16 inference on CPUs that have it (this one does),
+    which is no longer the fp32 model the check compares against.
+    """
+    import openvino as ov
+
+    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    try:
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+    except Exception as e:  # RuntimeError with OpenVINO's exception text
+        raise MobileNetError(f"OpenVINO cannot load {path}: {first_line(e)}") from None
+    request = compiled.create_infer_request()
+
+    def run(images: np.ndarray) -> np.ndarray:
+        return request.infer([images])[0].copy()
+
+    return run
+
+
+def metadata_of(path: Path) -> dict[str, str]:
+    """The run description saved in an IR's ``rt_info``."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(path))
+    if not model.has_rt_info([RT_INFO_SECTION]):
+        return {}
+    section = model.get_rt_info()[RT_INFO_SECTION]
+    return {key: str(section[key]) for key in section}
+
+
+TARGET = Target(
+    name="OpenVINO",
+    suffix=".xml",
+    extra="openvino",
+    modules=("openvino", "nncf"),
+    runtime="OpenVINO (CPU plugin)",
+    write=write,
+    load=load,
+    sidecars=(".bin",),
+    quantization=QUANTIZATION,
+)

@@ -1,0 +1,163 @@
+"""What every deployment format provides, and how its file is judged against PyTorch.
+
+A format (ONNX, ExecuTorch, LiteRT, OpenVINO) is a :class:`Target`: a runtime check that
+names the pip extra to install, a writer (fp32, or int8 calibrated on given images), and a
+loader that runs the written file in the runtime that ships it. :mod:`mobilenets.deploy.export`
+drives them all the same way, and :mod:`mobilenets.deploy.bench` times them side by side.
+
+The check compares logits on held-out images. fp32 must agree to ``FP32_TOLERANCE`` relative
+to the largest logit (a file that computes something else must never ship); int8 is judged
+by top-1 agreement with PyTorch's fp32 model and the logits' signal-to-quantization-noise
+ratio, ``10 log10(sum z^2 / sum (z - z_int8)^2)`` dB, the measure Krishnamoorthi (2018) and
+the runtimes' own quantization tools report. An int8 file agreeing on fewer than
+``MIN_INT8_AGREEMENT`` of the images is broken, not approximate, and is refused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobilenets.errors import MobileNetError
+
+FP32_TOLERANCE = 1e-4
+MIN_INT8_AGREEMENT = 0.5
+
+# A loaded program: a batch of preprocessed images (N, C, H, W) float32 -> logits (N, classes).
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployment format and the runtime that runs it.
+
+    ``write(model, path, example, calibration)`` writes ``model`` (BatchNorm already folded,
+    eval mode) to ``path``; ``example`` is a batch whose shape the program takes (formats
+    without a dynamic batch axis fix it); ``calibration`` is None for fp32, else the batches
+    of training images int8 ranges are measured on. ``load(path, threads)`` returns a
+    :data:`Runner` on the format's own runtime. ``modules`` are the importable packages the
+    runtime needs, ``extra`` the pip extra that installs them.
+    """
+
+    name: str
+    suffix: str  # of the main file: ".onnx", ".pte", ".tflite", ".xml"
+    extra: str
+    modules: tuple[str, ...]
+    runtime: str  # the runtime's name, as the check's message says it
+    write: Callable[
+        [nn.Module, Path, torch.Tensor, list[torch.Tensor] | None, dict[str, str]], None
+    ]
+    load: Callable[[Path, int | None], Runner]
+    batch_fixed: bool = False  # the program takes exactly the example's batch size
+    sidecars: tuple[str, ...] = ()  # other files beside the main one (".bin" for OpenVINO IR)
+    quantization: str = ""  # how int8 is made, for the run's record
+
+    def installed(self) -> bool:
+        return all(importlib.util.find_spec(m) is not None for m in self.modules)
+
+    def require(self) -> Target:
+        """This target, or one line naming the extra that installs its runtime."""
+        missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
+        if missing:
+            raise MobileNetError(
+                f"{self.name} export needs {', '.join(missing)}, which is not installed here "
+                f'(install it with pip install "mobilenets[{self.extra}]")'
+            )
+        return self
+
+    def files(self, path: str | os.PathLike[str]) -> list[Path]:
+        """The main file and its sidecars."""
+        path = Path(path)
+        return [path, *(path.with_suffix(s) for s in self.sidecars)]
+
+
+@dataclass
+class Agreement:
+    """How closely a runtime's logits follow PyTorch's on the checked images."""
+
+    images: int
+    max_rel_error: float  # max |runtime - PyTorch| / max |PyTorch|
+    top1_agreement: float  # share of images whose highest logit is the same class
+    sqnr_db: float  # 10 log10(signal / error) over all logits
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "images": self.images,
+            "max_rel_error": self.max_rel_error,
+            "top1_agreement": self.top1_agreement,
+            "sqnr_db": self.sqnr_db,
+        }
+
+
+def agreement(expected: np.ndarray, got: np.ndarray) -> Agreement:
+    """Compare two (N, classes) logit arrays."""
+    if got.shape != expected.shape:
+        raise MobileNetError(
+            f"the runtime's output has shape {got.shape}, PyTorch's {expected.shape}"
+        )
+    expected, got = expected.astype(np.float64), got.astype(np.float64)
+    error = got - expected
+    noise = float((error**2).sum())
+    signal = float((expected**2).sum())
+    return Agreement(
+        images=len(expected),
+        max_rel_error=float(np.abs(error).max() / max(np.abs(expected).max(), 1e-12)),
+        top1_agreement=float((got.argmax(1) == expected.argmax(1)).mean()),
+        sqnr_db=float("inf") if noise == 0 else float(10 * np.log10(signal / noise)),
+    )
+
+
+def run_batches(runner: Runner, inputs: Sequence[torch.Tensor], batch: int | None) -> np.ndarray:
+    """Logits of every image in ``inputs`` (a list of batches); ``batch`` re-slices them for a
+    program that takes a fixed batch size."""
+    outputs = []
+    for images in inputs:
+        array = np.ascontiguousarray(images.numpy(), dtype=np.float32)
+        step = len(array) if batch is None else batch
+        if batch is not None and len(array) % batch:
+            raise MobileNetError(f"{len(array)} images do not split into batches of {batch}")
+        outputs.extend(runner(array[i : i + step]) for i in range(0, len(array), step))
+    return np.concatenate(outputs)
+
+
+def check_program(
+    target: Target,
+    path: Path,
+    model: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    int8: bool,
+    example_batch: int,
+) -> Agreement:
+    """Run ``path`` in its runtime and ``model`` in PyTorch on ``inputs``; refuse a file whose
+    fp32 logits differ by more than the tolerance or whose int8 top-1 mostly disagrees."""
+    runner = target.load(path, None)
+    with torch.no_grad():
+        expected = torch.cat([model(images) for images in inputs]).numpy()
+    got = run_batches(runner, inputs, example_batch if target.batch_fixed else None)
+    result = agreement(expected, got)
+    if not int8 and not result.max_rel_error <= FP32_TOLERANCE:
+        raise MobileNetError(
+            f"the {target.name} program differs from PyTorch by {result.max_rel_error:.2e} "
+            f"(relative to the largest logit) in {target.runtime}, more than "
+            f"{FP32_TOLERANCE:.0e}: not writing {path.name}"
+        )
+    if int8 and not result.top1_agreement >= MIN_INT8_AGREEMENT:
+        raise MobileNetError(
+            f"the int8 {target.name} program agrees with PyTorch on only "
+            f"{result.top1_agreement:.0%} of {result.images} images in {target.runtime} "
+            f"(SQNR {result.sqnr_db:.1f} dB): not writing {path.name}"
+        )
+    return result
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first line, for a one-line message about a runtime's failure."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,297 @@
+"""Predicted latency: a per-layer roofline whose rates are measured on this machine.
+
+Counted mult-adds mislead: a depthwise layer does ``f*f`` multiply-adds per value it loads and
+a pointwise layer with few input channels not many more, so both wait on memory, while a wide
+pointwise layer keeps the arithmetic units busy. The roofline model (Williams, Waterman and
+Patterson, 2009) says how long each takes::
+
+    time = max(mult-adds / compute rate, bytes moved / memory bandwidth) + overhead
+
+whichever of arithmetic or memory traffic takes longer bounds the layer, and a fixed cost per
+kernel call (thread-pool dispatch, the runtime's bookkeeping) comes on top. The rates differ
+with what the layer does, so they are fitted per *latency kind*: standard convolutions,
+depthwise ones, pointwise ones by their number of input channels K (the GEMM's inner
+dimension: small K means little reuse of each loaded value), standard ones by the same K
+(``c_in * f * f``: a stem on three colour channels is a thin GEMM), the squeeze-and-excitation
+gate, fully connected layers (matrix-vector products, bound by loading their weights) and
+pooling (global average pooling and max pooling apart: the runtime runs the first on the plain
+layout after converting back to it, the second in its blocked one).
+:mod:`mobilenets.calibrate` measures the rates once per machine and runtime.
+
+The layers come from :func:`mobilenets.cost.profile_model`; BatchNorm and activations get no
+time of their own because deployed graphs fold and fuse them into the convolution before them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from mobilenets.cost import CostReport, LayerCost, bytes_per_element
+from mobilenets.errors import MobileNetError
+
+CALIBRATION_FORMAT = 3  # bump when the kinds or the fitted quantities change
+
+POINTWISE_K_EDGES = (64, 256)  # pointwise kinds: K < 64, 64 <= K < 256, K >= 256
+STANDARD_K_EDGE = 64  # standard kinds: K = c_in * f * f below 64 (a stem on RGB) or not
+LATENCY_KINDS = (
+    "standard K<64",
+    "standard K>=64",
+    "depthwise",
+    "pointwise K<64",
+    "pointwise K<256",
+    "pointwise K>=256",
+    "se",
+    "fc",
+    "global pool",
+    "max pool",
+)
+# Kinds whose work is only data movement: no compute rate is fitted, the roofline is flat.
+MEMORY_ONLY_KINDS = ("se", "global pool", "max pool")
+
+
+def pointwise_kind(k: int) -> str:
+    """The latency kind of a 1x1 convolution with ``k`` input channels."""
+    low, high = POINTWISE_K_EDGES
+    if k < low:
+        return "pointwise K<64"
+    if k < high:
+        return "pointwise K<256"
+    return "pointwise K>=256"
+
+
+def standard_kind(k: int) -> str:
+    """The latency kind of a standard convolution whose GEMM has inner dimension ``k``."""
+    return "standard K<64" if k < STANDARD_K_EDGE else "standard K>=64"
+
+
+def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(shape[2:]) if len(shape) == 4 else ()
+
+
+def _is_vector(shape: tuple[int, ...]) -> bool:
+    """A 4-D tensor with a 1x1 feature map: what a pooled squeeze or head works on."""
+    return len(shape) == 4 and _spatial(shape) == (1, 1)
+
+
+def _is_se_squeeze(layers: Sequence[LayerCost], i: int) -> bool:
+    """Whether the global pooling at ``layers[i]`` is a squeeze-and-excitation gate, for
+    networks whose gate :func:`~mobilenets.cost.profile_model` does not name ``se``.
+
+    The gate pools the feature map to one value per channel, passes it through small layers on
+    that 1x1 map, and multiplies the feature map by the result, so the first layer after the
+    1x1 stretch takes a tensor of the pooled input's shape. A classifier's pooling instead
+    ends in a flattened vector.
+    """
+    pooled_from = layers[i].input_shape
+    for row in layers[i + 1 :]:
+        if _is_vector(row.input_shape):
+            continue
+        return row.input_shape == pooled_from
+    return False
+
+
+def latency_kinds(layers: Sequence[LayerCost]) -> list[str | None]:
+    """The latency kind of every traced layer, ``None`` for those a deployed graph fuses away
+    (BatchNorm, activations, dropout, flatten) or that have no kernel worth pricing."""
+    kinds: list[str | None] = []
+    for i, row in enumerate(layers):
+        kind: str | None = None
+        if row.kind in ("standard", "grouped"):
+            kind = standard_kind(row.macs // max(numel(row.output_shape), 1))
+        elif row.kind == "depthwise":
+            kind = "depthwise"
+        elif row.kind == "pointwise":
+            kind = "fc" if _is_vector(row.input_shape) else pointwise_kind(row.input_shape[1])
+        elif row.kind == "linear":
+            kind = "fc"
+        elif row.kind == "se":  # the builder's gate: its pooling, its two 1x1 layers
+            if row.macs:
+                kind = "fc"
+            elif _is_vector(row.output_shape) and not _is_vector(row.input_shape):
+                kind = "se"
+        elif row.kind == "pool" and _is_vector(row.output_shape):
+            kind = "se" if _is_se_squeeze(layers, i) else "global pool"
+        elif row.kind == "pool":
+            kind = "max pool"
+        kinds.append(kind)
+    return kinds
+
+
+def numel(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def bytes_moved(row: LayerCost, kind: str, dtype: str = "fp32") -> int:
+    """Bytes a layer must read and write at least once: its input, its output, its weights.
+
+    The squeeze-and-excitation gate reads the feature map twice (to pool it, then to scale
+    it) and writes it once; its two small layers are priced as their own ``fc`` rows.
+    """
+    size = bytes_per_element(dtype)
+    if kind == "se":
+        return 3 * numel(row.input_shape) * size
+    return (numel(row.input_shape) + numel(row.output_shape) + row.params) * size
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """One latency kind's fitted rates: mult-adds and bytes per second, seconds per call."""
+
+    macs_per_s: float  # math.inf for memory-only kinds
+    bytes_per_s: float
+    overhead_s: float
+
+    def compute_s(self, macs: int) -> float:
+        return macs / self.macs_per_s
+
+    def memory_s(self, nbytes: int) -> float:
+        return nbytes / self.bytes_per_s
+
+    def seconds(self, macs: int, nbytes: int) -> float:
+        return max(self.compute_s(macs), self.memory_s(nbytes)) + self.overhead_s
+
+    def bound(self, macs: int, nbytes: int) -> str:
+        """``"compute"`` or ``"memory"``: which side of the roofline the layer sits on."""
+        return "compute" if self.compute_s(macs) >= self.memory_s(nbytes) else "memory"
+
+    def to_json(self) -> dict[str, float | None]:
+        macs = None if math.isinf(self.macs_per_s) else self.macs_per_s
+        return {"macs_per_s": macs, "bytes_per_s": self.bytes_per_s, "overhead_s": self.overhead_s}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Roofline:
+        macs = data.get("macs_per_s")
+        return cls(
+            macs_per_s=math.inf if macs is None else float(macs),
+            bytes_per_s=float(data["bytes_per_s"]),
+            overhead_s=float(data["overhead_s"]),
+        )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The rates of one machine and runtime, with what they were measured on.
+
+    ``node_overhead_s`` is the runtime's cost of going from one kernel to the next (outside
+    the kernels themselves); ``run_overhead_s`` the fixed cost of one inference call.
+    """
+
+    runtime: str
+    runtime_version: str
+    provider: str
+    threads: int
+    machine: str
+    rooflines: dict[str, Roofline]
+    node_overhead_s: float
+    run_overhead_s: float
+    created: str = ""
+    fit: dict[str, dict[str, float]] = field(default_factory=dict)  # per kind: samples, error
+    format: int = CALIBRATION_FORMAT
+
+    def roofline(self, kind: str) -> Roofline:
+        if kind not in self.rooflines:
+            raise MobileNetError(
+                f"the calibration has no rates for {kind!r} layers; recalibrate with "
+                "`mobilenets calibrate`"
+            )
+        return self.rooflines[kind]
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["rooflines"] = {kind: r.to_json() for kind, r in self.rooflines.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict, source: str = "calibration") -> Calibration:
+        try:
+            return cls(
+                runtime=str(data["runtime"]),
+                runtime_version=str(data["runtime_version"]),
+                provider=str(data["provider"]),
+                threads=int(data["threads"]),
+                machine=str(data["machine"]),
+                rooflines={k: Roofline.from_json(v) for k, v in data["rooflines"].items()},
+                node_overhead_s=float(data["node_overhead_s"]),
+                run_overhead_s=float(data["run_overhead_s"]),
+                created=str(data.get("created", "")),
+                fit=dict(data.get("fit", {})),
+                format=int(data.get("format", 0)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise MobileNetError(f"{source} is not a latency calibration: {e!r}") from None
+
+
+@dataclass(frozen=True)
+class LayerLatency:
+    """One priced layer: its kind, work, predicted time and which roof bounds it."""
+
+    name: str
+    kind: str
+    macs: int
+    bytes: int
+    seconds: float
+    bound: str
+
+    @property
+    def ms(self) -> float:
+        return 1e3 * self.seconds
+
+
+@dataclass
+class LatencyPrediction:
+    """Predicted time of one inference call: the priced layers plus the runtime's overheads."""
+
+    layers: list[LayerLatency]
+    node_overhead_s: float
+    run_overhead_s: float
+
+    @property
+    def seconds(self) -> float:
+        kernels = sum(layer.seconds for layer in self.layers)
+        return kernels + self.node_overhead_s * len(self.layers) + self.run_overhead_s
+
+    @property
+    def ms(self) -> float:
+        return 1e3 * self.seconds
+
+    def by_name(self) -> dict[str, LayerLatency]:
+        return {layer.name: layer for layer in self.layers}
+
+    def ms_by_kind(self) -> dict[str, float]:
+        """Predicted kernel milliseconds summed per latency kind."""
+        out: dict[str, float] = {}
+        for layer in self.layers:
+            out[layer.kind] = out.get(layer.kind, 0.0) + layer.ms
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "predicted_ms": self.ms,
+            "node_overhead_ms": 1e3 * self.node_overhead_s,
+            "run_overhead_ms": 1e3 * self.run_overhead_s,
+            "ms_by_kind": self.ms_by_kind(),
+            "layers": [{**asdict(layer), "ms": layer.ms} for layer in self.layers],
+        }
+
+
+def predict_latency(report: CostReport, calibration: Calibration) -> LatencyPrediction:
+    """Price every layer of ``report`` with ``calibration``'s rooflines (fp32 activations)."""
+    priced = []
+    for row, kind in zip(report.layers, latency_kinds(report.layers), strict=True):
+        if kind is None:
+            continue
+        roof = calibration.roofline(kind)
+        nbytes = bytes_moved(row, kind)
+        priced.append(
+            LayerLatency(
+                name=row.name,
+                kind=kind,
+                macs=row.macs,
+                bytes=nbytes,
+                seconds=roof.seconds(row.macs, nbytes),
+                bound=roof.bound(row.macs, nbytes),
+            )
+        )
+    return LatencyPrediction(priced, calibration.node_overhead_s, calibration.run_overhead_s)

@@ -1,0 +1,227 @@
+"""int8 simulated in float, one switch per layer: the instrument behind the sensitivity report.
+
+A sensitivity report quantizes one layer at a time (and every layer but one), 2L + 1
+configurations of the same network. The pt2e flow (``prepare_pt2e``/``convert_pt2e``) fixes
+the quantized set when the graph is prepared, so each configuration would cost an export, a
+prepare and a calibration; here each convolution and linear layer of the BN-folded model is
+wrapped once, calibrated once, and turned on or off by a flag, so a configuration costs one
+forward pass (and less: see :mod:`mobilenets.quant.sensitivity`).
+
+"Quantizing a layer" means what an int8 runtime does to it: its weights are rounded to int8
+(symmetric, per output channel or per tensor, as onnxruntime's and XNNPACK's quantizers do)
+and the activation it reads is rounded to 256 levels between the calibrated minimum and
+maximum (asymmetric uint8, as onnxruntime's U8S8; or symmetric int8). BatchNorm is folded
+first, because the runtimes quantize the folded weights (Krishnamoorthi 2018, section 3.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.errors import MobileNetError
+
+# The kinds a figure colours: the roles of a layer in a MobileNet block.
+KINDS = ("conv", "depthwise", "expand", "project", "pointwise", "se", "linear")
+_TINY = 1e-12
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """How weights and activations are rounded: the choices the calibration benchmark measures."""
+
+    per_channel: bool = True  # one weight scale per output channel (else one per tensor)
+    symmetric_activations: bool = False  # int8 around 0 (else uint8 between min and max)
+
+    def describe(self) -> str:
+        weights = "per channel" if self.per_channel else "per tensor"
+        acts = "symmetric int8" if self.symmetric_activations else "asymmetric uint8"
+        return f"weights int8 symmetric {weights}, activations {acts} (min-max)"
+
+
+PER_CHANNEL = Int8Scheme()
+
+
+def layer_kind(name: str, module: nn.Module) -> str:
+    """The role of a quantizable layer, read from its class and its paper name."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    parts = name.split(".")
+    if module.groups > 1 and module.groups == module.in_channels:
+        return "depthwise"
+    for kind in ("expand", "project", "se"):
+        if kind in parts:
+            return kind
+    if module.kernel_size == (1, 1):
+        return "pointwise"
+    return "conv"
+
+
+def fake_quant_weight(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """``weight`` rounded to symmetric int8 ([-127, 127], zero at 0), one scale per output
+    channel or one for the tensor."""
+    if per_channel:
+        amax = weight.abs().amax(dim=tuple(range(1, weight.ndim))).clamp_min(_TINY)
+        zero = torch.zeros(len(amax), dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(
+            weight, (amax / 127).float(), zero, 0, -127, 127
+        )
+    scale = float(weight.abs().max().clamp_min(_TINY)) / 127
+    return torch.fake_quantize_per_tensor_affine(weight, scale, 0, -127, 127)
+
+
+def activation_qparams(low: float, high: float, symmetric: bool) -> tuple[float, int, int, int]:
+    """(scale, zero point, qmin, qmax) covering [low, high]; the range always holds 0, so zero
+    padding and ReLU's zeros stay exact."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    if symmetric:
+        return max(-low, high, _TINY) / 127, 0, -128, 127
+    scale = max(high - low, _TINY) / 255
+    return scale, round(-low / scale), 0, 255
+
+
+class Switchable(nn.Module):
+    """A convolution or linear layer whose weights and input can be fake-quantized on demand.
+
+    ``observing`` records the input's range (calibration); ``enabled`` quantizes; ``measuring``
+    also runs the float layer on the same input and accumulates the output's signal and
+    quantization-noise energy, the layer's own SQNR.
+    """
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, name: str, scheme: Int8Scheme) -> None:
+        super().__init__()
+        self.layer = layer
+        self.name = name
+        self.kind = layer_kind(name, layer)
+        self.scheme = scheme
+        self.register_buffer(
+            "qweight", fake_quant_weight(layer.weight.detach(), scheme.per_channel)
+        )
+        self.low, self.high = float("inf"), float("-inf")
+        self.observing = self.enabled = self.measuring = False
+        self.signal = self.noise = 0.0
+
+    def _apply(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.layer, nn.Linear):
+            return F.linear(x, weight, self.layer.bias)
+        return self.layer._conv_forward(x, weight, self.layer.bias)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.low > self.high:
+            raise MobileNetError(f"{self.name} was never calibrated")
+        scale, zero, qmin, qmax = activation_qparams(
+            self.low, self.high, self.scheme.symmetric_activations
+        )
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self.low = min(self.low, float(x.min()))
+            self.high = max(self.high, float(x.max()))
+        if not self.enabled:
+            return self._apply(x, self.layer.weight)
+        y = self._apply(self.quantize_input(x), self.qweight)
+        if self.measuring:
+            exact = self._apply(x, self.layer.weight)
+            self.signal += float(exact.double().square().sum())
+            self.noise += float((y - exact).double().square().sum())
+        return y
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, _, leaf = name.rpartition(".")
+    return (model.get_submodule(path) if path else model), leaf
+
+
+class FakeQuantModel(nn.Module):
+    """A BN-folded copy of ``model`` with every Conv2d and Linear made :class:`Switchable`.
+
+    ``stages`` are ``model.features``' blocks and then ``model.classifier``: a configuration
+    that changes nothing before stage ``s`` can start there from a cached input.
+    """
+
+    def __init__(self, model: nn.Module, scheme: Int8Scheme | None = None) -> None:
+        super().__init__()
+        features = getattr(model, "features", None)
+        if not isinstance(features, nn.Sequential) or not hasattr(model, "classifier"):
+            raise MobileNetError(
+                f"{type(model).__name__} has no .features blocks and .classifier to quantize"
+            )
+        self.model = fold_batchnorm(model)
+        self.scheme = scheme = scheme or Int8Scheme()
+        names = [n for n, m in self.model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        for name in names:
+            parent, leaf = _parent(self.model, name)
+            setattr(parent, leaf, Switchable(getattr(parent, leaf), name, scheme))
+        self.layers: list[Switchable] = [self.model.get_submodule(n) for n in names]
+        self.stages: list[nn.Module] = [*self.model.features, self.model.classifier]
+        stage_names = [f"features.{i}." for i in range(len(self.model.features))]
+        stage_names.append("classifier.")
+        self.stage_of = {
+            layer.name: next(i for i, s in enumerate(stage_names) if layer.name.startswith(s))
+            for layer in self.layers
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run_from(0, x)
+
+    def run_from(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        for module in self.stages[stage:]:
+            x = module(x)
+        return x
+
+    def stage_inputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The input of every stage for ``x`` under the current switches, and the logits."""
+        inputs = []
+        for module in self.stages:
+            inputs.append(x)
+            x = module(x)
+        return inputs, x
+
+    @torch.inference_mode()
+    def calibrate(self, batches: Iterable[torch.Tensor]) -> int:
+        """Record every layer's input range in float over ``batches``; returns the image count."""
+        self.eval()
+        self.set(enabled=())
+        count = 0
+        for layer in self.layers:
+            layer.observing = True
+        try:
+            for images in batches:
+                self(images)
+                count += len(images)
+        finally:
+            for layer in self.layers:
+                layer.observing = False
+        if count == 0:
+            raise MobileNetError("no calibration images")
+        return count
+
+    def set(self, enabled: Iterable[str], measuring: Iterable[str] = ()) -> None:
+        """Quantize exactly the layers named in ``enabled``; measure those in ``measuring``."""
+        enabled, measuring = set(enabled), set(measuring)
+        unknown = (enabled | measuring) - {layer.name for layer in self.layers}
+        if unknown:
+            raise MobileNetError(f"no quantizable layer named {', '.join(sorted(unknown))}")
+        for layer in self.layers:
+            layer.enabled = layer.name in enabled
+            layer.measuring = layer.name in measuring
+            layer.signal = layer.noise = 0.0
+
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def __iter__(self) -> Iterator[Switchable]:
+        return iter(self.layers)
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    """``10 log10(signal / noise)``; infinite when nothing was lost."""
+    if noise <= 0:
+        return float("inf")
+    return float(10 * torch.log10(torch.tensor(signal / noise, dtype=torch.float64)))

@@ -1,0 +1,278 @@
+"""Mixed precision: int8 everywhere except the few layers that lose the accuracy.
+
+The layers kept in float are named, or the N most sensitive of the sensitivity report, or, with
+``target_agreement``, the fewest of them that make the exported file agree with the float model
+on that share of held-out images. The search is cheap where it can be and exact where it
+counts: PyTorch's fake quantization (:mod:`mobilenets.quant.fake`) predicts, for k = 0, 1, ...,
+the agreement with the top k layers in float; the runtime then quantizes and measures from the
+predicted k up, since the runtime's int8 (fused kernels, quantized residual additions) is not
+the simulation's. Each candidate's latency is timed against the all-int8 file, interleaved: a
+float layer between int8 ones costs a dequantize, a float kernel and a quantize, and a setting
+that costs more than ``max_latency_cost`` is not taken.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import statistics
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from mobilenets.deploy.export import calibration_inputs, held_out_inputs, target_of
+from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.deploy.runtime import onnx_metadata
+from mobilenets.deploy.target import Agreement, Target, agreement, run_batches
+from mobilenets.errors import MobileNetError
+from mobilenets.io import atomic_path
+from mobilenets.measure.timing import time_interleaved
+from mobilenets.quant.fake import FakeQuantModel
+from mobilenets.quant.sensitivity import measure_sensitivity, rank_key
+from mobilenets.runs import load_run
+
+DEFAULT_IMAGES = 300
+DEFAULT_REPORT_IMAGES = 32
+DEFAULT_CALIBRATION = 256
+DEFAULT_MAX_LATENCY_COST = 0.15
+DEFAULT_MAX_FLOAT = 8
+TIMING_ROUNDS = 20
+TIMING_PER_ROUND = 5
+OnMessage = Callable[[str], object] | None
+
+
+@dataclass
+class Candidate:
+    """One setting tried in the runtime: which layers stayed float, and what that gave."""
+
+    fp32_modules: list[str]
+    top1_agreement: float
+    sqnr_db: float
+    latency_ms: float
+    latency_cost: float  # latency / all-int8 latency - 1
+
+    @classmethod
+    def of(cls, modules: Sequence[str], check: Agreement, ms: float, int8_ms: float) -> Candidate:
+        return cls(list(modules), check.top1_agreement, check.sqnr_db, ms, ms / int8_ms - 1)
+
+
+@dataclass
+class MixedResult:
+    """The file written, the all-int8 baseline it is measured against, and what was tried."""
+
+    path: Path
+    format: str
+    runtime: str
+    images: int
+    images_from: str
+    calibration_images: int
+    chosen_by: str
+    fp32_ms: float
+    int8: Candidate
+    mixed: Candidate
+    predicted: list[float] = field(default_factory=list)  # simulated agreement, k = 0, 1, ...
+    tried: list[Candidate] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+
+def supports_mixed(target: Target) -> bool:
+    """Whether ``target``'s writer can leave named modules in float."""
+    return "fp32_modules" in inspect.signature(target.write).parameters
+
+
+def simulated_agreement(
+    fq: FakeQuantModel, order: Sequence[str], images: Sequence[torch.Tensor], max_float: int
+) -> list[float]:
+    """Fake-quantized top-1 agreement with float with the first k of ``order`` left in float,
+    for k = 0 .. ``max_float``."""
+    with torch.inference_mode():
+        fq.set(enabled=())
+        reference = torch.cat([fq(x) for x in images]).numpy()
+        agreements = []
+        for k in range(max_float + 1):
+            kept = set(order[:k])
+            fq.set(enabled=[n for n in fq.names() if n not in kept])
+            logits = torch.cat([fq(x) for x in images]).numpy()
+            agreements.append(agreement(reference, logits).top1_agreement)
+    return agreements
+
+
+class _Bench:
+    """Writes candidates with one target and measures them against the float model."""
+
+    def __init__(
+        self,
+        target: Target,
+        folded: nn.Module,
+        folder: Path,
+        inputs: Sequence[torch.Tensor],
+        calibration: list[torch.Tensor],
+        metadata: dict[str, str],
+    ) -> None:
+        self.target, self.folded, self.folder = target, folded, folder
+        self.inputs, self.calibration, self.metadata = inputs, calibration, metadata
+        self.example = inputs[0][:1]
+        with torch.inference_mode():
+            self.reference = torch.cat([folded(x) for x in inputs]).numpy()
+        self.fp32 = self.write(None)
+        self.int8 = self.write(())
+        self.int8_check = self.check(self.int8)
+
+    def write(self, fp32_modules: Sequence[str] | None) -> Path:
+        """fp32 (``None``) or int8 with ``fp32_modules`` kept in float."""
+        tag = "fp32" if fp32_modules is None else f"int8-{len(list(self.folder.iterdir()))}"
+        path = self.folder / f"{tag}{self.target.suffix}"
+        if fp32_modules is None:
+            self.target.write(self.folded, path, self.example, None, self.metadata)
+        else:
+            self.target.write(
+                self.folded,
+                path,
+                self.example,
+                self.calibration,
+                {**self.metadata, "mobilenets.fp32_modules": ",".join(fp32_modules)},
+                fp32_modules=list(fp32_modules),
+            )
+        return path
+
+    def check(self, path: Path) -> Agreement:
+        runner = self.target.load(path, None)
+        batch = len(self.example) if self.target.batch_fixed else None
+        return agreement(self.reference, run_batches(runner, self.inputs, batch))
+
+    def latency_ms(self, *paths: Path) -> list[float]:
+        """Median single-image latency of each file, timed in interleaved rounds."""
+        image = np.ascontiguousarray(self.example.numpy(), dtype=np.float32)
+        runners = {str(p): self.target.load(p, None) for p in paths}
+        calls = {name: (lambda r=runner: r(image)) for name, runner in runners.items()}
+        for call in calls.values():
+            call()
+        times = time_interleaved(calls, TIMING_ROUNDS, TIMING_PER_ROUND, settle=1)
+        return [1000 * statistics.median(times[str(p)]) for p in paths]
+
+    def candidate(self, fp32_modules: Sequence[str]) -> tuple[Candidate, Path, float]:
+        path = self.write(fp32_modules)
+        fp32_ms, int8_ms, ms = self.latency_ms(self.fp32, self.int8, path)
+        return Candidate.of(fp32_modules, self.check(path), ms, int8_ms), path, fp32_ms
+
+
+def quantize_mixed(
+    run_dir: str | os.PathLike[str],
+    fmt: str = "onnx",
+    fp32_modules: Sequence[str] | None = None,
+    keep: int | None = None,
+    target_agreement: float | None = None,
+    max_latency_cost: float = DEFAULT_MAX_LATENCY_COST,
+    max_float: int = DEFAULT_MAX_FLOAT,
+    images: int = DEFAULT_IMAGES,
+    report_images: int = DEFAULT_REPORT_IMAGES,
+    calibration: int = DEFAULT_CALIBRATION,
+    out: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | None = None,
+    on_message: OnMessage = None,
+) -> MixedResult:
+    """Write ``run_dir``'s model as int8 with some layers in float, chosen one of three ways:
+    named (``fp32_modules``), the ``keep`` most sensitive, or the fewest most sensitive that
+    reach ``target_agreement`` top-1 agreement with float on ``images`` held-out images within
+    ``max_latency_cost`` and ``max_float`` layers. Nothing is written when the target is not
+    reached; the error says the best agreement that was.
+    """
+    chosen = [fp32_modules is not None, keep is not None, target_agreement is not None]
+    if sum(chosen) != 1:
+        raise MobileNetError("name the float layers, or give --keep N or --target-agreement")
+    if target_agreement is not None and not 0 < target_agreement <= 1:
+        raise MobileNetError(f"target agreement must be in (0, 1], got {target_agreement}")
+    if keep is not None and keep < 0:
+        raise MobileNetError(f"--keep must be >= 0, got {keep}")
+    say = on_message or (lambda _: None)
+    target = target_of(fmt)
+    if not supports_mixed(target):
+        raise MobileNetError(f"{target.name} cannot keep layers in float yet; use onnx")
+    model, info = load_run(run_dir)
+    out = Path(run_dir) / f"model.mixed{target.suffix}" if out is None else Path(out)
+    inputs, images_from = held_out_inputs(info, data, images)
+    cal, _ = calibration_inputs(info, data, calibration)
+    folded = fold_batchnorm(model)
+    fq = FakeQuantModel(model)
+    names = fq.names()
+    if fp32_modules is not None:
+        unknown = [n for n in fp32_modules if n not in names]
+        if unknown:
+            raise MobileNetError(f"no quantizable layer named {', '.join(unknown)}")
+    order: list[str] = list(fp32_modules or [])
+    predicted: list[float] = []
+    if fp32_modules is None:
+        say(f"sensitivity of {len(names)} layers on {report_images} images")
+        fq.calibrate(cal)
+        layers, _, _ = measure_sensitivity(fq, first_images(inputs, report_images))
+        order = [s.name for s in sorted(layers, key=rank_key)]
+        if target_agreement is not None:
+            predicted = simulated_agreement(fq, order, inputs, max_float)
+    with tempfile.TemporaryDirectory(prefix="mobilenets-mixed-") as tmp:
+        say("writing the fp32 and all-int8 files")
+        bench = _Bench(target, folded, Path(tmp), inputs, cal, onnx_metadata(info, "int8"))
+        tried: list[Candidate] = []
+        if target_agreement is None:
+            kept = order if keep is None else order[:keep]
+            best, path, fp32_ms = bench.candidate(kept)
+            tried.append(best)
+            chosen_by = f"named: {len(kept)} layers" if keep is None else f"{keep} most sensitive"
+        else:
+            start = next((k for k, a in enumerate(predicted) if a >= target_agreement), max_float)
+            best = path = None
+            for k in range(start, max_float + 1):
+                candidate, candidate_path, fp32_ms = bench.candidate(order[:k])
+                tried.append(candidate)
+                say(
+                    f"{k} layers in float: agreement {candidate.top1_agreement:.1%}, "
+                    f"SQNR {candidate.sqnr_db:.1f} dB, latency {candidate.latency_cost:+.0%}"
+                )
+                if candidate.latency_cost > max_latency_cost:
+                    break
+                if candidate.top1_agreement >= target_agreement:
+                    best, path = candidate, candidate_path
+                    break
+            if best is None:
+                reached = max(tried, key=lambda c: c.top1_agreement)
+                raise MobileNetError(
+                    f"no mixed-precision setting reaches {target_agreement:.1%} agreement "
+                    f"within {max_float} float layers and {max_latency_cost:.0%} latency; the "
+                    f"best reached {reached.top1_agreement:.1%} with "
+                    f"{len(reached.fp32_modules)} layers in float "
+                    f"({reached.latency_cost:+.0%} latency)"
+                )
+            chosen_by = f"fewest most sensitive reaching {target_agreement:.1%}"
+        int8_ms = best.latency_ms / (1 + best.latency_cost)
+        int8 = Candidate.of([], bench.int8_check, int8_ms, int8_ms)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as staged:
+            shutil.copyfile(path, staged)
+    return MixedResult(
+        path=out,
+        format=fmt,
+        runtime=target.runtime,
+        images=len(bench.reference),
+        images_from=images_from,
+        calibration_images=sum(len(b) for b in cal),
+        chosen_by=chosen_by,
+        fp32_ms=fp32_ms,
+        int8=int8,
+        mixed=best,
+        predicted=predicted,
+        tried=tried,
+    )
+
+
+def first_images(batches: Sequence[torch.Tensor], n: int) -> list[torch.Tensor]:
+    """The first ``n`` images of ``batches``, in batches of the same size."""
+    return list(torch.cat(list(batches))[:n].split(len(batches[0])))

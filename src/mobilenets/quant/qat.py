@@ -1,0 +1,282 @@
+"""Quantization-aware training: fine-tune a float run with int8 rounding simulated in the graph.
+
+The PT2E flow: ``torch.export`` captures the model in training mode, ``prepare_qat_pt2e``
+inserts fake-quantize modules where ``X86InductorQuantizer`` marks int8 (uint8 activations,
+int8 symmetric weights: onnxruntime's U8S8) and simulates BatchNorm folding around each
+convolution, so the weights learn to live with the rounding of the folded weights the
+runtimes will see. As torchvision's QAT recipe does, the observers stop moving after
+``freeze_observers_after`` epochs (the scales become constants the weights adapt to) and
+BatchNorm's running statistics after ``freeze_bn_after`` (the folded weights stop shifting
+under the rounding).
+
+The run directory is an ordinary run (``model.safetensors``, ``model.json``): the captured
+graph keeps the model's parameter names, so its weights load back into the model, and
+``export --int8``, ``quantize`` and ``quantize-mixed`` ship it to every runtime. Each epoch
+also checkpoints the graph's whole state (observers' ranges included) and the optimizer to
+``train_state.pt``; ``resume`` rebuilds the same graph from the float run and continues,
+and refuses a different quantization config.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchao.quantization.pt2e import (
+    FusedMovingAvgObsFakeQuantize,
+    MovingAverageMinMaxObserver,
+    allow_exported_model_train_eval,
+    disable_observer,
+)
+from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+from torchao.quantization.pt2e.quantizer import QuantizationSpec
+from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+    X86InductorQuantizer,
+    get_default_x86_inductor_quantization_config,
+)
+
+from mobilenets.data import make_loader
+from mobilenets.errors import MobileNetError
+from mobilenets.io import atomic_path
+from mobilenets.metrics import tally_predictions
+from mobilenets.optim import parameter_groups, warmup_cosine
+from mobilenets.runs import META_FILE, RunInfo, load_run, load_run_data, save_run
+from mobilenets.train import STATE_FILE, holds_run, seed_epoch
+
+QAT_KEY = "qat"
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """The fine-tuning recipe and the quantization it simulates (recorded, checked on resume)."""
+
+    epochs: int = 4
+    lr: float = 0.005
+    batch_size: int = 32
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    freeze_bn_after: int = 2  # epochs with moving BatchNorm statistics
+    freeze_observers_after: int = 3  # epochs with moving quantization ranges
+    per_channel: bool = True  # weight scales per output channel (else per tensor)
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise MobileNetError("QAT needs at least 1 epoch and a batch size of at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise MobileNetError(f"lr must be positive, got {self.lr}")
+
+    def quantization(self) -> dict[str, Any]:
+        """What the graph simulates: a resumed run must simulate the same."""
+        return {"quantizer": "X86InductorQuantizer U8S8", "per_channel": self.per_channel}
+
+
+@dataclass
+class QATResult:
+    run_dir: Path
+    source: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "source": self.source, "history": self.history}
+
+
+def quantization_config(per_channel: bool):
+    """onnxruntime's U8S8 for QAT: the x86 quantizer's default (per channel), or with one
+    symmetric scale per weight tensor."""
+    config = get_default_x86_inductor_quantization_config(is_qat=True)
+    if per_channel:
+        return config
+    weight = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-128,
+        quant_max=127,
+        qscheme=torch.per_tensor_symmetric,
+        observer_or_fake_quant_ctr=FusedMovingAvgObsFakeQuantize.with_args(
+            observer=MovingAverageMinMaxObserver, eps=2**-12
+        ),
+    )
+    return type(config)(config.input_activation, config.output_activation, weight, None, True)
+
+
+def prepare(model: nn.Module, example: torch.Tensor, per_channel: bool) -> torch.fx.GraphModule:
+    """``model``'s training graph with fake quantization and simulated BN folding inserted."""
+    model.train()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    pair = example[:1].expand(2, *example.shape[1:])  # a batch of 1 would fix the axis
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        captured = torch.export.export(model, (pair,), dynamic_shapes=({0: batch},)).module()
+        quantizer = X86InductorQuantizer().set_global(quantization_config(per_channel))
+        prepared = prepare_qat_pt2e(captured, quantizer)
+    # .train()/.eval() switch dropout and BatchNorm in the graph, as on any module
+    return allow_exported_model_train_eval(prepared)
+
+
+def freeze_batchnorm_statistics(graph: torch.fx.GraphModule) -> None:
+    """Stop BatchNorm's running statistics: every batch_norm node runs with training=False
+    (the graph's own way; eager QAT's ``freeze_bn_stats`` has no pt2e twin)."""
+    for node in graph.graph.nodes:
+        if node.target is torch.ops.aten.batch_norm.default:
+            args = list(node.args)
+            args[5] = False
+            node.args = tuple(args)
+    graph.recompile()
+
+
+def float_weights(graph: torch.fx.GraphModule, model: nn.Module) -> nn.Module:
+    """``model`` with the trained graph's parameters and BatchNorm statistics."""
+    state = graph.state_dict()
+    model.load_state_dict({k: state[k] for k in model.state_dict()})
+    return model
+
+
+def qat(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    config: QATConfig | None = None,
+    resume: bool = False,
+    data: str | os.PathLike[str] | None = None,
+    on_epoch: Callable[[dict[str, Any]], object] | None = None,
+    stop_after_epoch: int | None = None,
+) -> QATResult:
+    """Fine-tune the float run ``source`` with fake quantization into ``out`` (a new run
+    directory, default ``<source>-qat``); with ``resume``, continue ``out`` where it stopped.
+    ``stop_after_epoch`` ends early, as a killed run would.
+    """
+    config = config or QATConfig()
+    config.validate()
+    source = Path(source)
+    if not (source / META_FILE).is_file():
+        raise MobileNetError(f"{source} is not a float run directory (no {META_FILE})")
+    out = Path(out) if out is not None else source.with_name(f"{source.name}-qat")
+    model, info = load_run(source)
+    if (info.train_config or {}).get(QAT_KEY):
+        raise MobileNetError(f"{source} is already quantization-aware trained; start from float")
+    state = None
+    if resume:
+        state = _read_state(out, config)
+    elif holds_run(out):
+        raise MobileNetError(f"{out} already holds a run; continue it with --resume")
+    bundle = load_run_data(info, data)
+    train_set = bundle.train_raw if bundle.train_raw is not None else bundle.train
+    loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
+    test_loader = make_loader(bundle.test, 256, shuffle=False, seed=config.seed)
+    example = next(iter(loader))[0]
+    torch.manual_seed(config.seed)
+    graph = prepare(model, example, config.per_channel)
+    optimizer = torch.optim.SGD(
+        parameter_groups(graph, config.weight_decay), lr=config.lr, momentum=config.momentum
+    )
+    steps = config.epochs * len(loader)
+    scheduler = warmup_cosine(optimizer, 0, steps)
+    history: list[dict[str, Any]] = []
+    start_epoch = 1
+    if state is not None:
+        graph.load_state_dict(state["graph"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"]) + 1
+    criterion = nn.CrossEntropyLoss()
+    for epoch in range(start_epoch, config.epochs + 1):
+        began = time.perf_counter()
+        _freeze(graph, config, epoch)
+        seed_epoch(config.seed, epoch, 0)
+        loader.sampler.set_epoch(epoch)
+        total, seen = 0.0, 0
+        for images, labels in loader:
+            loss = criterion(graph(images), labels)
+            if not math.isfinite(float(loss)):
+                raise MobileNetError(f"QAT loss became {float(loss)} at epoch {epoch}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss) * len(labels)
+            seen += len(labels)
+        tally = tally_predictions(graph, test_loader, len(info.class_names), torch.device("cpu"))
+        record = {
+            "epoch": epoch,
+            "loss": total / seen,
+            "fake_quant_top1": float(tally.confusion.trace() / tally.confusion.sum()),
+            "seconds": time.perf_counter() - began,
+        }
+        history.append(record)
+        _checkpoint(out, graph, model, info, source, config, optimizer, scheduler, history)
+        if on_epoch is not None:
+            on_epoch(record)
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+    return QATResult(out, str(source), history)
+
+
+def _freeze(graph: torch.fx.GraphModule, config: QATConfig, epoch: int) -> None:
+    """Epoch ``epoch`` (from 1) starts with BN statistics and observers frozen once past their
+    set epochs; called every epoch, so a resumed run freezes what the original had."""
+    if epoch > config.freeze_observers_after:
+        graph.apply(disable_observer)
+    if epoch > config.freeze_bn_after:
+        freeze_batchnorm_statistics(graph)
+
+
+def _read_state(out: Path, config: QATConfig) -> dict[str, Any]:
+    path = out / STATE_FILE
+    if not path.is_file():
+        raise MobileNetError(f"cannot resume {out}: {STATE_FILE} is missing")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file fails in many ways
+        raise MobileNetError(f"cannot resume {out}: {path} is unreadable ({e})") from None
+    recorded = state.get("config", {})
+    if recorded.get("quantization") != config.quantization():
+        raise MobileNetError(
+            f"{out} was trained with quantization {recorded.get('quantization')}, not "
+            f"{config.quantization()}; resume it with the same config"
+        )
+    if int(state["epoch"]) >= config.epochs:
+        raise MobileNetError(f"{out} already finished its {config.epochs} epochs")
+    return state
+
+
+def _checkpoint(
+    out: Path,
+    graph: torch.fx.GraphModule,
+    model: nn.Module,
+    info: RunInfo,
+    source: Path,
+    config: QATConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    history: list[dict[str, Any]],
+) -> None:
+    """The run's weights and record, then the graph's state: the run is whole at every epoch."""
+    recipe = {**asdict(config), "quantization": config.quantization()}
+    epoch = history[-1]["epoch"]
+    qat_info = replace(
+        info,
+        epoch=epoch,
+        metrics={**history[-1], "history": history},
+        train_config={QAT_KEY: {"source": str(source), **recipe}},
+        finished=epoch == config.epochs,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    save_run(out, float_weights(graph, model), qat_info)
+    state = {
+        "epoch": epoch,
+        "config": recipe,
+        "graph": graph.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "history": history,
+    }
+    with atomic_path(out / STATE_FILE) as tmp:
+        torch.save(state, tmp)

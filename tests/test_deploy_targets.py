@@ -1,0 +1,154 @@
+"""Every export format, fp32 and int8, written and then checked in the runtime that ships it.
+
+The `test` extra installs all four runtimes (onnxruntime, OpenVINO, ExecuTorch, LiteRT), so
+nothing here skips in CI. A small MobileNetV2 (width 0.35) trained briefly on the digits at
+16 px gives real held-out images and real predictions to compare.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mobilenets.cli import main
+from mobilenets.deploy import target as target_module
+from mobilenets.deploy.export import FORMATS, export
+from mobilenets.deploy.target import agreement
+from mobilenets.errors import MobileNetError
+from mobilenets.runs import read_run_info
+from mobilenets.train import TrainConfig, train
+
+RESOLUTION = 16
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = TrainConfig(
+        model="mobilenet_v2",
+        width_mult=0.35,
+        resolution=RESOLUTION,
+        epochs=2,
+        quiet=True,
+        out=str(tmp_path_factory.mktemp("runs") / "v2"),
+    )
+    return train(config)
+
+
+def listing(directory: Path) -> set[str]:
+    return {p.name for p in directory.iterdir()}
+
+
+def check_one_line_error(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_fp32_export_matches_pytorch_in_its_own_runtime(
+    fmt: str, run: Path, tmp_path: Path, capsys
+) -> None:
+    target = FORMATS[fmt]
+    out = tmp_path / f"model{target.suffix}"
+    argv = ["export", str(run), "--format", fmt, "--out", str(out), "--verify-images", "96"]
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["max_rel_error"] <= 1e-4 and report["top1_agreement"] == 1.0
+    assert report["images"] == 96 and report["checked_on"] == "held-out images"
+    assert listing(tmp_path) == {p.name for p in target.files(out)}  # no temporary left
+    assert report["size_bytes"] == sum(p.stat().st_size for p in target.files(out))
+    recorded = read_run_info(run).metrics["exports"][f"{fmt}-fp32"]
+    assert recorded["max_rel_error"] == report["max_rel_error"]
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_int8_export_reports_agreement_and_sqnr(fmt: str, run: Path, tmp_path: Path) -> None:
+    target = FORMATS[fmt]
+    fp32 = export(run, fmt, out=tmp_path / f"m{target.suffix}", verify_images=64, record=False)
+    out = tmp_path / f"m.int8{target.suffix}"
+    int8 = export(run, fmt, int8=True, out=out, calibration=64, verify_images=128)
+    c = int8.check
+    assert c.images == 128 and int8.calibration_images == 64
+    assert c.top1_agreement >= 0.8 and 5 < c.sqnr_db < 60  # quantized, and still the model
+    assert int8.size_bytes < fp32.size_bytes
+    recorded = read_run_info(run).metrics["exports"][f"{fmt}-int8"]
+    assert recorded["top1_agreement"] == c.top1_agreement and recorded["sqnr_db"] == c.sqnr_db
+    assert recorded["quantization"] == target.quantization
+
+
+def test_default_paths_sit_in_the_run_directory(run: Path, capsys) -> None:
+    assert main(["export", str(run), "--format", "openvino", "--verify-images", "8"]) == 0
+    assert "OpenVINO (CPU plugin) matches PyTorch" in capsys.readouterr().out
+    assert (run / "model.xml").is_file() and (run / "model.bin").is_file()
+
+
+def test_an_unknown_format(run: Path, capsys) -> None:
+    check_one_line_error(
+        ["export", str(run), "--format", "coreml"], "unknown export format", capsys
+    )
+
+
+def test_a_missing_runtime_names_its_extra(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    real = target_module.importlib.util.find_spec
+    monkeypatch.setattr(
+        target_module.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "executorch" else real(name, *a),
+    )
+    out = tmp_path / "m.pte"
+    argv = ["export", str(run), "--format", "executorch", "--out", str(out)]
+    check_one_line_error(argv, 'pip install "mobilenets[executorch]"', capsys)
+    assert listing(tmp_path) == set()
+
+
+@pytest.mark.parametrize("fmt", ["openvino", "executorch"])
+def test_a_failed_check_leaves_no_file(
+    fmt: str, run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """A tolerance of zero fails every real check: nothing may be left, not even OpenVINO's
+    weights file."""
+    monkeypatch.setattr(target_module, "FP32_TOLERANCE", 0.0)
+    out = tmp_path / f"model{FORMATS[fmt].suffix}"
+    argv = ["export", str(run), "--format", fmt, "--out", str(out), "--verify-images", "8"]
+    check_one_line_error(argv, "differs from PyTorch", capsys)
+    assert listing(tmp_path) == set()
+
+
+def test_a_wrong_suffix_is_refused(run: Path, tmp_path: Path, capsys) -> None:
+    argv = ["export", str(run), "--format", "litert", "--out", str(tmp_path / "m.onnx")]
+    check_one_line_error(argv, "must end in .tflite", capsys)
+
+
+def test_agreement_measures() -> None:
+    expected = np.array([[1.0, 0.0], [0.0, 2.0]])
+    same = agreement(expected, expected)
+    assert same.max_rel_error == 0 and same.top1_agreement == 1 and same.sqnr_db == float("inf")
+    noisy = agreement(expected, expected + np.array([[0.0, 2.0], [0.1, 0.0]]))
+    assert noisy.top1_agreement == 0.5
+    assert noisy.sqnr_db == pytest.approx(10 * np.log10(5 / 4.01))
+    with pytest.raises(MobileNetError, match="shape"):
+        agreement(expected, expected[:1])
+
+
+@pytest.mark.slow
+def test_bench_times_every_runtime_in_fp32_and_int8(run: Path, capsys) -> None:
+    argv = ["bench", str(run), "--threads", "1", "--iterations", "3", "--warmup", "1", "--json"]
+    assert main([*argv, "--batch", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    engines = [t["engine"] for t in report["timings"]]
+    for runtime in ("onnxruntime", "OpenVINO", "ExecuTorch", "LiteRT"):
+        assert f"{runtime} fp32" in engines and f"{runtime} int8" in engines
+    assert report["int8_matmul_gops"] > 0 and report["int8_floor_ms"] > 0
+    for t in report["timings"][4:]:
+        assert t["memory_bytes"] is not None and t["model_memory_bytes"] > 0
+    executorch = next(t for t in report["timings"] if t["engine"] == "ExecuTorch fp32")
+    image_bytes = 4 * 3 * RESOLUTION * RESOLUTION
+    assert executorch["planned_bytes"] >= 2 * image_bytes  # at least the input batch
+    assert report["batch"] == 2

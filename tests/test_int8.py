@@ -1,0 +1,154 @@
+"""int8 that keeps its accuracy: fake quantization, the sensitivity report, mixed precision, QAT.
+
+Tiny models on the digits at 16 px: what is checked is behaviour (exactness with nothing
+quantized, the rounding bounds, the ranking, the float layers in the written file, resuming,
+one-line errors), not ImageNet accuracy (benchmarks/results/int8_imagenet.md).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from mobilenets.cli import main
+from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.errors import MobileNetError
+from mobilenets.quant.fake import FakeQuantModel, Int8Scheme, fake_quant_weight
+from mobilenets.runs import load_run
+from mobilenets.train import state_digest
+
+RESOLUTION = 16
+
+
+@pytest.fixture(scope="module")
+def run(trained_v2: Path) -> Path:
+    """conftest's V2 0.35, trained 3 epochs on the digits at 16 px."""
+    return trained_v2
+
+
+def images(n: int = 8, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, RESOLUTION, RESOLUTION, generator=torch.Generator().manual_seed(seed))
+
+
+def check_one_line_error(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+
+
+def test_fake_quant_model_is_exact_until_switched_on(run: Path) -> None:
+    model, _ = load_run(run)
+    fq = FakeQuantModel(model)
+    kinds = {layer.kind for layer in fq}
+    assert {"conv", "depthwise", "expand", "project", "linear"} <= kinds
+    assert len(fq.names()) == sum(
+        isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules()
+    )
+    x = images()
+    fq.calibrate([x])
+    with torch.inference_mode():
+        fq.set(enabled=())
+        torch.testing.assert_close(fq(x), fold_batchnorm(model)(x), rtol=0, atol=0)
+        fq.set(enabled=fq.names())
+        assert not torch.equal(fq(x), fold_batchnorm(model)(x))
+
+
+def test_weights_round_within_half_a_step_per_channel() -> None:
+    weight = torch.randn(16, 1, 3, 3) * torch.logspace(-3, 0, 16).view(-1, 1, 1, 1)
+    for per_channel in (True, False):
+        q = fake_quant_weight(weight, per_channel)
+        amax = weight.abs().amax(dim=(1, 2, 3), keepdim=True)
+        step = amax / 127 if per_channel else weight.abs().max() / 127
+        assert ((q - weight).abs() <= step / 2 + 1e-7).all()
+    # per tensor, the narrowest channel rounds to zero: the case per-channel scales exist for
+    assert fake_quant_weight(weight, False)[0].abs().max() == 0
+    assert fake_quant_weight(weight, True)[0].abs().max() > 0
+
+
+def test_sensitivity_ranks_every_layer_and_draws_the_figure(run: Path, tmp_path: Path, capsys):
+    plot = tmp_path / "sens.png"
+    argv = ["sensitivity", str(run), "--images", "16", "--calibration", "32", "--json"]
+    assert main([*argv, "--plot", str(plot)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    model, _ = load_run(run)
+    names = [s["name"] for s in report["layers"]]
+    assert sorted(names) == sorted(FakeQuantModel(model).names())
+    alone = [s["alone_sqnr_db"] for s in report["layers"]]
+    assert alone == sorted(alone)  # ranked: most sensitive first
+    # noise adds: every layer quantized is worse than any one layer alone
+    assert report["all_sqnr_db"] <= min(alone) + 0.5
+    assert all(s["output_sqnr_db"] > 10 for s in report["layers"])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sensitivity_table(run: Path, tmp_path: Path, capsys) -> None:
+    argv = ["sensitivity", str(run), "--images", "8", "--calibration", "16", "--quiet"]
+    assert main([*argv, "--plot", str(tmp_path / "s.png"), "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "alone dB" in out and "features." in out
+
+
+def test_mixed_precision_keeps_the_named_layers_in_float(run: Path, tmp_path: Path, capsys):
+    out = tmp_path / "mixed.onnx"
+    keep = ["features.0.conv", "classifier.fc"]
+    argv = ["quantize-mixed", str(run), "--fp32", *keep, "--images", "64", "--json"]
+    assert main([*argv, "--calibration", "32", "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["mixed"]["fp32_modules"] == keep
+    assert 0 <= result["mixed"]["top1_agreement"] <= 1
+    graph = onnx.load(str(out)).graph
+    quantized_weights = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    quantized_weights |= {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    initializers = {i.name for i in graph.initializer}
+    for layer in keep:
+        assert f"{layer}.weight" in initializers
+        assert f"{layer}.weight" not in quantized_weights
+    assert any("features.1.depthwise.conv.weight" in w for w in quantized_weights | initializers)
+    assert any(n.op_type == "DequantizeLinear" for n in graph.node)
+
+
+def test_an_unreachable_target_says_the_best_and_writes_nothing(run: Path, tmp_path, capsys):
+    out = tmp_path / "never.onnx"
+    argv = ["quantize-mixed", str(run), "--target-agreement", "1.0", "--max-float", "1"]
+    argv += ["--max-latency-cost", "-1", "--images", "32", "--calibration", "16", "--quiet"]
+    check_one_line_error([*argv, "--out", str(out)], "the best reached", capsys)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unknown_layer_names(run: Path, capsys) -> None:
+    argv = ["quantize-mixed", str(run), "--fp32", "features.99.conv", "--images", "8"]
+    check_one_line_error(argv, "no quantizable layer named features.99.conv", capsys)
+
+
+def test_qat_resumes_to_the_same_weights_and_refuses_another_config(run: Path, tmp_path, capsys):
+    common = ["--epochs", "2", "--freeze-bn-after", "1", "--freeze-observers-after", "1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(["qat", str(run), "--out", str(straight), *common, "--json"]) == 0
+    capsys.readouterr()
+    assert main(["qat", str(run), "--out", str(resumed), *common, "--stop-after-epoch", "1"]) == 0
+    capsys.readouterr()  # the epoch lines
+    check_one_line_error(
+        ["qat", str(run), "--out", str(resumed), *common, "--resume", "--per-tensor"],
+        "resume it with the same config",
+        capsys,
+    )
+    assert main(["qat", str(run), "--out", str(resumed), *common, "--resume", "--json"]) == 0
+    history = json.loads(capsys.readouterr().out)["history"]
+    assert [r["epoch"] for r in history] == [1, 2]
+    a, info = load_run(straight)
+    b, _ = load_run(resumed)
+    assert state_digest(a) == state_digest(b)
+    assert info.train_config["qat"]["per_channel"] is True and info.epoch == 2 and info.finished
+
+
+def test_qat_needs_a_float_run(tmp_path: Path, capsys) -> None:
+    check_one_line_error(["qat", str(tmp_path / "nowhere")], "is not a float run directory", capsys)
+
+
+def test_a_model_without_features_is_refused() -> None:
+    with pytest.raises(MobileNetError, match=r"no \.features"):
+        FakeQuantModel(torch.nn.Linear(3, 2), Int8Scheme())

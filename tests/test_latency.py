@@ -1,0 +1,276 @@
+"""The latency model: layer kinds, the roofline and its fit, calibration in onnxruntime, the
+cache and its staleness, and the predicted columns of ``cost`` and ``speedup``."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from mobilenets import calibrate as cal
+from mobilenets.cli import main
+from mobilenets.cost import profile_model
+from mobilenets.deploy.runtime import create_session
+from mobilenets.errors import MobileNetError
+from mobilenets.latency import (
+    LATENCY_KINDS,
+    MEMORY_ONLY_KINDS,
+    Calibration,
+    Roofline,
+    latency_kinds,
+    pointwise_kind,
+    predict_latency,
+)
+from mobilenets.measure.speedup import ConvShape, measure_separable_speedup, predicted_speedup
+from mobilenets.models import create_model
+
+# A real calibration, kept small: one family at one width and resolution, 3 layers a kind.
+SMALL = dict(models=["mobilenet_v2"], widths=(0.35,), resolutions=(96,), per_kind=3, budget_s=0.005)
+
+
+@pytest.fixture(scope="module")
+def calibration() -> Calibration:
+    return cal.calibrate(**SMALL)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(cal.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+class SqueezeExcite(nn.Module):
+    """The gate of MobileNetV3: pool, reduce, expand, scale the feature map."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, channels // 4, 1)
+        self.act = nn.ReLU()
+        self.expand = nn.Conv2d(channels // 4, channels, 1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.expand(self.act(self.reduce(self.pool(x)))))
+
+
+def se_network() -> nn.Module:
+    return nn.Sequential(
+        OrderedDict(
+            stem=nn.Conv2d(3, 32, 3, 2, 1),
+            dw=nn.Conv2d(32, 32, 3, 1, 1, groups=32),
+            se=SqueezeExcite(32),
+            project=nn.Conv2d(32, 300, 1),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(1),
+            fc=nn.Linear(300, 10),
+        )
+    )
+
+
+# --------------------------------------------------------------------------- kinds, roofline
+
+
+def test_layer_kinds_of_mobilenet_v2() -> None:
+    report = profile_model(create_model("mobilenet_v2"), 224)
+    kinds = dict(zip((r.name for r in report.layers), latency_kinds(report.layers), strict=True))
+    assert kinds["features.0.conv"] == "standard K<64"  # 3 channels x 3 x 3
+    assert kinds["features.2.depthwise.conv"] == "depthwise"
+    assert kinds["features.2.expand.conv"] == "pointwise K<64"  # 16 channels in
+    assert kinds["features.14.expand.conv"] == "pointwise K<256"  # 96
+    assert kinds["features.18.conv"] == "pointwise K>=256"  # 320
+    assert kinds["classifier.fc"] == "fc"
+    assert kinds["classifier.pool"] == "global pool"
+    fused = [r.name for r in report.layers if r.kind in ("batchnorm", "activation")]
+    assert fused and all(kinds[name] is None for name in fused)
+
+
+def test_squeeze_excitation_is_told_from_the_classifier_pool() -> None:
+    report = profile_model(se_network(), 64, in_chans=3)
+    kinds = dict(zip((r.name for r in report.layers), latency_kinds(report.layers), strict=True))
+    assert kinds["se.pool"] == "se"
+    assert kinds["se.reduce"] == kinds["se.expand"] == "fc"  # matrix-vector on a 1x1 map
+    assert kinds["pool"] == "global pool"
+    assert kinds["project"] == "pointwise K<64"
+
+
+def test_gates_of_the_registered_v3_are_priced_as_se_and_fc() -> None:
+    report = profile_model(create_model("mobilenet_v3_small"), 224)
+    kinds = dict(zip((r.name for r in report.layers), latency_kinds(report.layers), strict=True))
+    assert kinds["features.1.se.pool"] == "se"
+    assert kinds["features.1.se.reduce"] == kinds["features.1.se.expand"] == "fc"
+    assert kinds["features.1.se.gate"] is None
+    assert kinds["classifier.pool"] == "global pool"
+
+
+def test_pointwise_kind_edges() -> None:
+    assert [pointwise_kind(k) for k in (63, 64, 255, 256)] == [
+        "pointwise K<64",
+        "pointwise K<256",
+        "pointwise K<256",
+        "pointwise K>=256",
+    ]
+
+
+def test_roofline_takes_the_slower_roof_plus_overhead() -> None:
+    roof = Roofline(macs_per_s=1e10, bytes_per_s=1e9, overhead_s=1e-6)
+    assert roof.seconds(10**6, 10**4) == pytest.approx(1e-4 + 1e-6)  # compute: 100 us > 10 us
+    assert roof.bound(10**7, 10**5) == "compute"
+    assert roof.bound(10**5, 10**6) == "memory"
+    assert Roofline.from_json(roof.to_json()) == roof
+    flat = Roofline(math.inf, 1e9, 0.0)
+    assert flat.to_json()["macs_per_s"] is None and Roofline.from_json(flat.to_json()) == flat
+
+
+def test_fit_recovers_a_known_roofline() -> None:
+    truth = Roofline(macs_per_s=5e10, bytes_per_s=2e10, overhead_s=3e-6)
+    report = profile_model(create_model("mobilenet_v1", width_mult=0.5), 160)
+    rows = [(r, k) for r, k in zip(report.layers, latency_kinds(report.layers), strict=True) if k]
+    samples = [cal.Sample(r, "depthwise") for r, k in rows if r.macs]
+    samples = [replace(s, seconds=truth.seconds(s.row.macs, s.bytes)) for s in samples]
+    fitted = cal.fit_roofline(samples)
+    assert max(cal.relative_errors(fitted, samples)) < 0.01
+    assert fitted.macs_per_s == pytest.approx(truth.macs_per_s, rel=0.05)
+    assert fitted.bytes_per_s == pytest.approx(truth.bytes_per_s, rel=0.05)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+@pytest.mark.parametrize("kind", LATENCY_KINDS)
+def test_one_layer_graphs_compute_the_traced_shapes(kind: str, tmp_path: Path) -> None:
+    samples = cal.registry_samples(["mobilenet_v2", "vgg_small"], (0.5,), (96,))  # max pools
+    sample = next(s for s in samples if s.kind == kind)
+    model = cal.layer_graph(sample)
+    onnx.checker.check_model(model)
+    path = tmp_path / "layer.onnx"
+    onnx.save(model, str(path))
+    x = np.zeros(sample.row.input_shape, dtype=np.float32)
+    (y, *copies) = create_session(path).run(None, {"x": x})
+    assert tuple(y.shape) == (sample.row.input_shape if kind == "se" else sample.row.output_shape)
+    assert len(copies) == cal.cold_copies(sample) - 1  # fc: its copies, each with its output
+    if kind == "fc":
+        assert copies  # a classifier's weights fit in cache: copies make them come from memory
+
+
+def test_calibration_fits_every_kind(calibration: Calibration) -> None:
+    assert set(calibration.rooflines) == set(LATENCY_KINDS)
+    for kind, roof in calibration.rooflines.items():
+        assert roof.bytes_per_s > 0 and roof.overhead_s >= 0
+        assert math.isinf(roof.macs_per_s) == (kind in MEMORY_ONLY_KINDS)
+        assert calibration.fit[kind]["samples"] >= 1
+    assert calibration.machine == cal.machine_fingerprint()
+    assert Calibration.from_json(json.loads(json.dumps(calibration.to_json()))) == calibration
+
+
+def test_prediction_prices_each_kernel_layer(calibration: Calibration) -> None:
+    report = profile_model(create_model("mobilenet_v2", width_mult=0.35), 96)
+    prediction = predict_latency(report, calibration)
+    convs = [r for r in report.layers if r.macs]
+    assert len(prediction.layers) == len(convs) + 1  # + the classifier's pooling
+    kernels = sum(layer.seconds for layer in prediction.layers)
+    overheads = calibration.node_overhead_s * len(prediction.layers) + calibration.run_overhead_s
+    assert prediction.seconds == pytest.approx(kernels + overheads)
+    assert {layer.bound for layer in prediction.layers} <= {"compute", "memory"}
+    bigger = predict_latency(profile_model(create_model("mobilenet_v2"), 224), calibration)
+    assert bigger.ms > 3 * prediction.ms  # 300M against 12M mult-adds
+
+
+def test_cache_is_reused_and_a_stale_one_recalibrated(
+    cache: Path, calibration: Calibration, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = cal.cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(replace(calibration, runtime_version="0.0.1").to_json()))
+    said: list[str] = []
+    fresh = cal.load_calibration(say=said.append, **SMALL)
+    assert "stale" in said[0] and "0.0.1" in said[0] and "recalibrating" in said[0]
+    assert fresh.runtime_version != "0.0.1"
+    assert cal.read_calibration(path) == fresh
+    said.clear()
+    assert cal.load_calibration(say=said.append) == fresh and not said  # cached: no message
+    monkeypatch.setattr(cal, "machine_fingerprint", lambda: "another CPU, 64 CPUs, riscv")
+    assert "another machine" in cal.stale_reason(fresh)
+
+
+def test_broken_cache_file_is_one_line(cache: Path) -> None:
+    path = cache / "broken.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"runtime": "onnxruntime"}')
+    with pytest.raises(MobileNetError, match="is not a latency calibration"):
+        cal.read_calibration(path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"runtime": "tflite"}, "cannot calibrate for runtime 'tflite'"),
+        ({"threads": -1}, "threads must be 0"),
+        ({"per_kind": 2}, "at least 3 layers per kind"),
+    ],
+)
+def test_calibrate_rejects_bad_input(kwargs: dict, message: str) -> None:
+    with pytest.raises(MobileNetError, match=message):
+        cal.calibrate(**kwargs)
+
+
+# --------------------------------------------------------------------------- CLI, speed-up
+
+
+def test_cost_latency_column_and_calibrate_show(
+    cache: Path, calibration: Calibration, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = cal.cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(calibration.to_json()))
+    argv = ["cost", "mobilenet_v2", "--width-mult", "0.35", "--resolution", "96"]
+    assert main([*argv, "--latency"]) == 0
+    out = capsys.readouterr().out
+    assert "pred. ms" in out and "memory" in out and "predicted latency in onnxruntime" in out
+    assert main([*argv, "--latency", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["latency"]["predicted_ms"] > 0
+    assert {row["bound"] for row in data["latency"]["layers"]} <= {"compute", "memory"}
+    assert main(["calibrate", "--show"]) == 0
+    assert "pointwise K>=256" in capsys.readouterr().out
+
+
+def test_calibrate_cli_errors(cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["calibrate", "--runtime", "tflite"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot calibrate for runtime 'tflite'" in err
+    assert main(["calibrate", "--show"]) == 2
+    assert "no calibration for onnxruntime yet" in capsys.readouterr().err
+
+
+def test_speedup_rows_carry_the_predicted_speedup(calibration: Calibration) -> None:
+    # Rates chosen so that the depthwise layer is memory-bound and the others compute-bound.
+    roofs = {kind: Roofline(1e11, 1e11, 0.0) for kind in LATENCY_KINDS}
+    roofs["depthwise"] = Roofline(1e11, 1e9, 0.0)
+    rates = replace(calibration, rooflines=roofs, node_overhead_s=0.0)
+    shape = ConvShape(14, 64, 64)
+    predicted, bound = predicted_speedup(shape, 1, rates)
+    standard_s = 9 * 64 * 64 * 14 * 14 / 1e11
+    depthwise_s = 4 * (2 * 64 * 14 * 14 + 64 * 9) / 1e9  # in, out, weights
+    pointwise_s = 64 * 64 * 14 * 14 / 1e11
+    assert bound == "memory"
+    assert predicted == pytest.approx(standard_s / (depthwise_s + pointwise_s))
+    assert predicted < shape.analytic_speedup / 2  # memory traffic eats the saving
+    rows = measure_separable_speedup(
+        [shape],
+        batch_sizes=[1],
+        memory_formats=["nchw"],
+        modes=["forward"],
+        budget_s=0.01,
+        calibration=rates,
+    )
+    assert rows[0].predicted == pytest.approx(predicted)
+    assert rows[0].to_dict()["depthwise_bound"] == "memory"
