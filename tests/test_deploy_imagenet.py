@@ -69,7 +69,7 @@ def test_photo_crops_are_seeded_and_distinct() -> None:
 def test_predict_names_espresso_and_a_cat(imagenet_run: Path, capsys) -> None:
     coffee, chelsea = photo_path("coffee.png"), photo_path("chelsea.png")
     assert main(["predict", str(imagenet_run), str(coffee), str(chelsea), "--json"]) == 0
-    predictions = json.loads(capsys.readouterr().out)
+    predictions = json.loads(capsys.readouterr().out)["predictions"]
     assert predictions[0]["top"][0]["class"] == "espresso"
     assert predictions[1]["top"][0]["class"] in CATS
 

@@ -172,7 +172,7 @@ def test_v3_trains_and_evaluates_as_training_measured(v3_run: Path) -> None:
 def test_v3_predicts_from_the_cli(v3_run: Path, digit_pngs, capsys) -> None:
     image = digit_pngs[0][0]
     assert main(["predict", str(v3_run), str(image), "--top-k", "3", "--json"]) == 0
-    (prediction,) = json.loads(capsys.readouterr().out)
+    (prediction,) = json.loads(capsys.readouterr().out)["predictions"]
     assert prediction["image"] == str(image) and len(prediction["top"]) == 3
 
 

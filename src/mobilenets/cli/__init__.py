@@ -63,7 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # `mobilenets` alone: say what it can do
         parser.print_help()
         return 0
-    warnings.showwarning = show_warning
+    with warnings.catch_warnings():
+        # Ours are one line each; libraries' deprecation notices are for their callers (us),
+        # not for someone running a command. Restored on return, so callers keep theirs.
+        warnings.showwarning = show_warning
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; a user error is one ``error:`` line and exit status 2."""
     try:
         return int(args.func(args) or 0)
     except MobileNetError as e:
