@@ -18,6 +18,8 @@ in an ONNX file's metadata.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,14 +74,16 @@ def quantize_nncf(
     if preset not in presets:
         raise MobileNetError(f"unknown NNCF preset {preset!r}; choose from {', '.join(presets)}")
     dataset = nncf.Dataset([images.numpy() for images in calibration])
-    return nncf.quantize(
-        ov_model,
-        dataset,
-        preset=presets[preset],
-        subset_size=len(calibration),  # NNCF counts the dataset's items: here, batches
-        fast_bias_correction=fast_bias_correction,
-        ignored_scope=nncf.IgnoredScope(types=list(fp32_types)) if fp32_types else None,
-    )
+    # NNCF draws its progress bars on stdout, where `--json` output goes: send them to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        return nncf.quantize(
+            ov_model,
+            dataset,
+            preset=presets[preset],
+            subset_size=len(calibration),  # NNCF counts the dataset's items: here, batches
+            fast_bias_correction=fast_bias_correction,
+            ignored_scope=nncf.IgnoredScope(types=list(fp32_types)) if fp32_types else None,
+        )
 
 
 def write(
