@@ -188,4 +188,3 @@ def test_efficientnet_lite0_trains_at_its_full_width(tmp_path: Path) -> None:
         "dropout": 0.2,
         "small_input": True,
     }
-
