@@ -64,11 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     with warnings.catch_warnings():
-        # Ours are one line each; libraries' deprecation notices are for their callers (us),
+        # Ours are one line each; libraries' deprecation and runtime notices are for their callers,
         # not for someone running a command. Restored on return, so callers keep theirs.
         warnings.showwarning = show_warning
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # e.g. JAX's os.fork() notice (LiteRT)
         return _run(args)
 
 
