@@ -14,6 +14,7 @@ Writes benchmarks/results/deploy_runtimes.md and .json.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--batches", default="1,8")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     reports = [
         benchmark(
             "mobilenet_v2",
@@ -77,13 +79,15 @@ def main() -> None:
         for b in args.batches.split(",")
     ]
     first = reports[0]
+    load_after = os.getloadavg()[0]
     lines = [
         "# MobileNetV2 1.0 at 224 in every runtime, fp32 and int8",
         "",
         f"`flock /tmp/mobilenets-cpu.lock python benchmarks/deploy_runtimes.py` on "
         f"{platform.machine()}, {args.threads} threads, {args.iterations} timed calls per "
-        "engine in 10 interleaved rounds; other agents' processes were running on the same "
-        "2 cores, so compare engines within one table, not across runs.",
+        f"engine in 10 interleaved rounds; load average {load_before:.1f} before and "
+        f"{load_after:.1f} after (cores: {os.cpu_count()}); compare engines within one table, "
+        "not across runs.",
         "int8 programs are calibrated on random inputs (ranges do not change speed; quality is "
         "in deploy_int8_quality.md). Memory: the growth of the process's resident set while "
         "the program is loaded and run twice (weights, packed weight copies and the runtime's "

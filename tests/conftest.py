@@ -3,6 +3,10 @@
 - one trained MobileNetV1 and one trained MobileNetV2 run for the whole session (training is
   the slow part of the suite: a module that needs a trained run takes one of these, and must
   not change it beyond adding files of its own);
+- :func:`built_once`, which keeps such a fixture's result on disk: the modules that load the
+  device runtimes run each test in a forked process (``pytest.mark.forked``: ExecuTorch,
+  LiteRT and OpenVINO keep threads and state that crashed later, unrelated tests when they
+  shared the suite's process), and a forked test cannot hand a fixture's value back;
 - the helpers several test modules need: the one-line error assertion, a BatchNorm randomiser,
   a pickle that runs code when loaded, digit PNGs as a user would hand them to predict.
 """
@@ -12,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +29,32 @@ from torch import nn
 
 from mobilenets.errors import MobileNetError
 
+# --------------------------------------------------------------------------- forked tests
+
+
+def _one_intra_op_thread() -> None:
+    """A forked test runs PyTorch on one thread: the OpenMP pool PyTorch inherited from the
+    suite's process has no threads behind it after fork(), and a parallel region waits on it
+    forever (what DataLoader workers do for the same reason)."""
+    torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_one_intra_op_thread)
+
 # --------------------------------------------------------------------------- trained runs
+
+
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """``build(directory)`` once per session; later calls, forked tests' included, find the
+    directory it filled (a marker written last says it was finished)."""
+    directory = factory.getbasetemp() / "built-once" / name
+    finished = directory / ".built"
+    if not finished.exists():
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        build(directory)
+        finished.touch()
+    return directory
 
 
 @pytest.fixture(scope="session")
@@ -38,9 +69,12 @@ def trained_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
         epochs=6,
         batch_size=32,
         quiet=True,
-        out=str(tmp_path_factory.mktemp("runs") / "v1"),
+        out="",
     )
-    return train(config)
+    return (
+        built_once(tmp_path_factory, "v1", lambda d: train(replace(config, out=str(d / "run"))))
+        / "run"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -54,9 +88,12 @@ def trained_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
         resolution=16,
         epochs=3,
         quiet=True,
-        out=str(tmp_path_factory.mktemp("runs") / "v2"),
+        out="",
     )
-    return train(config)
+    return (
+        built_once(tmp_path_factory, "v2", lambda d: train(replace(config, out=str(d / "run"))))
+        / "run"
+    )
 
 
 # --------------------------------------------------------------------------- helpers

@@ -32,7 +32,7 @@ from mobilenets.deploy import (
 from mobilenets.deploy.onnx_export import compare_with_torch
 from mobilenets.deploy.runtime import check_provider, run_session, top1_accuracy
 from mobilenets.errors import MobileNetError
-from mobilenets.runs import WEIGHTS_FILE, load_run
+from mobilenets.runs import WEIGHTS_FILE, load_run, read_run_info
 
 RESOLUTION = 16
 
@@ -193,6 +193,9 @@ def test_bench_times_every_engine_side_by_side(run: Path, capsys) -> None:
     argv = ["bench", str(run), "--threads", "1", "--iterations", "5", "--warmup", "1", "--json"]
     assert main([*argv, "--format", "onnx"]) == 0
     report = json.loads(capsys.readouterr().out)
+    info = read_run_info(run)
+    assert report["model_name"] == info.model
+    assert report["width_mult"] == info.model_kwargs["width_mult"]
     engines = [t["engine"] for t in report["timings"]]
     assert engines == [
         "PyTorch eager NCHW",

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import built_once
 
 from mobilenets.cli import main
 from mobilenets.deploy.export import export
@@ -22,6 +23,7 @@ from mobilenets.imagenet import default_class_names, imagenet_class_names
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "fetch_imagenet_weights.py"
+pytestmark = pytest.mark.forked  # the runtimes' threads stay out of the suite's process
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 
 
@@ -33,12 +35,13 @@ def fetch(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def imagenet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("imagenet") / "v2"
-    done = fetch("--run-dir", str(run_dir))
-    assert done.returncode == 0, done.stderr
-    weights = Path(done.stdout.strip().splitlines()[-1])
-    assert weights.name == "mobilenet_v2-b0353104.pth" and weights.is_file()
-    return run_dir
+    def build(directory: Path) -> None:
+        done = fetch("--run-dir", str(directory / "v2"))
+        assert done.returncode == 0, done.stderr
+        weights = Path(done.stdout.strip().splitlines()[-1])
+        assert weights.name == "mobilenet_v2-b0353104.pth" and weights.is_file()
+
+    return built_once(tmp_path_factory, "imagenet", build) / "v2"
 
 
 def test_imagenet_class_names_are_the_1000_in_order() -> None:

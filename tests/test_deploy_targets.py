@@ -8,10 +8,12 @@ nothing here skips in CI. A small MobileNetV2 (width 0.35) trained briefly on th
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import built_once
 
 from mobilenets.cli import main
 from mobilenets.deploy import target as target_module
@@ -22,6 +24,7 @@ from mobilenets.runs import read_run_info
 from mobilenets.train import TrainConfig, train
 
 RESOLUTION = 16
+pytestmark = pytest.mark.forked  # the runtimes' threads stay out of the suite's process
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +35,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         resolution=RESOLUTION,
         epochs=2,
         quiet=True,
-        out=str(tmp_path_factory.mktemp("runs") / "v2"),
+        out="",
     )
-    return train(config)
+    built = built_once(
+        tmp_path_factory, "deploy-v2", lambda d: train(replace(config, out=str(d / "v2")))
+    )
+    return built / "v2"
 
 
 def listing(directory: Path) -> set[str]:

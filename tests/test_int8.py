@@ -22,6 +22,7 @@ from mobilenets.runs import load_run
 from mobilenets.train import state_digest
 
 RESOLUTION = 16
+pytestmark = pytest.mark.forked  # the runtimes' threads stay out of the suite's process
 
 
 @pytest.fixture(scope="module")

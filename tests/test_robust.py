@@ -27,11 +27,11 @@ from PIL import Image
 from mobilenets.cli import main
 from mobilenets.data.loader import FoldedBatchSampler
 from mobilenets.evaluate import evaluate
-from mobilenets.io import LOCK_FILE, DirectoryLock, atomic_write_text
+from mobilenets.io import LOCK_FILE, DirectoryLock, atomic_write_text, host_name
 from mobilenets.predict import find_images, predict
 from mobilenets.recipe import TrainConfig
 from mobilenets.runs import read_run_info
-from mobilenets.train import STATE_FILE, SmallDataWarning, train
+from mobilenets.train import STATE_FILE, SmallDataWarning, new_run_dir, train
 
 TINY = dict(model="mobilenet_v1", width_mult=0.25, resolution=16, quiet=True)
 
@@ -99,6 +99,18 @@ def test_a_second_train_into_a_held_directory_is_refused_with_the_holder(
     (run / LOCK_FILE).write_text(json.dumps(lock))
     with raises_one_line("on elsewhere.example"):
         DirectoryLock(run).acquire()
+
+
+def test_a_run_without_out_passes_over_a_directory_another_run_holds(
+    tmp_path: Path, live_process: subprocess.Popen, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs started at once without --out: the second takes the next name, not the
+    first's directory (which holds a lock and nothing else yet)."""
+    monkeypatch.chdir(tmp_path)
+    held = tmp_path / "runs" / "mobilenet_v1"
+    held.mkdir(parents=True)
+    (held / LOCK_FILE).write_text(json.dumps({"pid": live_process.pid, "host": host_name()}))
+    assert new_run_dir(TrainConfig(model="mobilenet_v1")) == Path("runs") / "mobilenet_v1-2"
 
 
 def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path: Path, dead_pid: int) -> None:

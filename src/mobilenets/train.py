@@ -66,7 +66,7 @@ from torch.utils.data import DistributedSampler
 from mobilenets.data import VAL_FRACTION, DataBundle, load_data, make_loader
 from mobilenets.distributed import Processes
 from mobilenets.errors import MobileNetError
-from mobilenets.io import DirectoryLock, atomic_path, atomic_write_text
+from mobilenets.io import LOCK_FILE, DirectoryLock, atomic_path, atomic_write_text
 from mobilenets.metrics import Evaluation, Tally, tally_predictions
 from mobilenets.models import check_resolution, create_model, get_model_factory
 from mobilenets.optim import make_optimizer, warmup_cosine
@@ -184,14 +184,16 @@ def freeze_features(model: nn.Module) -> None:
 
 def new_run_dir(config: TrainConfig) -> Path:
     """``config.out`` if given (it must not already hold a run), else the first free name of
-    ``runs/<model>``, ``runs/<model>-2``, ... so a second run never overwrites the first."""
+    ``runs/<model>``, ``runs/<model>-2``, ... so a second run never overwrites the first. A
+    directory another run has locked (started, nothing written yet) is not free either: two
+    runs started at once without ``--out`` take two names."""
     if config.out is not None:
         out = Path(config.out)
         check_new_run_dir(out)
         return out
     base = Path("runs") / config.model
     out, n = base, 1
-    while holds_run(out):
+    while holds_run(out) or (out / LOCK_FILE).exists():
         n += 1
         out = base.with_name(f"{base.name}-{n}")
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Iterable, Iterator
 
@@ -99,6 +100,10 @@ def make_loader(
     ``DistributedSampler``) supplies the indices instead of ``shuffle``. ``fold_single``
     keeps the last partial batch but never a batch of one image (:class:`FoldedBatchSampler`).
     The seeded sampler is ``loader.batch_sampler.sampler`` either way.
+
+    Workers start from a fork server, not by forking this process: a process that has loaded
+    a runtime with threads of its own (LiteRT's JAX, OpenVINO's TBB, ExecuTorch's pool) can
+    crash in fork, and Python 3.14 makes the same choice by default.
     """
     if num_workers is None:
         num_workers = 0 if getattr(dataset, "in_memory", True) else min(2, os.cpu_count() or 1)
@@ -113,5 +118,12 @@ def make_loader(
         **batching,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        multiprocessing_context=_worker_start() if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _worker_start() -> str:
+    """``forkserver`` where the platform has it (Linux), else its default (``spawn``)."""
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else methods[0]

@@ -79,7 +79,7 @@ class Timing:
 class BenchReport:
     """Every engine's timing for one model, input size, batch and thread count."""
 
-    model: str
+    model: str  # a label: the model and its width, the run directory, or the ONNX file
     resolution: int
     batch: int
     threads: int
@@ -87,6 +87,8 @@ class BenchReport:
     matmul_gflops: float  # fp32, 2048 x 2048, same threads, same run
     int8_matmul_gops: float | None = None  # int8 x int8 -> int32, same size, same run
     timings: list[Timing] = field(default_factory=list)
+    model_name: str | None = None  # the registered name (None for an ONNX file)
+    width_mult: float | None = None
 
     @property
     def fp32_floor_ms(self) -> float | None:
@@ -306,6 +308,8 @@ def benchmark(
         cost.total_macs,
         matmul_gflops(threads),
         int8_matmul_gops(threads),
+        model_name=info.model,
+        width_mult=float(info.model_kwargs.get("width_mult", 1.0)),
     )
     report.timings = [summarize(name, t, batch, cost.total_macs) for name, t in times.items()]
     for timing in report.timings:

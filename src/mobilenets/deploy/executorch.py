@@ -17,10 +17,7 @@ image at a time, and a fixed shape lets the memory planner size every buffer exa
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.target import Runner, Target, first_line
+from mobilenets.deploy.target import Runner, Target, first_line, quiet
 from mobilenets.errors import MobileNetError
 
 QUANTIZATION = (
@@ -45,6 +42,7 @@ def capture_any_batch(model: nn.Module, example: torch.Tensor) -> torch.fx.Graph
     return torch.export.export(model, (pair,), dynamic_shapes=({0: batch},)).module()
 
 
+@quiet()
 def quantize_pt2e(
     model: nn.Module,
     example: torch.Tensor,
@@ -71,6 +69,7 @@ def quantize_pt2e(
     return convert_pt2e(prepared)
 
 
+@quiet()
 def write(
     model: nn.Module,
     path: Path,
@@ -88,30 +87,28 @@ def write(
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            if calibration is not None:
-                model = quantize_pt2e(model, example, calibration, fp32_modules)
-            program = torch.export.export(model, (example,))
-            lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-            buffer = lowered.to_executorch().buffer
-        except Exception as e:  # export and lowering raise many types; the first line says which
-            raise MobileNetError(f"ExecuTorch cannot lower this model: {first_line(e)}") from e
+    try:
+        if calibration is not None:
+            model = quantize_pt2e(model, example, calibration, fp32_modules)
+        program = torch.export.export(model, (example,))
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        buffer = lowered.to_executorch().buffer
+    except Exception as e:  # export and lowering raise many types; the first line says which
+        raise MobileNetError(f"ExecuTorch cannot lower this model: {first_line(e)}") from e
     Path(path).write_bytes(buffer)
 
 
+@quiet()
 def load(path: Path, threads: int | None = None) -> Runner:
     """Run ``path`` with ExecuTorch's runtime (the XNNPACK delegate on ``threads`` threads)."""
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from executorch.runtime import Runtime
 
     _unsafe_reset_threadpool(threads or os.cpu_count() or 1)
-    with _quiet_stderr():
-        try:
-            method = Runtime.get().load_program(Path(path)).load_method("forward")
-        except Exception as e:  # the runtime raises RuntimeError or ValueError with a code
-            raise MobileNetError(f"ExecuTorch cannot load {path}: {first_line(e)}") from None
+    try:
+        method = Runtime.get().load_program(Path(path)).load_method("forward")
+    except Exception as e:  # the runtime raises RuntimeError or ValueError with a code
+        raise MobileNetError(f"ExecuTorch cannot load {path}: {first_line(e)}") from None
     if method is None:
         raise MobileNetError(f"{path} has no forward method")
 
@@ -121,6 +118,7 @@ def load(path: Path, threads: int | None = None) -> Runner:
     return run
 
 
+@quiet()
 def planned_memory_bytes(path: Path) -> int:
     """Bytes of the buffers ExecuTorch's memory planner laid out for ``forward``.
 
@@ -130,19 +128,9 @@ def planned_memory_bytes(path: Path) -> int:
     """
     from executorch.exir._serialize._program import deserialize_pte_binary
 
-    with _quiet_stderr():
-        program = deserialize_pte_binary(Path(path).read_bytes())
+    program = deserialize_pte_binary(Path(path).read_bytes())
     program = getattr(program, "program", program)  # newer versions wrap it
     return sum(program.execution_plan[0].non_const_buffer_sizes)
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Python-side warnings off while the runtime loads (its C++ log lines go to fd 2 and
-    are not ours to silence)."""
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
 
 
 TARGET = Target(

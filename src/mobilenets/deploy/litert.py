@@ -15,11 +15,7 @@ A ``.tflite`` takes the batch size of the example it was converted with, like a 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +24,7 @@ import torch
 from torch import nn
 
 from mobilenets.deploy.executorch import capture_any_batch
-from mobilenets.deploy.target import Runner, Target, first_line
+from mobilenets.deploy.target import Runner, Target, first_line, quiet
 from mobilenets.errors import MobileNetError
 
 QUANTIZATION = (
@@ -37,6 +33,7 @@ QUANTIZATION = (
 )
 
 
+@quiet()
 def write(
     model: nn.Module,
     path: Path,
@@ -55,28 +52,28 @@ def write(
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import quantize_pt2e
 
-    with _quiet():
-        try:
-            quant_config = None
-            if calibration is not None:
-                quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-                    pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
-                )
-                for name in fp32_modules:
-                    quantizer.set_module_name(name, None)
-                captured = capture_any_batch(model, example)
-                prepared = quantize_pt2e.prepare_pt2e(captured, quantizer)
-                with torch.no_grad():
-                    for images in calibration:
-                        prepared(images)
-                model = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
-                quant_config = QuantConfig(pt2e_quantizer=quantizer)
-            edge_model = litert_torch.convert(model, (example,), quant_config=quant_config)
-            edge_model.export(str(path))
-        except Exception as e:  # the converter raises many types; the first line says which
-            raise MobileNetError(f"LiteRT cannot convert this model: {first_line(e)}") from e
+    try:
+        quant_config = None
+        if calibration is not None:
+            quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+                pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
+            )
+            for name in fp32_modules:
+                quantizer.set_module_name(name, None)
+            captured = capture_any_batch(model, example)
+            prepared = quantize_pt2e.prepare_pt2e(captured, quantizer)
+            with torch.no_grad():
+                for images in calibration:
+                    prepared(images)
+            model = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+            quant_config = QuantConfig(pt2e_quantizer=quantizer)
+        edge_model = litert_torch.convert(model, (example,), quant_config=quant_config)
+        edge_model.export(str(path))
+    except Exception as e:  # the converter raises many types; the first line says which
+        raise MobileNetError(f"LiteRT cannot convert this model: {first_line(e)}") from e
 
 
+@quiet()
 def load(path: Path, threads: int | None = None) -> Runner:
     """Run ``path`` in the LiteRT interpreter (XNNPACK delegate) on ``threads`` threads."""
     from ai_edge_litert.interpreter import Interpreter
@@ -112,20 +109,6 @@ def _from_tensor(values: np.ndarray, detail: dict) -> np.ndarray:
         return values.copy()
     scale, zero_point = detail["quantization"]
     return (values.astype(np.float32) - zero_point) * scale
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The converter's Python warnings and absl/TensorFlow log lines off."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 TARGET = Target(

@@ -14,9 +14,7 @@ opsets, which cannot convert ``ReduceMean`` and silently keeps 18, so older opse
 
 from __future__ import annotations
 
-import logging
 import os
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,6 +38,7 @@ from mobilenets.deploy.runtime import (
     run_session,
     set_metadata,
 )
+from mobilenets.deploy.target import quiet
 from mobilenets.errors import MobileNetError
 from mobilenets.io import atomic_path
 from mobilenets.models import check_resolution
@@ -106,8 +105,7 @@ def write_onnx(
     # An example batch of 2: a batch of 1 would let torch.export specialise the axis to 1.
     example = torch.randn(2, channels, height, width)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings(), _quiet_exporter():
-        warnings.simplefilter("ignore")
+    with quiet():
         try:
             program = torch.onnx.export(
                 folded,
@@ -135,18 +133,6 @@ def _strip_node_annotations(model: onnx.ModelProto) -> None:
     for node in model.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
-
-
-class _quiet_exporter:
-    """Silence the exporter's progress lines and its warnings about optional torchvision ops."""
-
-    def __enter__(self) -> None:
-        self.logger = logging.getLogger("torch.onnx")
-        self.level = self.logger.level
-        self.logger.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc: object) -> None:
-        self.logger.setLevel(self.level)
 
 
 def compare_with_torch(

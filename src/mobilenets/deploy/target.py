@@ -15,9 +15,14 @@ the runtimes' own quantization tools report. An int8 file agreeing on fewer than
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import logging
 import os
-from collections.abc import Callable, Sequence
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +160,37 @@ def check_program(
             f"(SQNR {result.sqnr_db:.1f} dB): not writing {path.name}"
         )
     return result
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """The runtimes' chatter off while they import, convert and load.
+
+    Python warnings, log records up to WARNING, and the lines their C++ cores print straight
+    to file descriptor 2 (ExecuTorch's cpuinfo probe, torchao's optional CUDA kernels, absl):
+    none of it is about the user's model, and a command's output must be its result or one
+    line of error. Failures still reach the user, as the exception the caller words.
+    """
+    disabled = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+        logging.disable(disabled)
 
 
 def first_line(error: BaseException) -> str:
