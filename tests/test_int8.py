@@ -125,11 +125,6 @@ def test_unknown_layer_names(run: Path, capsys) -> None:
     check_one_line_error(argv, "no quantizable layer named features.99.conv", capsys)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (issue 13, open): a QAT run resumed after epoch 1 ends with other weights "
-    "than the unbroken run; the refusal of another config still holds",
-)
 def test_qat_resumes_to_the_same_weights_and_refuses_another_config(run: Path, tmp_path, capsys):
     common = ["--epochs", "2", "--freeze-bn-after", "1", "--freeze-observers-after", "1"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"

@@ -19,6 +19,7 @@ and refuses a different quantization config.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -203,7 +204,12 @@ def qat(
             scheduler.step()
             total += float(loss) * len(labels)
             seen += len(labels)
-        tally = tally_predictions(graph, test_loader, len(info.class_names), torch.device("cpu"))
+        # A copy is evaluated: switching the training graph to eval and back rewrites its
+        # BatchNorm and dropout nodes into a graph that trains differently, and a resumed run
+        # (whose graph was never switched) would then not continue the same training.
+        tally = tally_predictions(
+            copy.deepcopy(graph), test_loader, len(info.class_names), torch.device("cpu")
+        )
         record = {
             "epoch": epoch,
             "loss": total / seen,
