@@ -13,11 +13,12 @@ the fp32 rate of a 2048 x 2048 matmul (about the most arithmetic-friendly work a
 the int8 rate of the same matmul (``torch._int_mm``: VNNI where the CPU has it), the floor
 under int8 inference.
 
-Memory: each runtime's inference memory, measured as the growth of the process's resident set
-while the program is loaded and run twice (weights, packed weight copies and the runtime's
-workspace included), next to the cost model's peak activation bytes plus the weights at that
-precision; for ExecuTorch also the bytes its memory planner laid out (only the tensors at the
-XNNPACK delegate's boundary: the delegate plans its own activations).
+Memory: each runtime's inference memory, measured in a fresh process per program
+(:mod:`mobilenets.deploy.memory_probe`: the resident set's peak above what the imported runtime
+already held, while the program is loaded and run twice; weights, packed weight copies and the
+runtime's workspace included), next to the cost model's peak activation bytes plus the
+weights at that precision; for ExecuTorch also the bytes its memory planner laid out (only
+the tensors at the XNNPACK delegate's boundary: the delegate plans its own activations).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from mobilenets.cost import count_params, profile_model
 from mobilenets.deploy import executorch
 from mobilenets.deploy.export import FORMATS, target_of
 from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.deploy.memory_probe import program_memory_bytes
 from mobilenets.deploy.runtime import (
     PRECISION_KEY,
     create_session,
@@ -70,7 +72,7 @@ class Timing:
     images_per_s: float
     gmacs_per_s: float | None
     iterations: int
-    memory_bytes: int | None = None  # resident-set growth while loaded and run
+    memory_bytes: int | None = None  # peak resident-set growth, loaded and run alone
     planned_bytes: int | None = None  # ExecuTorch: what its memory planner laid out
     model_memory_bytes: int | None = None  # cost model: peak activations + weights
 
@@ -189,15 +191,6 @@ def torch_threads(threads: int):
         torch.set_num_threads(previous)
 
 
-def resident_bytes() -> int | None:
-    """The process's resident set size (Linux ``/proc``), None elsewhere."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE")
-
-
 # --------------------------------------------------------------------------- sources
 
 
@@ -292,7 +285,9 @@ def benchmark(
                     onnx_metadata(info, precision),
                 )
                 name = engine_name(target, precision)
-                engines[name], used = _loaded(target, path, x, threads)
+                engines[name] = _loaded(target, path, x, threads)
+                fmt = next(f for f, t in FORMATS.items() if t is target)
+                used = program_memory_bytes(fmt, path, tuple(x.shape), threads)
                 planned = executorch.planned_memory_bytes(path) if target.suffix == ".pte" else None
                 modelled = cost.peak_activation_bytes(precision) * batch + weights * (
                     1 if precision == "int8" else 4
@@ -320,19 +315,11 @@ def benchmark(
     return report
 
 
-def _loaded(
-    target: Target, path: Path, x: torch.Tensor, threads: int
-) -> tuple[Callable[[], object], int | None]:
-    """A no-argument call of ``path``'s program on ``x``, and the resident-set growth that
-    loading it and running it twice caused."""
+def _loaded(target: Target, path: Path, x: torch.Tensor, threads: int) -> Callable[[], object]:
+    """A no-argument call of ``path``'s program on ``x``."""
     array = np.ascontiguousarray(x.numpy())
-    before = resident_bytes()
     runner: Runner = target.load(path, threads)
-    runner(array)
-    runner(array)
-    after = resident_bytes()
-    used = None if before is None or after is None else max(after - before, 0)
-    return (lambda: runner(array)), used
+    return lambda: runner(array)
 
 
 def _torch_engines(model: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:
