@@ -152,8 +152,9 @@ def test_bench_times_every_runtime_in_fp32_and_int8(run: Path, capsys) -> None:
     for runtime in ("onnxruntime", "OpenVINO", "ExecuTorch", "LiteRT"):
         assert f"{runtime} fp32" in engines and f"{runtime} int8" in engines
     assert report["int8_matmul_gops"] > 0 and report["int8_floor_ms"] > 0
-    for t in report["timings"][4:]:
+    for t in report["timings"][4:]:  # each program's memory, measured in its own process
         assert t["memory_bytes"] is not None and t["model_memory_bytes"] > 0
+        assert t["startup_bytes"] is not None
     executorch = next(t for t in report["timings"] if t["engine"] == "ExecuTorch fp32")
     image_bytes = 4 * 3 * RESOLUTION * RESOLUTION
     assert executorch["planned_bytes"] >= 2 * image_bytes  # at least the input batch

@@ -211,7 +211,17 @@ def bench_table(report):
     return table(
         f"{report.model} at {report.resolution}x{report.resolution}, batch {report.batch}, "
         f"{report.threads} thread(s)",
-        ["engine", "median ms", "p90 ms", "images/s", "GMAC/s", "speed-up", "MiB", "model MiB"],
+        [
+            "engine",
+            "median ms",
+            "p90 ms",
+            "images/s",
+            "GMAC/s",
+            "speed-up",
+            "MiB",
+            "model MiB",
+            "start-up MiB",
+        ],
         [
             [
                 t.engine,
@@ -222,6 +232,7 @@ def bench_table(report):
                 f"{first / t.median_ms:.2f}x",
                 _mib(t.memory_bytes),
                 _mib(t.model_memory_bytes),
+                _mib(t.startup_bytes),
             ]
             for t in report.timings
         ],
@@ -239,6 +250,7 @@ def bench_summary(report) -> str:
         if report.int8_floor_ms is not None:
             line += f" and no int8 one less than {report.int8_floor_ms:.2f} ms"
     return line + (
-        ". MiB: the process's resident-set growth while the program is loaded and run; "
-        "model MiB: the cost model's peak activations plus the weights."
+        ". MiB: the peak resident-set growth of loading and running the program in a fresh "
+        "process whose runtime is already started; model MiB: the cost model's peak "
+        "activations plus the weights; start-up MiB: starting the runtime (once per process)."
     )

@@ -42,7 +42,7 @@ from mobilenets.cost import count_params, profile_model
 from mobilenets.deploy import executorch
 from mobilenets.deploy.export import FORMATS, target_of
 from mobilenets.deploy.fold import fold_batchnorm
-from mobilenets.deploy.memory_probe import program_memory_bytes
+from mobilenets.deploy.memory_probe import WARMUP_SHAPE, program_memory_bytes, warmup_model
 from mobilenets.deploy.runtime import (
     PRECISION_KEY,
     create_session,
@@ -75,6 +75,7 @@ class Timing:
     memory_bytes: int | None = None  # peak resident-set growth, loaded and run alone
     planned_bytes: int | None = None  # ExecuTorch: what its memory planner laid out
     model_memory_bytes: int | None = None  # cost model: peak activations + weights
+    startup_bytes: int | None = None  # starting the runtime (a one-layer program), per process
 
 
 @dataclass
@@ -272,9 +273,13 @@ def benchmark(
     calibration = [torch.randn(CALIBRATION_INPUTS, channels, resolution, resolution)]
 
     engines = _torch_engines(model, x)
-    memory: dict[str, tuple[int | None, int | None, int]] = {}
+    memory: dict[str, tuple[int | None, int | None, int, int | None]] = {}
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
         for target in targets:
+            fmt = next(f for f, t in FORMATS.items() if t is target)
+            start_up = Path(tmp) / f"warmup{target.suffix}"
+            example = torch.zeros(WARMUP_SHAPE)
+            target.write(warmup_model(), start_up, example, None, onnx_metadata(info, "fp32"))
             for precision in ("fp32", "int8"):
                 path = Path(tmp) / f"model.{precision}{target.suffix}"
                 target.write(
@@ -286,13 +291,12 @@ def benchmark(
                 )
                 name = engine_name(target, precision)
                 engines[name] = _loaded(target, path, x, threads)
-                fmt = next(f for f, t in FORMATS.items() if t is target)
-                used = program_memory_bytes(fmt, path, tuple(x.shape), threads)
+                used = program_memory_bytes(fmt, path, start_up, tuple(x.shape), threads)
                 planned = executorch.planned_memory_bytes(path) if target.suffix == ".pte" else None
                 modelled = cost.peak_activation_bytes(precision) * batch + weights * (
                     1 if precision == "int8" else 4
                 )
-                memory[name] = (used, planned, modelled)
+                memory[name] = (used["bytes"], planned, modelled, used["startup_bytes"])
         with torch_threads(threads), torch.inference_mode():
             times = measure(engines, warmup, iterations, rounds)
     report = BenchReport(
@@ -309,9 +313,12 @@ def benchmark(
     report.timings = [summarize(name, t, batch, cost.total_macs) for name, t in times.items()]
     for timing in report.timings:
         if timing.engine in memory:
-            timing.memory_bytes, timing.planned_bytes, timing.model_memory_bytes = memory[
-                timing.engine
-            ]
+            (
+                timing.memory_bytes,
+                timing.planned_bytes,
+                timing.model_memory_bytes,
+                timing.startup_bytes,
+            ) = memory[timing.engine]
     return report
 
 

@@ -196,13 +196,14 @@ def qat(
         total, seen = 0.0, 0
         for images, labels in loader:
             loss = criterion(graph(images), labels)
-            if not math.isfinite(float(loss)):
-                raise MobileNetError(f"QAT loss became {float(loss)} at epoch {epoch}; lower --lr")
+            value = loss.item()
+            if not math.isfinite(value):
+                raise MobileNetError(f"QAT loss became {value} at epoch {epoch}; lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total += float(loss) * len(labels)
+            total += value * len(labels)
             seen += len(labels)
         # A copy is evaluated: switching the training graph to eval and back rewrites its
         # BatchNorm and dropout nodes into a graph that trains differently, and a resumed run
