@@ -29,7 +29,7 @@ from torch import nn
 from mobilenets.deploy.export import target_of
 
 PROBE_TIMEOUT_S = 600
-WARMUP_SHAPE = (1, 3, 8, 8)
+WARMUP_SHAPE = (1, 3, 32, 32)  # any network passes check_resolution at 32 px
 
 
 def status_bytes(field: str) -> int | None:
