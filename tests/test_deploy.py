@@ -213,6 +213,15 @@ def test_bench_times_every_engine_side_by_side(run: Path, capsys) -> None:
         assert t["images_per_s"] == pytest.approx(1000 / t["median_ms"])
 
 
+def test_bench_without_memory_starts_no_probe(capsys) -> None:
+    argv = ["bench", "mobilenet_v1", "--width-mult", "0.25", "--resolution", "32", "--json"]
+    argv += ["--format", "onnx", "--iterations", "2", "--warmup", "0", "--no-memory"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model_name"] == "mobilenet_v1" and report["width_mult"] == 0.25
+    assert all(t["memory_bytes"] is None and t["startup_bytes"] is None for t in report["timings"])
+
+
 def test_bench_of_an_onnx_file_prints_a_table(exported: Path, capsys) -> None:
     assert main(["bench", str(exported), "--threads", "1", "--iterations", "5"]) == 0
     out = capsys.readouterr().out

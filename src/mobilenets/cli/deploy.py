@@ -84,6 +84,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="formats",
         help=f"runtime to time ({FORMATS}), repeatable (default: every installed one)",
     )
+    p.add_argument(
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="skip the memory measurement (a fresh process per program, a few seconds each)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_bench)
 
@@ -192,6 +198,7 @@ def run_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         iterations=args.iterations,
         formats=args.formats,
+        memory=args.memory,
     )
     if args.json:
         print_json(report.to_dict())

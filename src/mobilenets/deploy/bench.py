@@ -240,10 +240,12 @@ def benchmark(
     iterations: int = 100,
     rounds: int = 5,
     formats: Sequence[str] | None = None,
+    memory: bool = True,
 ) -> BenchReport:
     """Time a model as PyTorch eager (NCHW, channels_last, BN folded or not) and in every
     runtime of ``formats`` (default: all installed) in fp32 and int8; or, for an ONNX file,
-    that file alone in onnxruntime.
+    that file alone in onnxruntime. With ``memory``, each program's memory is measured too,
+    in a fresh process of its own (:mod:`mobilenets.deploy.memory_probe`).
 
     The int8 programs are calibrated on random inputs: ranges do not change their speed, and
     their accuracy is ``mobilenets export --int8``'s business.
@@ -273,13 +275,14 @@ def benchmark(
     calibration = [torch.randn(CALIBRATION_INPUTS, channels, resolution, resolution)]
 
     engines = _torch_engines(model, x)
-    memory: dict[str, tuple[int | None, int | None, int, int | None]] = {}
+    memories: dict[str, tuple[int | None, int | None, int, int | None]] = {}
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
         for target in targets:
             fmt = next(f for f, t in FORMATS.items() if t is target)
             start_up = Path(tmp) / f"warmup{target.suffix}"
-            example = torch.zeros(WARMUP_SHAPE)
-            target.write(warmup_model(), start_up, example, None, onnx_metadata(info, "fp32"))
+            if memory:
+                example = torch.zeros(WARMUP_SHAPE)
+                target.write(warmup_model(), start_up, example, None, onnx_metadata(info, "fp32"))
             for precision in ("fp32", "int8"):
                 path = Path(tmp) / f"model.{precision}{target.suffix}"
                 target.write(
@@ -291,12 +294,16 @@ def benchmark(
                 )
                 name = engine_name(target, precision)
                 engines[name] = _loaded(target, path, x, threads)
-                used = program_memory_bytes(fmt, path, start_up, tuple(x.shape), threads)
+                used = (
+                    program_memory_bytes(fmt, path, start_up, tuple(x.shape), threads)
+                    if memory
+                    else {"bytes": None, "startup_bytes": None}
+                )
                 planned = executorch.planned_memory_bytes(path) if target.suffix == ".pte" else None
                 modelled = cost.peak_activation_bytes(precision) * batch + weights * (
                     1 if precision == "int8" else 4
                 )
-                memory[name] = (used["bytes"], planned, modelled, used["startup_bytes"])
+                memories[name] = (used["bytes"], planned, modelled, used["startup_bytes"])
         with torch_threads(threads), torch.inference_mode():
             times = measure(engines, warmup, iterations, rounds)
     report = BenchReport(
@@ -312,13 +319,13 @@ def benchmark(
     )
     report.timings = [summarize(name, t, batch, cost.total_macs) for name, t in times.items()]
     for timing in report.timings:
-        if timing.engine in memory:
+        if timing.engine in memories:
             (
                 timing.memory_bytes,
                 timing.planned_bytes,
                 timing.model_memory_bytes,
                 timing.startup_bytes,
-            ) = memory[timing.engine]
+            ) = memories[timing.engine]
     return report
 
 
