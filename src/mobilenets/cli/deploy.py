@@ -10,6 +10,7 @@ import argparse
 import sys
 from contextlib import nullcontext
 
+from mobilenets.cli._args import add_moved_data, add_run_dir
 from mobilenets.cli._output import console, print_json, table
 
 FORMATS = "onnx, executorch, litert or openvino"
@@ -21,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export a run (BN folded) to ONNX, ExecuTorch, LiteRT or OpenVINO, fp32 or int8, "
         "checked in that runtime against PyTorch",
     )
-    p.add_argument("run_dir", help="a run directory (model.safetensors + model.json)")
+    add_run_dir(p)
     p.add_argument("--format", default="onnx", help=f"{FORMATS} (default onnx)")
     p.add_argument(
         "--int8",
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--verify-images", type=int, metavar="N", help="held-out images to check on (256)"
     )
     p.add_argument("--out", help="output file (default RUN_DIR/model[.int8].<suffix>)")
-    p.add_argument("--data", help="the run's data, if it moved (default: as the run records)")
+    add_moved_data(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a line")
     p.set_defaults(func=run_export)
 
@@ -95,7 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_data_and_provider(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="the run's data, if it moved (default: as the run records)")
+    add_moved_data(p)
     p.add_argument("--provider", default="cpu", help="onnxruntime execution provider (default cpu)")
 
 

@@ -7,6 +7,7 @@ import logging
 from contextlib import nullcontext
 from pathlib import Path
 
+from mobilenets.cli._args import add_moved_data, add_run_dir
 from mobilenets.cli._output import console, print_json, table
 
 SENSITIVITY_FIGURE = "int8_sensitivity.png"
@@ -17,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sensitivity",
         help="int8 sensitivity per layer: SQNR with it alone quantized and with all but it",
     )
-    p.add_argument("run_dir", help="a run directory (model.safetensors + model.json)")
+    add_run_dir(p)
     p.add_argument("--images", type=int, default=32, help="held-out images (default 32)")
     p.add_argument(
         "--calibration", type=int, default=256, metavar="N", help="calibration images (256)"
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="PyTorch threads (default: all cores)")
     p.add_argument("--top", type=int, default=15, help="rows of the table (default 15)")
     p.add_argument("--plot", help=f"figure path (default RUN_DIR/{SENSITIVITY_FIGURE})")
-    p.add_argument("--data", help="the run's data, if it moved (default: as the run records)")
+    add_moved_data(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_sensitivity)
@@ -36,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "quantize-mixed",
         help="int8 with the most sensitive layers in float, by count, by name or to a target",
     )
-    p.add_argument("run_dir", help="a run directory (model.safetensors + model.json)")
+    add_run_dir(p)
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--keep", type=int, metavar="N", help="the N most sensitive layers in float")
     how.add_argument(
@@ -59,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=300, help="held-out images (default 300)")
     p.add_argument("--calibration", type=int, default=256, help="calibration images (256)")
     p.add_argument("--out", help="output file (default RUN_DIR/model.mixed.onnx)")
-    p.add_argument("--data", help="the run's data, if it moved (default: as the run records)")
+    add_moved_data(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_mixed)
@@ -81,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue --out where it stopped")
     p.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--data", help="the run's data, if it moved (default: as the run records)")
+    add_moved_data(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of lines")
     p.set_defaults(func=run_qat)
 
