@@ -20,6 +20,7 @@ from mobilenets.deploy import target as target_module
 from mobilenets.deploy.export import FORMATS, export
 from mobilenets.deploy.target import agreement
 from mobilenets.errors import MobileNetError
+from mobilenets.quant.mixed import supports_mixed
 from mobilenets.runs import read_run_info
 from mobilenets.train import TrainConfig, train
 
@@ -130,6 +131,14 @@ def test_a_failed_check_leaves_no_file(
 def test_a_wrong_suffix_is_refused(run: Path, tmp_path: Path, capsys) -> None:
     argv = ["export", str(run), "--format", "litert", "--out", str(tmp_path / "m.onnx")]
     check_one_line_error(argv, "must end in .tflite", capsys)
+
+
+def test_mixed_precision_is_refused_where_the_writer_cannot_keep_float(run: Path, capsys) -> None:
+    """XNNPACKQuantizer refuses to leave a module in float, so ExecuTorch does not pretend:
+    asked for mixed precision, it says so instead of writing an all-int8 file."""
+    assert not supports_mixed(FORMATS["executorch"]) and supports_mixed(FORMATS["onnx"])
+    argv = ["quantize-mixed", str(run), "--format", "executorch", "--keep", "1"]
+    check_one_line_error(argv, "ExecuTorch cannot keep layers in float yet", capsys)
 
 
 def test_agreement_measures() -> None:

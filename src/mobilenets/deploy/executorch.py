@@ -42,31 +42,45 @@ def capture_any_batch(model: nn.Module, example: torch.Tensor) -> torch.fx.Graph
     return torch.export.export(model, (pair,), dynamic_shapes=({0: batch},)).module()
 
 
-@quiet()
-def quantize_pt2e(
+def calibrated_pt2e(
     model: nn.Module,
     example: torch.Tensor,
     calibration: list[torch.Tensor],
+    quantizer,
     fp32_modules: Sequence[str] = (),
+    fold_quantize: bool = True,
+) -> torch.fx.GraphModule:
+    """The PT2E flow both XNNPACK runtimes take: capture ``model``, let ``quantizer`` mark
+    what runs int8 (never the modules named in ``fp32_modules``: ``classifier.fc``, say),
+    observe activation ranges on ``calibration``, and convert to quantize/dequantize pairs."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    for name in fp32_modules:
+        quantizer.set_module_name(name, None)
+    prepared = prepare_pt2e(capture_any_batch(model, example), quantizer)
+    with torch.no_grad():
+        for images in calibration:
+            prepared(images)
+    return convert_pt2e(prepared, fold_quantize=fold_quantize)
+
+
+@quiet()
+def quantize_pt2e(
+    model: nn.Module, example: torch.Tensor, calibration: list[torch.Tensor]
 ) -> torch.fx.GraphModule:
     """``model`` with int8 quantize/dequantize pairs where XNNPACK runs int8, its activation
-    ranges observed on ``calibration``; the modules named in ``fp32_modules`` (``classifier.fc``,
-    say) stay in float."""
+    ranges observed on ``calibration``. Every layer XNNPACK can run in int8 is: its quantizer
+    cannot leave a named module in float (``set_module_name(name, None)`` is refused), so this
+    writer takes no ``fp32_modules`` and mixed precision says ExecuTorch cannot do it."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True)
     )
-    captured = capture_any_batch(model, example)
-    prepared = prepare_pt2e(captured, quantizer)
-    with torch.no_grad():
-        for images in calibration:
-            prepared(images)
-    return convert_pt2e(prepared)
+    return calibrated_pt2e(model, example, calibration, quantizer)
 
 
 @quiet()
@@ -76,7 +90,6 @@ def write(
     example: torch.Tensor,
     calibration: list[torch.Tensor] | None,
     metadata: dict[str, str],
-    fp32_modules: Sequence[str] = (),
 ) -> None:
     """Lower ``model`` (int8 when ``calibration`` is given) to an XNNPACK-delegated ExecuTorch
     program at ``path``.
@@ -89,7 +102,7 @@ def write(
 
     try:
         if calibration is not None:
-            model = quantize_pt2e(model, example, calibration, fp32_modules)
+            model = quantize_pt2e(model, example, calibration)
         program = torch.export.export(model, (example,))
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         buffer = lowered.to_executorch().buffer

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.executorch import capture_any_batch
+from mobilenets.deploy.executorch import calibrated_pt2e
 from mobilenets.deploy.target import Runner, Target, first_line, quiet
 from mobilenets.errors import MobileNetError
 
@@ -50,7 +50,6 @@ def write(
     import litert_torch
     from litert_torch.quantize import pt2e_quantizer
     from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e import quantize_pt2e
 
     try:
         quant_config = None
@@ -58,14 +57,9 @@ def write(
             quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
                 pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
             )
-            for name in fp32_modules:
-                quantizer.set_module_name(name, None)
-            captured = capture_any_batch(model, example)
-            prepared = quantize_pt2e.prepare_pt2e(captured, quantizer)
-            with torch.no_grad():
-                for images in calibration:
-                    prepared(images)
-            model = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+            model = calibrated_pt2e(
+                model, example, calibration, quantizer, fp32_modules, fold_quantize=False
+            )
             quant_config = QuantConfig(pt2e_quantizer=quantizer)
         edge_model = litert_torch.convert(model, (example,), quant_config=quant_config)
         edge_model.export(str(path))
