@@ -17,7 +17,9 @@ import torch
 from mobilenets.cli import main
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.errors import MobileNetError
+from mobilenets.models import create_model
 from mobilenets.quant.fake import FakeQuantModel, Int8Scheme, fake_quant_weight
+from mobilenets.quant.qat import evaluation_copy, prepare
 from mobilenets.runs import load_run
 from mobilenets.train import state_digest
 
@@ -153,3 +155,22 @@ def test_qat_needs_a_float_run(tmp_path: Path, capsys) -> None:
 def test_a_model_without_features_is_refused() -> None:
     with pytest.raises(MobileNetError, match=r"no \.features"):
         FakeQuantModel(torch.nn.Linear(3, 2), Int8Scheme())
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small", "mobilenetv4_conv_small"])
+def test_qat_simulates_int8_in_every_convolution(name: str) -> None:
+    """Each convolution's input and weight pass through fake quantization, whatever class
+    names the layer (depthwise, pointwise), and the evaluation graph is deterministic."""
+    model = create_model(name, num_classes=10)
+    graph = prepare(model, images(2), per_channel=True)
+    fake = {
+        n.name for n in graph.graph.nodes if n.op == "call_module" and "post_process" in n.target
+    }
+    convs = [n for n in graph.graph.nodes if n.target is torch.ops.aten.conv2d.default]
+    for conv in convs:
+        # the input and the (BN-scaled) weight each come from a fake-quantize module
+        assert conv.args[0].name in fake, conv
+        assert conv.args[1].name in fake, conv
+    evaluated = evaluation_copy(graph)
+    with torch.no_grad():
+        assert torch.equal(evaluated(images(4)), evaluated(images(4)))
