@@ -7,7 +7,9 @@ one-line errors), not ImageNet accuracy (benchmarks/results/int8_imagenet.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import onnx
@@ -20,7 +22,7 @@ from mobilenets.errors import MobileNetError
 from mobilenets.models import create_model
 from mobilenets.quant.fake import FakeQuantModel, Int8Scheme, fake_quant_weight
 from mobilenets.quant.qat import evaluation_copy, prepare
-from mobilenets.runs import load_run
+from mobilenets.runs import load_run, save_run
 from mobilenets.train import state_digest
 
 RESOLUTION = 16
@@ -174,3 +176,23 @@ def test_qat_simulates_int8_in_every_convolution(name: str) -> None:
     evaluated = evaluation_copy(graph)
     with torch.no_grad():
         assert torch.equal(evaluated(images(4)), evaluated(images(4)))
+
+
+def test_qat_distills_without_labels(run: Path, tmp_path: Path, capsys) -> None:
+    """--distill on a run that records no data (as imported weights) fine-tunes on photo crops
+    towards the float model's logits and reports its agreement with them; without --distill
+    such a run is refused in one line."""
+    model, info = load_run(run)
+    unlabelled = tmp_path / "imported"
+    save_run(unlabelled, model, dataclasses.replace(info, data=None))
+    check_one_line_error(["qat", str(unlabelled)], "or --distill", capsys)
+    argv = ["qat", str(unlabelled), "--distill", "--epochs", "1", "--photo-crops", "16"]
+    assert main([*argv, "--batch-size", "8", "--lr", "0.001", "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)["history"]
+    assert "fake_quant_top1" not in record  # no labels to score against
+    assert 0.0 <= record["fake_quant_agreement"] <= 1.0 and math.isfinite(
+        record["fake_quant_sqnr_db"]
+    )
+    tuned, tuned_info = load_run(tmp_path / "imported-qat")
+    assert tuned_info.train_config["qat"]["distill"] is True
+    assert state_digest(tuned) != state_digest(model)

@@ -23,6 +23,7 @@ from mobilenets.errors import MobileNetError
 from mobilenets.latency import (
     LATENCY_KINDS,
     MEMORY_ONLY_KINDS,
+    WARM_KIND,
     Calibration,
     Roofline,
     latency_kinds,
@@ -148,7 +149,8 @@ def test_fit_recovers_a_known_roofline() -> None:
 @pytest.mark.parametrize("kind", LATENCY_KINDS)
 def test_one_layer_graphs_compute_the_traced_shapes(kind: str, tmp_path: Path) -> None:
     samples = cal.registry_samples(["mobilenet_v2", "vgg_small"], (0.5,), (96,))  # max pools
-    sample = next(s for s in samples if s.kind == kind)
+    traced_kind = "fc" if kind == WARM_KIND else kind  # the same layers, timed warm
+    sample = replace(next(s for s in samples if s.kind == traced_kind), kind=kind)
     model = cal.layer_graph(sample)
     onnx.checker.check_model(model)
     path = tmp_path / "layer.onnx"
@@ -159,6 +161,8 @@ def test_one_layer_graphs_compute_the_traced_shapes(kind: str, tmp_path: Path) -
     assert len(copies) == cal.cold_copies(sample) - 1  # fc: its copies, each with its output
     if kind == "fc":
         assert copies  # a classifier's weights fit in cache: copies make them come from memory
+    if kind == WARM_KIND:
+        assert not copies  # alone, run after run: its weights stay in cache
 
 
 def test_calibration_fits_every_kind(calibration: Calibration) -> None:
@@ -274,3 +278,31 @@ def test_speedup_rows_carry_the_predicted_speedup(calibration: Calibration) -> N
     )
     assert rows[0].predicted == pytest.approx(predicted)
     assert rows[0].to_dict()["depthwise_bound"] == "memory"
+
+
+def test_weight_cache_fit_recovers_a_known_size() -> None:
+    """Per-copy times made from a known cache size give that size back (to the grid's step)."""
+    cache, warm, cold = 24 * 2**20, 1e-4, 4e-4
+    weights = np.array([4, 8, 16, 32, 64, 128], dtype=float) * 2**20
+    share = np.minimum(1.0, cache / weights)
+    seconds = warm * share + cold * (1 - share)
+    assert cal.fit_weight_cache(weights, seconds) == pytest.approx(cache, rel=0.1)
+
+
+def test_classifier_is_priced_warm_when_the_weights_stay_cached(calibration: Calibration) -> None:
+    """A fully connected layer costs its warm rate when all the network's weights fit in the
+    measured cache, its cold rate when none do, and in between in proportion."""
+    assert calibration.weight_cache_bytes > 0  # measured by calibrate()
+    roofs = dict(calibration.rooflines)
+    roofs["fc"] = Roofline(1e9, 1e9, 0.0)
+    roofs["fc warm"] = Roofline(4e9, 4e9, 0.0)
+    report = profile_model(create_model("mobilenet_v2", width_mult=0.35), 96)
+    weight_bytes = 4 * report.total_params
+
+    def classifier_s(cache_bytes: float) -> float:
+        rates = replace(calibration, rooflines=roofs, weight_cache_bytes=cache_bytes)
+        return predict_latency(report, rates).layers[-1].seconds
+
+    cold, warm = classifier_s(0.0), classifier_s(2.0 * weight_bytes)
+    assert warm == pytest.approx(cold / 4)
+    assert classifier_s(weight_bytes / 2) == pytest.approx((cold + warm) / 2)

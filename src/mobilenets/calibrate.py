@@ -45,6 +45,7 @@ from mobilenets.latency import (
     CALIBRATION_FORMAT,
     LATENCY_KINDS,
     MEMORY_ONLY_KINDS,
+    WARM_KIND,
     Calibration,
     LatencyPrediction,
     Roofline,
@@ -536,6 +537,48 @@ def measure_overheads(
     return per_node, per_call
 
 
+WEIGHT_CACHE_COPIES = (1, 2, 4, 8, 16, 32)  # 4 MiB fully connected layers side by side
+CACHE_GRID = np.geomspace(2**19, 2**29, 61)  # candidate cache sizes, 0.5 MiB to 512 MiB
+
+
+def measure_weight_cache(provider: str = DEFAULT_PROVIDER, threads: int = 0) -> float:
+    """How many bytes of weights the cache keeps from one call to the next.
+
+    A 1024 x 1024 fully connected layer (4 MiB of weights) runs as 1 to 32 copies side by side,
+    each with its own weights: while all copies fit in cache every call finds its weights
+    there; past that, the time per copy climbs to the memory-bound rate. The time per copy is
+    fitted as ``warm * f + cold * (1 - f)`` with ``f = min(1, C / weights)``, and ``C`` is the
+    answer (searched over a grid, ``warm`` and ``cold`` by least squares for each ``C``).
+    """
+    n = 1024
+    row = LayerCost("fc", "linear", (1, n), (1, n), n * n, n * n + n, n)
+    weights, per_copy = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for copies in WEIGHT_CACHE_COPIES:
+            path = Path(tmp) / f"fc{copies}.onnx"
+            layers = [_one_layer(Sample(row, "fc"), seed) for seed in range(copies)]
+            onnx.save(_side_by_side(layers) if copies > 1 else layers[0], str(path))
+            profile = profile_onnx(path, provider, threads, budget_s=0.1, wall=False)
+            weights.append(copies * row.params * 4)
+            per_copy.append(profile.kernel_s() / copies)
+    return fit_weight_cache(np.array(weights, dtype=float), np.array(per_copy))
+
+
+def fit_weight_cache(weights: np.ndarray, seconds: np.ndarray) -> float:
+    """The cache size that best explains ``seconds`` per copy at ``weights`` bytes in all."""
+    best, best_error = float(CACHE_GRID[0]), math.inf
+    for cache in CACHE_GRID:
+        warm_share = np.minimum(1.0, cache / weights)
+        design = np.stack([warm_share, 1 - warm_share], axis=1)
+        (warm, cold), *_ = np.linalg.lstsq(design, seconds, rcond=None)
+        if warm <= 0 or cold <= 0:
+            continue
+        error = float(np.sum(np.log(design @ np.array([warm, cold]) / seconds) ** 2))
+        if error < best_error:
+            best, best_error = float(cache), error
+    return best
+
+
 # --------------------------------------------------------------------------- fitting
 
 
@@ -582,6 +625,7 @@ def fit_calibration(
     run_overhead_s: float,
     runtime: str = DEFAULT_RUNTIME,
     threads: int = 0,
+    weight_cache_bytes: float = 0.0,
 ) -> Calibration:
     """Fit one roofline per latency kind to measured ``samples``."""
     rooflines, fit = {}, {}
@@ -608,6 +652,7 @@ def fit_calibration(
         run_overhead_s=run_overhead_s,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         fit=fit,
+        weight_cache_bytes=weight_cache_bytes,
     )
 
 
@@ -628,9 +673,12 @@ def calibrate(
     if per_kind < 3:
         raise MobileNetError(f"a roofline needs at least 3 layers per kind, got {per_kind}")
     samples = spread(registry_samples(models, widths, resolutions), per_kind)
+    # the same fully connected layers again, alone, their weights warm in cache
+    samples += [replace(s, kind=WARM_KIND) for s in samples if s.kind == "fc"]
     measured = measure_samples(samples, provider, threads, budget_s, progress)
     node_overhead, run_overhead = measure_overheads(provider, threads)
-    return fit_calibration(measured, node_overhead, run_overhead, runtime, threads)
+    cache = measure_weight_cache(provider, threads)
+    return fit_calibration(measured, node_overhead, run_overhead, runtime, threads, cache)
 
 
 def predict_cached(

@@ -79,6 +79,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--freeze-observers-after", type=int, default=3, metavar="E", help="epochs (default 3)"
     )
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="match the float run's logits instead of the labels (no labels needed; a run "
+        "without data trains on fresh crops of the bundled photos)",
+    )
+    p.add_argument(
+        "--photo-crops", type=int, default=512, help="photo crops per epoch with --distill (512)"
+    )
+    p.add_argument(
+        "--optimizer",
+        default="sgd",
+        help="sgd (default, with momentum) or adam (steadier when distilling ImageNet weights)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue --out where it stopped")
     p.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)
@@ -226,13 +240,24 @@ def run_qat(args: argparse.Namespace) -> int:
         freeze_observers_after=args.freeze_observers_after,
         per_channel=not args.per_tensor,
         seed=args.seed,
+        distill=args.distill,
+        photo_crops=args.photo_crops,
+        optimizer=args.optimizer,
     )
     err = Console(stderr=True)
 
     def on_epoch(r: dict) -> None:
+        measured = []
+        if "fake_quant_top1" in r:
+            measured.append(f"fake-quantized top-1 {r['fake_quant_top1']:.2%}")
+        if "fake_quant_agreement" in r:
+            measured.append(
+                f"agreement with float {r['fake_quant_agreement']:.2%}, "
+                f"logit SQNR {r['fake_quant_sqnr_db']:.1f} dB"
+            )
         err.print(
-            f"epoch {r['epoch']}: loss {r['loss']:.4f}, fake-quantized top-1 "
-            f"{r['fake_quant_top1']:.2%} ({r['seconds']:.0f} s)"
+            f"epoch {r['epoch']}: loss {r['loss']:.4f}, {', '.join(measured)} "
+            f"({r['seconds']:.0f} s)"
         )
 
     result = qat(

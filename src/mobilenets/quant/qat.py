@@ -9,6 +9,13 @@ runtimes will see. As torchvision's QAT recipe does, the observers stop moving a
 BatchNorm's running statistics after ``freeze_bn_after`` (the folded weights stop shifting
 under the rounding).
 
+With ``distill`` the fine-tuning target is the float run's own logits (mean squared error),
+not the labels: int8 should give the answers the float model gives, and no labels are needed,
+so a run of imported ImageNet weights, which records no data, fine-tunes on fresh random crops
+of the bundled photographs each epoch and is measured by its agreement with the float model
+on the evaluation crops. Dropout is off in the distilled graph (its noise would be all the
+student learns to match).
+
 The run directory is an ordinary run (``model.safetensors``, ``model.json``): the captured
 graph keeps the model's parameter names, so its weights load back into the model, and
 ``export --int8``, ``quantize`` and ``quantize-mixed`` ship it to every runtime. Each epoch
@@ -31,6 +38,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from torchao.quantization.pt2e import (
     FusedMovingAvgObsFakeQuantize,
     MovingAverageMinMaxObserver,
@@ -45,6 +53,9 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
 )
 
 from mobilenets.data import make_loader
+from mobilenets.deploy.export import held_out_inputs
+from mobilenets.deploy.photos import photo_crops
+from mobilenets.deploy.target import Agreement, agreement
 from mobilenets.errors import MobileNetError
 from mobilenets.io import atomic_path
 from mobilenets.metrics import tally_predictions
@@ -53,6 +64,9 @@ from mobilenets.runs import META_FILE, RunInfo, load_run, load_run_data, save_ru
 from mobilenets.train import STATE_FILE, holds_run, seed_epoch
 
 QAT_KEY = "qat"
+OPTIMIZERS = ("sgd", "adam")
+HELD_OUT = 300  # images the fake-quantized model is compared with the float one on
+PHOTO_SEED_BASE = 1000  # photo crop seeds for distillation: apart from calibration's and checks'
 
 
 @dataclass(frozen=True)
@@ -68,12 +82,27 @@ class QATConfig:
     freeze_observers_after: int = 3  # epochs with moving quantization ranges
     per_channel: bool = True  # weight scales per output channel (else per tensor)
     seed: int = 0
+    # Match the float run's logits (mean squared error) instead of the labels: no
+    # labels needed, and what int8 must keep is the float model's answers, not a new fit.
+    distill: bool = False
+    photo_crops: int = 512  # images per epoch when distilling on the bundled photos
+    # "sgd" (torchvision's recipe) or "adam". Distilling ImageNet weights needs Adam: with the
+    # BN folding simulated, a layer's weight gradient is scaled by its BN factor, and V2's
+    # first depthwise layer got gradients 40x another's, so one SGD step size diverged
+    # (loss 0.39 -> 2.4 in one step at lr 0.001) where Adam's per-weight steps do not.
+    optimizer: str = "sgd"
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise MobileNetError("QAT needs at least 1 epoch and a batch size of at least 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise MobileNetError(f"lr must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise MobileNetError(
+                f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}"
+            )
+        if self.photo_crops < 1:
+            raise MobileNetError(f"photo_crops must be at least 1, got {self.photo_crops}")
 
     def quantization(self) -> dict[str, Any]:
         """What the graph simulates: a resumed run must simulate the same."""
@@ -159,11 +188,16 @@ def evaluation_copy(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
     agreement with the float model)."""
     copied = copy.deepcopy(graph).eval()
     copied.apply(disable_observer)
-    for node in copied.graph.nodes:
+    without_dropout(copied)
+    return copied
+
+
+def without_dropout(graph: torch.fx.GraphModule) -> None:
+    """Turn the graph's dropout off (its nodes say whether they train, not the module)."""
+    for node in graph.graph.nodes:
         if node.target is torch.ops.aten.dropout.default:
             node.args = (node.args[0], node.args[1], False)
-    copied.recompile()
-    return copied
+    graph.recompile()
 
 
 def float_weights(graph: torch.fx.GraphModule, model: nn.Module) -> nn.Module:
@@ -200,16 +234,32 @@ def qat(
         state = _read_state(out, config)
     elif holds_run(out):
         raise MobileNetError(f"{out} already holds a run; continue it with --resume")
-    bundle = load_run_data(info, data)
-    train_set = bundle.train_raw if bundle.train_raw is not None else bundle.train
-    loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
-    test_loader = make_loader(bundle.test, 256, shuffle=False, seed=config.seed)
+    on_photos = data is None and info.data is None
+    if on_photos and not config.distill:
+        raise MobileNetError(
+            f"{source} records no training data (imported weights?): pass --data with labelled "
+            "images of its classes, or --distill to match the float model on photo crops"
+        )
+    teacher = copy.deepcopy(model).eval() if config.distill else None
+    test_loader = None
+    if on_photos:
+        loader = _photo_loader(info, config, 1)
+    else:
+        bundle = load_run_data(info, data)
+        train_set = bundle.train_raw if bundle.train_raw is not None else bundle.train
+        loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
+        test_loader = make_loader(bundle.test, 256, shuffle=False, seed=config.seed)
+    reference = _Reference(teacher, held_out_inputs(info, data, HELD_OUT)[0]) if teacher else None
     example = next(iter(loader))[0]
     torch.manual_seed(config.seed)
     graph = prepare(model, example, config.per_channel)
-    optimizer = torch.optim.SGD(
-        parameter_groups(graph, config.weight_decay), lr=config.lr, momentum=config.momentum
-    )
+    if config.distill:
+        without_dropout(graph)  # the float model's logits are the target, not a noisy copy
+    groups = parameter_groups(graph, config.weight_decay)
+    if config.optimizer == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(groups, lr=config.lr)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     steps = config.epochs * len(loader)
     scheduler = warmup_cosine(optimizer, 0, steps)
     history: list[dict[str, Any]] = []
@@ -225,10 +275,18 @@ def qat(
         began = time.perf_counter()
         _freeze(graph, config, epoch)
         seed_epoch(config.seed, epoch, 0)
-        loader.sampler.set_epoch(epoch)
+        if on_photos:
+            loader = _photo_loader(info, config, epoch)
+        else:
+            loader.sampler.set_epoch(epoch)
         total, seen = 0.0, 0
         for images, labels in loader:
-            loss = criterion(graph(images), labels)
+            if teacher is None:
+                loss = criterion(graph(images), labels)
+            else:
+                with torch.no_grad():
+                    target = teacher(images)
+                loss = nn.functional.mse_loss(graph(images), target)
             value = loss.item()
             if not math.isfinite(value):
                 raise MobileNetError(f"QAT loss became {value} at epoch {epoch}; lower --lr")
@@ -241,15 +299,18 @@ def qat(
         # A copy is evaluated: switching the training graph to eval and back rewrites its
         # BatchNorm and dropout nodes into a graph that trains differently, and a resumed run
         # (whose graph was never switched) would then not continue the same training.
-        tally = tally_predictions(
-            evaluation_copy(graph), test_loader, len(info.class_names), torch.device("cpu")
-        )
-        record = {
-            "epoch": epoch,
-            "loss": total / seen,
-            "fake_quant_top1": float(tally.confusion.trace() / tally.confusion.sum()),
-            "seconds": time.perf_counter() - began,
-        }
+        evaluated = evaluation_copy(graph)
+        record: dict[str, Any] = {"epoch": epoch, "loss": total / seen}
+        if test_loader is not None:
+            tally = tally_predictions(
+                evaluated, test_loader, len(info.class_names), torch.device("cpu")
+            )
+            record["fake_quant_top1"] = float(tally.confusion.trace() / tally.confusion.sum())
+        if reference is not None:
+            match = reference.compare(evaluated)
+            record["fake_quant_agreement"] = match.top1_agreement
+            record["fake_quant_sqnr_db"] = match.sqnr_db
+        record["seconds"] = time.perf_counter() - began
         history.append(record)
         _checkpoint(out, graph, model, info, source, config, optimizer, scheduler, history)
         if on_epoch is not None:
@@ -257,6 +318,29 @@ def qat(
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
     return QATResult(out, str(source), history)
+
+
+class _Reference:
+    """The float model's logits on held-out images, to measure the fake-quantized model by."""
+
+    def __init__(self, teacher: nn.Module, images: list[torch.Tensor]) -> None:
+        self.images = images
+        with torch.no_grad():
+            self.logits = torch.cat([teacher(batch) for batch in images]).numpy()
+
+    def compare(self, model: nn.Module) -> Agreement:
+        with torch.no_grad():
+            got = torch.cat([model(batch) for batch in self.images]).numpy()
+        return agreement(self.logits, got)
+
+
+def _photo_loader(info: RunInfo, config: QATConfig, epoch: int) -> DataLoader:
+    """Epoch ``epoch``'s fresh random crops of the bundled photos (seeds apart from the
+    calibration and evaluation crops'), for distilling a run that records no data."""
+    seed = PHOTO_SEED_BASE + 1000 * config.seed + epoch
+    crops = photo_crops(config.photo_crops, info.input_size[1], info.mean, info.std, seed=seed)
+    unlabelled = TensorDataset(crops, torch.zeros(len(crops), dtype=torch.long))
+    return DataLoader(unlabelled, batch_size=config.batch_size)
 
 
 def _freeze(graph: torch.fx.GraphModule, config: QATConfig, epoch: int) -> None:
