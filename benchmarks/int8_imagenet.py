@@ -12,7 +12,10 @@ with different seeds; agreement is with PyTorch's fp32 logits):
 2. calibration choices in onnxruntime: min-max, percentile, entropy; weights per channel or per
    tensor; activations asymmetric or symmetric; 32 to 512 calibration images;
 3. mixed precision to 99% agreement within 15% of the all-int8 latency (``quantize-mixed
-   --target-agreement 0.99``), every setting tried with its latency.
+   --target-agreement 0.99``), every setting tried with its latency;
+4. with ``--distilled RUN2`` (made by ``mobilenets qat RUN --distill``): the float run and its
+   distilled QAT run, each quantized by onnxruntime and ExecuTorch, against the original
+   float model.
 
 Writes benchmarks/results/int8_imagenet.md, .json and the sensitivity figure.
 """
@@ -27,15 +30,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from mobilenets.deploy.export import calibration_inputs, held_out_inputs
+from mobilenets.deploy.export import calibration_inputs, held_out_inputs, target_of
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.deploy.quantize import quantize_model
 from mobilenets.deploy.runtime import create_session, onnx_metadata, run_session
-from mobilenets.deploy.target import agreement
+from mobilenets.deploy.target import agreement, run_batches
 from mobilenets.errors import MobileNetError
 from mobilenets.plots import save_figure
 from mobilenets.quant.mixed import quantize_mixed
@@ -101,12 +105,50 @@ def calibration_choices(run: Path, images: int) -> list[dict[str, object]]:
     return rows
 
 
+def distilled_comparison(run: Path, distilled: Path, images: int) -> list[dict[str, object]]:
+    """The float run and its distilled QAT run (``mobilenets qat RUN --distill``), each
+    quantized after training as every runtime does it (onnxruntime min-max and percentile,
+    ExecuTorch's XNNPACK flow), all measured against the *original* float model's logits."""
+    original, info = load_run(run)
+    inputs, _ = held_out_inputs(info, None, images)
+    with torch.inference_mode():
+        reference = torch.cat([fold_batchnorm(original)(x) for x in inputs]).numpy()
+    cal, _ = calibration_inputs(info, None, 64)
+    executorch = target_of("executorch")
+    rows = []
+    for label, source in (
+        ("PTQ of the float run", run),
+        ("PTQ of the distilled QAT run", distilled),
+    ):
+        folded = fold_batchnorm(load_run(source)[0])
+        with torch.inference_mode():
+            own = torch.cat([folded(x) for x in inputs]).numpy()
+        row: dict[str, object] = {"model": label, "float": agreement(reference, own).to_dict()}
+        with tempfile.TemporaryDirectory(prefix="int8-distilled-") as tmp:
+            fp32 = Path(tmp) / "model.onnx"
+            write_onnx(folded, fp32, tuple(info.input_size), onnx_metadata(info, "fp32"))
+            for method in ("minmax", "percentile"):
+                out = Path(tmp) / f"{method}.onnx"
+                quantize_model(fp32, out, TensorDataset(torch.cat(cal)), calibrate_method=method)
+                session = create_session(out)
+                got = np.concatenate([run_session(session, x) for x in inputs])
+                row[f"onnxruntime {method}"] = agreement(reference, got).to_dict()
+            pte = Path(tmp) / "model.pte"
+            executorch.write(folded, pte, inputs[0][:1], cal, {})
+            got = run_batches(executorch.load(pte), inputs, 1)
+            row["ExecuTorch XNNPACK"] = agreement(reference, got).to_dict()
+        rows.append(row)
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="imported torchvision MobileNetV2 run")
     parser.add_argument("--images", type=int, default=300, help="evaluation crops (300)")
     parser.add_argument("--report-images", type=int, default=32, help="for the report (32)")
     parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: report calib mixed")
+    parser.add_argument("--distilled", help="a `mobilenets qat RUN --distill` run to compare")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     out_json = RESULTS / "int8_imagenet.json"
@@ -139,6 +181,11 @@ def main() -> None:
         out_json.write_text(json.dumps(results, indent=2))
     if "calib" not in args.skip:
         results["calibration"] = calibration_choices(Path(args.run), args.images)
+        out_json.write_text(json.dumps(results, indent=2))
+    if args.distilled:
+        results["distilled"] = distilled_comparison(
+            Path(args.run), Path(args.distilled), args.images
+        )
         out_json.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k != "report"}, indent=2))
 

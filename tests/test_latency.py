@@ -17,7 +17,7 @@ from torch import nn
 
 from mobilenets import calibrate as cal
 from mobilenets.cli import main
-from mobilenets.cost import profile_model
+from mobilenets.cost import LayerCost, profile_model
 from mobilenets.deploy.runtime import create_session
 from mobilenets.errors import MobileNetError
 from mobilenets.latency import (
@@ -26,7 +26,11 @@ from mobilenets.latency import (
     WARM_KIND,
     Calibration,
     Roofline,
+    bytes_moved,
+    depthwise_kind,
     latency_kinds,
+    macs_done,
+    padded_channels,
     pointwise_kind,
     predict_latency,
 )
@@ -84,7 +88,10 @@ def test_layer_kinds_of_mobilenet_v2() -> None:
     report = profile_model(create_model("mobilenet_v2"), 224)
     kinds = dict(zip((r.name for r in report.layers), latency_kinds(report.layers), strict=True))
     assert kinds["features.0.conv"] == "standard K<64"  # 3 channels x 3 x 3
-    assert kinds["features.2.depthwise.conv"] == "depthwise"
+    assert kinds["features.2.depthwise.conv"] == "depthwise 3x3"
+    assert [depthwise_kind(taps) for taps in (9, 25, 49)] == ["depthwise 3x3"] + 2 * [
+        "depthwise 5x5+"
+    ]
     assert kinds["features.2.expand.conv"] == "pointwise K<64"  # 16 channels in
     assert kinds["features.14.expand.conv"] == "pointwise K<256"  # 96
     assert kinds["features.18.conv"] == "pointwise K>=256"  # 320
@@ -121,6 +128,22 @@ def test_pointwise_kind_edges() -> None:
     ]
 
 
+def test_blocked_layouts_price_padded_channels() -> None:
+    """In 16-channel blocks a 24 -> 24 pointwise layer computes and moves 32 channels; a
+    16-channel one and an RGB stem's input are not padded; fully connected layers never are."""
+    row = LayerCost("pw", "pointwise", (1, 24, 8, 8), (1, 24, 8, 8), 24 * 24 * 64, 24 * 24, 0)
+    assert macs_done(row, "pointwise K<64", block=16) == pytest.approx(row.macs * (32 / 24) ** 2)
+    assert macs_done(row, "pointwise K<64", block=1) == row.macs
+    assert bytes_moved(row, "pointwise K<64", block=16) == 4 * (2 * 32 * 64 + 32 * 32)
+    dw = LayerCost("dw", "depthwise", (1, 24, 8, 8), (1, 24, 8, 8), 9 * 24 * 64, 9 * 24, 0)
+    assert macs_done(dw, "depthwise 3x3", block=16) == pytest.approx(dw.macs * 32 / 24)
+    stem = LayerCost("stem", "standard", (1, 3, 8, 8), (1, 16, 8, 8), 27 * 16 * 64, 27 * 16, 0)
+    assert macs_done(stem, "standard K<64", block=16) == stem.macs
+    assert [padded_channels(c, 16) for c in (3, 8, 16, 17, 24)] == [3, 16, 16, 32, 32]
+    fc = LayerCost("fc", "linear", (1, 24), (1, 10), 240, 250, 0)
+    assert macs_done(fc, "fc", block=16) == fc.macs
+
+
 def test_roofline_takes_the_slower_roof_plus_overhead() -> None:
     roof = Roofline(macs_per_s=1e10, bytes_per_s=1e9, overhead_s=1e-6)
     assert roof.seconds(10**6, 10**4) == pytest.approx(1e-4 + 1e-6)  # compute: 100 us > 10 us
@@ -135,8 +158,8 @@ def test_fit_recovers_a_known_roofline() -> None:
     truth = Roofline(macs_per_s=5e10, bytes_per_s=2e10, overhead_s=3e-6)
     report = profile_model(create_model("mobilenet_v1", width_mult=0.5), 160)
     rows = [(r, k) for r, k in zip(report.layers, latency_kinds(report.layers), strict=True) if k]
-    samples = [cal.Sample(r, "depthwise") for r, k in rows if r.macs]
-    samples = [replace(s, seconds=truth.seconds(s.row.macs, s.bytes)) for s in samples]
+    samples = [cal.Sample(r, "depthwise 3x3") for r, k in rows if r.macs]
+    samples = [replace(s, seconds=truth.seconds(s.macs, s.bytes)) for s in samples]
     fitted = cal.fit_roofline(samples)
     assert max(cal.relative_errors(fitted, samples)) < 0.01
     assert fitted.macs_per_s == pytest.approx(truth.macs_per_s, rel=0.05)
@@ -148,7 +171,8 @@ def test_fit_recovers_a_known_roofline() -> None:
 
 @pytest.mark.parametrize("kind", LATENCY_KINDS)
 def test_one_layer_graphs_compute_the_traced_shapes(kind: str, tmp_path: Path) -> None:
-    samples = cal.registry_samples(["mobilenet_v2", "vgg_small"], (0.5,), (96,))  # max pools
+    # max pools from VGG, 5x5 depthwise and SiLU from EfficientNet
+    samples = cal.registry_samples(["mobilenet_v2", "vgg_small", "efficientnet_b0"], (0.5,), (96,))
     traced_kind = "fc" if kind == WARM_KIND else kind  # the same layers, timed warm
     sample = replace(next(s for s in samples if s.kind == traced_kind), kind=kind)
     model = cal.layer_graph(sample)
@@ -258,7 +282,7 @@ def test_calibrate_cli_errors(cache: Path, capsys: pytest.CaptureFixture[str]) -
 def test_speedup_rows_carry_the_predicted_speedup(calibration: Calibration) -> None:
     # Rates chosen so that the depthwise layer is memory-bound and the others compute-bound.
     roofs = {kind: Roofline(1e11, 1e11, 0.0) for kind in LATENCY_KINDS}
-    roofs["depthwise"] = Roofline(1e11, 1e9, 0.0)
+    roofs["depthwise 3x3"] = Roofline(1e11, 1e9, 0.0)
     rates = replace(calibration, rooflines=roofs, node_overhead_s=0.0)
     shape = ConvShape(14, 64, 64)
     predicted, bound = predicted_speedup(shape, 1, rates)
@@ -286,7 +310,8 @@ def test_weight_cache_fit_recovers_a_known_size() -> None:
     weights = np.array([4, 8, 16, 32, 64, 128], dtype=float) * 2**20
     share = np.minimum(1.0, cache / weights)
     seconds = warm * share + cold * (1 - share)
-    assert cal.fit_weight_cache(weights, seconds) == pytest.approx(cache, rel=0.1)
+    fitted = cal.fit_weight_cache(weights, seconds)
+    assert fitted == pytest.approx((cache, warm, cold), rel=0.1)
 
 
 def test_classifier_is_priced_warm_when_the_weights_stay_cached(calibration: Calibration) -> None:

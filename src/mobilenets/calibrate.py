@@ -51,6 +51,7 @@ from mobilenets.latency import (
     Roofline,
     bytes_moved,
     latency_kinds,
+    macs_done,
     numel,
     predict_latency,
 )
@@ -183,10 +184,15 @@ class Sample:
     row: LayerCost
     kind: str
     seconds: float = math.nan
+    block: int = 1  # the runtime's channel block: the work is priced padded to it
 
     @property
-    def bytes(self) -> int:
-        return bytes_moved(self.row, self.kind)
+    def macs(self) -> float:
+        return macs_done(self.row, self.kind, self.block)
+
+    @property
+    def bytes(self) -> float:
+        return bytes_moved(self.row, self.kind, block=self.block)
 
     def key(self) -> tuple:
         return (self.kind, self.row.input_shape, self.row.output_shape, self.row.macs)
@@ -225,9 +231,9 @@ def takes_width(name: str) -> bool:
 
 
 def synthetic_samples() -> list[Sample]:
-    """Squeeze-and-excitation gates on MobileNetV3-like feature maps, VGG-like 3x3
-    convolutions and 2x2 max poolings, for the kinds that no model being sampled has (no
-    registered one has a gate yet), so that every kind is calibrated."""
+    """Squeeze-and-excitation gates, 5x5 depthwise convolutions and SiLU on MobileNetV3-like
+    feature maps, VGG-like 3x3 convolutions and 2x2 max poolings, for the kinds that no model
+    being sampled has, so that every kind is calibrated whatever models are sampled."""
     gates = [(16, 56), (72, 28), (96, 14), (120, 28), (240, 14), (576, 7), (960, 7)]
     pools = [(16, 112), (32, 96), (64, 56), (128, 28), (256, 14), (512, 8)]
     convs = [
@@ -245,8 +251,34 @@ def synthetic_samples() -> list[Sample]:
         )
         for c, h in pools
     ]
+    depthwise = [
+        Sample(
+            LayerCost(
+                f"dw5x5_{c}x{h}",
+                "depthwise",
+                (1, c, h, h),
+                (1, c, h, h),
+                25 * c * h * h,
+                25 * c,
+                c * h * h,
+            ),
+            "depthwise 5x5+",
+        )
+        for c, h in gates
+    ]
+    silu = [
+        Sample(
+            LayerCost(
+                f"silu{c}x{h}", "activation", (1, c, h, h), (1, c, h, h), 0, 0, c * h * h, op="SiLU"
+            ),
+            "silu",
+        )
+        for c, h in gates
+    ]
     return (
         convs
+        + depthwise
+        + silu
         + [
             Sample(LayerCost(f"se{c}x{h}", "pool", (1, c, h, h), (1, c, 1, 1), 0, 0, c), "se")
             for c, h in gates
@@ -281,6 +313,17 @@ def spread(samples: Sequence[Sample], per_kind: int) -> list[Sample]:
 
 def _initializer(name: str, array: np.ndarray) -> TensorProto:
     return numpy_helper.from_array(array.astype(np.float32), name)
+
+
+def channel_block() -> int:
+    """onnxruntime's channel block on this CPU: its convolutions run in a layout of 16-channel
+    blocks with AVX-512, 8-channel blocks with AVX2, and without blocking otherwise."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 1
+    flags = set(next((line for line in text.splitlines() if line.startswith("flags")), "").split())
+    return 16 if "avx512f" in flags else 8 if "avx2" in flags else 1
 
 
 def last_level_cache_bytes() -> int:
@@ -344,6 +387,11 @@ def _one_layer(sample: Sample, seed: int) -> onnx.ModelProto:
     elif sample.kind == "max pool":
         k = row.input_shape[2] // row.output_shape[2]
         nodes = [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[k, k])]
+    elif sample.kind == "silu":  # as the exporter writes it; onnxruntime fuses the pair
+        nodes = [
+            helper.make_node("Sigmoid", ["x"], ["s"], name="sigmoid"),
+            helper.make_node("Mul", ["x", "s"], ["y"], name="layer"),
+        ]
     else:
         nodes, inits = _conv_nodes(row, rng)
     graph = helper.make_graph(nodes, "layer", [x], [y], inits)
@@ -537,18 +585,20 @@ def measure_overheads(
     return per_node, per_call
 
 
-WEIGHT_CACHE_COPIES = (1, 2, 4, 8, 16, 32)  # 4 MiB fully connected layers side by side
+WEIGHT_CACHE_COPIES = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32)  # 4 MiB layers side by side
 CACHE_GRID = np.geomspace(2**19, 2**29, 61)  # candidate cache sizes, 0.5 MiB to 512 MiB
 
 
-def measure_weight_cache(provider: str = DEFAULT_PROVIDER, threads: int = 0) -> float:
-    """How many bytes of weights the cache keeps from one call to the next.
+def measure_weight_cache(provider: str = DEFAULT_PROVIDER, threads: int = 0) -> tuple[float, float]:
+    """How many bytes of weights the cache keeps from one call to the next, and the rate at
+    which weights that it does not keep stream from memory (bytes per second).
 
     A 1024 x 1024 fully connected layer (4 MiB of weights) runs as 1 to 32 copies side by side,
     each with its own weights: while all copies fit in cache every call finds its weights
     there; past that, the time per copy climbs to the memory-bound rate. The time per copy is
     fitted as ``warm * f + cold * (1 - f)`` with ``f = min(1, C / weights)``, and ``C`` is the
-    answer (searched over a grid, ``warm`` and ``cold`` by least squares for each ``C``).
+    answer (searched over a grid, ``warm`` and ``cold`` by least squares for each ``C``);
+    4 MiB over ``cold`` is the streaming rate.
     """
     n = 1024
     row = LayerCost("fc", "linear", (1, n), (1, n), n * n, n * n + n, n)
@@ -561,12 +611,14 @@ def measure_weight_cache(provider: str = DEFAULT_PROVIDER, threads: int = 0) -> 
             profile = profile_onnx(path, provider, threads, budget_s=0.1, wall=False)
             weights.append(copies * row.params * 4)
             per_copy.append(profile.kernel_s() / copies)
-    return fit_weight_cache(np.array(weights, dtype=float), np.array(per_copy))
+    cache, _, cold = fit_weight_cache(np.array(weights, dtype=float), np.array(per_copy))
+    return cache, row.params * 4 / cold
 
 
-def fit_weight_cache(weights: np.ndarray, seconds: np.ndarray) -> float:
-    """The cache size that best explains ``seconds`` per copy at ``weights`` bytes in all."""
-    best, best_error = float(CACHE_GRID[0]), math.inf
+def fit_weight_cache(weights: np.ndarray, seconds: np.ndarray) -> tuple[float, float, float]:
+    """The cache size that best explains ``seconds`` per copy at ``weights`` bytes in all,
+    with the fitted warm and cold seconds per copy."""
+    best, best_error = (float(CACHE_GRID[0]), float(seconds.min()), float(seconds.max())), math.inf
     for cache in CACHE_GRID:
         warm_share = np.minimum(1.0, cache / weights)
         design = np.stack([warm_share, 1 - warm_share], axis=1)
@@ -575,7 +627,7 @@ def fit_weight_cache(weights: np.ndarray, seconds: np.ndarray) -> float:
             continue
         error = float(np.sum(np.log(design @ np.array([warm, cold]) / seconds) ** 2))
         if error < best_error:
-            best, best_error = float(cache), error
+            best, best_error = (float(cache), float(warm), float(cold)), error
     return best
 
 
@@ -587,7 +639,7 @@ def fit_roofline(samples: Sequence[Sample], memory_only: bool = False) -> Roofli
 
     A soft-L1 loss keeps a sample slowed by another process from dragging the fit.
     """
-    macs = np.array([s.row.macs for s in samples], dtype=float)
+    macs = np.array([s.macs for s in samples], dtype=float)
     nbytes = np.array([s.bytes for s in samples], dtype=float)
     seconds = np.array([s.seconds for s in samples], dtype=float)
     if len(samples) == 0 or not np.all(seconds > 0):
@@ -616,7 +668,7 @@ def fit_roofline(samples: Sequence[Sample], memory_only: bool = False) -> Roofli
 
 
 def relative_errors(roof: Roofline, samples: Sequence[Sample]) -> list[float]:
-    return [abs(roof.seconds(s.row.macs, s.bytes) / s.seconds - 1) for s in samples]
+    return [abs(roof.seconds(s.macs, s.bytes) / s.seconds - 1) for s in samples]
 
 
 def fit_calibration(
@@ -626,6 +678,8 @@ def fit_calibration(
     runtime: str = DEFAULT_RUNTIME,
     threads: int = 0,
     weight_cache_bytes: float = 0.0,
+    weight_stream_bytes_per_s: float = 0.0,
+    block: int = 1,
 ) -> Calibration:
     """Fit one roofline per latency kind to measured ``samples``."""
     rooflines, fit = {}, {}
@@ -653,6 +707,8 @@ def fit_calibration(
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         fit=fit,
         weight_cache_bytes=weight_cache_bytes,
+        weight_stream_bytes_per_s=weight_stream_bytes_per_s,
+        channel_block=block,
     )
 
 
@@ -672,13 +728,19 @@ def calibrate(
     check_threads(threads)
     if per_kind < 3:
         raise MobileNetError(f"a roofline needs at least 3 layers per kind, got {per_kind}")
-    samples = spread(registry_samples(models, widths, resolutions), per_kind)
+    block = channel_block()
+    samples = [
+        replace(s, block=block)
+        for s in spread(registry_samples(models, widths, resolutions), per_kind)
+    ]
     # the same fully connected layers again, alone, their weights warm in cache
     samples += [replace(s, kind=WARM_KIND) for s in samples if s.kind == "fc"]
     measured = measure_samples(samples, provider, threads, budget_s, progress)
     node_overhead, run_overhead = measure_overheads(provider, threads)
-    cache = measure_weight_cache(provider, threads)
-    return fit_calibration(measured, node_overhead, run_overhead, runtime, threads, cache)
+    cache, stream = measure_weight_cache(provider, threads)
+    return fit_calibration(
+        measured, node_overhead, run_overhead, runtime, threads, cache, stream, block
+    )
 
 
 def predict_cached(

@@ -137,6 +137,7 @@ class LayerCost:
     params: int
     activations: int  # elements in the layer's output
     live_activations: int = 0  # elements alive at once while the layer runs (see module doc)
+    op: str = ""  # the module's class (``SiLU``): what a runtime can fuse depends on it
 
     def live_bytes(self, dtype: str = "fp32") -> int:
         return self.live_activations * bytes_per_element(dtype)
@@ -448,6 +449,7 @@ def profile_model(
                     params=sum(p.numel() for p in module.parameters(recurse=False)),
                     activations=output.numel(),
                     live_activations=alive,
+                    op=type(module).__name__,
                 )
             )
 

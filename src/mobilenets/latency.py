@@ -10,7 +10,7 @@ Patterson, 2009) says how long each takes::
 whichever of arithmetic or memory traffic takes longer bounds the layer, and a fixed cost per
 kernel call (thread-pool dispatch, the runtime's bookkeeping) comes on top. The rates differ
 with what the layer does, so they are fitted per *latency kind*: standard convolutions,
-depthwise ones, pointwise ones by their number of input channels K (the GEMM's inner
+depthwise ones by filter size, pointwise ones by their number of input channels K (the GEMM's inner
 dimension: small K means little reuse of each loaded value), standard ones by the same K
 (``c_in * f * f``: a stem on three colour channels is a thin GEMM), the squeeze-and-excitation
 gate, fully connected layers (matrix-vector products, bound by loading their weights) and
@@ -18,8 +18,15 @@ pooling (global average pooling and max pooling apart: the runtime runs the firs
 layout after converting back to it, the second in its blocked one).
 :mod:`mobilenets.calibrate` measures the rates once per machine and runtime.
 
-The layers come from :func:`mobilenets.cost.profile_model`; BatchNorm and activations get no
-time of their own because deployed graphs fold and fuse them into the convolution before them.
+The layers come from :func:`mobilenets.cost.profile_model`; BatchNorm and most activations get
+no time of their own because deployed graphs fold and fuse them into the convolution before
+them. SiLU is the exception: onnxruntime runs it as a kernel of its own (``QuickGelu``), priced
+as the ``silu`` kind.
+
+A runtime's blocked layout pads channels (onnxruntime's NCHWc: 16-channel blocks with
+AVX-512), so layers are priced on their padded work (:func:`macs_done`,
+:func:`bytes_moved`); and a fully connected layer's weights are cold or warm depending on
+whether the whole network's weights stay cached between calls (``fc`` and ``fc warm``).
 """
 
 from __future__ import annotations
@@ -31,14 +38,15 @@ from dataclasses import asdict, dataclass, field
 from mobilenets.cost import CostReport, LayerCost, bytes_per_element
 from mobilenets.errors import MobileNetError
 
-CALIBRATION_FORMAT = 4  # bump when the kinds or the fitted quantities change
+CALIBRATION_FORMAT = 8  # bump when the kinds or the fitted quantities change
 
 POINTWISE_K_EDGES = (64, 256)  # pointwise kinds: K < 64, 64 <= K < 256, K >= 256
 STANDARD_K_EDGE = 64  # standard kinds: K = c_in * f * f below 64 (a stem on RGB) or not
 LATENCY_KINDS = (
     "standard K<64",
     "standard K>=64",
-    "depthwise",
+    "depthwise 3x3",
+    "depthwise 5x5+",
     "pointwise K<64",
     "pointwise K<256",
     "pointwise K>=256",
@@ -47,9 +55,14 @@ LATENCY_KINDS = (
     "fc warm",
     "global pool",
     "max pool",
+    "silu",
 )
+DEPTHWISE_KINDS = ("depthwise 3x3", "depthwise 5x5+")
 # Kinds whose work is only data movement: no compute rate is fitted, the roofline is flat.
-MEMORY_ONLY_KINDS = ("se", "global pool", "max pool")
+MEMORY_ONLY_KINDS = ("se", "global pool", "max pool", "silu")
+# Activations onnxruntime does not fuse into the convolution before them: SiLU (x * sigmoid(x),
+# EfficientNet's) runs as a kernel of its own that reads and writes the whole feature map.
+UNFUSED_ACTIVATIONS = ("SiLU",)
 # A fully connected layer loads each weight once per call, so its time depends on where the
 # weights are: "fc" is measured with them coming from memory, "fc warm" with them in cache.
 # Which applies depends on the whole network: a model whose weights fit in the cache finds
@@ -66,6 +79,13 @@ def pointwise_kind(k: int) -> str:
     if k < high:
         return "pointwise K<256"
     return "pointwise K>=256"
+
+
+def depthwise_kind(taps: int) -> str:
+    """The latency kind of a depthwise convolution with ``taps`` (f*f) weights per channel: a
+    5x5 filter does 25 multiply-adds per loaded value where a 3x3 does 9, and onnxruntime ran
+    5x5 layers at 30-44 mult-adds per ns against 18-29 for 3x3 ones of the same shapes."""
+    return "depthwise 3x3" if taps <= 9 else "depthwise 5x5+"
 
 
 def standard_kind(k: int) -> str:
@@ -108,7 +128,7 @@ def latency_kinds(layers: Sequence[LayerCost]) -> list[str | None]:
         if row.kind in ("standard", "grouped"):
             kind = standard_kind(row.macs // max(numel(row.output_shape), 1))
         elif row.kind == "depthwise":
-            kind = "depthwise"
+            kind = depthwise_kind(row.macs // max(numel(row.output_shape), 1))
         elif row.kind == "pointwise":
             kind = "fc" if _is_vector(row.input_shape) else pointwise_kind(row.input_shape[1])
         elif row.kind == "linear":
@@ -122,6 +142,8 @@ def latency_kinds(layers: Sequence[LayerCost]) -> list[str | None]:
             kind = "se" if _is_se_squeeze(layers, i) else "global pool"
         elif row.kind == "pool":
             kind = "max pool"
+        elif row.kind == "activation" and row.op in UNFUSED_ACTIVATIONS:
+            kind = "silu"
         kinds.append(kind)
     return kinds
 
@@ -130,8 +152,49 @@ def numel(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def bytes_moved(row: LayerCost, kind: str, dtype: str = "fp32") -> int:
-    """Bytes a layer must read and write at least once: its input, its output, its weights.
+# Kinds a runtime runs in its channel-blocked layout (onnxruntime's NCHWc): their channels are
+# padded to the block, and the padding is computed and moved like real channels.
+BLOCKED_KINDS = (
+    "standard K<64",
+    "standard K>=64",
+    "depthwise 3x3",
+    "depthwise 5x5+",
+    "pointwise K<64",
+    "pointwise K<256",
+    "pointwise K>=256",
+    "max pool",
+)
+STEM_CHANNELS = 4  # a stem's colour channels are read in the plain layout, not padded
+
+
+def padded_channels(channels: int, block: int) -> int:
+    """``channels`` as a blocked layout stores them: rounded up to a multiple of ``block``."""
+    if block <= 1 or channels <= STEM_CHANNELS:
+        return channels
+    return -(-channels // block) * block
+
+
+def _padding(row: LayerCost, kind: str, block: int) -> tuple[float, float]:
+    """How much larger the input and the output are once their channels are padded."""
+    if kind not in BLOCKED_KINDS or len(row.input_shape) != 4 or len(row.output_shape) != 4:
+        return 1.0, 1.0
+    c_in, c_out = row.input_shape[1], row.output_shape[1]
+    return padded_channels(c_in, block) / c_in, padded_channels(c_out, block) / c_out
+
+
+def macs_done(row: LayerCost, kind: str, block: int = 1) -> float:
+    """The mult-adds the runtime computes, padding included: a 24-channel pointwise layer in
+    16-channel blocks computes 32 x 32 (onnxruntime ran it at the same rate per padded
+    mult-add as a 16 x 16 one, and 1.8x slower per counted one)."""
+    grow_in, grow_out = _padding(row, kind, block)
+    if kind in DEPTHWISE_KINDS:
+        return row.macs * grow_out
+    return row.macs * grow_in * grow_out
+
+
+def bytes_moved(row: LayerCost, kind: str, dtype: str = "fp32", block: int = 1) -> float:
+    """Bytes a layer must read and write at least once: its input, its output, its weights,
+    with their channels padded to ``block`` where the runtime blocks them.
 
     The squeeze-and-excitation gate reads the feature map twice (to pool it, then to scale
     it) and writes it once; its two small layers are priced as their own ``fc`` rows.
@@ -139,7 +202,9 @@ def bytes_moved(row: LayerCost, kind: str, dtype: str = "fp32") -> int:
     size = bytes_per_element(dtype)
     if kind == "se":
         return 3 * numel(row.input_shape) * size
-    return (numel(row.input_shape) + numel(row.output_shape) + row.params) * size
+    grow_in, grow_out = _padding(row, kind, block)
+    weights = row.params * (grow_out if kind in DEPTHWISE_KINDS else grow_in * grow_out)
+    return (numel(row.input_shape) * grow_in + numel(row.output_shape) * grow_out + weights) * size
 
 
 @dataclass(frozen=True)
@@ -197,6 +262,8 @@ class Calibration:
     fit: dict[str, dict[str, float]] = field(default_factory=dict)  # per kind: samples, error
     format: int = CALIBRATION_FORMAT
     weight_cache_bytes: float = 0.0  # how many bytes of weights stay cached between calls
+    weight_stream_bytes_per_s: float = 0.0  # how fast the others come from memory (0: unknown)
+    channel_block: int = 1  # the runtime's channel block (layers are priced padded to it)
 
     def warm_fraction(self, weight_bytes: int) -> float:
         """The share of a network's weights found in cache on the next call: all of them
@@ -235,6 +302,8 @@ class Calibration:
                 fit=dict(data.get("fit", {})),
                 format=int(data.get("format", 0)),
                 weight_cache_bytes=float(data.get("weight_cache_bytes", 0.0)),
+                weight_stream_bytes_per_s=float(data.get("weight_stream_bytes_per_s", 0.0)),
+                channel_block=int(data.get("channel_block", 1)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise MobileNetError(f"{source} is not a latency calibration: {e!r}") from None
@@ -246,7 +315,7 @@ class LayerLatency:
 
     name: str
     kind: str
-    macs: int
+    macs: int  # counted, as ``cost`` reports them (the runtime's padding is priced, not shown)
     bytes: int
     seconds: float
     bound: str
@@ -297,7 +366,9 @@ def predict_latency(report: CostReport, calibration: Calibration) -> LatencyPred
     """Price every layer of ``report`` with ``calibration``'s rooflines (fp32 activations).
 
     Fully connected layers are priced between their cold and warm rooflines by the share of
-    the network's weights that stays cached between calls (:meth:`Calibration.warm_fraction`).
+    the network's weights that stays cached between calls (:meth:`Calibration.warm_fraction`);
+    every other layer takes at least as long as streaming its share of the weights that the
+    cache did not keep (a 960 -> 160 pointwise layer on a 3x3 map is bound by its weights).
     """
     weight_bytes = report.total_params * bytes_per_element("fp32")
     warm = calibration.warm_fraction(weight_bytes)
@@ -306,19 +377,25 @@ def predict_latency(report: CostReport, calibration: Calibration) -> LatencyPred
         if kind is None:
             continue
         roof = calibration.roofline(kind)
-        nbytes = bytes_moved(row, kind)
-        seconds = roof.seconds(row.macs, nbytes)
+        macs = macs_done(row, kind, calibration.channel_block)
+        nbytes = bytes_moved(row, kind, block=calibration.channel_block)
+        seconds = roof.seconds(macs, nbytes)
         if kind == "fc" and warm > 0:
-            hot = calibration.roofline(WARM_KIND).seconds(row.macs, nbytes)
+            hot = calibration.roofline(WARM_KIND).seconds(macs, nbytes)
             seconds = warm * hot + (1 - warm) * seconds
+        elif warm < 1 and calibration.weight_stream_bytes_per_s > 0:
+            # a third roof: the weights the cache did not keep, streamed from memory
+            cold_bytes = (1 - warm) * row.params * bytes_per_element("fp32")
+            stream_s = cold_bytes / calibration.weight_stream_bytes_per_s + roof.overhead_s
+            seconds = max(seconds, stream_s)
         priced.append(
             LayerLatency(
                 name=row.name,
                 kind=kind,
                 macs=row.macs,
-                bytes=nbytes,
+                bytes=round(nbytes),
                 seconds=seconds,
-                bound=roof.bound(row.macs, nbytes),
+                bound=roof.bound(macs, nbytes),
             )
         )
     return LatencyPrediction(priced, calibration.node_overhead_s, calibration.run_overhead_s)

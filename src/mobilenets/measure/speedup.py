@@ -31,7 +31,7 @@ from torch import nn
 
 from mobilenets.cost import profile_model, separable_cost_ratio
 from mobilenets.errors import MobileNetError
-from mobilenets.latency import Calibration, predict_latency
+from mobilenets.latency import DEPTHWISE_KINDS, Calibration, predict_latency
 from mobilenets.layers import DepthwiseConv, PointwiseConv
 from mobilenets.measure.timing import time_interleaved
 
@@ -145,7 +145,7 @@ def predicted_speedup(
     # Per call: the kernels and the runtime's cost between them, without the fixed cost of a
     # whole inference call (a layer inside a network does not pay it).
     seconds = {name: p.seconds - p.run_overhead_s for name, p in priced.items()}
-    depthwise = next(layer for layer in priced["separable"].layers if layer.kind == "depthwise")
+    depthwise = next(layer for layer in priced["separable"].layers if layer.kind in DEPTHWISE_KINDS)
     return seconds["standard"] / seconds["separable"], depthwise.bound
 
 
