@@ -74,7 +74,7 @@ class Case:
 def match_nodes(case: Case, nodes: list[tuple[str, str, float]]) -> dict[int, float] | None:
     """Kernel nodes in execution order, one per priced layer, or None if they do not line up."""
     kept = [(op, s) for _, op, s in nodes if op not in SKIPPED_OPS]
-    if len(kept) != len(case.prediction.layers):
+    if len(kept) != case.prediction.nodes:
         return None
     return {i: s for i, (_, s) in enumerate(kept)}
 
@@ -163,9 +163,10 @@ def report_markdown(cases: list[Case], calibration, args, calibrate_s: float) ->
     by_kind: dict[str, list[float]] = {}
     layer_errors = []
     for case in cases:
+        kernels = case.prediction.kernels()
         for i, measured in case.nodes.items():
-            layer = case.prediction.layers[i]
-            e = abs(layer.seconds / measured - 1)
+            layer, seconds = kernels[i]
+            e = abs(seconds / measured - 1)
             layer_errors.append(e)
             by_kind.setdefault(layer.kind, []).append(e)
     worst = max(cases, key=lambda c: abs(c.error))

@@ -97,7 +97,9 @@ def test_layer_kinds_of_mobilenet_v2() -> None:
     assert kinds["features.18.conv"] == "pointwise K>=256"  # 320
     assert kinds["classifier.fc"] == "fc"
     assert kinds["classifier.pool"] == "global pool"
-    fused = [r.name for r in report.layers if r.kind in ("batchnorm", "activation")]
+    relu6 = [r.name for r in report.layers if r.op == "ReLU6"]
+    assert relu6 and all(kinds[name] == "relu6" for name in relu6)  # its extra pass is priced
+    fused = [r.name for r in report.layers if r.kind == "batchnorm"]
     assert fused and all(kinds[name] is None for name in fused)
 
 
@@ -203,9 +205,11 @@ def test_prediction_prices_each_kernel_layer(calibration: Calibration) -> None:
     report = profile_model(create_model("mobilenet_v2", width_mult=0.35), 96)
     prediction = predict_latency(report, calibration)
     convs = [r for r in report.layers if r.macs]
-    assert len(prediction.layers) == len(convs) + 1  # + the classifier's pooling
+    relu6 = [r for r in report.layers if r.op == "ReLU6"]
+    assert len(prediction.layers) == len(convs) + 1 + len(relu6)  # + the classifier's pooling
+    assert prediction.nodes == len(convs) + 1  # ReLU6 runs inside its convolution
     kernels = sum(layer.seconds for layer in prediction.layers)
-    overheads = calibration.node_overhead_s * len(prediction.layers) + calibration.run_overhead_s
+    overheads = calibration.node_overhead_s * prediction.nodes + calibration.run_overhead_s
     assert prediction.seconds == pytest.approx(kernels + overheads)
     assert {layer.bound for layer in prediction.layers} <= {"compute", "memory"}
     bigger = predict_latency(profile_model(create_model("mobilenet_v2"), 224), calibration)

@@ -43,6 +43,7 @@ from mobilenets.errors import MobileNetError
 from mobilenets.io import atomic_write_json
 from mobilenets.latency import (
     CALIBRATION_FORMAT,
+    IN_CONTEXT_KINDS,
     LATENCY_KINDS,
     MEMORY_ONLY_KINDS,
     WARM_KIND,
@@ -275,10 +276,12 @@ def synthetic_samples() -> list[Sample]:
         )
         for c, h in gates
     ]
+    relu6 = [replace(sample, row=replace(sample.row, op="ReLU6"), kind="relu6") for sample in silu]
     return (
         convs
         + depthwise
         + silu
+        + relu6
         + [
             Sample(LayerCost(f"se{c}x{h}", "pool", (1, c, h, h), (1, c, 1, 1), 0, 0, c), "se")
             for c, h in gates
@@ -353,11 +356,15 @@ def cold_copies(sample: Sample) -> int:
 def layer_graph(sample: Sample, seed: int = 0) -> onnx.ModelProto:
     """A one-layer ONNX model computing what ``sample``'s layer computes, as exported.
 
-    Convolutions carry a fused ReLU6 (``Clip``) as deployed MobileNets do; the kernel size,
+    Convolutions carry a fused ReLU, which costs nothing (ReLU6's extra pass is its own
+    ``relu6`` kind); squeeze-and-excitation, SiLU and ReLU6 are measured in place, between
+    two convolutions (:func:`context_graph`). The kernel size,
     stride and groups are read back from the traced shapes and mult-adds (all the models here
     pad "same"). A fully connected layer runs :func:`cold_copies` times side by side on the
     same input, each copy with its own weights and output.
     """
+    if sample.kind in IN_CONTEXT_KINDS:
+        return context_graph(sample, seed=seed)
     copies = cold_copies(sample)
     if copies > 1:
         return _side_by_side([_one_layer(sample, seed + i) for i in range(copies)])
@@ -428,12 +435,7 @@ def _conv_nodes(row: LayerCost, rng: np.random.Generator) -> tuple[list, list]:
     k = max(1, round(math.sqrt(row.macs / (numel(row.output_shape) * (c_in // groups)))))
     stride = max(1, -(-row.input_shape[2] // row.output_shape[2]))
     weight = rng.standard_normal((c_out, c_in // groups, k, k)) * (1 / math.sqrt(k * k * c_in))
-    inits = [
-        _initializer("w", weight),
-        _initializer("b", np.zeros(c_out)),
-        _initializer("lo", np.array(0.0)),
-        _initializer("hi", np.array(6.0)),
-    ]
+    inits = [_initializer("w", weight), _initializer("b", np.zeros(c_out))]
     conv = helper.make_node(
         "Conv",
         ["x", "w", "b"],
@@ -444,7 +446,58 @@ def _conv_nodes(row: LayerCost, rng: np.random.Generator) -> tuple[list, list]:
         pads=[k // 2] * 4,
         group=groups,
     )
-    return [conv, helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="act")], inits
+    return [conv, helper.make_node("Relu", ["c"], ["y"], name="act")], inits
+
+
+def context_graph(sample: Sample, with_layer: bool = True, seed: int = 0) -> onnx.ModelProto:
+    """``sample``'s layer between two 1x1 convolutions, as it sits in a network, or (without
+    it) the two convolutions alone: the difference is what the layer costs in place.
+
+    A squeeze-and-excitation gate or a SiLU does not run in onnxruntime's blocked layout, so in
+    a network it brings layout conversions with it, which a one-layer graph cannot show (its
+    input and output are in the plain layout anyway). A ReLU6 fused into a convolution costs a
+    pass over its output that a ReLU does not (a 16-channel 224 x 224 depthwise layer: 255 us
+    with ReLU6, 181 us with ReLU), so its sample is the first convolution ending in ReLU6
+    against the same ending in ReLU.
+    """
+    rng = np.random.default_rng(seed)
+    shape = list(sample.row.input_shape)
+    c = shape[1]
+    inits = [
+        _initializer("w_pre", rng.standard_normal((c, c, 1, 1)) / math.sqrt(c)),
+        _initializer("w_post", rng.standard_normal((c, c, 1, 1)) / math.sqrt(c)),
+        _initializer("lo", np.array(0.0)),
+        _initializer("hi", np.array(6.0)),
+        numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"),
+    ]
+    nodes = [helper.make_node("Conv", ["x", "w_pre"], ["p"], name="pre")]
+    if sample.kind == "relu6" and with_layer:
+        nodes.append(helper.make_node("Clip", ["p", "lo", "hi"], ["m"], name="layer"))
+    else:
+        nodes.append(helper.make_node("Relu", ["p"], ["m"], name="pre_act"))
+    middle = "m"
+    if with_layer and sample.kind == "se":
+        nodes += [
+            helper.make_node("ReduceMean", ["m", "axes"], ["g"], name="layer", keepdims=1),
+            helper.make_node("Mul", ["m", "g"], ["l"], name="scale"),
+        ]
+        middle = "l"
+    elif with_layer and sample.kind == "silu":
+        nodes += [
+            helper.make_node("Sigmoid", ["m"], ["s"], name="sigmoid"),
+            helper.make_node("Mul", ["m", "s"], ["l"], name="layer"),
+        ]
+        middle = "l"
+    nodes += [
+        helper.make_node("Conv", [middle, "w_post"], ["q"], name="post"),
+        helper.make_node("Relu", ["q"], ["y"], name="post_act"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+    graph = helper.make_graph(nodes, "in_context", [x], [y], inits)
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
+    )
 
 
 def chain_graph(length: int, channels: int = 8, size: int = 8) -> onnx.ModelProto:
@@ -557,12 +610,29 @@ def measure_samples(
     with tempfile.TemporaryDirectory() as tmp:
         for i, sample in enumerate(samples):
             path = Path(tmp) / f"layer{i}.onnx"
-            onnx.save(layer_graph(sample, seed=i), str(path))
-            profile = profile_onnx(path, provider, threads, budget_s, wall=False)
-            measured.append(replace(sample, seconds=profile.kernel_s() / cold_copies(sample)))
+            if sample.kind in IN_CONTEXT_KINDS:
+                seconds = _in_context_s(sample, path, provider, threads, budget_s, seed=i)
+            else:
+                onnx.save(layer_graph(sample, seed=i), str(path))
+                profile = profile_onnx(path, provider, threads, budget_s, wall=False)
+                seconds = profile.kernel_s() / cold_copies(sample)
+            measured.append(replace(sample, seconds=seconds))
             if progress is not None:
                 progress(i + 1, len(samples))
     return measured
+
+
+def _in_context_s(
+    sample: Sample, path: Path, provider: str, threads: int, budget_s: float, seed: int
+) -> float:
+    """What the layer adds to the kernels of its context, layout conversions included."""
+    totals = []
+    for with_layer in (True, False):
+        onnx.save(context_graph(sample, with_layer, seed), str(path))
+        profile = profile_onnx(path, provider, threads, budget_s, wall=False)
+        totals.append(profile.kernel_s(skip_reorders=False))
+    # a layer too small to see against the noise still costs something
+    return max(totals[0] - totals[1], MIN_IN_CONTEXT_S)
 
 
 def measure_overheads(
@@ -585,6 +655,7 @@ def measure_overheads(
     return per_node, per_call
 
 
+MIN_IN_CONTEXT_S = 1e-7
 WEIGHT_CACHE_COPIES = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32)  # 4 MiB layers side by side
 CACHE_GRID = np.geomspace(2**19, 2**29, 61)  # candidate cache sizes, 0.5 MiB to 512 MiB
 

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from mobilenets.cost import CostReport, LayerCost, bytes_per_element
 from mobilenets.errors import MobileNetError
 
-CALIBRATION_FORMAT = 8  # bump when the kinds or the fitted quantities change
+CALIBRATION_FORMAT = 9  # bump when the kinds or the fitted quantities change
 
 POINTWISE_K_EDGES = (64, 256)  # pointwise kinds: K < 64, 64 <= K < 256, K >= 256
 STANDARD_K_EDGE = 64  # standard kinds: K = c_in * f * f below 64 (a stem on RGB) or not
@@ -56,10 +56,15 @@ LATENCY_KINDS = (
     "global pool",
     "max pool",
     "silu",
+    "relu6",
 )
 DEPTHWISE_KINDS = ("depthwise 3x3", "depthwise 5x5+")
 # Kinds whose work is only data movement: no compute rate is fitted, the roofline is flat.
-MEMORY_ONLY_KINDS = ("se", "global pool", "max pool", "silu")
+MEMORY_ONLY_KINDS = ("se", "global pool", "max pool", "silu", "relu6")
+# Kinds calibrated in place between two convolutions (see calibrate.context_graph): what they
+# cost a network includes the layout conversions or the extra pass they bring.
+IN_CONTEXT_KINDS = ("se", "silu", "relu6")
+FUSED_KINDS = ("relu6",)  # priced, but inside another layer's kernel: no node of its own
 # Activations onnxruntime does not fuse into the convolution before them: SiLU (x * sigmoid(x),
 # EfficientNet's) runs as a kernel of its own that reads and writes the whole feature map.
 UNFUSED_ACTIVATIONS = ("SiLU",)
@@ -144,6 +149,8 @@ def latency_kinds(layers: Sequence[LayerCost]) -> list[str | None]:
             kind = "max pool"
         elif row.kind == "activation" and row.op in UNFUSED_ACTIVATIONS:
             kind = "silu"
+        elif row.kind == "activation" and row.op == "ReLU6":
+            kind = "relu6"  # fused, but a pass over the output that ReLU does not make
         kinds.append(kind)
     return kinds
 
@@ -336,7 +343,25 @@ class LatencyPrediction:
     @property
     def seconds(self) -> float:
         kernels = sum(layer.seconds for layer in self.layers)
-        return kernels + self.node_overhead_s * len(self.layers) + self.run_overhead_s
+        return kernels + self.node_overhead_s * self.nodes + self.run_overhead_s
+
+    @property
+    def nodes(self) -> int:
+        """Kernels the runtime calls: a fused ReLU6 is priced but runs inside its convolution."""
+        return len(self.kernels())
+
+    def kernels(self) -> list[tuple[LayerLatency, float]]:
+        """Each kernel the runtime calls, as its first layer and its predicted seconds with
+        the fused layers priced after it (a convolution's ReLU6 pass) included: what a
+        profiler's node time compares with."""
+        out: list[tuple[LayerLatency, float]] = []
+        for layer in self.layers:
+            if layer.kind in FUSED_KINDS and out:
+                head, seconds = out[-1]
+                out[-1] = (head, seconds + layer.seconds)
+            else:
+                out.append((layer, layer.seconds))
+        return out
 
     @property
     def ms(self) -> float:
