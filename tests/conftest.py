@@ -44,6 +44,13 @@ os.register_at_fork(after_in_child=_one_intra_op_thread)
 # --------------------------------------------------------------------------- trained runs
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Create the session's temporary directory in pytest's own process. Made lazily inside a
+    forked test instead, each fork would make its own and rebuild every ``built_once``
+    fixture (10 s of training per test when a forked module ran first)."""
+    session.config._tmp_path_factory.getbasetemp()  # pytest's TempPathFactory for the session
+
+
 def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
     """``build(directory)`` once per session; later calls, forked tests' included, find the
     directory it filled (a marker written last says it was finished)."""
