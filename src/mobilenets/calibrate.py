@@ -631,8 +631,9 @@ def _in_context_s(
         onnx.save(context_graph(sample, with_layer, seed), str(path))
         profile = profile_onnx(path, provider, threads, budget_s, wall=False)
         totals.append(profile.kernel_s(skip_reorders=False))
-    # a layer too small to see against the noise still costs something
-    return max(totals[0] - totals[1], MIN_IN_CONTEXT_S)
+    # a layer too small to see against the noise is left out of the fit (NaN), not guessed
+    added = totals[0] - totals[1]
+    return added if added > 0 else math.nan
 
 
 def measure_overheads(
@@ -655,7 +656,6 @@ def measure_overheads(
     return per_node, per_call
 
 
-MIN_IN_CONTEXT_S = 1e-7
 WEIGHT_CACHE_COPIES = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32)  # 4 MiB layers side by side
 CACHE_GRID = np.geomspace(2**19, 2**29, 61)  # candidate cache sizes, 0.5 MiB to 512 MiB
 
@@ -755,7 +755,7 @@ def fit_calibration(
     """Fit one roofline per latency kind to measured ``samples``."""
     rooflines, fit = {}, {}
     for kind in LATENCY_KINDS:
-        of_kind = [s for s in samples if s.kind == kind]
+        of_kind = [s for s in samples if s.kind == kind and s.seconds > 0]  # NaN: unmeasurable
         if not of_kind:
             raise MobileNetError(f"no {kind} layers were measured; cannot calibrate")
         roof = fit_roofline(of_kind, memory_only=kind in MEMORY_ONLY_KINDS)
