@@ -39,7 +39,7 @@ from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.deploy.quantize import quantize_model
 from mobilenets.deploy.runtime import create_session, onnx_metadata, run_session
-from mobilenets.deploy.target import agreement, run_batches
+from mobilenets.deploy.target import agreement, pytorch_logits, run_batches
 from mobilenets.errors import MobileNetError
 from mobilenets.plots import save_figure
 from mobilenets.quant.mixed import quantize_mixed
@@ -67,8 +67,7 @@ def calibration_choices(run: Path, images: int) -> list[dict[str, object]]:
     model, info = load_run(run)
     folded = fold_batchnorm(model)
     inputs, _ = held_out_inputs(info, None, images)
-    with torch.inference_mode():
-        reference = torch.cat([folded(x) for x in inputs]).numpy()
+    reference = pytorch_logits(folded, inputs)
     rows = []
     with tempfile.TemporaryDirectory(prefix="int8-bench-") as tmp:
         fp32 = Path(tmp) / "model.onnx"
@@ -111,8 +110,7 @@ def distilled_comparison(run: Path, distilled: Path, images: int) -> list[dict[s
     ExecuTorch's XNNPACK flow), all measured against the *original* float model's logits."""
     original, info = load_run(run)
     inputs, _ = held_out_inputs(info, None, images)
-    with torch.inference_mode():
-        reference = torch.cat([fold_batchnorm(original)(x) for x in inputs]).numpy()
+    reference = pytorch_logits(fold_batchnorm(original), inputs)
     cal, _ = calibration_inputs(info, None, 64)
     executorch = target_of("executorch")
     rows = []
@@ -121,8 +119,7 @@ def distilled_comparison(run: Path, distilled: Path, images: int) -> list[dict[s
         ("PTQ of the distilled QAT run", distilled),
     ):
         folded = fold_batchnorm(load_run(source)[0])
-        with torch.inference_mode():
-            own = torch.cat([folded(x) for x in inputs]).numpy()
+        own = pytorch_logits(folded, inputs)
         row: dict[str, object] = {"model": label, "float": agreement(reference, own).to_dict()}
         with tempfile.TemporaryDirectory(prefix="int8-distilled-") as tmp:
             fp32 = Path(tmp) / "model.onnx"

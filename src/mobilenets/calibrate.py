@@ -238,44 +238,14 @@ def synthetic_samples() -> list[Sample]:
     gates = [(16, 56), (72, 28), (96, 14), (120, 28), (240, 14), (576, 7), (960, 7)]
     pools = [(16, 112), (32, 96), (64, 56), (128, 28), (256, 14), (512, 8)]
     convs = [
-        Sample(
-            LayerCost(
-                f"conv{c}x{h}",
-                "standard",
-                (1, c, h, h),
-                (1, c, h, h),
-                9 * c * c * h * h,
-                9 * c * c,
-                c * h * h,
-            ),
-            "standard K>=64",
-        )
+        _map_sample(f"conv{c}x{h}", "standard", "standard K>=64", c, h, 9 * c, 9 * c * c)
         for c, h in pools
     ]
     depthwise = [
-        Sample(
-            LayerCost(
-                f"dw5x5_{c}x{h}",
-                "depthwise",
-                (1, c, h, h),
-                (1, c, h, h),
-                25 * c * h * h,
-                25 * c,
-                c * h * h,
-            ),
-            "depthwise 5x5+",
-        )
+        _map_sample(f"dw5x5_{c}x{h}", "depthwise", "depthwise 5x5+", c, h, 25, 25 * c)
         for c, h in gates
     ]
-    silu = [
-        Sample(
-            LayerCost(
-                f"silu{c}x{h}", "activation", (1, c, h, h), (1, c, h, h), 0, 0, c * h * h, op="SiLU"
-            ),
-            "silu",
-        )
-        for c, h in gates
-    ]
+    silu = [_map_sample(f"silu{c}x{h}", "activation", "silu", c, h, op="SiLU") for c, h in gates]
     relu6 = [replace(sample, row=replace(sample.row, op="ReLU6"), kind="relu6") for sample in silu]
     return (
         convs
@@ -294,6 +264,23 @@ def synthetic_samples() -> list[Sample]:
             for c, h in pools
         ]
     )
+
+
+def _map_sample(
+    name: str,
+    row_kind: str,
+    kind: str,
+    channels: int,
+    size: int,
+    macs_per_value: int = 0,
+    params: int = 0,
+    op: str = "",
+) -> Sample:
+    """A synthetic layer that keeps its ``channels`` x ``size`` x ``size`` feature map."""
+    shape = (1, channels, size, size)
+    values = channels * size * size
+    row = LayerCost(name, row_kind, shape, shape, macs_per_value * values, params, values, op=op)
+    return Sample(row, kind)
 
 
 def spread(samples: Sequence[Sample], per_kind: int) -> list[Sample]:
@@ -375,8 +362,7 @@ def _one_layer(sample: Sample, seed: int) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     row = sample.row
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(row.input_shape))
-    out_shape = row.input_shape if sample.kind == "se" else row.output_shape
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(row.output_shape))
     inits: list[TensorProto] = []
     if row.kind == "linear":
         k, n = row.input_shape[-1], row.output_shape[-1]
@@ -385,20 +371,12 @@ def _one_layer(sample: Sample, seed: int) -> onnx.ModelProto:
             _initializer("b", np.zeros(n)),
         ]
         nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="layer", transB=1)]
-    elif sample.kind in ("se", "global pool"):
-        pooled = "p" if sample.kind == "se" else "y"
+    elif sample.kind == "global pool":
         inits = [numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes")]
-        nodes = [helper.make_node("ReduceMean", ["x", "axes"], [pooled], name="layer", keepdims=1)]
-        if sample.kind == "se":
-            nodes.append(helper.make_node("Mul", ["x", "p"], ["y"], name="scale"))
+        nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["y"], name="layer", keepdims=1)]
     elif sample.kind == "max pool":
         k = row.input_shape[2] // row.output_shape[2]
         nodes = [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[k, k])]
-    elif sample.kind == "silu":  # as the exporter writes it; onnxruntime fuses the pair
-        nodes = [
-            helper.make_node("Sigmoid", ["x"], ["s"], name="sigmoid"),
-            helper.make_node("Mul", ["x", "s"], ["y"], name="layer"),
-        ]
     else:
         nodes, inits = _conv_nodes(row, rng)
     graph = helper.make_graph(nodes, "layer", [x], [y], inits)

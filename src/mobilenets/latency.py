@@ -42,7 +42,7 @@ CALIBRATION_FORMAT = 9  # bump when the kinds or the fitted quantities change
 
 POINTWISE_K_EDGES = (64, 256)  # pointwise kinds: K < 64, 64 <= K < 256, K >= 256
 STANDARD_K_EDGE = 64  # standard kinds: K = c_in * f * f below 64 (a stem on RGB) or not
-LATENCY_KINDS = (
+CONVOLUTION_KINDS = (
     "standard K<64",
     "standard K>=64",
     "depthwise 3x3",
@@ -50,6 +50,9 @@ LATENCY_KINDS = (
     "pointwise K<64",
     "pointwise K<256",
     "pointwise K>=256",
+)
+LATENCY_KINDS = (
+    *CONVOLUTION_KINDS,
     "se",
     "fc",
     "fc warm",
@@ -161,16 +164,7 @@ def numel(shape: Sequence[int]) -> int:
 
 # Kinds a runtime runs in its channel-blocked layout (onnxruntime's NCHWc): their channels are
 # padded to the block, and the padding is computed and moved like real channels.
-BLOCKED_KINDS = (
-    "standard K<64",
-    "standard K>=64",
-    "depthwise 3x3",
-    "depthwise 5x5+",
-    "pointwise K<64",
-    "pointwise K<256",
-    "pointwise K>=256",
-    "max pool",
-)
+BLOCKED_KINDS = (*CONVOLUTION_KINDS, "max pool")
 STEM_CHANNELS = 4  # a stem's colour channels are read in the plain layout, not padded
 
 
@@ -181,22 +175,23 @@ def padded_channels(channels: int, block: int) -> int:
     return -(-channels // block) * block
 
 
-def _padding(row: LayerCost, kind: str, block: int) -> tuple[float, float]:
-    """How much larger the input and the output are once their channels are padded."""
+def _padding(row: LayerCost, kind: str, block: int) -> tuple[float, float, float]:
+    """How much larger the input, the output and the work (mult-adds and weights alike) are
+    once channels are padded: a depthwise filter grows with its channels, a dense one with
+    its inputs and outputs."""
     if kind not in BLOCKED_KINDS or len(row.input_shape) != 4 or len(row.output_shape) != 4:
-        return 1.0, 1.0
+        return 1.0, 1.0, 1.0
     c_in, c_out = row.input_shape[1], row.output_shape[1]
-    return padded_channels(c_in, block) / c_in, padded_channels(c_out, block) / c_out
+    grow_in = padded_channels(c_in, block) / c_in
+    grow_out = padded_channels(c_out, block) / c_out
+    return grow_in, grow_out, grow_out if kind in DEPTHWISE_KINDS else grow_in * grow_out
 
 
 def macs_done(row: LayerCost, kind: str, block: int = 1) -> float:
     """The mult-adds the runtime computes, padding included: a 24-channel pointwise layer in
     16-channel blocks computes 32 x 32 (onnxruntime ran it at the same rate per padded
     mult-add as a 16 x 16 one, and 1.8x slower per counted one)."""
-    grow_in, grow_out = _padding(row, kind, block)
-    if kind in DEPTHWISE_KINDS:
-        return row.macs * grow_out
-    return row.macs * grow_in * grow_out
+    return row.macs * _padding(row, kind, block)[2]
 
 
 def bytes_moved(row: LayerCost, kind: str, dtype: str = "fp32", block: int = 1) -> float:
@@ -209,8 +204,8 @@ def bytes_moved(row: LayerCost, kind: str, dtype: str = "fp32", block: int = 1) 
     size = bytes_per_element(dtype)
     if kind == "se":
         return 3 * numel(row.input_shape) * size
-    grow_in, grow_out = _padding(row, kind, block)
-    weights = row.params * (grow_out if kind in DEPTHWISE_KINDS else grow_in * grow_out)
+    grow_in, grow_out, grow_work = _padding(row, kind, block)
+    weights = row.params * grow_work
     return (numel(row.input_shape) * grow_in + numel(row.output_shape) * grow_out + weights) * size
 
 

@@ -119,6 +119,13 @@ def agreement(expected: np.ndarray, got: np.ndarray) -> Agreement:
     )
 
 
+def pytorch_logits(model: nn.Module, inputs: Sequence[torch.Tensor]) -> np.ndarray:
+    """``model``'s logits for every image in ``inputs`` (a list of batches), without grad:
+    the reference a runtime's or a quantized model's output is compared with."""
+    with torch.no_grad():
+        return torch.cat([model(images) for images in inputs]).numpy()
+
+
 def run_batches(runner: Runner, inputs: Sequence[torch.Tensor], batch: int | None) -> np.ndarray:
     """Logits of every image in ``inputs`` (a list of batches); ``batch`` re-slices them for a
     program that takes a fixed batch size."""
@@ -143,8 +150,7 @@ def check_program(
     """Run ``path`` in its runtime and ``model`` in PyTorch on ``inputs``; refuse a file whose
     fp32 logits differ by more than the tolerance or whose int8 top-1 mostly disagrees."""
     runner = target.load(path, None)
-    with torch.no_grad():
-        expected = torch.cat([model(images) for images in inputs]).numpy()
+    expected = pytorch_logits(model, inputs)
     got = run_batches(runner, inputs, example_batch if target.batch_fixed else None)
     result = agreement(expected, got)
     if not int8 and not result.max_rel_error <= FP32_TOLERANCE:

@@ -29,7 +29,7 @@ from torch import nn
 from mobilenets.deploy.export import calibration_inputs, held_out_inputs, target_of
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.runtime import onnx_metadata
-from mobilenets.deploy.target import Agreement, Target, agreement, run_batches
+from mobilenets.deploy.target import Agreement, Target, agreement, pytorch_logits, run_batches
 from mobilenets.errors import MobileNetError
 from mobilenets.io import atomic_path
 from mobilenets.measure.timing import time_interleaved
@@ -122,8 +122,7 @@ class _Bench:
         self.target, self.folded, self.folder = target, folded, folder
         self.inputs, self.calibration, self.metadata = inputs, calibration, metadata
         self.example = inputs[0][:1]
-        with torch.inference_mode():
-            self.reference = torch.cat([folded(x) for x in inputs]).numpy()
+        self.reference = pytorch_logits(folded, inputs)
         self.fp32 = self.write(None)
         self.int8 = self.write(())
         self.int8_check = self.check(self.int8)

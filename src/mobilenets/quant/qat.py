@@ -55,7 +55,7 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
 from mobilenets.data import make_loader
 from mobilenets.deploy.export import held_out_inputs
 from mobilenets.deploy.photos import photo_crops
-from mobilenets.deploy.target import Agreement, agreement
+from mobilenets.deploy.target import Agreement, agreement, pytorch_logits
 from mobilenets.errors import MobileNetError
 from mobilenets.io import atomic_path
 from mobilenets.metrics import tally_predictions
@@ -325,13 +325,10 @@ class _Reference:
 
     def __init__(self, teacher: nn.Module, images: list[torch.Tensor]) -> None:
         self.images = images
-        with torch.no_grad():
-            self.logits = torch.cat([teacher(batch) for batch in images]).numpy()
+        self.logits = pytorch_logits(teacher, images)
 
     def compare(self, model: nn.Module) -> Agreement:
-        with torch.no_grad():
-            got = torch.cat([model(batch) for batch in self.images]).numpy()
-        return agreement(self.logits, got)
+        return agreement(self.logits, pytorch_logits(model, self.images))
 
 
 def _photo_loader(info: RunInfo, config: QATConfig, epoch: int) -> DataLoader:
