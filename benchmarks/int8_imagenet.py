@@ -13,9 +13,10 @@ with different seeds; agreement is with PyTorch's fp32 logits):
    tensor; activations asymmetric or symmetric; 32 to 512 calibration images;
 3. mixed precision to 99% agreement within 15% of the all-int8 latency (``quantize-mixed
    --target-agreement 0.99``), every setting tried with its latency;
-4. with ``--distilled RUN2`` (made by ``mobilenets qat RUN --distill``): the float run and its
-   distilled QAT run, each quantized by onnxruntime and ExecuTorch, against the original
-   float model.
+4. with ``--distilled RUN2 [RUN3 ...]`` (made by ``mobilenets qat RUN --distill``): the float
+   run and each distilled QAT run, quantized by onnxruntime and ExecuTorch, against the
+   original float model; a run of the ``xnnpack`` scheme also as the ExecuTorch program of
+   its own trained ranges (what ``export --format executorch --int8`` ships for it).
 
 Writes benchmarks/results/int8_imagenet.md, .json and the sensitivity figure.
 """
@@ -43,6 +44,7 @@ from mobilenets.deploy.target import agreement, pytorch_logits, run_batches
 from mobilenets.errors import MobileNetError
 from mobilenets.plots import save_figure
 from mobilenets.quant.mixed import quantize_mixed
+from mobilenets.quant.qat import int8_graph
 from mobilenets.quant.sensitivity import sensitivity_figure, sensitivity_report
 from mobilenets.runs import load_run
 
@@ -104,21 +106,24 @@ def calibration_choices(run: Path, images: int) -> list[dict[str, object]]:
     return rows
 
 
-def distilled_comparison(run: Path, distilled: Path, images: int) -> list[dict[str, object]]:
-    """The float run and its distilled QAT run (``mobilenets qat RUN --distill``), each
+def distilled_comparison(run: Path, distilled: list[Path], images: int) -> list[dict[str, object]]:
+    """The float run and its distilled QAT runs (``mobilenets qat RUN --distill``), each
     quantized after training as every runtime does it (onnxruntime min-max and percentile,
-    ExecuTorch's XNNPACK flow), all measured against the *original* float model's logits."""
+    ExecuTorch's XNNPACK flow) and, for the ``xnnpack`` scheme, shipped with its trained
+    ranges; all measured against the *original* float model's logits."""
     original, info = load_run(run)
     inputs, _ = held_out_inputs(info, None, images)
     reference = pytorch_logits(fold_batchnorm(original), inputs)
     cal, _ = calibration_inputs(info, None, 64)
     executorch = target_of("executorch")
     rows = []
-    for label, source in (
+    for label, source in [
         ("PTQ of the float run", run),
-        ("PTQ of the distilled QAT run", distilled),
-    ):
-        folded = fold_batchnorm(load_run(source)[0])
+        *((f"distilled QAT run {d.name}", d) for d in distilled),
+    ]:
+        tuned, tuned_info = load_run(source)
+        scheme = ((tuned_info.train_config or {}).get("qat") or {}).get("scheme", "x86")
+        folded = fold_batchnorm(tuned)
         own = pytorch_logits(folded, inputs)
         row: dict[str, object] = {"model": label, "float": agreement(reference, own).to_dict()}
         with tempfile.TemporaryDirectory(prefix="int8-distilled-") as tmp:
@@ -134,6 +139,10 @@ def distilled_comparison(run: Path, distilled: Path, images: int) -> list[dict[s
             executorch.write(folded, pte, inputs[0][:1], cal, {})
             got = run_batches(executorch.load(pte), inputs, 1)
             row["ExecuTorch XNNPACK"] = agreement(reference, got).to_dict()
+            if source != run and scheme == "xnnpack":
+                executorch.write(int8_graph(source), pte, inputs[0][:1], None, {})
+                got = run_batches(executorch.load(pte), inputs, 1)
+                row["ExecuTorch XNNPACK, trained ranges"] = agreement(reference, got).to_dict()
         rows.append(row)
         print(rows[-1], flush=True)
     return rows
@@ -145,7 +154,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300, help="evaluation crops (300)")
     parser.add_argument("--report-images", type=int, default=32, help="for the report (32)")
     parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: report calib mixed")
-    parser.add_argument("--distilled", help="a `mobilenets qat RUN --distill` run to compare")
+    parser.add_argument(
+        "--distilled", nargs="+", help="`mobilenets qat RUN --distill` runs to compare"
+    )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     out_json = RESULTS / "int8_imagenet.json"
@@ -181,7 +192,7 @@ def main() -> None:
         out_json.write_text(json.dumps(results, indent=2))
     if args.distilled:
         results["distilled"] = distilled_comparison(
-            Path(args.run), Path(args.distilled), args.images
+            Path(args.run), [Path(d) for d in args.distilled], args.images
         )
         out_json.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if k != "report"}, indent=2))

@@ -7,6 +7,7 @@ exported and quantized models are compared on real held-out images with real pre
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from mobilenets.deploy import (
     load_onnx,
     quantize_onnx,
     run_info_of,
+    unfold_into,
 )
 from mobilenets.deploy.onnx_export import compare_with_torch
 from mobilenets.deploy.runtime import check_provider, run_session, top1_accuracy
@@ -75,6 +77,28 @@ def test_folding_keeps_outputs_within_1e5_on_real_images(name: str, digits) -> N
     with torch.no_grad():
         expected, got = model(images), folded(images)
     assert (got - expected).abs().max() / expected.abs().max() < 1e-5
+
+
+def test_a_trained_folded_model_unfolds_into_an_ordinary_one(digits) -> None:
+    """Weights trained in folded form go back into the model with each BatchNorm the identity
+    plus the bias: the model computes what the folded one does, and folding it again gives
+    the trained weights exactly."""
+    model = randomize_batchnorm(create_model("mobilenet_v3_small", num_classes=10, width_mult=0.5))
+    folded = fold_batchnorm(model)
+    with torch.no_grad():
+        for p in folded.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    images = torch.stack([digits.test[i][0] for i in range(8)])
+    unfolded = unfold_into(copy.deepcopy(model), folded).eval()
+    assert unfolded.state_dict().keys() == model.state_dict().keys()
+    refolded = fold_batchnorm(unfolded)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(refolded.state_dict().values(), folded.state_dict().values(), strict=True)
+    )
+    with torch.no_grad():
+        expected = folded(images)
+        assert (unfolded(images) - expected).abs().max() / expected.abs().max() < 1e-5
 
 
 # --------------------------------------------------------------------------- export

@@ -17,11 +17,14 @@ import pytest
 import torch
 
 from mobilenets.cli import main
+from mobilenets.deploy import executorch
+from mobilenets.deploy.export import export, held_out_inputs
 from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.deploy.target import agreement, pytorch_logits, run_batches
 from mobilenets.errors import MobileNetError
 from mobilenets.models import create_model
 from mobilenets.quant.fake import FakeQuantModel, Int8Scheme, fake_quant_weight
-from mobilenets.quant.qat import evaluation_copy, prepare
+from mobilenets.quant.qat import SHIPPED_QUANTIZATION, evaluation_copy, int8_graph, prepare
 from mobilenets.runs import load_run, save_run
 from mobilenets.train import state_digest
 
@@ -164,7 +167,7 @@ def test_qat_simulates_int8_in_every_convolution(name: str) -> None:
     """Each convolution's input and weight pass through fake quantization, whatever class
     names the layer (depthwise, pointwise), and the evaluation graph is deterministic."""
     model = create_model(name, num_classes=10)
-    graph = prepare(model, images(2), per_channel=True)
+    graph = prepare(model, images(2))
     fake = {
         n.name for n in graph.graph.nodes if n.op == "call_module" and "post_process" in n.target
     }
@@ -196,3 +199,32 @@ def test_qat_distills_without_labels(run: Path, tmp_path: Path, capsys) -> None:
     tuned, tuned_info = load_run(tmp_path / "imported-qat")
     assert tuned_info.train_config["qat"]["distill"] is True
     assert state_digest(tuned) != state_digest(model)
+
+
+def test_xnnpack_qat_ships_the_ranges_it_trained_with(run: Path, tmp_path: Path, capsys) -> None:
+    """The xnnpack scheme fine-tunes the BN-folded network, the run stays an ordinary run
+    (BatchNorm as identity plus bias: folding it gives the trained weights back), and
+    `export --format executorch --int8` lowers the trained graph itself, whose ExecuTorch
+    logits match the converted graph's in PyTorch, instead of calibrating anew."""
+    pytest.importorskip("executorch")
+    out = tmp_path / "xnn"
+    argv = ["qat", str(run), "--out", str(out), "--scheme", "xnnpack", "--epochs", "2"]
+    assert main([*argv, "--freeze-observers-after", "1", "--lr", "0.001", "--json"]) == 0
+    capsys.readouterr()
+    tuned, info = load_run(out)
+    assert info.train_config["qat"]["scheme"] == "xnnpack"
+    bns = [m for m in tuned.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(torch.all(m.running_var + m.eps == 1.0) for m in bns)
+    graph = int8_graph(out)
+    quantize_nodes = [n for n in graph.graph.nodes if "quantize_per_tensor" in str(n.target)]
+    assert len(quantize_nodes) > 20  # int8 between the layers, residual adds included
+
+    assert main(["export", str(out), "--format", "executorch", "--int8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["quantization"] == SHIPPED_QUANTIZATION and report["calibration_images"] == 0
+    inputs, _ = held_out_inputs(info, None, 64)
+    shipped = run_batches(executorch.load(Path(report["path"]), 1), inputs, 1)
+    assert agreement(pytorch_logits(graph, inputs), shipped).sqnr_db > 30
+    # the trained ranges are only for a program that lowers PT2E graphs
+    with pytest.raises(MobileNetError, match="ship only as an int8 program"):
+        export(out, "onnx", int8=True, quantized=(graph, SHIPPED_QUANTIZATION))

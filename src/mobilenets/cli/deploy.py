@@ -102,14 +102,23 @@ def _add_data_and_provider(p: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from mobilenets.deploy.export import export
+    from mobilenets.runs import read_run_info
 
     counts = {"calibration": args.calibration, "verify_images": args.verify_images}
+    quantized = None
+    recorded = (read_run_info(args.run_dir).train_config or {}).get("qat") or {}
+    if args.int8 and args.format == "executorch" and recorded.get("scheme") == "xnnpack":
+        # an XNNPACK-scheme QAT run ships the ranges it was fine-tuned with, not new ones
+        from mobilenets.quant.qat import SHIPPED_QUANTIZATION, int8_graph
+
+        quantized = (int8_graph(args.run_dir), SHIPPED_QUANTIZATION)
     report = export(
         args.run_dir,
         args.format,
         int8=args.int8,
         out=args.out,
         data=args.data,
+        quantized=quantized,
         **{k: v for k, v in counts.items() if v is not None},
     )
     if args.json:
@@ -119,9 +128,14 @@ def run_export(args: argparse.Namespace) -> int:
     if report.precision == "fp32":
         verdict = f"matches PyTorch to {c.max_rel_error:.1e} (relative)"
     else:
+        how = (
+            f"calibrated on {report.calibration_images} {report.calibrated_on}"
+            if report.calibrated_on
+            else report.quantization
+        )
         verdict = (
             f"agrees with PyTorch fp32 on {c.top1_agreement:.1%} of top-1, logit SQNR "
-            f"{c.sqnr_db:.1f} dB (calibrated on {report.calibration_images} {report.calibrated_on})"
+            f"{c.sqnr_db:.1f} dB ({how})"
         )
     console().print(
         f"wrote {report.path} ({report.size_bytes / 2**20:.2f} MiB, {report.precision}, BN "

@@ -93,6 +93,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="sgd",
         help="sgd (default, with momentum) or adam (steadier when distilling ImageNet weights)",
     )
+    p.add_argument(
+        "--scheme",
+        default="x86",
+        help="x86 (default: onnxruntime's U8S8, BN simulated) or xnnpack (the BN-folded "
+        "XNNPACK program; `export --format executorch --int8` ships its trained ranges)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue --out where it stopped")
     p.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)
@@ -243,6 +249,7 @@ def run_qat(args: argparse.Namespace) -> int:
         distill=args.distill,
         photo_crops=args.photo_crops,
         optimizer=args.optimizer,
+        scheme=args.scheme,
     )
     err = Console(stderr=True)
 

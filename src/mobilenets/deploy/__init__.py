@@ -16,7 +16,7 @@ images for models that record no data; ``mobilenets.deploy.bench`` times every r
 The runtimes' packages are optional extras, imported only when their format is used.
 """
 
-from mobilenets.deploy.fold import count_batchnorms, fold_batchnorm, fold_conv_bn
+from mobilenets.deploy.fold import count_batchnorms, fold_batchnorm, fold_conv_bn, unfold_into
 from mobilenets.deploy.onnx_export import ExportResult, export_model, export_onnx
 from mobilenets.deploy.quantize import QuantizeResult, quantize_model, quantize_onnx
 from mobilenets.deploy.runtime import create_session, load_onnx, run_info_of
@@ -34,4 +34,5 @@ __all__ = [
     "quantize_model",
     "quantize_onnx",
     "run_info_of",
+    "unfold_into",
 ]

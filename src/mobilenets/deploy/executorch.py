@@ -156,4 +156,5 @@ TARGET = Target(
     load=load,
     batch_fixed=True,
     quantization=QUANTIZATION,
+    lowers_pt2e=True,
 )

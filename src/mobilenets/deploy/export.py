@@ -129,8 +129,13 @@ def export(
     calibration: int = DEFAULT_CALIBRATION,
     verify_images: int = VERIFY_IMAGES,
     record: bool = True,
+    quantized: tuple[torch.nn.Module, str] | None = None,
 ) -> ExportReport:
     """Export a run directory to ``fmt`` (int8 if asked), checked in that format's runtime.
+
+    ``quantized`` is an int8 graph that already carries its ranges, and how it was quantized
+    (a QAT run's trained ranges, :func:`mobilenets.quant.qat.int8_graph`): it is written as it
+    is instead of being calibrated, for a format that lowers such graphs (ExecuTorch).
 
     Nothing is written unless the check passes; then the files get their final names (each
     renamed atomically, the main file last) and, with ``record``, the check is added to the
@@ -146,15 +151,24 @@ def export(
     out = default_path(run_dir, target, int8) if out is None else Path(out)
     if out.suffix != target.suffix:
         raise MobileNetError(f"a {target.name} file must end in {target.suffix}, got {out.name}")
+    if quantized is not None and not (int8 and target.lowers_pt2e):
+        raise MobileNetError(
+            f"a QAT run's own int8 ranges ship only as an int8 program of a format that lowers "
+            f"PT2E graphs (executorch), not as {'int8' if int8 else 'fp32'} {fmt}"
+        )
     inputs, checked_on = held_out_inputs(info, data, verify_images)
-    cal, calibrated_on = calibration_inputs(info, data, calibration) if int8 else (None, None)
+    if quantized is None:
+        cal, calibrated_on = calibration_inputs(info, data, calibration) if int8 else (None, None)
+    else:
+        cal, calibrated_on = None, None
     folded = fold_batchnorm(model)
     example = inputs[0][:1]
     precision = "int8" if int8 else "fp32"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staged = Path(tmp) / out.name
-        target.write(folded, staged, example, cal, onnx_metadata(info, precision))
+        written = folded if quantized is None else quantized[0]
+        target.write(written, staged, example, cal, onnx_metadata(info, precision))
         check = check_program(target, staged, folded, inputs, int8, len(example))
         with contextlib.ExitStack() as stack:  # commits in reverse: the main file last
             for source, dest in zip(target.files(staged), target.files(out), strict=True):
@@ -169,7 +183,7 @@ def export(
         runtime=target.runtime,
         checked_on=checked_on,
         check=check,
-        quantization=target.quantization if int8 else None,
+        quantization=(quantized[1] if quantized else target.quantization) if int8 else None,
         calibration_images=sum(len(b) for b in cal) if cal else 0,
         calibrated_on=calibrated_on,
         seconds=time.perf_counter() - start,

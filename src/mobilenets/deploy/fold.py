@@ -71,6 +71,37 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded
 
 
+def unfold_into(model: nn.Module, folded: nn.Module) -> nn.Module:
+    """Write the weights of ``folded`` (a :func:`fold_batchnorm` of ``model``, then trained)
+    back into ``model``, whose BatchNorms become the identity plus the folded bias.
+
+    A model fine-tuned in its folded form (quantization-aware training of what the runtimes
+    run) is kept as an ordinary run this way: same modules, same state dict keys, and folding
+    it again gives back the trained weights (each BatchNorm's scale is exactly 1).
+    """
+    trained = folded.state_dict()
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in trained.items() if k in own}, strict=False)
+    convs = dict(folded.named_modules())
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not isinstance(module, nn.Sequential):
+                continue
+            for (conv_name, conv), (_, bn) in itertools.pairwise(module.named_children()):
+                if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+                    continue
+                bias = convs[f"{name}.{conv_name}" if name else conv_name].bias
+                if conv.bias is not None:  # the folded bias stays where it was
+                    conv.bias.copy_(bias)
+                    bias = torch.zeros_like(bias)
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1.0 - bn.eps)  # sqrt(var + eps) == 1
+                if bn.affine:
+                    bn.weight.fill_(1.0)
+                    bn.bias.copy_(bias)
+    return model
+
+
 def count_batchnorms(model: nn.Module) -> int:
     """How many BatchNorm layers ``model`` still has (0 after a complete fold)."""
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

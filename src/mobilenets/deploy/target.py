@@ -63,6 +63,9 @@ class Target:
     batch_fixed: bool = False  # the program takes exactly the example's batch size
     sidecars: tuple[str, ...] = ()  # other files beside the main one (".bin" for OpenVINO IR)
     quantization: str = ""  # how int8 is made, for the run's record
+    # ``write`` lowers a graph that already holds quantize/dequantize pairs (PT2E's
+    # ``convert_pt2e``) as it is, so a QAT graph's own ranges can be shipped
+    lowers_pt2e: bool = False
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.modules)
