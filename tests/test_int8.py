@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import onnx
@@ -228,3 +229,10 @@ def test_xnnpack_qat_ships_the_ranges_it_trained_with(run: Path, tmp_path: Path,
     # the trained ranges are only for a program that lowers PT2E graphs
     with pytest.raises(MobileNetError, match="ship only as an int8 program"):
         export(out, "onnx", int8=True, quantized=(graph, SHIPPED_QUANTIZATION))
+    # and they live in the run's train_state.pt: without it, one line says so
+    lost = tmp_path / "lost"
+    shutil.copytree(out, lost, ignore=shutil.ignore_patterns("train_state.pt", "model.int8.pte"))
+    check_one_line_error(
+        ["export", str(lost), "--format", "executorch", "--int8"], "trained int8 ranges", capsys
+    )
+    assert not (lost / "model.int8.pte").exists()

@@ -106,12 +106,13 @@ def run_export(args: argparse.Namespace) -> int:
 
     counts = {"calibration": args.calibration, "verify_images": args.verify_images}
     quantized = None
-    recorded = (read_run_info(args.run_dir).train_config or {}).get("qat") or {}
-    if args.int8 and args.format == "executorch" and recorded.get("scheme") == "xnnpack":
-        # an XNNPACK-scheme QAT run ships the ranges it was fine-tuned with, not new ones
-        from mobilenets.quant.qat import SHIPPED_QUANTIZATION, int8_graph
+    if args.int8 and args.format == "executorch":
+        recorded = (read_run_info(args.run_dir).train_config or {}).get("qat") or {}
+        if recorded.get("scheme") == "xnnpack":
+            # an XNNPACK-scheme QAT run ships the ranges it was fine-tuned with, not new ones
+            from mobilenets.quant.qat import SHIPPED_QUANTIZATION, int8_graph
 
-        quantized = (int8_graph(args.run_dir), SHIPPED_QUANTIZATION)
+            quantized = (int8_graph(args.run_dir), SHIPPED_QUANTIZATION)
     report = export(
         args.run_dir,
         args.format,

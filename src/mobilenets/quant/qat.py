@@ -275,6 +275,11 @@ def int8_graph(run_dir: str | os.PathLike[str]) -> torch.fx.GraphModule:
         raise MobileNetError(f"{run_dir} is not a QAT run of the xnnpack scheme")
     names = {f.name for f in fields(QATConfig)}
     config = QATConfig(**{k: v for k, v in recorded.items() if k in names})
+    if not (run_dir / STATE_FILE).is_file():
+        raise MobileNetError(
+            f"{run_dir} has lost its {STATE_FILE}, which holds the trained int8 ranges; "
+            "export it calibrated with another format, or train it again"
+        )
     state = _read_state(run_dir, config, finished_ok=True)
     example = torch.zeros(1, *info.input_size)
     graph = prepare(trained_form(model, config), example, config)
