@@ -27,6 +27,7 @@ from mobilenets.latency import (
     Calibration,
     Roofline,
     bytes_moved,
+    cached_bytes,
     depthwise_kind,
     latency_kinds,
     macs_done,
@@ -318,6 +319,19 @@ def test_weight_cache_fit_recovers_a_known_size() -> None:
     assert fitted == pytest.approx((cache, warm, cold), rel=0.1)
 
 
+def test_stream_overlap_fit_recovers_a_known_exponent(calibration: Calibration) -> None:
+    """Cold times made from a known overlap exponent give it back; full overlap is max()."""
+    warm = np.array([37e-6, 54e-6, 57e-6, 88e-6, 144e-6])
+    stream = np.array([14e-6, 19e-6, 80e-6, 133e-6, 220e-6])
+    cold = (warm**3 + stream**3) ** (1 / 3)
+    assert cal.fit_stream_overlap(warm, stream, cold) == pytest.approx(3.0, rel=0.1)
+    assert calibration.stream_overlap >= 1.0  # measured by calibrate()
+    full = replace(calibration, stream_overlap=0.0)
+    assert full.with_stream(2.0, 1.0) == 2.0
+    partial = replace(calibration, stream_overlap=3.0)
+    assert 2.0 < partial.with_stream(2.0, 1.0) < 3.0
+
+
 def test_classifier_is_priced_warm_when_the_weights_stay_cached(calibration: Calibration) -> None:
     """A fully connected layer costs its warm rate when all the network's weights fit in the
     measured cache, its cold rate when none do, and in between in proportion."""
@@ -326,7 +340,7 @@ def test_classifier_is_priced_warm_when_the_weights_stay_cached(calibration: Cal
     roofs["fc"] = Roofline(1e9, 1e9, 0.0)
     roofs["fc warm"] = Roofline(4e9, 4e9, 0.0)
     report = profile_model(create_model("mobilenet_v2", width_mult=0.35), 96)
-    weight_bytes = 4 * report.total_params
+    weight_bytes = cached_bytes(report)  # the weights and the activations a call passes
 
     def classifier_s(cache_bytes: float) -> float:
         rates = replace(calibration, rooflines=roofs, weight_cache_bytes=cache_bytes)

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from mobilenets.cost import CostReport, LayerCost, bytes_per_element
 from mobilenets.errors import MobileNetError
 
-CALIBRATION_FORMAT = 9  # bump when the kinds or the fitted quantities change
+CALIBRATION_FORMAT = 10  # bump when the kinds or the fitted quantities change
 
 POINTWISE_K_EDGES = (64, 256)  # pointwise kinds: K < 64, 64 <= K < 256, K >= 256
 STANDARD_K_EDGE = 64  # standard kinds: K = c_in * f * f below 64 (a stem on RGB) or not
@@ -266,14 +266,26 @@ class Calibration:
     weight_cache_bytes: float = 0.0  # how many bytes of weights stay cached between calls
     weight_stream_bytes_per_s: float = 0.0  # how fast the others come from memory (0: unknown)
     channel_block: int = 1  # the runtime's channel block (layers are priced padded to it)
+    # How a layer's time and the streaming of its uncached weights combine:
+    # (t**p + stream**p) ** (1 / p), measured (calibrate.measure_stream_overlap); 0 means
+    # p = infinity, max(t, stream), full overlap
+    stream_overlap: float = 0.0
 
-    def warm_fraction(self, weight_bytes: int) -> float:
-        """The share of a network's weights found in cache on the next call: all of them
-        while they fit in what the cache keeps, then the part that fits (a network that cycles
-        through more weights than the cache holds evicts the rest before reusing them)."""
-        if weight_bytes <= 0:
+    def warm_fraction(self, touched_bytes: float) -> float:
+        """The share of a network's weights found in cache on the next call, given the bytes
+        one call passes through the cache (:func:`cached_bytes`): all of them while those fit
+        in what the cache keeps, then the part that fits (a network that cycles through more
+        than the cache holds evicts the rest before reusing them)."""
+        if touched_bytes <= 0:
             return 1.0
-        return min(1.0, self.weight_cache_bytes / weight_bytes)
+        return min(1.0, self.weight_cache_bytes / touched_bytes)
+
+    def with_stream(self, seconds: float, stream_s: float) -> float:
+        """A layer's time when its uncached weights take ``stream_s`` to arrive."""
+        p = self.stream_overlap
+        if p <= 0:
+            return max(seconds, stream_s)
+        return (seconds**p + stream_s**p) ** (1 / p)
 
     def roofline(self, kind: str) -> Roofline:
         if kind not in self.rooflines:
@@ -306,6 +318,7 @@ class Calibration:
                 weight_cache_bytes=float(data.get("weight_cache_bytes", 0.0)),
                 weight_stream_bytes_per_s=float(data.get("weight_stream_bytes_per_s", 0.0)),
                 channel_block=int(data.get("channel_block", 1)),
+                stream_overlap=float(data.get("stream_overlap", 0.0)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise MobileNetError(f"{source} is not a latency calibration: {e!r}") from None
@@ -382,16 +395,26 @@ class LatencyPrediction:
         }
 
 
+def cached_bytes(report: CostReport, dtype: str = "fp32") -> float:
+    """Bytes one inference call passes through the cache: the weights, and every priced
+    layer's output. Activations evict weights too: V2 0.75 at 160 px (10.5 MB of weights,
+    fewer than the cache keeps of weights alone) ran its classifier at the cold rate."""
+    kinds = latency_kinds(report.layers)
+    outputs = sum(row.activations for row, kind in zip(report.layers, kinds, strict=True) if kind)
+    return (report.total_params + outputs) * bytes_per_element(dtype)
+
+
 def predict_latency(report: CostReport, calibration: Calibration) -> LatencyPrediction:
     """Price every layer of ``report`` with ``calibration``'s rooflines (fp32 activations).
 
     Fully connected layers are priced between their cold and warm rooflines by the share of
     the network's weights that stays cached between calls (:meth:`Calibration.warm_fraction`);
-    every other layer takes at least as long as streaming its share of the weights that the
-    cache did not keep (a 960 -> 160 pointwise layer on a 3x3 map is bound by its weights).
+    every other layer's time is combined with the time to stream its share of the weights that
+    the cache did not keep, overlapped as the calibration measured
+    (:meth:`Calibration.with_stream`; a 960 -> 160 pointwise layer on a 3x3 map is bound by
+    its weights).
     """
-    weight_bytes = report.total_params * bytes_per_element("fp32")
-    warm = calibration.warm_fraction(weight_bytes)
+    warm = calibration.warm_fraction(cached_bytes(report))
     priced = []
     for row, kind in zip(report.layers, latency_kinds(report.layers), strict=True):
         if kind is None:
@@ -404,10 +427,10 @@ def predict_latency(report: CostReport, calibration: Calibration) -> LatencyPred
             hot = calibration.roofline(WARM_KIND).seconds(macs, nbytes)
             seconds = warm * hot + (1 - warm) * seconds
         elif warm < 1 and calibration.weight_stream_bytes_per_s > 0:
-            # a third roof: the weights the cache did not keep, streamed from memory
+            # the weights the cache did not keep, streamed from memory
             cold_bytes = (1 - warm) * row.params * bytes_per_element("fp32")
-            stream_s = cold_bytes / calibration.weight_stream_bytes_per_s + roof.overhead_s
-            seconds = max(seconds, stream_s)
+            stream_s = cold_bytes / calibration.weight_stream_bytes_per_s
+            seconds = calibration.with_stream(seconds, stream_s)
         priced.append(
             LayerLatency(
                 name=row.name,
