@@ -337,8 +337,14 @@ def cold_copies(sample: Sample) -> int:
     slower inside MobileNetV2 than alone with warm weights)."""
     if sample.kind != "fc":
         return 1
-    weights = max(sample.row.params * 4, 1)
-    return int(min(64, max(1, math.ceil(2 * last_level_cache_bytes() / weights))))
+    return copies_past_cache(sample.row.params * 4)
+
+
+def copies_past_cache(weight_bytes: int, at_least: int = 1) -> int:
+    """How many side-by-side copies of a layer with ``weight_bytes`` of weights pass twice the
+    last-level cache (at most 64), so that each call finds its weights in memory."""
+    weights = max(weight_bytes, 1)
+    return int(min(64, max(at_least, math.ceil(2 * last_level_cache_bytes() / weights))))
 
 
 def layer_graph(sample: Sample, seed: int = 0) -> onnx.ModelProto:
@@ -697,7 +703,7 @@ def measure_stream_overlap(
             )
             sample = Sample(row, pointwise_kind(c_in))
             weight_bytes = row.params * 4
-            copies = int(min(64, max(2, math.ceil(2 * last_level_cache_bytes() / weight_bytes))))
+            copies = copies_past_cache(weight_bytes, at_least=2)
             times = []
             for n in (1, copies):
                 path = Path(tmp) / f"overlap{n}.onnx"
@@ -712,11 +718,14 @@ def measure_stream_overlap(
 
 
 def fit_stream_overlap(warm: np.ndarray, stream: np.ndarray, cold: np.ndarray) -> float:
-    """The exponent p of :func:`measure_stream_overlap` that best explains ``cold``."""
+    """The exponent p of :func:`measure_stream_overlap` that best explains ``cold``; 0 (the
+    max, full overlap) when the grid's largest does, so that full overlap prices exactly as
+    ``max`` rather than a hair above it."""
     errors = [
         float(np.sum(np.log((warm**p + stream**p) ** (1 / p) / cold) ** 2)) for p in OVERLAP_GRID
     ]
-    return float(OVERLAP_GRID[int(np.argmin(errors))])
+    best = int(np.argmin(errors))
+    return 0.0 if best == len(OVERLAP_GRID) - 1 else float(OVERLAP_GRID[best])
 
 
 def fit_weight_cache(weights: np.ndarray, seconds: np.ndarray) -> tuple[float, float, float]:

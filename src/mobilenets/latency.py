@@ -268,7 +268,7 @@ class Calibration:
     channel_block: int = 1  # the runtime's channel block (layers are priced padded to it)
     # How a layer's time and the streaming of its uncached weights combine:
     # (t**p + stream**p) ** (1 / p), measured (calibrate.measure_stream_overlap); 0 means
-    # p = infinity, max(t, stream), full overlap
+    # p = infinity, max(t, stream), full overlap (what the fit gives at its grid's top)
     stream_overlap: float = 0.0
 
     def warm_fraction(self, touched_bytes: float) -> float:
