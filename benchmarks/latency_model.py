@@ -15,6 +15,7 @@ and Spearman's rank correlation; writes benchmarks/results/latency_model.md.
 """
 
 import argparse
+import math
 import multiprocessing
 import platform
 import statistics
@@ -224,6 +225,12 @@ def report_markdown(cases: list[Case], calibration, args, calibrate_s: float) ->
         "",
         f"Runtime overhead: {calibration.node_overhead_s * 1e6:.2f} us per node, "
         f"{calibration.run_overhead_s * 1e6:.1f} us per call.",
+        "",
+        f"Weights between calls: all cached up to {calibration.weight_cache_bytes / 2**20:.1f} "
+        f"MiB passed per call, none from {calibration.weight_cold_bytes / 2**20:.1f} MiB; "
+        f"uncached ones stream at {calibration.weight_stream_bytes_per_s / 1e9:.1f} GB/s, "
+        f"overlapped with each layer's work as a p-norm with p = "
+        f"{calibration.stream_overlap or math.inf:.2f}.",
         "",
         "## Every model",
         "",

@@ -310,13 +310,23 @@ def test_speedup_rows_carry_the_predicted_speedup(calibration: Calibration) -> N
 
 
 def test_weight_cache_fit_recovers_a_known_size() -> None:
-    """Per-copy times made from a known cache size give that size back (to the grid's step)."""
-    cache, warm, cold = 24 * 2**20, 1e-4, 4e-4
-    weights = np.array([4, 8, 16, 32, 64, 128], dtype=float) * 2**20
-    share = np.minimum(1.0, cache / weights)
+    """Per-copy times made from a known warm-to-cold ramp give it back (to the grid's step)."""
+    lo, hi, warm, cold = 12 * 2**20, 40 * 2**20, 1e-4, 4e-4
+    weights = np.array([4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 64, 128], dtype=float) * 2**20
+    share = np.clip((hi - weights) / (hi - lo), 0.0, 1.0)
     seconds = warm * share + cold * (1 - share)
     fitted = cal.fit_weight_cache(weights, seconds)
-    assert fitted == pytest.approx((cache, warm, cold), rel=0.1)
+    assert fitted == pytest.approx((lo, hi, warm, cold), rel=0.1)
+
+
+def test_weights_are_warm_then_ramp_to_cold(calibration: Calibration) -> None:
+    """All weights cached up to the measured bytes, none past the cold mark, linear between;
+    a calibration from another machine with no cold mark falls from warm to cold at once."""
+    assert 0 < calibration.weight_cache_bytes <= calibration.weight_cold_bytes  # measured
+    ramp = replace(calibration, weight_cache_bytes=10.0, weight_cold_bytes=30.0)
+    assert [ramp.warm_fraction(b) for b in (0, 10, 15, 20, 30, 60)] == [1, 1, 0.75, 0.5, 0, 0]
+    step = replace(calibration, weight_cache_bytes=10.0, weight_cold_bytes=0.0)
+    assert [step.warm_fraction(b) for b in (10, 10.5)] == [1, 0]
 
 
 def test_stream_overlap_fit_recovers_a_known_exponent(calibration: Calibration) -> None:
@@ -335,7 +345,7 @@ def test_stream_overlap_fit_recovers_a_known_exponent(calibration: Calibration) 
 
 def test_classifier_is_priced_warm_when_the_weights_stay_cached(calibration: Calibration) -> None:
     """A fully connected layer costs its warm rate when all the network's weights fit in the
-    measured cache, its cold rate when none do, and in between in proportion."""
+    measured cache, its cold rate when none do, and in between as the ramp says."""
     assert calibration.weight_cache_bytes > 0  # measured by calibrate()
     roofs = dict(calibration.rooflines)
     roofs["fc"] = Roofline(1e9, 1e9, 0.0)
@@ -343,14 +353,19 @@ def test_classifier_is_priced_warm_when_the_weights_stay_cached(calibration: Cal
     report = profile_model(create_model("mobilenet_v2", width_mult=0.35), 96)
     weight_bytes = cached_bytes(report)  # the weights and the activations a call passes
 
-    def classifier_s(cache_bytes: float) -> float:
+    def classifier_s(cache_bytes: float, cold_bytes: float) -> float:
         # full overlap: the cold classifier is its roofline (a measured finite overlap would
         # add a calibration-dependent hair of streaming on top)
         rates = replace(
-            calibration, rooflines=roofs, weight_cache_bytes=cache_bytes, stream_overlap=0.0
+            calibration,
+            rooflines=roofs,
+            weight_cache_bytes=cache_bytes,
+            weight_cold_bytes=cold_bytes,
+            stream_overlap=0.0,
         )
         return predict_latency(report, rates).layers[-1].seconds
 
-    cold, warm = classifier_s(0.0), classifier_s(2.0 * weight_bytes)
+    cold, warm = classifier_s(0.0, 0.0), classifier_s(2.0 * weight_bytes, 3.0 * weight_bytes)
     assert warm == pytest.approx(cold / 4)
-    assert classifier_s(weight_bytes / 2) == pytest.approx((cold + warm) / 2)
+    halfway = classifier_s(weight_bytes / 2, 3 * weight_bytes / 2)
+    assert halfway == pytest.approx((cold + warm) / 2)

@@ -126,8 +126,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     out.print(calibration_table(calibration))
     out.print(
         f"runtime overhead: {calibration.node_overhead_s * 1e6:.2f} us per node, "
-        f"{calibration.run_overhead_s * 1e6:.1f} us per call; weights kept in cache between "
-        f"calls: {calibration.weight_cache_bytes / 2**20:.1f} MiB; channels padded to blocks "
+        f"{calibration.run_overhead_s * 1e6:.1f} us per call; weights all cached between "
+        f"calls up to {calibration.weight_cache_bytes / 2**20:.1f} MiB passed, none from "
+        f"{calibration.weight_cold_bytes / 2**20:.1f} MiB; channels padded to blocks "
         f"of {calibration.channel_block}"
     )
     out.print(f"written: {path}" if not args.show else f"cached: {path}")
