@@ -36,7 +36,6 @@ from mobilenets.io import atomic_write_json, atomic_write_text
 from mobilenets.runs import load_run
 
 RESULTS = Path(__file__).parent / "results"
-FIRST, LAST = "features.0.conv", "classifier.fc"
 
 # Per runtime: (what was tried, the options its writer takes for it).
 LEVERS = {
@@ -53,14 +52,15 @@ LEVERS = {
         ("MIXED, classifier (MatMul) in fp32", {"preset": "mixed", "fp32_types": ["MatMul"]}),
         ("MIXED, full bias correction", {"preset": "mixed", "fast_bias_correction": False}),
     ],
+    # XNNPACKQuantizer refuses to leave a named module in float (set_module_name(name, None)),
+    # so ExecuTorch has no float-layer lever; its lever is QAT with the xnnpack scheme
     "executorch": [
         ("per channel, histogram observer (default)", {}),
-        ("classifier in fp32", {"fp32_modules": [LAST]}),
-        ("first conv and classifier in fp32", {"fp32_modules": [FIRST, LAST]}),
     ],
+    # litert-torch's converter refuses a module left in float ("quantization_config == None
+    # is not supported yet"): no float-layer lever either
     "litert": [
         ("per channel, histogram observer (default)", {}),
-        ("classifier in fp32", {"fp32_modules": [LAST]}),
     ],
 }
 
@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--evaluation", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument("--note", default="", help="how the machine was (printed in the page)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, info = load_run(args.run_dir)
@@ -134,8 +135,10 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
         "# int8 quality per runtime and PTQ lever: torchvision MobileNetV2 ImageNet weights",
         "",
         f"`python benchmarks/deploy_int8_quality.py RUN --calibration {args.calibration} "
-        f"--evaluation {args.evaluation}` on {platform.machine()}, {args.threads} threads; "
-        "other agents' processes were running on the same 2 cores.",
+        f"--evaluation {args.evaluation}"
+        + (f" --runtimes {args.runtimes}" if args.runtimes != ",".join(LEVERS) else "")
+        + (f" --tag {args.tag}" if args.tag else "")
+        + f"` on {platform.machine()}, {args.threads} threads. {args.note}",
         f"Calibration: {args.calibration} random crops of {len(photo_paths())} bundled photos "
         f"(seed {CALIBRATION_SEED}); evaluation: {args.evaluation} other crops (seed "
         f"{EVALUATION_SEED}); reference: the BN-folded fp32 model in PyTorch.",

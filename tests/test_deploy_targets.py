@@ -133,12 +133,16 @@ def test_a_wrong_suffix_is_refused(run: Path, tmp_path: Path, capsys) -> None:
     check_one_line_error(argv, "must end in .tflite", capsys)
 
 
-def test_mixed_precision_is_refused_where_the_writer_cannot_keep_float(run: Path, capsys) -> None:
-    """XNNPACKQuantizer refuses to leave a module in float, so ExecuTorch does not pretend:
-    asked for mixed precision, it says so instead of writing an all-int8 file."""
-    assert not supports_mixed(FORMATS["executorch"]) and supports_mixed(FORMATS["onnx"])
-    argv = ["quantize-mixed", str(run), "--format", "executorch", "--keep", "1"]
-    check_one_line_error(argv, "ExecuTorch cannot keep layers in float yet", capsys)
+@pytest.mark.parametrize("fmt", ["executorch", "litert"])
+def test_mixed_precision_is_refused_where_the_writer_cannot_keep_float(
+    fmt: str, run: Path, capsys
+) -> None:
+    """XNNPACKQuantizer refuses to leave a module in float, and litert-torch's converter
+    refuses a module whose config is None, so neither pretends: asked for mixed precision,
+    each says so instead of writing an all-int8 file."""
+    assert not supports_mixed(FORMATS[fmt]) and supports_mixed(FORMATS["onnx"])
+    argv = ["quantize-mixed", str(run), "--format", fmt, "--keep", "1"]
+    check_one_line_error(argv, f"{FORMATS[fmt].name} cannot keep layers in float yet", capsys)
 
 
 def test_agreement_measures() -> None:

@@ -16,7 +16,6 @@ A ``.tflite`` takes the batch size of the example it was converted with, like a 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +39,12 @@ def write(
     example: torch.Tensor,
     calibration: list[torch.Tensor] | None,
     metadata: dict[str, str],
-    fp32_modules: Sequence[str] = (),
 ) -> None:
-    """Convert ``model`` (int8 when ``calibration`` is given) to a ``.tflite`` at ``path``;
-    the modules named in ``fp32_modules`` stay in float.
+    """Convert ``model`` (int8 when ``calibration`` is given) to a ``.tflite`` at ``path``.
 
+    Every layer the quantizer matches runs int8: litert-torch's converter refuses a module
+    left in float (``quantization_config == None is not supported yet``), so this writer
+    takes no ``fp32_modules`` and mixed precision says LiteRT cannot do it.
     ``metadata`` is not stored: the run directory's ``model.json`` records the export.
     """
     import litert_torch
@@ -57,9 +57,7 @@ def write(
             quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
                 pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
             )
-            model = calibrated_pt2e(
-                model, example, calibration, quantizer, fp32_modules, fold_quantize=False
-            )
+            model = calibrated_pt2e(model, example, calibration, quantizer, fold_quantize=False)
             quant_config = QuantConfig(pt2e_quantizer=quantizer)
         edge_model = litert_torch.convert(model, (example,), quant_config=quant_config)
         edge_model.export(str(path))
