@@ -133,6 +133,34 @@ def test_a_wrong_suffix_is_refused(run: Path, tmp_path: Path, capsys) -> None:
     check_one_line_error(argv, "must end in .tflite", capsys)
 
 
+def test_openvino_mixed_precision_keeps_the_named_modules_in_float(
+    run: Path, tmp_path: Path, capsys
+) -> None:
+    """NNCF leaves the nodes converted from the named modules without FakeQuantize, the IR
+    lands whole (.xml and .bin), and a name that is no layer is one line."""
+    import openvino as ov
+
+    out = tmp_path / "mixed.xml"
+    keep = ["features.0.conv", "classifier.fc"]
+    argv = ["quantize-mixed", str(run), "--format", "openvino", "--fp32", *keep]
+    assert main([*argv, "--images", "32", "--calibration", "16", "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)  # NNCF's log lines stay off stdout
+    assert result["mixed"]["fp32_modules"] == keep and listing(tmp_path) == {
+        "mixed.xml",
+        "mixed.bin",
+    }
+    quantized = {}
+    for op in ov.Core().read_model(str(out)).get_ops():
+        if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul"):
+            parents = {i.get_source_output().get_node().get_type_name() for i in op.inputs()}
+            quantized[op.get_friendly_name().split("/")[0]] = "FakeQuantize" in parents
+    assert not quantized["__module.features.0.conv"] and not quantized["__module.classifier.fc"]
+    assert quantized["__module.features.1.depthwise.conv"]
+    argv = ["quantize-mixed", str(run), "--format", "openvino", "--fp32", "features.99.conv"]
+    argv += ["--out", str(tmp_path / "none.xml")]
+    check_one_line_error(argv, "no quantizable layer", capsys)
+
+
 @pytest.mark.parametrize("fmt", ["executorch", "litert"])
 def test_mixed_precision_is_refused_where_the_writer_cannot_keep_float(
     fmt: str, run: Path, capsys

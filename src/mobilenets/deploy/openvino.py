@@ -19,6 +19,8 @@ in an ONNX file's metadata.
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -51,19 +53,27 @@ def convert(model: nn.Module, example: torch.Tensor):
             raise MobileNetError(f"OpenVINO cannot convert this model: {first_line(e)}") from e
 
 
+def module_pattern(name: str) -> str:
+    """The NNCF ignored-scope pattern of every node converted from PyTorch module ``name``:
+    OpenVINO's PyTorch frontend names them ``__module.<name>/aten::...``."""
+    return rf"__module\.{re.escape(name)}/"
+
+
 def quantize_nncf(
     ov_model,
     calibration: list[torch.Tensor],
+    fp32_modules: Sequence[str] = (),
     preset: str = "mixed",
     fast_bias_correction: bool = True,
     fp32_types: Sequence[str] = (),
 ):
     """``ov_model`` with int8 FakeQuantize nodes, ranges from ``calibration``.
 
-    ``preset`` "performance" makes activations symmetric, "mixed" asymmetric;
-    ``fast_bias_correction=False`` corrects each layer's bias by running the rest of the network
-    (7x slower here); ``fp32_types`` keeps every node of those OpenVINO types (``MatMul``: the
-    classifier) in float.
+    ``fp32_modules`` (PyTorch module names: ``classifier.fc``) stay in float, which is mixed
+    precision (:mod:`mobilenets.quant.mixed`). ``preset`` "performance" makes activations
+    symmetric, "mixed" asymmetric; ``fast_bias_correction=False`` corrects each layer's bias by
+    running the rest of the network (7x slower here); ``fp32_types`` keeps every node of those
+    OpenVINO types (``MatMul``: the classifier) in float.
     """
     import nncf
 
@@ -73,17 +83,30 @@ def quantize_nncf(
     }
     if preset not in presets:
         raise MobileNetError(f"unknown NNCF preset {preset!r}; choose from {', '.join(presets)}")
+    ignored = None
+    if fp32_modules or fp32_types:
+        patterns = [module_pattern(name) for name in fp32_modules]
+        ignored = nncf.IgnoredScope(types=list(fp32_types), patterns=patterns)
     dataset = nncf.Dataset([images.numpy() for images in calibration])
-    # NNCF draws its progress bars on stdout, where `--json` output goes: send them to stderr.
+    # NNCF draws its progress bars on stdout, where `--json` output goes: send them to stderr;
+    # its logger writes there too (which nodes an ignored scope matched): keep its warnings only
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     with contextlib.redirect_stdout(sys.stderr):
-        return nncf.quantize(
-            ov_model,
-            dataset,
-            preset=presets[preset],
-            subset_size=len(calibration),  # NNCF counts the dataset's items: here, batches
-            fast_bias_correction=fast_bias_correction,
-            ignored_scope=nncf.IgnoredScope(types=list(fp32_types)) if fp32_types else None,
-        )
+        try:
+            return nncf.quantize(
+                ov_model,
+                dataset,
+                preset=presets[preset],
+                subset_size=len(calibration),  # NNCF counts the dataset's items: here, batches
+                fast_bias_correction=fast_bias_correction,
+                ignored_scope=ignored,
+            )
+        except nncf.ValidationError as e:  # an ignored module that matches no node
+            raise MobileNetError(f"OpenVINO cannot keep that in float: {first_line(e)}") from e
+        finally:
+            logger.setLevel(level)
 
 
 def write(
@@ -92,17 +115,19 @@ def write(
     example: torch.Tensor,
     calibration: list[torch.Tensor] | None,
     metadata: dict[str, str],
+    fp32_modules: Sequence[str] = (),
     **nncf_options: object,
 ) -> None:
-    """Convert ``model`` (int8 when ``calibration`` is given, with ``nncf_options`` for
-    :func:`quantize_nncf`) and save the IR at ``path`` (``.xml``) and beside it (``.bin``)."""
+    """Convert ``model`` (int8 when ``calibration`` is given, with the modules named in
+    ``fp32_modules`` left in float and ``nncf_options`` for :func:`quantize_nncf`) and save
+    the IR at ``path`` (``.xml``) and beside it (``.bin``)."""
     import openvino as ov
 
     ov_model = convert(model, example)
     if calibration is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ov_model = quantize_nncf(ov_model, calibration, **nncf_options)
+            ov_model = quantize_nncf(ov_model, calibration, fp32_modules, **nncf_options)
     for key, value in metadata.items():
         ov_model.set_rt_info(value, [RT_INFO_SECTION, key])
     ov.save_model(ov_model, str(path), compress_to_fp16=False)

@@ -13,6 +13,7 @@ that costs more than ``max_latency_cost`` is not taken.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import shutil
@@ -254,8 +255,9 @@ def quantize_mixed(
         int8_ms = best.latency_ms / (1 + best.latency_cost)
         int8 = Candidate.of([], bench.int8_check, int8_ms, int8_ms)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out) as staged:
-            shutil.copyfile(path, staged)
+        with contextlib.ExitStack() as stack:  # commits in reverse: the main file last
+            for source, dest in zip(target.files(path), target.files(out), strict=True):
+                shutil.copyfile(source, stack.enter_context(atomic_path(dest)))
     return MixedResult(
         path=out,
         format=fmt,
