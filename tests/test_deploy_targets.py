@@ -188,7 +188,8 @@ def test_agreement_measures() -> None:
 def test_bench_times_every_runtime_in_fp32_and_int8(capsys) -> None:
     # the 13-layer separable VGG: lowering to eight programs is most of this test's time,
     # and it grows with the layers, not their width
-    argv = ["bench", "vgg_small_separable", "--width-mult", "0.25", "--resolution", "32"]
+    size = 32
+    argv = ["bench", "vgg_small_separable", "--width-mult", "0.25", "--resolution", str(size)]
     argv += ["--threads", "1", "--iterations", "3", "--warmup", "1", "--json", "--batch", "2"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
@@ -200,6 +201,6 @@ def test_bench_times_every_runtime_in_fp32_and_int8(capsys) -> None:
         assert t["memory_bytes"] is not None and t["model_memory_bytes"] > 0
         assert t["startup_bytes"] is not None
     executorch = next(t for t in report["timings"] if t["engine"] == "ExecuTorch fp32")
-    image_bytes = 4 * 3 * 32 * 32
+    image_bytes = 4 * 3 * size * size
     assert executorch["planned_bytes"] >= 2 * image_bytes  # at least the input batch
     assert report["batch"] == 2

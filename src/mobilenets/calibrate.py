@@ -567,10 +567,11 @@ def profile_onnx(
             start = time.perf_counter()
             plain.run(None, feed)
             walls.append(time.perf_counter() - start)
+    times, ops = _node_times(events)
     return Profile(
         min(walls),
-        _fastest_nodes(events, skip_runs=warmup + 1),
-        _run_kernel_s(events, skip_runs=warmup + 1),
+        _fastest_nodes(times, ops, skip_runs=warmup + 1),
+        _run_kernel_s(times, ops, skip_runs=warmup + 1),
     )
 
 
@@ -596,16 +597,18 @@ def _node_times(events: list[dict]) -> tuple[dict[str, list[float]], dict[str, s
     return times, ops
 
 
-def _fastest_nodes(events: list[dict], skip_runs: int) -> list[tuple[str, str, float]]:
+def _fastest_nodes(
+    times: dict[str, list[float]], ops: dict[str, str], skip_runs: int
+) -> list[tuple[str, str, float]]:
     """Each node's fastest kernel time over the profiled runs after ``skip_runs``."""
-    times, ops = _node_times(events)
     return [(name, ops[name], min(ts[skip_runs:] or ts)) for name, ts in times.items()]
 
 
-def _run_kernel_s(events: list[dict], skip_runs: int) -> tuple[float, ...]:
+def _run_kernel_s(
+    times: dict[str, list[float]], ops: dict[str, str], skip_runs: int
+) -> tuple[float, ...]:
     """Each profiled run's kernel time after ``skip_runs``, layout conversions left out (every
     node runs once per call, so a node's i-th time belongs to run i)."""
-    times, ops = _node_times(events)
     kept = [ts for name, ts in times.items() if not ops[name].startswith("Reorder")]
     if not kept:
         return ()

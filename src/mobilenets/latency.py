@@ -264,7 +264,7 @@ class Calibration:
     fit: dict[str, dict[str, float]] = field(default_factory=dict)  # per kind: samples, error
     format: int = CALIBRATION_FORMAT
     # how many bytes one call may pass through the cache and still find all its weights there
-    # on the next, and from how many it finds none (weight_warm_fraction ramps between them)
+    # on the next, and from how many it finds none (warm_fraction ramps between them)
     weight_cache_bytes: float = 0.0
     weight_cold_bytes: float = 0.0
     weight_stream_bytes_per_s: float = 0.0  # how fast the others come from memory (0: unknown)
