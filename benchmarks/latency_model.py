@@ -38,6 +38,7 @@ from mobilenets.calibrate import (
     profile_onnx,
     takes_width,
 )
+from mobilenets.cli._output import fmt_percent
 from mobilenets.cost import profile_model
 from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.errors import MobileNetError
@@ -218,8 +219,8 @@ def report_markdown(cases: list[Case], calibration, args, calibrate_s: float) ->
         gmacs = "-" if roof.macs_per_s == float("inf") else f"{roof.macs_per_s / 1e9:.1f}"
         lines.append(
             f"| {kind} | {gmacs} | {roof.bytes_per_s / 1e9:.1f} | {roof.overhead_s * 1e6:.1f} "
-            f"| {fit.get('samples', 0)} | {fit.get('median_error', 0):.1%} "
-            f"| {fit.get('max_error', 0):.1%} |"
+            f"| {fit.get('samples', 0)} | {fmt_percent(fit.get('median_error', 0))} "
+            f"| {fmt_percent(fit.get('max_error', 0))} |"
         )
     lines += [
         "",

@@ -169,6 +169,29 @@ def test_fit_recovers_a_known_roofline() -> None:
     assert fitted.bytes_per_s == pytest.approx(truth.bytes_per_s, rel=0.05)
 
 
+def test_a_ReLU6_too_small_to_see_is_priced_free_and_any_other_kind_refused() -> None:
+    # a small calibration's ReLU6 passes can all add less than the timer resolves (NaN)
+    truth = Roofline(macs_per_s=5e10, bytes_per_s=2e10, overhead_s=3e-6)
+    convs = [s for s in cal.synthetic_samples() if s.kind == "standard K>=64"][:3]
+    samples = [
+        replace(s, kind=kind, seconds=truth.seconds(s.macs, s.bytes))
+        for kind in LATENCY_KINDS
+        if kind != "relu6"
+        for s in convs
+    ]
+    unseen = [replace(s, kind="relu6", seconds=math.nan) for s in convs]
+    calibration = cal.fit_calibration(samples + unseen, 0.0, 0.0)
+    free = calibration.rooflines["relu6"]
+    assert free.seconds(10**6, 10**6) == 0.0 and free.bound(0, 10**6) == "memory"
+    assert calibration.fit["relu6"]["samples"] == 3
+    assert math.isnan(calibration.fit["relu6"]["median_error"])
+    assert Calibration.from_json(json.loads(json.dumps(calibration.to_json()))).rooflines == (
+        calibration.rooflines
+    )
+    with pytest.raises(MobileNetError, match="no fc layers were measured"):
+        cal.fit_calibration([s for s in samples if s.kind != "fc"] + unseen, 0.0, 0.0)
+
+
 # --------------------------------------------------------------------------- calibration
 
 

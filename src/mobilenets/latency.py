@@ -227,8 +227,9 @@ class Roofline:
         return max(self.compute_s(macs), self.memory_s(nbytes)) + self.overhead_s
 
     def bound(self, macs: int, nbytes: int) -> str:
-        """``"compute"`` or ``"memory"``: which side of the roofline the layer sits on."""
-        return "compute" if self.compute_s(macs) >= self.memory_s(nbytes) else "memory"
+        """``"compute"`` or ``"memory"``: which side of the roofline the layer sits on (a
+        memory-only kind priced as free is still ``"memory"``)."""
+        return "compute" if self.compute_s(macs) > self.memory_s(nbytes) else "memory"
 
     def to_json(self) -> dict[str, float | None]:
         macs = None if math.isinf(self.macs_per_s) else self.macs_per_s

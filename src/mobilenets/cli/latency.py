@@ -136,7 +136,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def calibration_table(calibration):
-    from mobilenets.cli._output import table
+    from mobilenets.cli._output import fmt_percent, table
 
     rows = []
     for kind, roof in calibration.rooflines.items():
@@ -149,7 +149,7 @@ def calibration_table(calibration):
                 f"{roof.bytes_per_s / 1e9:.1f}",
                 f"{roof.overhead_s * 1e6:.1f}",
                 str(fit.get("samples", 0)),
-                f"{fit.get('median_error', 0):.1%}",
+                fmt_percent(fit.get("median_error", 0)),
             ]
         )
     return table(
