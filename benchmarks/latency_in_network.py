@@ -83,7 +83,7 @@ def main() -> None:
         for layer in prediction.layers:
             predicted[PREDICTED_GROUPS.get(layer.kind, "other")] += layer.seconds
         predicted["between kernels"] = (
-            prediction.node_overhead_s * prediction.nodes + prediction.run_overhead_s
+            prediction.node_overhead_s * prediction.runtime_nodes + prediction.run_overhead_s
         )
         print(f"\n{spec}: measured {best.wall_s * 1e3:.3f} ms, predicted {prediction.ms:.3f} ms")
         print(f"  {'group':16s} {'measured ms':>12s} {'predicted ms':>13s}")

@@ -170,7 +170,7 @@ def test_fit_recovers_a_known_roofline() -> None:
 
 
 def test_a_ReLU6_too_small_to_see_is_priced_free_and_any_other_kind_refused() -> None:
-    # a small calibration's ReLU6 passes can all add less than the timer resolves (NaN)
+    # a small calibration's ReLU6 passes can all add less than the timer resolves
     truth = Roofline(macs_per_s=5e10, bytes_per_s=2e10, overhead_s=3e-6)
     convs = [s for s in cal.synthetic_samples() if s.kind == "standard K>=64"][:3]
     samples = [
@@ -179,17 +179,37 @@ def test_a_ReLU6_too_small_to_see_is_priced_free_and_any_other_kind_refused() ->
         if kind != "relu6"
         for s in convs
     ]
-    unseen = [replace(s, kind="relu6", seconds=math.nan) for s in convs]
+    unseen = [replace(s, kind="relu6", seconds=-1e-7, nodes=0) for s in convs]
     calibration = cal.fit_calibration(samples + unseen, 0.0, 0.0)
     free = calibration.rooflines["relu6"]
     assert free.seconds(10**6, 10**6) == 0.0 and free.bound(0, 10**6) == "memory"
-    assert calibration.fit["relu6"]["samples"] == 3
+    assert calibration.fit["relu6"]["samples"] == 3 and calibration.kind_nodes["relu6"] == 0
     assert math.isnan(calibration.fit["relu6"]["median_error"])
     assert Calibration.from_json(json.loads(json.dumps(calibration.to_json()))).rooflines == (
         calibration.rooflines
     )
     with pytest.raises(MobileNetError, match="no fc layers were measured"):
         cal.fit_calibration([s for s in samples if s.kind != "fc"] + unseen, 0.0, 0.0)
+
+
+def test_a_fused_pass_is_fitted_without_a_call_cost_and_an_se_gate_pays_its_nodes(
+    calibration: Calibration,
+) -> None:
+    # ReLU6's clamp runs inside its convolution: seconds = bytes / rate, noise either side of 0
+    maps = [s for s in cal.synthetic_samples() if s.kind == "relu6"]
+    noise = np.resize([0.4e-6, -0.4e-6], len(maps))
+    timed = [replace(s, seconds=s.bytes / 5e10 + e) for s, e in zip(maps, noise, strict=True)]
+    pass_rate = cal.fit_fused_pass(timed)
+    assert pass_rate.overhead_s == 0.0 and pass_rate.bytes_per_s == pytest.approx(5e10, rel=0.05)
+    # an SE gate runs its pooling, its scale and two layout conversions: 4 nodes, 4 overheads
+    report = profile_model(se_network(), 64, in_chans=3)
+    gated = replace(calibration, kind_nodes={**calibration.kind_nodes, "se": 4})
+    prediction = predict_latency(report, gated)
+    assert prediction.runtime_nodes == prediction.nodes + 3
+    assert prediction.seconds - predict_latency(report, replace(gated, kind_nodes={})).seconds == (
+        pytest.approx(3 * calibration.node_overhead_s)
+    )
+    assert calibration.kind_nodes["se"] >= 2  # measured: at least its pooling and its scale
 
 
 # --------------------------------------------------------------------------- calibration
@@ -233,6 +253,7 @@ def test_prediction_prices_each_kernel_layer(calibration: Calibration) -> None:
     assert len(prediction.layers) == len(convs) + 1 + len(relu6)  # + the classifier's pooling
     assert prediction.nodes == len(convs) + 1  # ReLU6 runs inside its convolution
     kernels = sum(layer.seconds for layer in prediction.layers)
+    assert prediction.runtime_nodes == prediction.nodes  # no layout conversions in V2's layers
     overheads = calibration.node_overhead_s * prediction.nodes + calibration.run_overhead_s
     assert prediction.seconds == pytest.approx(kernels + overheads)
     assert {layer.bound for layer in prediction.layers} <= {"compute", "memory"}

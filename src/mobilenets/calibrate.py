@@ -43,6 +43,7 @@ from mobilenets.errors import MobileNetError
 from mobilenets.io import atomic_write_json
 from mobilenets.latency import (
     CALIBRATION_FORMAT,
+    FUSED_KINDS,
     IN_CONTEXT_KINDS,
     LATENCY_KINDS,
     MEMORY_ONLY_KINDS,
@@ -187,6 +188,7 @@ class Sample:
     kind: str
     seconds: float = math.nan
     block: int = 1  # the runtime's channel block: the work is priced padded to it
+    nodes: int = 1  # the runtime's nodes it ran (an in-place gate's layout conversions too)
 
     @property
     def macs(self) -> float:
@@ -627,13 +629,14 @@ def measure_samples(
     with tempfile.TemporaryDirectory() as tmp:
         for i, sample in enumerate(samples):
             path = Path(tmp) / f"layer{i}.onnx"
+            nodes = 1
             if sample.kind in IN_CONTEXT_KINDS:
-                seconds = _in_context_s(sample, path, provider, threads, budget_s, seed=i)
+                seconds, nodes = _in_context_s(sample, path, provider, threads, budget_s, seed=i)
             else:
                 onnx.save(layer_graph(sample, seed=i), str(path))
                 profile = profile_onnx(path, provider, threads, budget_s, wall=False)
                 seconds = profile.fastest_run_s() / cold_copies(sample)
-            measured.append(replace(sample, seconds=seconds))
+            measured.append(replace(sample, seconds=seconds, nodes=nodes))
             if progress is not None:
                 progress(i + 1, len(samples))
     return measured
@@ -641,19 +644,18 @@ def measure_samples(
 
 def _in_context_s(
     sample: Sample, path: Path, provider: str, threads: int, budget_s: float, seed: int
-) -> float:
-    """What the layer adds to the kernels of its context, layout conversions included."""
-    totals = []
+) -> tuple[float, int]:
+    """What the layer adds to the kernels of its context, layout conversions included, and
+    how many nodes it adds to the runtime's graph (a squeeze-and-excitation gate: its pooling,
+    its scale and the conversions out of and back into the blocked layout). The difference
+    can come out at or below zero for a pass too small to see against the noise."""
+    totals, nodes = [], []
     for with_layer in (True, False):
         onnx.save(context_graph(sample, with_layer, seed), str(path))
         profile = profile_onnx(path, provider, threads, budget_s, wall=False)
         totals.append(profile.kernel_s(skip_reorders=False))
-    # a layer too small to see against the noise is left out of the fit (NaN), not guessed.
-    # Not below the profiler's 1 us resolution either: a ReLU6 often adds less, and a small
-    # calibration then had no ReLU6 sample left and failed (rounding-sized samples, 1e-21 s,
-    # stay in, and show as a large relative error in the fit table)
-    added = totals[0] - totals[1]
-    return added if added > 0 else math.nan
+        nodes.append(len(profile.nodes))
+    return totals[0] - totals[1], max(0, nodes[0] - nodes[1])
 
 
 def measure_overheads(
@@ -830,6 +832,19 @@ def fit_roofline(samples: Sequence[Sample], memory_only: bool = False) -> Roofli
     )
 
 
+def fit_fused_pass(samples: Sequence[Sample]) -> Roofline:
+    """The bytes per second of a pass fused into the kernel before it (ReLU6's clamp inside
+    its convolution), by least squares on the seconds it adds, samples at or below zero
+    included: it is no call of its own, so it has no fixed cost, and keeping only the samples
+    that came out above zero biased a small pass's price up (a fitted 4 us per ReLU6 priced
+    MobileNetV2 0.35 at 96 px 45% slow with 2 threads). Free when the passes added nothing."""
+    nbytes = np.array([s.bytes for s in samples], dtype=float)
+    seconds = np.array([s.seconds for s in samples], dtype=float)
+    moved = float(np.sum(nbytes * seconds))
+    rate = float(np.sum(nbytes**2)) / moved if moved > 0 else math.inf
+    return Roofline(macs_per_s=math.inf, bytes_per_s=rate, overhead_s=0.0)
+
+
 def relative_errors(roof: Roofline, samples: Sequence[Sample]) -> list[float]:
     return [abs(roof.seconds(s.macs, s.bytes) / s.seconds - 1) for s in samples]
 
@@ -847,23 +862,22 @@ def fit_calibration(
     weight_cold_bytes: float = 0.0,
 ) -> Calibration:
     """Fit one roofline per latency kind to measured ``samples``."""
-    rooflines, fit = {}, {}
+    rooflines, fit, kind_nodes = {}, {}, {}
     for kind in LATENCY_KINDS:
-        timed = [s for s in samples if s.kind == kind]
-        of_kind = [s for s in timed if s.seconds > 0]  # NaN: too small to see
-        if timed and not of_kind and kind in IN_CONTEXT_KINDS:
-            # every sample added less to its context than the timer resolves (the ReLU6
-            # passes of a small network): the kind is priced as free rather than guessed
-            rooflines[kind] = Roofline(math.inf, math.inf, 0.0)
-            fit[kind] = {"samples": len(timed), "median_error": math.nan, "max_error": math.nan}
-            continue
-        if not of_kind:
+        timed = [s for s in samples if s.kind == kind and math.isfinite(s.seconds)]
+        of_kind = [s for s in timed if s.seconds > 0]  # at or below 0: too small to see
+        if kind in FUSED_KINDS and timed:
+            roof = fit_fused_pass(timed)
+        elif of_kind:
+            roof = fit_roofline(of_kind, memory_only=kind in MEMORY_ONLY_KINDS)
+        else:
             raise MobileNetError(f"no {kind} layers were measured; cannot calibrate")
-        roof = fit_roofline(of_kind, memory_only=kind in MEMORY_ONLY_KINDS)
+        if kind in IN_CONTEXT_KINDS:
+            kind_nodes[kind] = round(float(np.median([s.nodes for s in timed])))
         rooflines[kind] = roof
-        errors = relative_errors(roof, of_kind)
+        errors = relative_errors(roof, of_kind) if of_kind else [math.nan]
         fit[kind] = {
-            "samples": len(of_kind),
+            "samples": len(timed),
             "median_error": float(np.median(errors)),
             "max_error": float(np.max(errors)),
         }
@@ -883,6 +897,7 @@ def fit_calibration(
         weight_stream_bytes_per_s=weight_stream_bytes_per_s,
         channel_block=block,
         stream_overlap=stream_overlap,
+        kind_nodes=kind_nodes,
     )
 
 

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from mobilenets.cost import CostReport, LayerCost, bytes_per_element
 from mobilenets.errors import MobileNetError
 
-CALIBRATION_FORMAT = 11  # bump when the kinds or the fitted quantities change
+CALIBRATION_FORMAT = 12  # bump when the kinds or the fitted quantities change
 
 POINTWISE_K_EDGES = (64, 256)  # pointwise kinds: K < 64, 64 <= K < 256, K >= 256
 STANDARD_K_EDGE = 64  # standard kinds: K = c_in * f * f below 64 (a stem on RGB) or not
@@ -274,6 +274,10 @@ class Calibration:
     # (t**p + stream**p) ** (1 / p), measured (calibrate.measure_stream_overlap); 0 means
     # p = infinity, max(t, stream), full overlap (what the fit gives at its grid's top)
     stream_overlap: float = 0.0
+    # the runtime's nodes each in-place kind runs, measured (calibrate.context_graph): an SE
+    # gate 4 (its pooling, its scale, the layout conversions around them), a fused ReLU6 0;
+    # every other kind runs 1. Each pays node_overhead_s.
+    kind_nodes: dict[str, int] = field(default_factory=dict)
 
     def warm_fraction(self, touched_bytes: float) -> float:
         """The share of a network's weights found in cache on the next call, given the bytes
@@ -332,6 +336,7 @@ class Calibration:
                 weight_stream_bytes_per_s=float(data.get("weight_stream_bytes_per_s", 0.0)),
                 channel_block=int(data.get("channel_block", 1)),
                 stream_overlap=float(data.get("stream_overlap", 0.0)),
+                kind_nodes={k: int(v) for k, v in data.get("kind_nodes", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise MobileNetError(f"{source} is not a latency calibration: {e!r}") from None
@@ -360,11 +365,19 @@ class LatencyPrediction:
     layers: list[LayerLatency]
     node_overhead_s: float
     run_overhead_s: float
+    kind_nodes: dict[str, int] = field(default_factory=dict)  # see Calibration.kind_nodes
 
     @property
     def seconds(self) -> float:
         kernels = sum(layer.seconds for layer in self.layers)
-        return kernels + self.node_overhead_s * self.nodes + self.run_overhead_s
+        return kernels + self.node_overhead_s * self.runtime_nodes + self.run_overhead_s
+
+    @property
+    def runtime_nodes(self) -> int:
+        """Nodes the runtime runs, each paying the per-node overhead: every kernel, plus the
+        layout conversions an in-place kind brings (without them an SE network was priced
+        three overheads short per gate)."""
+        return sum(self.kind_nodes.get(layer.kind, 1) for layer, _ in self.kernels())
 
     @property
     def nodes(self) -> int:
@@ -454,4 +467,6 @@ def predict_latency(report: CostReport, calibration: Calibration) -> LatencyPred
                 bound=roof.bound(macs, nbytes),
             )
         )
-    return LatencyPrediction(priced, calibration.node_overhead_s, calibration.run_overhead_s)
+    return LatencyPrediction(
+        priced, calibration.node_overhead_s, calibration.run_overhead_s, calibration.kind_nodes
+    )
