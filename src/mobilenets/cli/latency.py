@@ -129,7 +129,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         f"{calibration.run_overhead_s * 1e6:.1f} us per call; weights all cached between "
         f"calls up to {calibration.weight_cache_bytes / 2**20:.1f} MiB passed, none from "
         f"{calibration.weight_cold_bytes / 2**20:.1f} MiB; channels padded to blocks "
-        f"of {calibration.channel_block}"
+        f"of {calibration.channel_block}; runtime nodes of the in-place kinds: "
+        + ", ".join(f"{kind} {n}" for kind, n in calibration.kind_nodes.items())
     )
     out.print(f"written: {path}" if not args.show else f"cached: {path}")
     return 0
