@@ -882,11 +882,13 @@ def fit_calibration(
         if kind in IN_CONTEXT_KINDS:
             kind_nodes[kind] = round(float(np.median([s.nodes for s in timed])))
         rooflines[kind] = roof
-        errors = relative_errors(roof, of_kind) if of_kind else [math.nan]
+        # no error where no sample was visible: None, not NaN (NaN != NaN, and a calibration
+        # read back from its cache must equal the one written)
+        errors = relative_errors(roof, of_kind) if of_kind else None
         fit[kind] = {
             "samples": len(timed),
-            "median_error": float(np.median(errors)),
-            "max_error": float(np.max(errors)),
+            "median_error": None if errors is None else float(np.median(errors)),
+            "max_error": None if errors is None else float(np.max(errors)),
         }
     return Calibration(
         runtime=runtime,

@@ -49,9 +49,9 @@ def fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
-def fmt_percent(x: float) -> str:
-    """A share as a percentage, "-" where there is none (NaN: nothing was measured)."""
-    return "-" if x != x else f"{x:.1%}"
+def fmt_percent(x: float | None) -> str:
+    """A share as a percentage, "-" where there is none (nothing was measured)."""
+    return "-" if x is None or x != x else f"{x:.1%}"
 
 
 def fmt_shape(shape: tuple[int, ...] | list[int]) -> str:
