@@ -185,6 +185,7 @@ def test_a_ReLU6_too_small_to_see_is_priced_free_and_any_other_kind_refused() ->
     assert free.seconds(10**6, 10**6) == 0.0 and free.bound(0, 10**6) == "memory"
     assert calibration.fit["relu6"]["samples"] == 3 and calibration.kind_nodes["relu6"] == 0
     assert calibration.fit["relu6"]["median_error"] is None
+    assert free.to_json()["bytes_per_s"] is None  # plain JSON: no Infinity in the cache
     assert Calibration.from_json(json.loads(json.dumps(calibration.to_json()))) == calibration
     with pytest.raises(MobileNetError, match="no fc layers were measured"):
         cal.fit_calibration([s for s in samples if s.kind != "fc"] + unseen, 0.0, 0.0)

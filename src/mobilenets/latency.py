@@ -232,15 +232,18 @@ class Roofline:
         return "compute" if self.compute_s(macs) > self.memory_s(nbytes) else "memory"
 
     def to_json(self) -> dict[str, float | None]:
+        """No roof is written as null (plain JSON has no infinity): a memory-only kind has no
+        compute roof, a pass priced free no memory roof either."""
         macs = None if math.isinf(self.macs_per_s) else self.macs_per_s
-        return {"macs_per_s": macs, "bytes_per_s": self.bytes_per_s, "overhead_s": self.overhead_s}
+        nbytes = None if math.isinf(self.bytes_per_s) else self.bytes_per_s
+        return {"macs_per_s": macs, "bytes_per_s": nbytes, "overhead_s": self.overhead_s}
 
     @classmethod
     def from_json(cls, data: dict) -> Roofline:
-        macs = data.get("macs_per_s")
+        macs, nbytes = data.get("macs_per_s"), data["bytes_per_s"]
         return cls(
             macs_per_s=math.inf if macs is None else float(macs),
-            bytes_per_s=float(data["bytes_per_s"]),
+            bytes_per_s=math.inf if nbytes is None else float(nbytes),
             overhead_s=float(data["overhead_s"]),
         )
 
