@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import tempfile
 from pathlib import Path
 
-import onnx
 import onnxruntime as ort
 
-from mobilenets.calibrate import CHAIN_LENGTH, chain_graph, profile_onnx
+from mobilenets.calibrate import CHAIN_LENGTH, measure_overheads
 from mobilenets.io import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -31,38 +29,28 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CHAINS = ((8, 8), (16, 16), (32, 16), (32, 28), (64, 28), (96, 14), (144, 24), (32, 56))
 
 
-def split(path_1: Path, path_n: Path, threads: int, repeats: int) -> tuple[float, float, float]:
-    """(per node, per call, kernel per node) seconds from chains of 1 and CHAIN_LENGTH layers,
-    each profile the fastest of ``repeats``."""
-    extra, nodes, kernel = {}, {}, {}
-    for key, path in ((1, path_1), (CHAIN_LENGTH, path_n)):
-        profiles = [profile_onnx(path, threads=threads, budget_s=0.3, min_runs=20)]
-        profiles += [profile_onnx(path, threads=threads, budget_s=0.3) for _ in range(repeats - 1)]
-        best = min(profiles, key=lambda p: p.wall_s)
-        extra[key] = best.wall_s - best.kernel_s(skip_reorders=False)
-        nodes[key] = len(best.nodes)
-        kernel[key] = best.kernel_s(skip_reorders=False) / nodes[key]
-    per_node = (extra[CHAIN_LENGTH] - extra[1]) / max(nodes[CHAIN_LENGTH] - nodes[1], 1)
-    return per_node, extra[1] - per_node * nodes[1], kernel[CHAIN_LENGTH]
+def split(channels: int, size: int, threads: int, repeats: int) -> tuple[float, float]:
+    """(per node, per call) seconds as the calibration measures them
+    (:func:`~mobilenets.calibrate.measure_overheads`), on chains of ``channels`` x ``size`` x
+    ``size`` layers: the median of ``repeats`` measurements."""
+    found = [
+        measure_overheads(threads=threads, channels=channels, size=size) for _ in range(repeats)
+    ]
+    return statistics.median(f[0] for f in found), statistics.median(f[1] for f in found)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=2, help="profiles per chain (2)")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per chain (3)")
     parser.add_argument("--out", type=Path, default=RESULTS / "latency_overheads.md")
     parser.add_argument("--note", default="", help="conditions of the run, for the report")
     args = parser.parse_args()
-    rows: dict[int, list[tuple[int, int, float, float, float]]] = {t: [] for t in args.threads}
-    with tempfile.TemporaryDirectory() as tmp:
-        for channels, size in CHAINS:
-            paths = []
-            for n in (1, CHAIN_LENGTH):
-                paths.append(Path(tmp) / f"chain{n}.onnx")
-                onnx.save(chain_graph(n, channels, size), str(paths[-1]))
-            for threads in args.threads:  # interleaved: a busy spell hits every thread count
-                rows[threads].append((channels, size, *split(*paths, threads, args.repeats)))
-                print(threads, channels, size, rows[threads][-1][2:], flush=True)
+    rows: dict[int, list[tuple[int, int, float, float]]] = {t: [] for t in args.threads}
+    for channels, size in CHAINS:
+        for threads in args.threads:  # interleaved: a busy spell hits every thread count
+            rows[threads].append((channels, size, *split(channels, size, threads, args.repeats)))
+            print(threads, channels, size, rows[threads][-1][2:], flush=True)
     lines = [
         "# Runtime overhead per node and per call, by chain size",
         "",
@@ -74,17 +62,16 @@ def main() -> None:
         "",
         f"Each row: chains of 1 and {CHAIN_LENGTH} depthwise 3x3 layers of the size shown; "
         "wall time of a plain call minus the profiler's kernel times, split into a part per node "
-        "and a part per call. The calibration uses the first row's size.",
+        "and a part per call (at least 0), as the calibration measures them on the first "
+        "row's size; the median of the repeats.",
         "",
-        "| threads | channels | map | per node us | per call us | kernel per node us |",
-        "|---|---|---|---|---|---|",
+        "| threads | channels | map | per node us | per call us |",
+        "|---|---|---|---|---|",
     ]
     for threads, found in rows.items():
-        for channels, size, node, call, kernel in found:
-            lines.append(
-                f"| {threads} | {channels} | {size} | {node * 1e6:.2f} | {call * 1e6:.1f} "
-                f"| {kernel * 1e6:.1f} |"
-            )
+        for channels, size, node, call in found:
+            row = f"| {threads} | {channels} | {size} | {node * 1e6:.2f} | {call * 1e6:.1f} |"
+            lines.append(row)
     lines += ["", "| threads | per node: median | lowest | highest | per call: median |"]
     lines += ["|---|---|---|---|---|"]
     for threads, found in rows.items():

@@ -660,23 +660,27 @@ def _in_context_s(
     added, nodes = [], []
     for _ in range(CONTEXT_REPEATS):
         profiles = [profile_onnx(p, provider, threads, budget_s, wall=False) for p in paths]
-        added.append(profiles[0].kernel_s(skip_reorders=False) - profiles[1].kernel_s(False))
+        added.append(profiles[0].kernel_s(False) - profiles[1].kernel_s(False))
         nodes.append(len(profiles[0].nodes) - len(profiles[1].nodes))
     return float(np.median(added)), max(0, round(float(np.median(nodes))))
 
 
 def measure_overheads(
-    provider: str = DEFAULT_PROVIDER, threads: int = 0, length: int = CHAIN_LENGTH
+    provider: str = DEFAULT_PROVIDER,
+    threads: int = 0,
+    length: int = CHAIN_LENGTH,
+    channels: int = 8,
+    size: int = 8,
 ) -> tuple[float, float]:
     """The runtime's seconds between kernels and per call, from chains of 1 and ``length``
-    tiny layers: what the wall time adds to the kernel times, split into a per-node and a
-    fixed part."""
+    tiny layers (``channels`` x ``size`` x ``size``): what the wall time adds to the kernel
+    times, split into a per-node and a fixed part."""
     with tempfile.TemporaryDirectory() as tmp:
         extra = {}
         nodes = {}
         for n in (1, length):
             path = Path(tmp) / f"chain{n}.onnx"
-            onnx.save(chain_graph(n), str(path))
+            onnx.save(chain_graph(n, channels, size), str(path))
             profile = profile_onnx(path, provider, threads, budget_s=0.2, min_runs=20)
             extra[n] = profile.wall_s - profile.kernel_s(skip_reorders=False)
             nodes[n] = len(profile.nodes)

@@ -51,7 +51,7 @@ def fmt_int(n: int) -> str:
 
 def fmt_percent(x: float | None) -> str:
     """A share as a percentage, "-" where there is none (nothing was measured)."""
-    return "-" if x is None or x != x else f"{x:.1%}"
+    return "-" if x is None else f"{x:.1%}"
 
 
 def fmt_shape(shape: tuple[int, ...] | list[int]) -> str:
