@@ -49,7 +49,18 @@ from mobilenets.models import create_model, list_models
 RESULTS = Path(__file__).resolve().parent / "results"
 WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.4)
 RESOLUTIONS = (96, 128, 160, 192, 224)
-SKIPPED_OPS = ("ReorderInput", "ReorderOutput", "Reshape", "Flatten")
+# The profile's op types each priced kind's kernel shows up as (a convolution's by default).
+KERNEL_OPS = {
+    "fc": ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul"),
+    "se": ("ReduceMean",),  # its pooling; its scale and conversions are added (match_nodes)
+    "global pool": ("ReduceMean", "GlobalAveragePool"),
+    "max pool": ("MaxPool",),
+    "silu": ("QuickGelu",),
+}
+CONV_OPS = ("Conv", "FusedConv")
+# Nodes no priced layer is matched to: layout conversions, reshapes, an SE gate's scale (added
+# to the gate), the SiLU inside EfficientNet's gate (on a 1x1 map), a residual sum left unfused.
+UNPRICED_OPS = ("ReorderInput", "ReorderOutput", "Reshape", "Flatten", "Mul", "QuickGelu", "Add")
 
 
 @dataclass
@@ -74,11 +85,45 @@ class Case:
 
 
 def match_nodes(case: Case, nodes: list[tuple[str, str, float]]) -> dict[int, float] | None:
-    """Kernel nodes in execution order, one per priced layer, or None if they do not line up."""
-    kept = [(op, s) for _, op, s in nodes if op not in SKIPPED_OPS]
-    if len(kept) != case.prediction.nodes:
+    """Each priced kernel's profiled time, by walking the nodes in execution order and taking
+    the next one of the kernel's op type; None if a node that is not :data:`UNPRICED_OPS` is
+    left over or skipped, or a kernel finds no node.
+
+    A squeeze-and-excitation gate was calibrated in place with its scale and the two layout
+    conversions around them (out of the blocked layout before its pooling, back into it after
+    its scale), so its profiled time is those four nodes.
+    """
+    ops = [op for _, op, _ in nodes]
+    matched: dict[int, float] = {}
+    at = 0
+    for i, (layer, _) in enumerate(case.prediction.kernels()):
+        wanted = KERNEL_OPS.get(layer.kind, CONV_OPS)
+        while at < len(nodes) and ops[at] not in wanted:
+            if ops[at] not in UNPRICED_OPS:
+                return None
+            at += 1
+        if at == len(nodes):
+            return None
+        matched[i] = nodes[at][2]
+        if layer.kind == "se":
+            matched[i] += _gate_rest_s(nodes, at)
+        at += 1
+    if any(op not in UNPRICED_OPS for op in ops[at:]):
         return None
-    return {i: s for i, (_, s) in enumerate(kept)}
+    return matched
+
+
+def _gate_rest_s(nodes: list[tuple[str, str, float]], pool: int) -> float:
+    """The seconds of an SE gate's scale and of the conversions around the gate, its pooling
+    at ``nodes[pool]``."""
+    ops = [op for _, op, _ in nodes]
+    seconds = nodes[pool - 1][2] if pool and ops[pool - 1] == "ReorderOutput" else 0.0
+    scale = next((k for k in range(pool + 1, len(nodes)) if ops[k] == "Mul"), None)
+    if scale is not None:
+        seconds += nodes[scale][2]
+        if scale + 1 < len(nodes) and ops[scale + 1] == "ReorderInput":
+            seconds += nodes[scale + 1][2]
+    return seconds
 
 
 def build(name: str, width: float) -> torch.nn.Module:

@@ -104,6 +104,21 @@ def test_layer_kinds_of_mobilenet_v2() -> None:
     assert fused and all(kinds[name] is None for name in fused)
 
 
+def test_hardswish_is_a_fused_pass_priced_like_relu6(calibration: Calibration) -> None:
+    # MobileNetV3's HardSwish runs inside its convolution, but makes a pass over its output
+    report = profile_model(create_model("mobilenet_v3_small", width_mult=0.35), 96)
+    kinds = latency_kinds(report.layers)
+    hardswish = [k for row, k in zip(report.layers, kinds, strict=True) if row.op == "Hardswish"]
+    assert len(hardswish) == 19 and set(hardswish) == {"hardswish"}
+    prediction = predict_latency(report, calibration)
+    passes = [layer for layer in prediction.layers if layer.kind == "hardswish"]
+    assert len(passes) == 19 and all(layer.seconds >= 0 for layer in passes)
+    assert prediction.nodes == len(prediction.layers) - 19  # no kernel of their own
+    assert calibration.kind_nodes["hardswish"] == 0  # measured: no node added in place
+    graph = cal.context_graph(next(s for s in cal.synthetic_samples() if s.kind == "hardswish"))
+    assert [n.op_type for n in graph.graph.node if n.name == "layer"] == ["HardSwish"]
+
+
 def test_squeeze_excitation_is_told_from_the_classifier_pool() -> None:
     report = profile_model(se_network(), 64, in_chans=3)
     kinds = dict(zip((r.name for r in report.layers), latency_kinds(report.layers), strict=True))

@@ -43,6 +43,7 @@ from mobilenets.errors import MobileNetError
 from mobilenets.io import atomic_write_json
 from mobilenets.latency import (
     CALIBRATION_FORMAT,
+    FUSED_ACTIVATIONS,
     FUSED_KINDS,
     IN_CONTEXT_KINDS,
     LATENCY_KINDS,
@@ -250,12 +251,16 @@ def synthetic_samples() -> list[Sample]:
         for c, h in gates
     ]
     silu = [_map_sample(f"silu{c}x{h}", "activation", "silu", c, h, op="SiLU") for c, h in gates]
-    relu6 = [replace(sample, row=replace(sample.row, op="ReLU6"), kind="relu6") for sample in silu]
+    fused = [
+        replace(sample, row=replace(sample.row, op=op), kind=kind)
+        for op, kind in FUSED_ACTIVATIONS.items()
+        for sample in silu
+    ]
     return (
         convs
         + depthwise
         + silu
-        + relu6
+        + fused
         + [
             Sample(LayerCost(f"se{c}x{h}", "pool", (1, c, h, h), (1, c, 1, 1), 0, 0, c), "se")
             for c, h in gates
@@ -353,8 +358,9 @@ def copies_past_cache(weight_bytes: int, at_least: int = 1) -> int:
 def layer_graph(sample: Sample, seed: int = 0) -> onnx.ModelProto:
     """A one-layer ONNX model computing what ``sample``'s layer computes, as exported.
 
-    Convolutions carry a fused ReLU, which costs nothing (ReLU6's extra pass is its own
-    ``relu6`` kind); squeeze-and-excitation, SiLU and ReLU6 are measured in place, between
+    Convolutions carry a fused ReLU, which costs nothing (ReLU6's and HardSwish's extra pass
+    is a kind of its own); squeeze-and-excitation, SiLU, ReLU6 and HardSwish are measured in
+    place, between
     two convolutions (:func:`context_graph`). The kernel size,
     stride and groups are read back from the traced shapes and mult-adds (all the models here
     pad "same"). A fully connected layer runs :func:`cold_copies` times side by side on the
@@ -446,7 +452,7 @@ def context_graph(sample: Sample, with_layer: bool = True, seed: int = 0) -> onn
     input and output are in the plain layout anyway). A ReLU6 fused into a convolution costs a
     pass over its output that a ReLU does not (a 16-channel 224 x 224 depthwise layer: 255 us
     with ReLU6, 181 us with ReLU), so its sample is the first convolution ending in ReLU6
-    against the same ending in ReLU.
+    against the same ending in ReLU; HardSwish's likewise.
     """
     rng = np.random.default_rng(seed)
     shape = list(sample.row.input_shape)
@@ -461,6 +467,8 @@ def context_graph(sample: Sample, with_layer: bool = True, seed: int = 0) -> onn
     nodes = [helper.make_node("Conv", ["x", "w_pre"], ["p"], name="pre")]
     if sample.kind == "relu6" and with_layer:
         nodes.append(helper.make_node("Clip", ["p", "lo", "hi"], ["m"], name="layer"))
+    elif sample.kind == "hardswish" and with_layer:
+        nodes.append(helper.make_node("HardSwish", ["p"], ["m"], name="layer"))
     else:
         nodes.append(helper.make_node("Relu", ["p"], ["m"], name="pre_act"))
     middle = "m"
@@ -844,11 +852,12 @@ def fit_roofline(samples: Sequence[Sample], memory_only: bool = False) -> Roofli
 
 
 def fit_fused_pass(samples: Sequence[Sample]) -> Roofline:
-    """The bytes per second of a pass fused into the kernel before it (ReLU6's clamp inside
-    its convolution), by least squares on the seconds it adds, samples at or below zero
-    included: it is no call of its own, so it has no fixed cost, and keeping only the samples
-    that came out above zero biased a small pass's price up (a fitted 4 us per ReLU6 priced
-    MobileNetV2 0.35 at 96 px 45% slow with 2 threads). Free when the passes added nothing."""
+    """The bytes per second of a pass fused into the kernel before it (ReLU6's clamp or
+    HardSwish inside its convolution), by least squares on the seconds it adds, samples at
+    or below zero included: it is no call of its own, so it has no fixed cost, and keeping
+    only the samples that came out above zero biased a small pass's price up (a fitted 4 us
+    per ReLU6 priced MobileNetV2 0.35 at 96 px 45% slow with 2 threads). Free when the
+    passes added nothing."""
     nbytes = np.array([s.bytes for s in samples], dtype=float)
     seconds = np.array([s.seconds for s in samples], dtype=float)
     moved = float(np.sum(nbytes * seconds))

@@ -21,7 +21,8 @@ layout after converting back to it, the second in its blocked one).
 The layers come from :func:`mobilenets.cost.profile_model`; BatchNorm and most activations get
 no time of their own because deployed graphs fold and fuse them into the convolution before
 them. SiLU is the exception: onnxruntime runs it as a kernel of its own (``QuickGelu``), priced
-as the ``silu`` kind.
+as the ``silu`` kind. ReLU6 and HardSwish are fused but not free: the kernel makes one more
+pass over its output, priced as the ``relu6`` and ``hardswish`` kinds with no node of their own.
 
 A runtime's blocked layout pads channels (onnxruntime's NCHWc: 16-channel blocks with
 AVX-512), so layers are priced on their padded work (:func:`macs_done`,
@@ -38,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from mobilenets.cost import CostReport, LayerCost, bytes_per_element
 from mobilenets.errors import MobileNetError
 
-CALIBRATION_FORMAT = 12  # bump when the kinds or the fitted quantities change
+CALIBRATION_FORMAT = 13  # bump when the kinds or the fitted quantities change
 
 POINTWISE_K_EDGES = (64, 256)  # pointwise kinds: K < 64, 64 <= K < 256, K >= 256
 STANDARD_K_EDGE = 64  # standard kinds: K = c_in * f * f below 64 (a stem on RGB) or not
@@ -60,14 +61,19 @@ LATENCY_KINDS = (
     "max pool",
     "silu",
     "relu6",
+    "hardswish",
 )
 DEPTHWISE_KINDS = ("depthwise 3x3", "depthwise 5x5+")
 # Kinds whose work is only data movement: no compute rate is fitted, the roofline is flat.
-MEMORY_ONLY_KINDS = ("se", "global pool", "max pool", "silu", "relu6")
+MEMORY_ONLY_KINDS = ("se", "global pool", "max pool", "silu", "relu6", "hardswish")
 # Kinds calibrated in place between two convolutions (see calibrate.context_graph): what they
 # cost a network includes the layout conversions or the extra pass they bring.
-IN_CONTEXT_KINDS = ("se", "silu", "relu6")
-FUSED_KINDS = ("relu6",)  # priced, but inside another layer's kernel: no node of its own
+IN_CONTEXT_KINDS = ("se", "silu", "relu6", "hardswish")
+# Activations onnxruntime fuses into the convolution before them, which still cost that kernel
+# a pass over its output that ReLU does not: priced, but no node of their own. HardSwish
+# (MobileNetV3's) added 1-1.5x what ReLU6 adds in place; left free, every V3 was priced fast.
+FUSED_ACTIVATIONS = {"ReLU6": "relu6", "Hardswish": "hardswish"}
+FUSED_KINDS = tuple(FUSED_ACTIVATIONS.values())
 # Activations onnxruntime does not fuse into the convolution before them: SiLU (x * sigmoid(x),
 # EfficientNet's) runs as a kernel of its own that reads and writes the whole feature map.
 UNFUSED_ACTIVATIONS = ("SiLU",)
@@ -152,8 +158,8 @@ def latency_kinds(layers: Sequence[LayerCost]) -> list[str | None]:
             kind = "max pool"
         elif row.kind == "activation" and row.op in UNFUSED_ACTIVATIONS:
             kind = "silu"
-        elif row.kind == "activation" and row.op == "ReLU6":
-            kind = "relu6"  # fused, but a pass over the output that ReLU does not make
+        elif row.kind == "activation" and row.op in FUSED_ACTIVATIONS:
+            kind = FUSED_ACTIVATIONS[row.op]  # fused, but a pass over the output
         kinds.append(kind)
     return kinds
 
@@ -278,7 +284,8 @@ class Calibration:
     # p = infinity, max(t, stream), full overlap (what the fit gives at its grid's top)
     stream_overlap: float = 0.0
     # the runtime's nodes each in-place kind runs, measured (calibrate.context_graph): an SE
-    # gate 4 (its pooling, its scale, the layout conversions around them), a fused ReLU6 0;
+    # gate 4 (its pooling, its scale, the layout conversions around them), a fused ReLU6 or
+    # HardSwish 0;
     # every other kind runs 1. Each pays node_overhead_s.
     kind_nodes: dict[str, int] = field(default_factory=dict)
 
@@ -384,7 +391,8 @@ class LatencyPrediction:
 
     @property
     def nodes(self) -> int:
-        """Kernels the runtime calls: a fused ReLU6 is priced but runs inside its convolution."""
+        """Kernels the runtime calls: a fused ReLU6 or HardSwish is priced but runs inside its
+        convolution."""
         return len(self.kernels())
 
     def kernels(self) -> list[tuple[LayerLatency, float]]:
