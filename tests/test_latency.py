@@ -249,6 +249,15 @@ def test_one_layer_graphs_compute_the_traced_shapes(kind: str, tmp_path: Path) -
         assert not copies  # alone, run after run: its weights stay in cache
 
 
+def test_samples_are_timed_kind_after_kind_in_turn() -> None:
+    # a slow spell must not fall on every sample of one kind
+    kinds = ["se", "se", "se", "fc", "fc", "silu"]
+    samples = [replace(s, kind=k) for s, k in zip(cal.synthetic_samples(), kinds, strict=False)]
+    order = cal.interleaved(samples)
+    assert [samples[i].kind for i in order] == ["se", "fc", "silu", "se", "fc", "se"]
+    assert sorted(order) == list(range(6)) and cal.interleaved([]) == []
+
+
 def test_calibration_fits_every_kind(calibration: Calibration) -> None:
     assert set(calibration.rooflines) == set(LATENCY_KINDS)
     for kind, roof in calibration.rooflines.items():
