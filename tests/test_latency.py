@@ -258,6 +258,21 @@ def test_samples_are_timed_kind_after_kind_in_turn() -> None:
     assert sorted(order) == list(range(6)) and cal.interleaved([]) == []
 
 
+def test_each_layer_keeps_its_fastest_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a slow spell in one pass over the samples must not set a layer's time
+    convs = [s for s in cal.synthetic_samples() if s.kind == "standard K>=64"][:2]
+    times = iter([5e-6, 2e-6, 3e-6, 4e-6])  # round 1: first, second; round 2: first, second
+
+    def profile(*args: object, **kwargs: object) -> cal.Profile:
+        seconds = next(times)
+        return cal.Profile(math.nan, [("layer", "Conv", seconds)], (seconds,))
+
+    monkeypatch.setattr(cal, "profile_onnx", profile)
+    measured = cal.measure_samples(convs, rounds=2)
+    assert [s.seconds for s in measured] == [3e-6, 2e-6]
+    assert [s.row for s in measured] == [s.row for s in convs]
+
+
 def test_calibration_fits_every_kind(calibration: Calibration) -> None:
     assert set(calibration.rooflines) == set(LATENCY_KINDS)
     for kind, roof in calibration.rooflines.items():
