@@ -15,6 +15,7 @@ from mobilenets.choose import (
     Budget,
     Candidate,
     ChooseConfig,
+    descend,
     enumerate_candidates,
     frontier,
     full_train_command,
@@ -82,6 +83,17 @@ def test_frontier_keeps_the_largest_of_each_family() -> None:
     grid = [c for c in grid if not (c.model == "a" and c.width == 1.0 and c.resolution == 128)]
     keys = {c.key for c in frontier(grid)}
     assert keys == {"a-w1-r96", "a-w0.5-r128", "b-w1-r128"}
+
+
+def test_a_family_measured_too_slow_is_measured_one_step_smaller() -> None:
+    budget = Budget(latency_ms=2.0)
+    grid = [candidate(m, w, r) for m in ("a", "b") for w in (0.5, 1.0) for r in (96, 128)]
+    first = {c.key: c for c in frontier(grid)}  # a-w1-r128, b-w1-r128
+    first["a-w1-r128"].measured_ms = 2.4  # too slow: only what is smaller is left
+    first["b-w1-r128"].measured_ms = 1.5  # fits: nothing smaller of b is worth measuring
+    left = descend(grid, list(first.values()), budget)
+    assert {c.key for c in left} == {"a-w0.5-r96", "a-w0.5-r128", "a-w1-r96"}
+    assert {c.key for c in frontier(left)} == {"a-w0.5-r128", "a-w1-r96"}
 
 
 def test_pareto_front_is_fastest_for_its_score() -> None:

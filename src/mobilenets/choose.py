@@ -12,7 +12,11 @@ The MobileNet papers turn two dials, width alpha and resolution rho (V1 Tables 6
    model's error, so that a candidate the model misjudges is still measured.
 3. **Measure** the frontier: per family, the fitting candidates that no other fitting one of
    that family beats on both width and resolution (a larger network of the same family is
-   the more accurate one), exported to ONNX and timed in onnxruntime, interleaved.
+   the more accurate one), exported to ONNX and timed in onnxruntime, interleaved. Where a
+   family's candidate measures over the budget, the next smaller ones are measured in the
+   next round (:func:`descend`), up to :data:`MEASURE_ROUNDS` rounds: the margin admits
+   candidates predicted up to 25% over, and an accurate model then leaves the first round
+   with nothing that fits.
 4. **Train** (``epochs``) the measured candidates that fit, largest first, within a total time
    budget; every run directory is kept, so an interrupted choice resumes where it stopped.
 5. Keep the **Pareto front** of accuracy (or mult-adds, untrained) against measured latency
@@ -58,6 +62,7 @@ from mobilenets.train import TrainConfig, holds_run, model_kwargs, train
 WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.4)
 RESOLUTIONS = (96, 128, 160, 192, 224)
 LATENCY_MARGIN = 0.25  # prune only what the model predicts 25% over the budget
+MEASURE_ROUNDS = 3  # rounds of measuring the frontier, each one step down where it was too slow
 STATE_FILE = "choose.json"
 STATE_VERSION = 1
 MiB = 2**20
@@ -278,6 +283,29 @@ def frontier(candidates: Sequence[Candidate]) -> list[Candidate]:
     return sorted(front, key=lambda c: -c.predicted_ms)
 
 
+def _covers(a: Candidate, b: Candidate) -> bool:
+    """Whether ``a`` is ``b``'s family at least as wide and at least as large an input."""
+    return a.model == b.model and a.width >= b.width and a.resolution >= b.resolution
+
+
+def descend(
+    remaining: Sequence[Candidate], measured: Sequence[Candidate], budget: Budget
+) -> list[Candidate]:
+    """What is left to measure once ``measured`` are: nothing a fitting measured candidate
+    covers (it is the more accurate), nothing that covers one measured over the budget (a
+    larger network of the family is slower), and nothing measured already."""
+    done = {c.key for c in measured}
+    fit = [m for m in measured if budget.fits(m)]
+    slow = [m for m in measured if not budget.fits(m)]
+    return [
+        c
+        for c in remaining
+        if c.key not in done
+        and not any(_covers(m, c) for m in fit)
+        and not any(_covers(c, m) for m in slow)
+    ]
+
+
 def pareto_front(candidates: Sequence[Candidate], score: Callable[[Candidate], float]) -> list:
     """Candidates that no other is both faster (measured) and better (``score``) than."""
     front = []
@@ -442,17 +470,24 @@ def choose(
     possible = [c for c in candidates if budget.may_fit(c)]
     if not possible:
         raise MobileNetError(nothing_fits(budget, candidates))
-    to_measure = frontier(possible)[: config.max_measure]
     done = _load_state(out, config)
-    for c in to_measure:
-        if c.key in done:
-            for f in ("measured_ms", "median_ms", "accuracy", "run_dir", "epochs_trained"):
-                setattr(c, f, getattr(done[c.key], f))
-    pending = [c for c in to_measure if c.measured_ms is None]
-    if pending:
-        say(f"measuring {len(pending)} candidates in {config.runtime} (export, then timing)")
-        measure_candidates(pending, config, in_chans, num_classes, step("exporting"))
-        _save_state(out, config, budget, to_measure)
+    to_measure: list[Candidate] = []
+    remaining = possible
+    for _ in range(MEASURE_ROUNDS):
+        batch = frontier(remaining)[: config.max_measure]
+        if not batch:
+            break
+        for c in batch:
+            if c.key in done:
+                for f in ("measured_ms", "median_ms", "accuracy", "run_dir", "epochs_trained"):
+                    setattr(c, f, getattr(done[c.key], f))
+        pending = [c for c in batch if c.measured_ms is None]
+        to_measure += batch
+        if pending:
+            say(f"measuring {len(pending)} candidates in {config.runtime} (export, then timing)")
+            measure_candidates(pending, config, in_chans, num_classes, step("exporting"))
+            _save_state(out, config, budget, to_measure)
+        remaining = descend(remaining, to_measure, budget)
     notes = []
     fitting = [c for c in to_measure if budget.fits(c)]
     if not fitting:

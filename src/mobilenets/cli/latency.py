@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resolutions", type=int, nargs="+", default=list(RESOLUTIONS))
     p.add_argument("--runtime", default="onnxruntime", help="where latency is measured")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: its default)")
-    p.add_argument("--measure", type=int, default=8, help="most candidates to measure (8)")
+    p.add_argument("--measure", type=int, default=8, help="most measured per round (8)")
     p.add_argument("--epochs", type=int, default=0, help="short training per candidate (0: none)")
     p.add_argument("--train", type=int, default=3, help="most candidates to train (3)")
     p.add_argument("--time-budget", type=float, default=10.0, help="minutes in all (10)")
