@@ -365,10 +365,9 @@ def layer_graph(sample: Sample, seed: int = 0) -> onnx.ModelProto:
 
     Convolutions carry a fused ReLU, which costs nothing (ReLU6's and HardSwish's extra pass
     is a kind of its own); squeeze-and-excitation, SiLU, ReLU6 and HardSwish are measured in
-    place, between
-    two convolutions (:func:`context_graph`). The kernel size,
-    stride and groups are read back from the traced shapes and mult-adds (all the models here
-    pad "same"). A fully connected layer runs :func:`cold_copies` times side by side on the
+    place, between two convolutions (:func:`context_graph`). The kernel size, stride and
+    groups are read back from the traced shapes and mult-adds (all the models here pad
+    "same"). A fully connected layer runs :func:`cold_copies` times side by side on the
     same input, each copy with its own weights and output.
     """
     if sample.kind in IN_CONTEXT_KINDS:

@@ -285,8 +285,7 @@ class Calibration:
     stream_overlap: float = 0.0
     # the runtime's nodes each in-place kind runs, measured (calibrate.context_graph): an SE
     # gate 4 (its pooling, its scale, the layout conversions around them), a fused ReLU6 or
-    # HardSwish 0;
-    # every other kind runs 1. Each pays node_overhead_s.
+    # HardSwish 0; every other kind runs 1. Each pays node_overhead_s.
     kind_nodes: dict[str, int] = field(default_factory=dict)
 
     def warm_fraction(self, touched_bytes: float) -> float:
