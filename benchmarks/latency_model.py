@@ -106,17 +106,16 @@ def match_nodes(case: Case, nodes: list[tuple[str, str, float]]) -> dict[int, fl
             return None
         matched[i] = nodes[at][2]
         if layer.kind == "se":
-            matched[i] += _gate_rest_s(nodes, at)
+            matched[i] += _gate_rest_s(nodes, ops, at)
         at += 1
     if any(op not in UNPRICED_OPS for op in ops[at:]):
         return None
     return matched
 
 
-def _gate_rest_s(nodes: list[tuple[str, str, float]], pool: int) -> float:
+def _gate_rest_s(nodes: list[tuple[str, str, float]], ops: list[str], pool: int) -> float:
     """The seconds of an SE gate's scale and of the conversions around the gate, its pooling
-    at ``nodes[pool]``."""
-    ops = [op for _, op, _ in nodes]
+    at ``nodes[pool]`` (``ops``: the nodes' op types)."""
     seconds = nodes[pool - 1][2] if pool and ops[pool - 1] == "ReorderOutput" else 0.0
     scale = next((k for k in range(pool + 1, len(nodes)) if ops[k] == "Mul"), None)
     if scale is not None:
