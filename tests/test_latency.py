@@ -256,12 +256,16 @@ def test_samples_are_timed_kind_after_kind_in_turn() -> None:
     order = cal.interleaved(samples)
     assert [samples[i].kind for i in order] == ["se", "fc", "silu", "se", "fc", "se"]
     assert sorted(order) == list(range(6)) and cal.interleaved([]) == []
+    # a second pass begins each kind half way along, so the largest are timed elsewhere
+    assert cal.interleaved(samples, 0.5) == [1, 4, 5, 2, 3, 0]
 
 
 def test_each_layer_keeps_its_fastest_round(monkeypatch: pytest.MonkeyPatch) -> None:
     # a slow spell in one pass over the samples must not set a layer's time
     convs = [s for s in cal.synthetic_samples() if s.kind == "standard K>=64"][:2]
-    times = iter([5e-6, 2e-6, 3e-6, 4e-6])  # round 1: first, second; round 2: first, second
+    times = iter(
+        [5e-6, 2e-6, 3e-6, 4e-6]
+    )  # pass 1: first, second; pass 2 (begun half way): second, first
 
     def profile(*args: object, **kwargs: object) -> cal.Profile:
         seconds = next(times)
@@ -269,8 +273,18 @@ def test_each_layer_keeps_its_fastest_round(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(cal, "profile_onnx", profile)
     measured = cal.measure_samples(convs, rounds=2)
-    assert [s.seconds for s in measured] == [3e-6, 2e-6]
+    assert [s.seconds for s in measured] == [4e-6, 2e-6]
     assert [s.row for s in measured] == [s.row for s in convs]
+
+
+def test_an_in_place_sample_keeps_its_fastest_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a spell over one pass of the largest gate once set the fitted rate of every gate
+    gate = next(s for s in cal.synthetic_samples() if s.kind == "se")
+    passes = iter([([200e-6, 1100e-6, 1900e-6], [4, 4, 4]), ([210e-6, 190e-6, 230e-6], [4, 5, 4])])
+    monkeypatch.setattr(cal, "_in_context_pairs", lambda *args, **kwargs: next(passes))
+    (measured,) = cal.measure_samples([gate], rounds=2)
+    assert measured.seconds == pytest.approx(210e-6)  # the second pass's median
+    assert measured.nodes == 4
 
 
 def test_calibration_fits_every_kind(calibration: Calibration) -> None:

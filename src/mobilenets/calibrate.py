@@ -74,11 +74,10 @@ SAMPLE_WIDTHS = (0.35, 0.75, 1.4)
 SAMPLE_RESOLUTIONS = (96, 224)
 PER_KIND = 14
 CHAIN_LENGTH = 24
-CONTEXT_REPEATS = 3  # interleaved timings of each in-place sample per round, the median kept
-# passes over all the samples: a one-layer graph keeps its fastest time, an in-place sample the
-# median of all its differences (one pass let a slow spell set a kind's rates: a 2-thread
-# calibration fitted small-K pointwise layers at 21 GB/s against 27-28 in others, and priced
-# the separable VGG 0.35 at 224 px 41% slow)
+CONTEXT_REPEATS = 3  # interleaved timings of each in-place sample per pass, the median kept
+# passes over all the samples: every sample keeps its fastest pass (one pass let a slow spell
+# set a kind's rates: a 2-thread calibration fitted small-K pointwise layers at 21 GB/s against
+# 27-28 in others, and priced the separable VGG 0.35 at 224 px 41% slow)
 CALIBRATION_ROUNDS = 2
 CACHE_ENV = "MOBILENETS_CACHE"
 
@@ -642,59 +641,63 @@ def measure_samples(
 
     Every sample is timed once in each of ``rounds`` passes over all of them, in
     :func:`interleaved` order, as the benchmarks time whole models: a slow spell then slows
-    one timing of a layer, not all. A one-layer graph keeps its fastest time, an in-place
-    sample the median of all its differences. Returned in the order given.
+    one timing of a layer, not all. Each sample keeps its fastest pass: a one-layer graph its
+    fastest time, an in-place sample the median of its differences in that pass. Returned in
+    the order given.
     """
-    order = interleaved(samples)
     fastest: dict[int, float] = {}
-    added: dict[int, list[float]] = {}
     nodes: dict[int, list[int]] = {}
     done = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(rounds):
-            for i in order:
+        for turn in range(rounds):
+            for i in interleaved(samples, turn / rounds):
                 sample = samples[i]
                 path = Path(tmp) / f"layer{i}.onnx"
                 if sample.kind in IN_CONTEXT_KINDS:
                     diffs, counts = _in_context_pairs(
                         sample, path, provider, threads, budget_s, seed=i
                     )
-                    added.setdefault(i, []).extend(diffs)
+                    seconds = float(np.median(diffs))
                     nodes.setdefault(i, []).extend(counts)
                 else:
                     if not path.exists():
                         onnx.save(layer_graph(sample, seed=i), str(path))
                     profile = profile_onnx(path, provider, threads, budget_s, wall=False)
                     seconds = profile.fastest_run_s() / cold_copies(sample)
-                    fastest[i] = min(fastest.get(i, math.inf), seconds)
+                fastest[i] = min(fastest.get(i, math.inf), seconds)
                 done += 1
                 if progress is not None:
                     progress(done, rounds * len(samples))
     return [
         replace(
             sample,
-            seconds=float(np.median(added[i])),
-            nodes=max(0, round(float(np.median(nodes[i])))),
+            seconds=fastest[i],
+            nodes=max(0, round(float(np.median(nodes[i])))) if i in nodes else 1,
         )
-        if i in added
-        else replace(sample, seconds=fastest[i], nodes=1)
         for i, sample in enumerate(samples)
     ]
 
 
-def interleaved(samples: Sequence[Sample]) -> list[int]:
-    """The indices of ``samples`` taking one of each kind in turn (round robin, each kind's
-    in the order given).
+def interleaved(samples: Sequence[Sample], start: float = 0.0) -> list[int]:
+    """The indices of ``samples`` taking one of each kind in turn (round robin), each kind's
+    in the order given but begun ``start`` (a fraction) of the way along and wrapped round.
 
     A slow spell of a shared machine then falls on a few samples of many kinds, which the
     soft-L1 fit discounts, rather than on every sample of one kind: timed kind by kind, one
     spell over the SE samples fitted the gate at 7.7 GB/s against 21 in the run before, and
-    priced EfficientNet-B0 at 224 px 47% slow with 2 threads.
+    priced EfficientNet-B0 at 224 px 47% slow with 2 threads. Each pass begins elsewhere, so
+    that the largest samples of every kind, which set the fitted rates, are not timed at the
+    same moment of every pass: a spell at the end of the second of two passes once slowed the
+    largest gate 6x and the largest SiLU 40x, and the gate was fitted at 21.6 GB/s (28-30
+    when no spell fell on it).
     """
     by_kind: dict[str, list[int]] = {}
     for i, sample in enumerate(samples):
         by_kind.setdefault(sample.kind, []).append(i)
-    queues = list(by_kind.values())
+    queues = []
+    for queue in by_kind.values():
+        first = int(start * len(queue)) % len(queue)
+        queues.append(queue[first:] + queue[:first])
     order = []
     for turn in range(max((len(q) for q in queues), default=0)):
         order += [q[turn] for q in queues if turn < len(q)]
