@@ -33,10 +33,7 @@ def split(channels: int, size: int, threads: int, repeats: int) -> tuple[float, 
     """(per node, per call) seconds as the calibration measures them
     (:func:`~mobilenets.calibrate.measure_overheads`), on chains of ``channels`` x ``size`` x
     ``size`` layers: the median of ``repeats`` measurements."""
-    found = [
-        measure_overheads(threads=threads, channels=channels, size=size) for _ in range(repeats)
-    ]
-    return statistics.median(f[0] for f in found), statistics.median(f[1] for f in found)
+    return measure_overheads(threads=threads, channels=channels, size=size, repeats=repeats)
 
 
 def main() -> None:
