@@ -224,7 +224,8 @@ def report_markdown(cases: list[Case], calibration, args, calibrate_s: float) ->
         f"{calibration.machine}. {args.note} Each model's latency is its fastest call over "
         f"{args.rounds} rounds that pass over the whole grid in turn (interleaved), and each "
         "layer's its fastest kernel time under onnxruntime's profiler. Calibration "
-        f"({calibration.created}, {calibrate_s:.0f} s when made in this run) is the cached one.",
+        f"({calibration.created}, {calibrate_s:.0f} s when made in this run, "
+        f"{calibration.passes} passes over the samples) is the cached one.",
         "",
         f"Command: `python benchmarks/latency_model.py {' '.join(sys.argv[1:])}`",
         "",

@@ -272,9 +272,25 @@ def test_each_layer_keeps_its_fastest_round(monkeypatch: pytest.MonkeyPatch) -> 
         return cal.Profile(math.nan, [("layer", "Conv", seconds)], (seconds,))
 
     monkeypatch.setattr(cal, "profile_onnx", profile)
-    measured = cal.measure_samples(convs, rounds=2)
+    measured, passes = cal.measure_samples(convs, rounds=2, max_rounds=2)
+    assert passes == 2
     assert [s.seconds for s in measured] == [4e-6, 2e-6]
     assert [s.row for s in measured] == [s.row for s in convs]
+
+
+def test_passes_go_on_while_the_last_one_sped_layers_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a slow spell can outlast two passes: a third is made when the second sped layers up
+    convs = [s for s in cal.synthetic_samples() if s.kind == "standard K>=64"][:2]
+    times = iter([5e-6, 5e-6, 2e-6, 2e-6, 2.1e-6, 1.9e-6, 9e-6, 9e-6])
+
+    def profile(*args: object, **kwargs: object) -> cal.Profile:
+        seconds = next(times)
+        return cal.Profile(math.nan, [("layer", "Conv", seconds)], (seconds,))
+
+    monkeypatch.setattr(cal, "profile_onnx", profile)
+    measured, passes = cal.measure_samples(convs, rounds=2, max_rounds=4)
+    assert passes == 3  # the third sped nothing up by over 10%: settled
+    assert sorted(s.seconds for s in measured) == [1.9e-6, 2e-6]
 
 
 def test_an_in_place_sample_keeps_each_graphs_fastest_pass(
@@ -285,7 +301,7 @@ def test_an_in_place_sample_keeps_each_graphs_fastest_pass(
     gate = next(s for s in cal.synthetic_samples() if s.kind == "se")
     passes = iter([((1300e-6, 1000e-6), [4, 4, 4]), ((1210e-6, 2900e-6), [4, 5, 4])])
     monkeypatch.setattr(cal, "_in_context_pairs", lambda *args, **kwargs: next(passes))
-    (measured,) = cal.measure_samples([gate], rounds=2)
+    (measured,), _ = cal.measure_samples([gate], rounds=2, max_rounds=2)
     assert measured.seconds == pytest.approx(210e-6)  # 1210 with it, 1000 without
     assert measured.nodes == 4
 

@@ -287,6 +287,9 @@ class Calibration:
     # gate 4 (its pooling, its scale, the layout conversions around them), a fused ReLU6 or
     # HardSwish 0; every other kind runs 1. Each pays node_overhead_s.
     kind_nodes: dict[str, int] = field(default_factory=dict)
+    # passes over the samples (calibrate.measure_samples: more where a slow spell outlasted
+    # the first ones)
+    passes: int = 0
 
     def warm_fraction(self, touched_bytes: float) -> float:
         """The share of a network's weights found in cache on the next call, given the bytes
@@ -346,6 +349,7 @@ class Calibration:
                 channel_block=int(data.get("channel_block", 1)),
                 stream_overlap=float(data.get("stream_overlap", 0.0)),
                 kind_nodes={k: int(v) for k, v in data.get("kind_nodes", {}).items()},
+                passes=int(data.get("passes", 0)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise MobileNetError(f"{source} is not a latency calibration: {e!r}") from None

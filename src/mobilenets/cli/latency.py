@@ -128,7 +128,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         f"runtime overhead: {calibration.node_overhead_s * 1e6:.2f} us per node, "
         f"{calibration.run_overhead_s * 1e6:.1f} us per call; weights all cached between "
         f"calls up to {calibration.weight_cache_bytes / 2**20:.1f} MiB passed, none from "
-        f"{calibration.weight_cold_bytes / 2**20:.1f} MiB; channels padded to blocks "
+        f"{calibration.weight_cold_bytes / 2**20:.1f} MiB; layers timed in "
+        f"{calibration.passes} passes; channels padded to blocks "
         f"of {calibration.channel_block}; runtime nodes of the in-place kinds: "
         + ", ".join(f"{kind} {n}" for kind, n in calibration.kind_nodes.items())
     )
