@@ -299,11 +299,21 @@ def test_an_in_place_sample_keeps_each_graphs_fastest_pass(
     # a spell over one pass of the largest gate once set the fitted rate of every gate; a
     # spell over the graph without the gate must not make the gate look free either
     gate = next(s for s in cal.synthetic_samples() if s.kind == "se")
-    passes = iter([((1300e-6, 1000e-6), [4, 4, 4]), ((1210e-6, 2900e-6), [4, 5, 4])])
+    passes = iter(
+        [((1300e-6, 1000e-6), [300e-6] * 3, [4, 4, 4]), ((1210e-6, 2900e-6), [0.0] * 3, [4, 5, 4])]
+    )
     monkeypatch.setattr(cal, "_in_context_pairs", lambda *args, **kwargs: next(passes))
     (measured,), _ = cal.measure_samples([gate], rounds=2, max_rounds=2)
     assert measured.seconds == pytest.approx(210e-6)  # 1210 with it, 1000 without
     assert measured.nodes == 4
+    # a pass fused into a convolution hides in the scatter of fastest times: the median of
+    # its pairs' differences over all passes
+    relu6 = next(s for s in cal.synthetic_samples() if s.kind == "relu6")
+    passes = iter(
+        [((1.0, 1.0), [4e-6, 5e-6, 9e-6], [0] * 3), ((1.0, 1.0), [-1e-6, 3e-6, 6e-6], [0] * 3)]
+    )
+    (measured,), _ = cal.measure_samples([relu6], rounds=2, max_rounds=2)
+    assert measured.seconds == pytest.approx(4.5e-6) and measured.nodes == 0
 
 
 def test_calibration_fits_every_kind(calibration: Calibration) -> None:

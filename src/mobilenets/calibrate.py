@@ -659,8 +659,11 @@ def measure_samples(
 
     Every sample is timed once in each pass over all of them, in :func:`interleaved` order, as
     the benchmarks time whole models: a slow spell then slows one timing of a layer, not all.
-    A one-layer graph keeps its fastest time; an in-place sample's graphs with and without the
-    layer each keep theirs, and the sample is the difference. After ``rounds`` passes, more
+    A one-layer graph keeps its fastest time. An in-place gate or SiLU is the difference of its
+    two graphs' fastest times, with and without it. A pass fused into a convolution (ReLU6,
+    HardSwish) changes that kernel's time by less than its fastest times scatter (fitted so,
+    ReLU6 came out free and MobileNetV2 up to 13% fast with 2 threads): it is the median of
+    its pairs' differences over all passes. After ``rounds`` passes, more
     are made, up to ``max_rounds``, while a pass still sped up more than
     :data:`SETTLED_SHARE` of the samples by more than :data:`SETTLED_SPEEDUP`: the machine
     was slow for part of the passes before, and the fastest times have not settled. Returns
@@ -668,6 +671,7 @@ def measure_samples(
     """
     best: dict[int, list[float]] = {}
     nodes: dict[int, list[int]] = {}
+    added: dict[int, list[float]] = {}
     done, turn, planned = 0, 0, rounds
     with tempfile.TemporaryDirectory() as tmp:
         while turn < planned:
@@ -676,9 +680,10 @@ def measure_samples(
                 sample = samples[i]
                 path = Path(tmp) / f"layer{i}.onnx"
                 if sample.kind in IN_CONTEXT_KINDS:
-                    times, counts = _in_context_pairs(
+                    times, diffs, counts = _in_context_pairs(
                         sample, path, provider, threads, budget_s, seed=i
                     )
+                    added.setdefault(i, []).extend(diffs)
                     nodes.setdefault(i, []).extend(counts)
                 else:
                     if not path.exists():
@@ -697,13 +702,15 @@ def measure_samples(
             if turn == planned and turn < max_rounds and sped_up > SETTLED_SHARE * len(samples):
                 planned += 1
     measured = [
-        replace(
+        replace(sample, seconds=best[i][0], nodes=1)
+        if i not in nodes
+        else replace(
             sample,
-            seconds=best[i][0] - best[i][1],
+            seconds=float(np.median(added[i]))
+            if sample.kind in FUSED_KINDS
+            else best[i][0] - best[i][1],
             nodes=max(0, round(float(np.median(nodes[i])))),
         )
-        if i in nodes
-        else replace(sample, seconds=best[i][0], nodes=1)
         for i, sample in enumerate(samples)
     ]
     return measured, turn
@@ -748,33 +755,32 @@ def interleaved(samples: Sequence[Sample], start: float = 0.0) -> list[int]:
 
 def _in_context_pairs(
     sample: Sample, path: Path, provider: str, threads: int, budget_s: float, seed: int
-) -> tuple[tuple[float, float], list[int]]:
-    """The fastest kernel time, layout conversions included, of the layer in its context and
-    of the context alone, over :data:`CONTEXT_REPEATS` interleaved sessions of each; and in
-    each pair of sessions how many nodes the layer adds to the runtime's graph (a
-    squeeze-and-excitation gate: its pooling, its scale and the conversions out of and back
-    into the blocked layout).
+) -> tuple[tuple[float, float], list[float], list[int]]:
+    """The layer timed in its context against the context alone, in :data:`CONTEXT_REPEATS`
+    interleaved pairs of sessions: the fastest kernel time of each graph, layout conversions
+    included; what the layer adds to the kernels in each pair; and how many nodes it adds to
+    the runtime's graph (a squeeze-and-excitation gate: its pooling, its scale and the
+    conversions out of and back into the blocked layout).
 
-    The difference of the two is what the layer costs in place. Each graph keeping its fastest
-    time, rather than the pairs' differences a median, lets a slow spell over a session or a
-    whole pass through neither way: a spell slows, so the fastest of the other sessions
-    stands. The median of the differences of one pass let one through (a 2-thread
-    calibration priced SiLU at 5.9 GB/s against 25-42 in the others, and EfficientNet-B0 at
-    224 px 123% slow), and so did the median over two passes when a spell covered the whole
-    of one for the largest gate (timed 1.1-1.9 ms against 0.2, fitted at 21.6 GB/s). A
+    Each graph's fastest time lets a slow spell through neither way: a spell only slows, so
+    the fastest of the other sessions stands. The median of the pairs' differences over two
+    passes let one through when it covered a whole pass (the largest gate timed 1.1-1.9 ms
+    against 0.2 and fitted at 21.6 GB/s), and that of one pass did when it covered a few
+    pairs (SiLU fitted at 5.9 GB/s, EfficientNet-B0 at 224 px priced 123% slow). A
     difference can come out at or below zero for a pass too small to see against the noise.
     """
     paths = [path.with_name(f"{path.stem}_{i}.onnx") for i in range(2)]
     for with_layer, graph_path in zip((True, False), paths, strict=True):
         if not graph_path.exists():
             onnx.save(context_graph(sample, with_layer, seed), str(graph_path))
-    best, nodes = [math.inf, math.inf], []
+    best, added, nodes = [math.inf, math.inf], [], []
     for _ in range(CONTEXT_REPEATS):
         profiles = [profile_onnx(p, provider, threads, budget_s, wall=False) for p in paths]
         for j, profile in enumerate(profiles):
             best[j] = min(best[j], profile.fastest_run_s(skip_reorders=False))
+        added.append(profiles[0].kernel_s(False) - profiles[1].kernel_s(False))
         nodes.append(len(profiles[0].nodes) - len(profiles[1].nodes))
-    return (best[0], best[1]), nodes
+    return (best[0], best[1]), added, nodes
 
 
 def measure_overheads(
