@@ -87,6 +87,7 @@ CALIBRATION_ROUNDS = 2
 MAX_CALIBRATION_ROUNDS = 4
 SETTLED_SHARE = 0.1
 SETTLED_SPEEDUP = 0.1
+ERROR_FLOOR_S = 1e-6  # fit errors of samples quicker than this are relative to it
 CACHE_ENV = "MOBILENETS_CACHE"
 
 
@@ -984,7 +985,13 @@ def fit_fused_pass(samples: Sequence[Sample]) -> Roofline:
 
 
 def relative_errors(roof: Roofline, samples: Sequence[Sample]) -> list[float]:
-    return [abs(roof.seconds(s.macs, s.bytes) / s.seconds - 1) for s in samples]
+    """Each sample's fit error relative to its time, or to :data:`ERROR_FLOOR_S` where its
+    time is below that: a fused pass measured barely above zero showed a worst error of
+    4.9e15%."""
+    return [
+        abs(roof.seconds(s.macs, s.bytes) - s.seconds) / max(s.seconds, ERROR_FLOOR_S)
+        for s in samples
+    ]
 
 
 def fit_calibration(
