@@ -288,8 +288,13 @@ def test_passes_go_on_while_the_last_one_sped_layers_up(monkeypatch: pytest.Monk
         return cal.Profile(math.nan, [("layer", "Conv", seconds)], (seconds,))
 
     monkeypatch.setattr(cal, "profile_onnx", profile)
-    measured, passes = cal.measure_samples(convs, rounds=2, max_rounds=4)
+    monkeypatch.setattr(cal, "OVERHEAD_EVERY", 2)
+    splits = []
+    measured, passes = cal.measure_samples(
+        convs, rounds=2, max_rounds=4, between=lambda: splits.append(len(splits))
+    )
     assert passes == 3  # the third sped nothing up by over 10%: settled
+    assert splits == [0, 1, 2]  # the overhead split all through the passes, every 2 samples
     assert sorted(s.seconds for s in measured) == [1.9e-6, 2e-6]
 
 

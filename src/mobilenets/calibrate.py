@@ -19,6 +19,7 @@ model and count) and the runtime version: a calibration from elsewhere is never 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import inspect
 import json
@@ -27,7 +28,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -75,6 +76,7 @@ SAMPLE_RESOLUTIONS = (96, 224)
 PER_KIND = 14
 CHAIN_LENGTH = 24
 OVERHEAD_REPEATS = 9  # splits of the runtime overhead, the median kept
+OVERHEAD_EVERY = 10  # a calibration makes one split after every this many samples
 CONTEXT_REPEATS = 3  # interleaved sessions of each in-place sample's two graphs per pass
 # passes over all the samples: every sample keeps its fastest pass (one pass let a slow spell
 # set a kind's rates: a 2-thread calibration fitted small-K pointwise layers at 21 GB/s against
@@ -655,6 +657,7 @@ def measure_samples(
     progress: Callable[[int, int], None] | None = None,
     rounds: int = CALIBRATION_ROUNDS,
     max_rounds: int = MAX_CALIBRATION_ROUNDS,
+    between: Callable[[], None] | None = None,
 ) -> tuple[list[Sample], int]:
     """Time each sample's one-layer graph; its time is the kernel time of its own nodes.
 
@@ -668,7 +671,8 @@ def measure_samples(
     are made, up to ``max_rounds``, while a pass still sped up more than
     :data:`SETTLED_SHARE` of the samples by more than :data:`SETTLED_SPEEDUP`: the machine
     was slow for part of the passes before, and the fastest times have not settled. Returns
-    the samples in the order given and the number of passes made.
+    the samples in the order given and the number of passes made. ``between`` is called after
+    every :data:`OVERHEAD_EVERY` samples, to spread another measurement over the passes.
     """
     best: dict[int, list[float]] = {}
     nodes: dict[int, list[int]] = {}
@@ -697,6 +701,8 @@ def measure_samples(
                 )
                 best[i] = [min(t, o) for t, o in zip(times, old, strict=True)]
                 done += 1
+                if between is not None and done % OVERHEAD_EVERY == 0:
+                    between()
                 if progress is not None:
                     progress(done, planned * len(samples))
             turn += 1
@@ -794,25 +800,46 @@ def measure_overheads(
 ) -> tuple[float, float]:
     """The runtime's seconds between kernels and per call, from chains of 1 and ``length``
     tiny layers (``channels`` x ``size`` x ``size``): what the wall time adds to the kernel
-    times, split into a per-node and a fixed part; the median of ``repeats`` splits.
+    times, split into a per-node and a fixed part; the median of ``repeats`` splits made one
+    after another (a calibration spreads its splits over its passes instead)."""
+    with overhead_chains(length, channels, size) as chains:
+        return median_split([overhead_split(chains, provider, threads) for _ in range(repeats)])
 
-    One split takes a fraction of a second and, with 2 threads, came out anywhere from -3.0
-    to -4.3 us per node; a network of 118 runtime nodes (MobileNetV3-Small 0.35 at 96 px)
-    turns that spread into a quarter of its latency."""
-    splits = []
+
+@contextlib.contextmanager
+def overhead_chains(
+    length: int = CHAIN_LENGTH, channels: int = 8, size: int = 8
+) -> Iterator[dict[int, Path]]:
+    """Chains of 1 and ``length`` tiny layers written to a temporary folder, by length."""
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {}
+        chains = {}
         for n in (1, length):
-            paths[n] = Path(tmp) / f"chain{n}.onnx"
-            onnx.save(chain_graph(n, channels, size), str(paths[n]))
-        for _ in range(repeats):
-            extra, nodes = {}, {}
-            for n, path in paths.items():
-                profile = profile_onnx(path, provider, threads, budget_s=0.2, min_runs=20)
-                extra[n] = profile.wall_s - profile.kernel_s(skip_reorders=False)
-                nodes[n] = len(profile.nodes)
-            per_node = (extra[length] - extra[1]) / max(nodes[length] - nodes[1], 1)
-            splits.append((per_node, max(0.0, extra[1] - per_node * nodes[1])))
+            chains[n] = Path(tmp) / f"chain{n}.onnx"
+            onnx.save(chain_graph(n, channels, size), str(chains[n]))
+        yield chains
+
+
+def overhead_split(
+    chains: dict[int, Path], provider: str = DEFAULT_PROVIDER, threads: int = 0
+) -> tuple[float, float]:
+    """One split of the runtime overhead, per node and per call, from the shortest and the
+    longest of ``chains`` (:func:`overhead_chains`).
+
+    One split takes a fraction of a second, and with 2 threads one came out anywhere from -3.0
+    to -4.9 us per node; a network of 118 runtime nodes (MobileNetV3-Small 0.35 at 96 px) turns
+    that spread into a quarter of its latency."""
+    extra, nodes = {}, {}
+    for n, path in chains.items():
+        profile = profile_onnx(path, provider, threads, budget_s=0.2, min_runs=20)
+        extra[n] = profile.wall_s - profile.kernel_s(skip_reorders=False)
+        nodes[n] = len(profile.nodes)
+    short, long = min(chains), max(chains)
+    per_node = (extra[long] - extra[short]) / max(nodes[long] - nodes[short], 1)
+    return per_node, max(0.0, extra[short] - per_node * nodes[short])
+
+
+def median_split(splits: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """The median per-node and per-call overheads of ``splits``."""
     return float(np.median([s[0] for s in splits])), float(np.median([s[1] for s in splits]))
 
 
@@ -1073,8 +1100,22 @@ def calibrate(
     ]
     # the same fully connected layers again, alone, their weights warm in cache
     samples += [replace(s, kind=WARM_KIND) for s in samples if s.kind == "fc"]
-    measured, passes = measure_samples(samples, provider, threads, budget_s, progress)
-    node_overhead, run_overhead = measure_overheads(provider, threads)
+    # the runtime overhead is split between samples all through the passes, and the median
+    # kept: split one after another at their end, its splits' median came out anywhere from
+    # -3.3 to -4.9 us per node with 2 threads between calibrations
+    splits: list[tuple[float, float]] = []
+    with overhead_chains() as chains:
+        measured, passes = measure_samples(
+            samples,
+            provider,
+            threads,
+            budget_s,
+            progress,
+            between=lambda: splits.append(overhead_split(chains, provider, threads)),
+        )
+        if not splits:
+            splits.append(overhead_split(chains, provider, threads))
+    node_overhead, run_overhead = median_split(splits)
     cache, cold, stream = measure_weight_cache(provider, threads)
     overlap = measure_stream_overlap(stream, provider, threads)
     return fit_calibration(
