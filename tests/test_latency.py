@@ -215,6 +215,12 @@ def test_a_fused_pass_is_fitted_without_a_call_cost_and_an_se_gate_pays_its_node
     timed = [replace(s, seconds=s.bytes / 5e10 + e) for s, e in zip(maps, noise, strict=True)]
     pass_rate = cal.fit_fused_pass(timed)
     assert pass_rate.overhead_s == 0.0 and pass_rate.bytes_per_s == pytest.approx(5e10, rel=0.05)
+    # a pass after a long convolution scatters more than it adds: it must not set the rate
+    lost = replace(maps[-1], row=replace(maps[-1].row, output_shape=(1, 144, 112, 112)))
+    lost = replace(lost, seconds=-300e-6, scatter_s=200e-6)
+    steady = [replace(s, scatter_s=1e-6) for s in timed]
+    assert cal.fit_fused_pass([*steady, lost]).bytes_per_s == pytest.approx(5e10, rel=0.1)
+    assert cal.standard_error([1.0, 1.0, 5.0, 1.0]) == 0.0  # an outlier does not widen it
     # an SE gate runs its pooling, its scale and two layout conversions: 4 nodes, 4 overheads
     report = profile_model(se_network(), 64, in_chans=3)
     gated = replace(calibration, kind_nodes={**calibration.kind_nodes, "se": 4})

@@ -206,6 +206,7 @@ class Sample:
     seconds: float = math.nan
     block: int = 1  # the runtime's channel block: the work is priced padded to it
     nodes: int = 1  # the runtime's nodes it ran (an in-place gate's layout conversions too)
+    scatter_s: float = 0.0  # the standard error of ``seconds`` where it is a median (0: unknown)
 
     @property
     def macs(self) -> float:
@@ -713,14 +714,26 @@ def measure_samples(
         if i not in nodes
         else replace(
             sample,
-            seconds=float(np.median(added[i]))
-            if sample.kind in FUSED_KINDS
-            else best[i][0] - best[i][1],
+            seconds=float(np.median(added[i])),
+            nodes=max(0, round(float(np.median(nodes[i])))),
+            scatter_s=standard_error(added[i]),
+        )
+        if sample.kind in FUSED_KINDS
+        else replace(
+            sample,
+            seconds=best[i][0] - best[i][1],
             nodes=max(0, round(float(np.median(nodes[i])))),
         )
         for i, sample in enumerate(samples)
     ]
     return measured, turn
+
+
+def standard_error(values: Sequence[float]) -> float:
+    """The standard error of the median of ``values``, from their median absolute deviation
+    (a slow spell's outlier does not widen it)."""
+    deviation = float(np.median(np.abs(np.asarray(values) - np.median(values))))
+    return 1.4826 * deviation * math.sqrt(math.pi / 2 / max(len(values), 1))
 
 
 def _pass_start(turn: int) -> float:
@@ -1003,11 +1016,18 @@ def fit_fused_pass(samples: Sequence[Sample]) -> Roofline:
     or below zero included: it is no call of its own, so it has no fixed cost, and keeping
     only the samples that came out above zero biased a small pass's price up (a fitted 4 us
     per ReLU6 priced MobileNetV2 0.35 at 96 px 45% slow with 2 threads). Free when the
-    passes added nothing."""
+    passes added nothing.
+
+    Each sample weighs by the inverse square of its scatter (``scatter_s``, at least
+    :data:`ERROR_FLOOR_S`): the largest map's pass sits after a convolution of 4.5 ms whose
+    time scatters by 0.6 ms from session to session, so it saw none of its 0.2 ms, yet
+    unweighted it set the rate (ReLU6 fitted at 437 GB/s against 55-107 at 1 thread before,
+    MobileNetV2 priced up to 20% fast)."""
     nbytes = np.array([s.bytes for s in samples], dtype=float)
     seconds = np.array([s.seconds for s in samples], dtype=float)
-    moved = float(np.sum(nbytes * seconds))
-    rate = float(np.sum(nbytes**2)) / moved if moved > 0 else math.inf
+    weights = np.array([max(s.scatter_s, ERROR_FLOOR_S) ** -2 for s in samples])
+    moved = float(np.sum(weights * nbytes * seconds))
+    rate = float(np.sum(weights * nbytes**2)) / moved if moved > 0 else math.inf
     return Roofline(macs_per_s=math.inf, bytes_per_s=rate, overhead_s=0.0)
 
 
