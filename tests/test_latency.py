@@ -359,8 +359,17 @@ def test_cache_is_reused_and_a_stale_one_recalibrated(
     path = cal.cache_path()
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(replace(calibration, runtime_version="0.0.1").to_json()))
+    # the measuring itself is the module's calibration (a real one); here, what is cached when
+    made: list[dict] = []
+
+    def measure(*args: object, **kwargs: object) -> Calibration:
+        made.append(kwargs)
+        return replace(calibration, created="just now")
+
+    monkeypatch.setattr(cal, "calibrate", measure)
     said: list[str] = []
     fresh = cal.load_calibration(say=said.append, **SMALL)
+    assert made == [SMALL] and fresh.created == "just now"
     assert "stale" in said[0] and "0.0.1" in said[0] and "recalibrating" in said[0]
     assert fresh.runtime_version != "0.0.1"
     assert cal.read_calibration(path) == fresh

@@ -666,14 +666,16 @@ def measure_samples(
     the benchmarks time whole models: a slow spell then slows one timing of a layer, not all.
     A one-layer graph keeps its fastest time. An in-place gate or SiLU is the difference of its
     two graphs' fastest times, with and without it. A pass fused into a convolution (ReLU6,
-    HardSwish) changes that kernel's time by less than its fastest times scatter (fitted so,
-    ReLU6 came out free and MobileNetV2 up to 13% fast with 2 threads): it is the median of
-    its pairs' differences over all passes. After ``rounds`` passes, more
-    are made, up to ``max_rounds``, while a pass still sped up more than
-    :data:`SETTLED_SHARE` of the samples by more than :data:`SETTLED_SPEEDUP`: the machine
-    was slow for part of the passes before, and the fastest times have not settled. Returns
-    the samples in the order given and the number of passes made. ``between`` is called after
-    every :data:`OVERHEAD_EVERY` samples, to spread another measurement over the passes.
+    HardSwish) changes that kernel's time by less than the fastest times scatter (from them,
+    ReLU6 came out free and MobileNetV2 up to 13% fast with 2 threads), so it is the median of
+    its pairs' differences over all passes, with their scatter.
+
+    After ``rounds`` passes, more are made, up to ``max_rounds``, while a pass still sped up
+    more than :data:`SETTLED_SHARE` of the samples by more than :data:`SETTLED_SPEEDUP`: the
+    machine was slow for part of the passes before, and the fastest times have not settled.
+    ``between`` is called after every :data:`OVERHEAD_EVERY` samples, to spread another
+    measurement over the passes. Returns the samples in the order given and the number of
+    passes made.
     """
     best: dict[int, list[float]] = {}
     nodes: dict[int, list[int]] = {}
@@ -709,24 +711,17 @@ def measure_samples(
             turn += 1
             if turn == planned and turn < max_rounds and sped_up > SETTLED_SHARE * len(samples):
                 planned += 1
-    measured = [
-        replace(sample, seconds=best[i][0], nodes=1)
-        if i not in nodes
-        else replace(
-            sample,
-            seconds=float(np.median(added[i])),
-            nodes=max(0, round(float(np.median(nodes[i])))),
-            scatter_s=standard_error(added[i]),
-        )
-        if sample.kind in FUSED_KINDS
-        else replace(
-            sample,
-            seconds=best[i][0] - best[i][1],
-            nodes=max(0, round(float(np.median(nodes[i])))),
-        )
-        for i, sample in enumerate(samples)
-    ]
-    return measured, turn
+
+    def measured(i: int, sample: Sample) -> Sample:
+        if i not in nodes:  # a one-layer graph
+            return replace(sample, seconds=best[i][0], nodes=1)
+        runtime_nodes = max(0, round(float(np.median(nodes[i]))))
+        if sample.kind in FUSED_KINDS:
+            seconds, scatter = float(np.median(added[i])), standard_error(added[i])
+            return replace(sample, seconds=seconds, nodes=runtime_nodes, scatter_s=scatter)
+        return replace(sample, seconds=best[i][0] - best[i][1], nodes=runtime_nodes)
+
+    return [measured(i, sample) for i, sample in enumerate(samples)], turn
 
 
 def standard_error(values: Sequence[float]) -> float:
