@@ -29,13 +29,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CHAINS = ((8, 8), (16, 16), (32, 16), (32, 28), (64, 28), (96, 14), (144, 24), (32, 56))
 
 
-def split(channels: int, size: int, threads: int, repeats: int) -> tuple[float, float]:
-    """(per node, per call) seconds as the calibration measures them
-    (:func:`~mobilenets.calibrate.measure_overheads`), on chains of ``channels`` x ``size`` x
-    ``size`` layers: the median of ``repeats`` measurements."""
-    return measure_overheads(threads=threads, channels=channels, size=size, repeats=repeats)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -46,7 +39,11 @@ def main() -> None:
     rows: dict[int, list[tuple[int, int, float, float]]] = {t: [] for t in args.threads}
     for channels, size in CHAINS:
         for threads in args.threads:  # interleaved: a busy spell hits every thread count
-            rows[threads].append((channels, size, *split(channels, size, threads, args.repeats)))
+            # what the calibration measures, on this chain size: the median of the repeats
+            found = measure_overheads(
+                threads=threads, channels=channels, size=size, repeats=args.repeats
+            )
+            rows[threads].append((channels, size, *found))
             print(threads, channels, size, rows[threads][-1][2:], flush=True)
     lines = [
         "# Runtime overhead per node and per call, by chain size",
