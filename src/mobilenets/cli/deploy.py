@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--verify-images", type=int, metavar="N", help="held-out images to check on (256)"
     )
+    p.add_argument(
+        "--equalize",
+        action="store_true",
+        help="with --int8: rescale channels first so each activation's int8 range is shared "
+        "fairly (same function in float)",
+    )
     p.add_argument("--out", help="output file (default RUN_DIR/model[.int8].<suffix>)")
     add_moved_data(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a line")
@@ -120,6 +126,7 @@ def run_export(args: argparse.Namespace) -> int:
         out=args.out,
         data=args.data,
         quantized=quantized,
+        equalize=args.equalize,
         **{k: v for k, v in counts.items() if v is not None},
     )
     if args.json:
@@ -134,6 +141,8 @@ def run_export(args: argparse.Namespace) -> int:
             if report.calibrated_on
             else report.quantization
         )
+        if report.equalization:
+            how += f"; {report.equalization}"
         verdict = (
             f"agrees with PyTorch fp32 on {c.top1_agreement:.1%} of top-1, logit SQNR "
             f"{c.sqnr_db:.1f} dB ({how})"

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from mobilenets.deploy import executorch, litert, onnx_target, openvino
+from mobilenets.deploy.equalize import equalize as equalize_channels
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.onnx_export import first_images
 from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops
@@ -60,6 +61,7 @@ class ExportReport:
     quantization: str | None = None
     calibration_images: int = 0
     calibrated_on: str | None = None
+    equalization: str | None = None  # what equalize() rescaled before calibrating, if asked
     seconds: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -76,6 +78,7 @@ class ExportReport:
             "quantization": self.quantization,
             "calibration_images": self.calibration_images,
             "calibrated_on": self.calibrated_on,
+            "equalization": self.equalization,
             "seconds": self.seconds,
         }
 
@@ -130,12 +133,15 @@ def export(
     verify_images: int = VERIFY_IMAGES,
     record: bool = True,
     quantized: tuple[torch.nn.Module, str] | None = None,
+    equalize: bool = False,
 ) -> ExportReport:
     """Export a run directory to ``fmt`` (int8 if asked), checked in that format's runtime.
 
     ``quantized`` is an int8 graph that already carries its ranges, and how it was quantized
     (a QAT run's trained ranges, :func:`mobilenets.quant.qat.int8_graph`): it is written as it
     is instead of being calibrated, for a format that lowers such graphs (ExecuTorch).
+    ``equalize`` rescales channels on the calibration images before int8
+    (:mod:`mobilenets.deploy.equalize`); the check still compares with the model as trained.
 
     Nothing is written unless the check passes; then the files get their final names (each
     renamed atomically, the main file last) and, with ``record``, the check is added to the
@@ -156,18 +162,23 @@ def export(
             f"a QAT run's own int8 ranges ship only as an int8 program of a format that lowers "
             f"PT2E graphs (executorch), not as {'int8' if int8 else 'fp32'} {fmt}"
         )
+    if equalize and (not int8 or quantized is not None):
+        raise MobileNetError("equalization is a step of post-training int8: use it with --int8")
     inputs, checked_on = held_out_inputs(info, data, verify_images)
     if quantized is None:
         cal, calibrated_on = calibration_inputs(info, data, calibration) if int8 else (None, None)
     else:
         cal, calibrated_on = None, None
     folded = fold_batchnorm(model)
+    written, equalization = folded if quantized is None else quantized[0], None
+    if equalize:
+        written, done = equalize_channels(folded, cal)
+        equalization = done.describe()
     example = inputs[0][:1]
     precision = "int8" if int8 else "fp32"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staged = Path(tmp) / out.name
-        written = folded if quantized is None else quantized[0]
         target.write(written, staged, example, cal, onnx_metadata(info, precision))
         check = check_program(target, staged, folded, inputs, int8, len(example))
         with contextlib.ExitStack() as stack:  # commits in reverse: the main file last
@@ -186,6 +197,7 @@ def export(
         quantization=(quantized[1] if quantized else target.quantization) if int8 else None,
         calibration_images=sum(len(b) for b in cal) if cal else 0,
         calibrated_on=calibrated_on,
+        equalization=equalization,
         seconds=time.perf_counter() - start,
     )
     if record:

@@ -1,0 +1,86 @@
+"""Equalization before int8: the rescaled network computes the same function, and the small
+channels of each equalized activation are brought up to share its range."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import raises_one_line, randomize_batchnorm
+
+from mobilenets.deploy.equalize import equalize
+from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.models import create_model
+
+
+def folded(name: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = create_model(name, width_mult=0.35, num_classes=10)
+    return fold_batchnorm(randomize_batchnorm(model, seed))
+
+
+def batches(n: int = 3, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(4, 3, 64, 64, generator=g) for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("name", "pairs", "streams"),
+    [
+        # the stem into block 1's depthwise, then each of blocks 2-17's expansions
+        ("mobilenet_v2", 17, 7),
+        # the stem and each of the 12 pointwise layers that feed the next block's depthwise
+        ("mobilenet_v1", 13, 0),
+    ],
+)
+def test_the_equalized_network_computes_the_same_function(name: str, pairs: int, streams: int):
+    model = folded(name)
+    calibration = batches()
+    equalized, done = equalize(model, calibration)
+    assert (done.pairs, done.streams) == (pairs, streams)
+    assert done.channels > 0 and done.largest_scale > 1
+    with torch.no_grad():
+        for x in calibration:
+            want, got = model(x), equalized(x)
+            assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    assert not torch.equal(
+        equalized.features[2].expand.conv.weight if name == "mobilenet_v2" else
+        equalized.features[1].pointwise.conv.weight,
+        model.features[2].expand.conv.weight if name == "mobilenet_v2" else
+        model.features[1].pointwise.conv.weight,
+    )  # fmt: skip
+
+
+def test_small_channels_are_brought_up_to_the_clip() -> None:
+    model = folded("mobilenet_v2")
+    calibration = batches()
+
+    def expand_maxima(m: torch.nn.Module) -> torch.Tensor:
+        out = []
+        handle = m.features[5].expand.register_forward_hook(
+            lambda _m, _i, y: out.append(y.amax(dim=(0, 2, 3)))
+        )
+        with torch.no_grad():
+            for x in calibration:
+                m(x)
+        handle.remove()
+        return torch.stack(out).amax(0)
+
+    before = expand_maxima(model)
+    after = expand_maxima(equalize(model, calibration, margin=2.0)[0])
+    lit = before > 0.05  # below, the scale is capped (MAX_SCALE)
+    # every channel below the ceiling (6 / margin) is scaled to reach it, none passes it
+    assert torch.all(after[lit] >= torch.minimum(before[lit], torch.tensor(3.0)) - 1e-4)
+    assert torch.all(after <= torch.maximum(before, torch.tensor(3.0)) + 1e-4)
+    assert (after[lit] / after[lit].max()).min() > (before[lit] / before[lit].max()).min()
+
+
+def test_what_cannot_be_equalized_is_refused() -> None:
+    model = create_model("mobilenet_v2", width_mult=0.35, num_classes=10)
+    with raises_one_line("fold BatchNorm before equalizing"):
+        equalize(model, batches(1))
+    with raises_one_line("margin must be at least 1"):
+        equalize(fold_batchnorm(model), batches(1), margin=0.5)
+    with raises_one_line(r"alpha must be in \[0, 1\]"):
+        equalize(fold_batchnorm(model), batches(1), alpha=2)
+    with raises_one_line("no .features blocks"):
+        equalize(torch.nn.Linear(3, 2), batches(1))
