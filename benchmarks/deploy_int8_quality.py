@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from mobilenets.deploy import executorch, litert, onnx_target, openvino
+from mobilenets.deploy.equalize import equalize
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops, photo_paths
@@ -45,28 +46,36 @@ LEVERS = {
         # calibrators keep every activation of every image: at 224 px the entropy run had
         # grown to 12 GB after 19 minutes on 200 images, half this machine, and was stopped.
         ("MinMax, depthwise left in fp32", {"calibrate_method": "minmax", "fp32_depthwise": True}),
+        ("MinMax, channels equalized first", {"calibrate_method": "minmax", "equalize": True}),
     ],
     "openvino": [
         ("PERFORMANCE preset (symmetric activations)", {"preset": "performance"}),
         ("MIXED preset (asymmetric activations; our default)", {"preset": "mixed"}),
         ("MIXED, classifier (MatMul) in fp32", {"preset": "mixed", "fp32_types": ["MatMul"]}),
         ("MIXED, full bias correction", {"preset": "mixed", "fast_bias_correction": False}),
+        ("MIXED, channels equalized first", {"preset": "mixed", "equalize": True}),
     ],
     # XNNPACKQuantizer refuses to leave a named module in float (set_module_name(name, None)),
     # so ExecuTorch has no float-layer lever; its lever is QAT with the xnnpack scheme
     "executorch": [
         ("per channel, histogram observer (default)", {}),
+        ("per channel, histogram observer, channels equalized first", {"equalize": True}),
     ],
     # litert-torch's converter refuses a module left in float ("quantization_config == None
     # is not supported yet"): no float-layer lever either
     "litert": [
         ("per channel, histogram observer (default)", {}),
+        ("per channel, histogram observer, channels equalized first", {"equalize": True}),
     ],
 }
 
 
 def build(runtime: str, options: dict, model, info, tmp: Path, example, calibration):
     """Write the int8 program for one lever and load it in its runtime."""
+    options = dict(options)
+    if options.pop("equalize", False):  # a float rescaling first (mobilenets.deploy.equalize)
+        model, done = equalize(model, calibration)
+        print(done.describe(), flush=True)
     if runtime == "onnx":
         fp32, out = tmp / "model.onnx", tmp / "model.int8.onnx"
         write_onnx(model, fp32, tuple(info.input_size), onnx_metadata(info, "fp32"))
@@ -89,6 +98,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="the imported torchvision V2 run")
     parser.add_argument("--runtimes", default=",".join(LEVERS))
+    parser.add_argument(
+        "--levers", default="", help="only the levers whose name holds one of these (a,b,...)"
+    )
     parser.add_argument("--calibration", type=int, default=200)
     parser.add_argument("--evaluation", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
@@ -110,6 +122,8 @@ def main() -> None:
     rows = []
     for runtime in args.runtimes.split(","):
         for lever, options in LEVERS[runtime]:
+            if args.levers and not any(k in lever for k in args.levers.split(",")):
+                continue
             start = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
                 runner, batch = build(
@@ -137,6 +151,7 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
         f"`python benchmarks/deploy_int8_quality.py RUN --calibration {args.calibration} "
         f"--evaluation {args.evaluation}"
         + (f" --runtimes {args.runtimes}" if args.runtimes != ",".join(LEVERS) else "")
+        + (f" --levers '{args.levers}'" if args.levers else "")
         + (f" --tag {args.tag}" if args.tag else "")
         + f"` on {platform.machine()}, {args.threads} threads. {args.note}",
         f"Calibration: {args.calibration} random crops of {len(photo_paths())} bundled photos "

@@ -212,9 +212,13 @@ def equalize(
     features = model.features
     batches = list(batches)
     done = Equalization()
-    pairs = _pairs(features)
-    maxima = _channel_max([p.producer for p in pairs], model, batches)
-    for pair, top in zip(pairs, maxima, strict=True):
+    pairs, streams = _pairs(features), _streams(features)
+    # one pass measures every range: each rescaling below is exact on these images, so it
+    # leaves the ranges the others need as they were
+    taps = [p.producer for p in pairs] + [t for s in streams for t in s.taps]
+    maxima = dict(zip(map(id, taps), _channel_max(taps, model, batches), strict=True))
+    for pair in pairs:
+        top = maxima[id(pair.producer)]
         clip = _clip(pair.producer)
         ceiling = top.max() if clip == float("inf") else torch.tensor(clip / margin)
         s = (ceiling / top.clamp_min(_TINY)).clamp(1.0, MAX_SCALE)
@@ -223,9 +227,8 @@ def equalize(
         done.pairs += 1
         done.channels += int((s > 1).sum())
         done.largest_scale = max(done.largest_scale, float(s.max()))
-    for stream in _streams(features):
-        tops = _channel_max(stream.taps, model, batches)
-        x = torch.stack(tops).amax(0).clamp_min(_TINY)
+    for stream in streams:
+        x = torch.stack([maxima[id(t)] for t in stream.taps]).amax(0).clamp_min(_TINY)
         w = _reader_columns(stream.readers).clamp_min(_TINY)
         s = x**alpha / w ** (1 - alpha)
         s = (s / s.log().mean().exp()).clamp(1 / MAX_SCALE, MAX_SCALE)  # only ratios matter
