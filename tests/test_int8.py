@@ -128,9 +128,10 @@ def test_mixed_precision_keeps_the_named_layers_in_float(run: Path, tmp_path: Pa
     out = tmp_path / "mixed.onnx"
     keep = ["features.0.conv", "classifier.fc"]
     argv = ["quantize-mixed", str(run), "--fp32", *keep, "--images", "64", "--json"]
-    assert main([*argv, "--calibration", "32", "--out", str(out)]) == 0
+    assert main([*argv, "--calibration", "32", "--equalize", "--out", str(out)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["mixed"]["fp32_modules"] == keep
+    assert result["equalization"].startswith("equalized ")  # rescaled first, as asked
     assert 0 <= result["mixed"]["top1_agreement"] <= 1
     graph = onnx.load(str(out)).graph
     quantized_weights = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}

@@ -60,6 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=300, help="held-out images (default 300)")
     p.add_argument("--calibration", type=int, default=256, help="calibration images (256)")
     p.add_argument("--out", help="output file (default RUN_DIR/model.mixed.onnx)")
+    p.add_argument(
+        "--equalize",
+        action="store_true",
+        help="rescale channels first so each activation's int8 range is shared fairly",
+    )
     add_moved_data(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -199,6 +204,7 @@ def run_mixed(args: argparse.Namespace) -> int:
         out=args.out,
         data=args.data,
         on_message=None if quiet else err.print,
+        equalize=args.equalize,
     )
     if args.json:
         print_json(result.to_dict())

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobilenets.deploy.equalize import equalize as equalize_channels
 from mobilenets.deploy.export import calibration_inputs, held_out_inputs, target_of
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.runtime import onnx_metadata
@@ -79,6 +80,7 @@ class MixedResult:
     mixed: Candidate
     predicted: list[float] = field(default_factory=list)  # simulated agreement, k = 0, 1, ...
     tried: list[Candidate] = field(default_factory=list)
+    equalization: str | None = None  # what deploy.equalize rescaled first, if asked
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -109,18 +111,21 @@ def simulated_agreement(
 
 
 class _Bench:
-    """Writes candidates with one target and measures them against the float model."""
+    """Writes candidates with one target and measures them against the float model
+    (``folded``); the int8 files are made from ``written``, the same function rescaled by
+    :func:`~mobilenets.deploy.equalize.equalize` when asked."""
 
     def __init__(
         self,
         target: Target,
         folded: nn.Module,
+        written: nn.Module,
         folder: Path,
         inputs: Sequence[torch.Tensor],
         calibration: list[torch.Tensor],
         metadata: dict[str, str],
     ) -> None:
-        self.target, self.folded, self.folder = target, folded, folder
+        self.target, self.folded, self.written, self.folder = target, folded, written, folder
         self.inputs, self.calibration, self.metadata = inputs, calibration, metadata
         self.example = inputs[0][:1]
         self.reference = pytorch_logits(folded, inputs)
@@ -136,7 +141,7 @@ class _Bench:
             self.target.write(self.folded, path, self.example, None, self.metadata)
         else:
             self.target.write(
-                self.folded,
+                self.written,
                 path,
                 self.example,
                 self.calibration,
@@ -180,12 +185,14 @@ def quantize_mixed(
     out: str | os.PathLike[str] | None = None,
     data: str | os.PathLike[str] | None = None,
     on_message: OnMessage = None,
+    equalize: bool = False,
 ) -> MixedResult:
     """Write ``run_dir``'s model as int8 with some layers in float, chosen one of three ways:
     named (``fp32_modules``), the ``keep`` most sensitive, or the fewest most sensitive that
     reach ``target_agreement`` top-1 agreement with float on ``images`` held-out images within
     ``max_latency_cost`` and ``max_float`` layers. Nothing is written when the target is not
-    reached; the error says the best agreement that was.
+    reached; the error says the best agreement that was. ``equalize`` rescales channels first
+    (:mod:`mobilenets.deploy.equalize`), for the sensitivity ranking and the files alike.
     """
     chosen = [fp32_modules is not None, keep is not None, target_agreement is not None]
     if sum(chosen) != 1:
@@ -203,7 +210,12 @@ def quantize_mixed(
     inputs, images_from = held_out_inputs(info, data, images)
     cal, _ = calibration_inputs(info, data, calibration)
     folded = fold_batchnorm(model)
-    fq = FakeQuantModel(model)
+    written, equalization = folded, None
+    if equalize:
+        written, done = equalize_channels(folded, cal)
+        equalization = done.describe()
+        say(equalization)
+    fq = FakeQuantModel(written)
     names = fq.names()
     if fp32_modules is not None:
         unknown = [n for n in fp32_modules if n not in names]
@@ -220,7 +232,8 @@ def quantize_mixed(
             predicted = simulated_agreement(fq, order, inputs, max_float)
     with tempfile.TemporaryDirectory(prefix="mobilenets-mixed-") as tmp:
         say("writing the fp32 and all-int8 files")
-        bench = _Bench(target, folded, Path(tmp), inputs, cal, onnx_metadata(info, "int8"))
+        metadata = onnx_metadata(info, "int8")
+        bench = _Bench(target, folded, written, Path(tmp), inputs, cal, metadata)
         tried: list[Candidate] = []
         if target_agreement is None:
             kept = order if keep is None else order[:keep]
@@ -271,6 +284,7 @@ def quantize_mixed(
         mixed=best,
         predicted=predicted,
         tried=tried,
+        equalization=equalization,
     )
 
 
