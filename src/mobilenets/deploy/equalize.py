@@ -13,7 +13,10 @@ activations' calibrated ranges:
   layer: multiply output channel ``c`` (its filter and bias) by ``s_c >= 1`` and divide the
   depthwise filter of channel ``c`` by ``s_c``. ReLU commutes with a positive scale; ReLU6
   does while ``s_c * max_c <= 6``, so ``s_c`` brings the channel's calibrated maximum only to
-  ``6 / margin`` (a channel that reaches the clip keeps ``s_c = 1``). Both layers are
+  ``6 / margin`` (a channel that reaches the clip keeps ``s_c = 1``), and no channel's
+  range *before* the activation past the widest one's: XNNPACK's quantizer (ExecuTorch,
+  LiteRT) does not fuse ReLU6 and rounds the convolution's output too, and scaled past that
+  its range grew and the logits lost 5 dB in both. Both layers are
   quantized per output channel, so their weights lose nothing; the activation between them
   gains up to ``log2(s_c)`` bits in channel ``c``. Into a pointwise layer the division would
   cost that layer's per-channel weight scales the same bits (measured: worse), so those
@@ -215,13 +218,17 @@ def equalize(
     pairs, streams = _pairs(features), _streams(features)
     # one pass measures every range: each rescaling below is exact on these images, so it
     # leaves the ranges the others need as they were
-    taps = [p.producer for p in pairs] + [t for s in streams for t in s.taps]
+    taps = [p.producer for p in pairs] + [p.producer.conv for p in pairs]
+    taps += [t for s in streams for t in s.taps]
     maxima = dict(zip(map(id, taps), _channel_max(taps, model, batches), strict=True))
     for pair in pairs:
-        top = maxima[id(pair.producer)]
+        top, before = maxima[id(pair.producer)], maxima[id(pair.producer.conv)]
         clip = _clip(pair.producer)
         ceiling = top.max() if clip == float("inf") else torch.tensor(clip / margin)
-        s = (ceiling / top.clamp_min(_TINY)).clamp(1.0, MAX_SCALE)
+        # nor past the widest channel before the activation: a quantizer that rounds the
+        # convolution's output there (XNNPACK's, which does not fuse ReLU6) keeps its range
+        s = torch.minimum(ceiling / top.clamp_min(_TINY), before.max() / before.clamp_min(_TINY))
+        s = s.clamp(1.0, MAX_SCALE)
         _scale_out(pair.producer.conv, s)
         _scale_in(pair.consumer, 1 / s)
         done.pairs += 1
