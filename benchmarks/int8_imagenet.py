@@ -155,6 +155,11 @@ def main() -> None:
     parser.add_argument("--report-images", type=int, default=32, help="for the report (32)")
     parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: report calib mixed")
     parser.add_argument(
+        "--equalize",
+        action="store_true",
+        help="mixed precision on the equalized model (deploy.equalize), kept as mixed_equalized",
+    )
+    parser.add_argument(
         "--distilled", nargs="+", help="`mobilenets qat RUN --distill` runs to compare"
     )
     args = parser.parse_args()
@@ -174,6 +179,13 @@ def main() -> None:
         print(f"report: {report.seconds:.0f} s", flush=True)
         out_json.write_text(json.dumps(results, indent=2))
     if "mixed" not in args.skip:
+        key = "mixed_equalized" if args.equalize else "mixed"
+        messages: list[str] = []
+
+        def say(message: str) -> None:
+            messages.append(message)
+            print(message, flush=True)
+
         try:
             mixed = quantize_mixed(
                 args.run,
@@ -181,11 +193,12 @@ def main() -> None:
                 max_float=12,
                 images=args.images,
                 out=Path(tempfile.mkdtemp(prefix="int8-mixed-")) / "model.mixed.onnx",
-                on_message=lambda m: print(m, flush=True),
+                on_message=say,
+                equalize=args.equalize,
             )
-            results["mixed"] = mixed.to_dict()
+            results[key] = {**mixed.to_dict(), "messages": messages}
         except MobileNetError as e:
-            results["mixed"] = {"error": str(e)}
+            results[key] = {"error": str(e), "messages": messages}
         out_json.write_text(json.dumps(results, indent=2))
     if "calib" not in args.skip:
         results["calibration"] = calibration_choices(Path(args.run), args.images)
