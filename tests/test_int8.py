@@ -16,7 +16,6 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import built_once, image_folder
 
 from mobilenets.cli import main
 from mobilenets.deploy import executorch
@@ -27,9 +26,8 @@ from mobilenets.errors import MobileNetError
 from mobilenets.models import create_model
 from mobilenets.quant.fake import FakeQuantModel, Int8Scheme, fake_quant_weight
 from mobilenets.quant.qat import SHIPPED_QUANTIZATION, evaluation_copy, int8_graph, prepare
-from mobilenets.recipe import TrainConfig
 from mobilenets.runs import load_run, save_run
-from mobilenets.train import state_digest, train
+from mobilenets.train import state_digest
 
 RESOLUTION = 16
 pytestmark = pytest.mark.forked  # the runtimes' threads stay out of the suite's process
@@ -39,27 +37,6 @@ pytestmark = pytest.mark.forked  # the runtimes' threads stay out of the suite's
 def run(trained_v2: Path) -> Path:
     """conftest's V2 0.35, trained 3 epochs on the digits at 16 px."""
     return trained_v2
-
-
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """V2 0.35 trained one epoch at 16 px on 48 coloured images: a QAT epoch is two steps
-    here (a pt2e QAT step takes over a second at batch 128, so on the digits the QAT tests
-    were most of this module's time). What these tests check is resuming and shipping, not
-    the fit. Built in the forked test that first asks, so without loader processes."""
-    config = TrainConfig(
-        model="mobilenet_v2", width_mult=0.35, resolution=RESOLUTION, epochs=1, batch_size=16
-    )
-
-    def build(root: Path) -> None:
-        data = image_folder(root / "data", 16)
-        train(
-            dataclasses.replace(
-                config, data=str(data), num_workers=0, quiet=True, out=str(root / "run")
-            )
-        )
-
-    return built_once(tmp_path_factory, "int8-small", build) / "run"
 
 
 def images(n: int = 8, seed: int = 0) -> torch.Tensor:
@@ -157,12 +134,9 @@ def test_unknown_layer_names(run: Path, capsys) -> None:
     check_one_line_error(argv, "no quantizable layer named features.99.conv", capsys)
 
 
-def test_qat_resumes_to_the_same_weights_and_refuses_another_config(
-    small_run: Path, tmp_path, capsys
-):
-    run = small_run
+def test_qat_resumes_to_the_same_weights_and_refuses_another_config(run: Path, tmp_path, capsys):
     common = ["--epochs", "2", "--freeze-bn-after", "1", "--freeze-observers-after", "1"]
-    common += ["--batch-size", "16"]
+    common += ["--batch-size", "128"]  # fewer steps: what is tested is the resume, not the fit
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(["qat", str(run), "--out", str(straight), *common, "--json"]) == 0
     capsys.readouterr()
@@ -231,17 +205,15 @@ def test_qat_distills_without_labels(run: Path, tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_xnnpack_qat_ships_the_ranges_it_trained_with(
-    small_run: Path, tmp_path: Path, capsys
-) -> None:
+def test_xnnpack_qat_ships_the_ranges_it_trained_with(run: Path, tmp_path: Path, capsys) -> None:
     """The xnnpack scheme fine-tunes the BN-folded network, the run stays an ordinary run
     (BatchNorm as identity plus bias: folding it gives the trained weights back), and
     `export --format executorch --int8` lowers the trained graph itself, whose ExecuTorch
     logits match the converted graph's in PyTorch, instead of calibrating anew."""
     pytest.importorskip("executorch")
     out = tmp_path / "xnn"
-    argv = ["qat", str(small_run), "--out", str(out), "--scheme", "xnnpack", "--epochs", "1"]
-    assert main([*argv, "--batch-size", "16", "--lr", "0.001", "--json"]) == 0
+    argv = ["qat", str(run), "--out", str(out), "--scheme", "xnnpack", "--epochs", "1"]
+    assert main([*argv, "--batch-size", "128", "--lr", "0.001", "--json"]) == 0
     capsys.readouterr()
     tuned, info = load_run(out)
     assert info.train_config["qat"]["scheme"] == "xnnpack"
