@@ -54,6 +54,10 @@ LEVERS = {
         ("MIXED, classifier (MatMul) in fp32", {"preset": "mixed", "fp32_types": ["MatMul"]}),
         ("MIXED, full bias correction", {"preset": "mixed", "fast_bias_correction": False}),
         ("MIXED, channels equalized first", {"preset": "mixed", "equalize": True}),
+        (
+            "MIXED, full bias correction, channels equalized first",
+            {"preset": "mixed", "fast_bias_correction": False, "equalize": True},
+        ),
     ],
     # XNNPACKQuantizer refuses to leave a named module in float (set_module_name(name, None)),
     # so ExecuTorch has no float-layer lever; its lever is QAT with the xnnpack scheme
