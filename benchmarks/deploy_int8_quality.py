@@ -49,14 +49,26 @@ LEVERS = {
         ("MinMax, channels equalized first", {"calibrate_method": "minmax", "equalize": True}),
     ],
     "openvino": [
-        ("PERFORMANCE preset (symmetric activations)", {"preset": "performance"}),
-        ("MIXED preset (asymmetric activations; our default)", {"preset": "mixed"}),
-        ("MIXED, classifier (MatMul) in fp32", {"preset": "mixed", "fp32_types": ["MatMul"]}),
-        ("MIXED, full bias correction", {"preset": "mixed", "fast_bias_correction": False}),
-        ("MIXED, channels equalized first", {"preset": "mixed", "equalize": True}),
+        (
+            "PERFORMANCE preset (symmetric activations)",
+            {"preset": "performance", "fast_bias_correction": True},
+        ),
+        (
+            "MIXED preset (asymmetric activations), fast bias correction",
+            {"preset": "mixed", "fast_bias_correction": True},
+        ),
+        (
+            "MIXED, classifier (MatMul) in fp32",
+            {"preset": "mixed", "fp32_types": ["MatMul"], "fast_bias_correction": True},
+        ),
+        ("MIXED, full bias correction (our default)", {"preset": "mixed"}),
+        (
+            "MIXED, fast bias correction, channels equalized first",
+            {"preset": "mixed", "fast_bias_correction": True, "equalize": True},
+        ),
         (
             "MIXED, full bias correction, channels equalized first",
-            {"preset": "mixed", "fast_bias_correction": False, "equalize": True},
+            {"preset": "mixed", "equalize": True},
         ),
     ],
     # XNNPACKQuantizer refuses to leave a named module in float (set_module_name(name, None)),

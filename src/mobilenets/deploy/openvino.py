@@ -6,8 +6,10 @@ fp32: ``openvino.convert_model`` reads the BN-folded PyTorch model directly (thr
 
 int8: ``nncf.quantize`` inserts FakeQuantize nodes (weights symmetric per output channel,
 activations per tensor) calibrated on the given images, then corrects each layer's bias for
-the shift quantization introduces; the CPU plugin runs them as int8 kernels (VNNI where the
-CPU has it). The MIXED preset makes activations asymmetric: ReLU6 outputs are never
+the shift quantization introduces, measured by running the rest of the quantized network
+(NNCF's full bias correction: 88.7% top-1 agreement on torchvision's V2 against 84.0% with its
+fast one, for 24 s against 14 s to make and check); the CPU plugin runs them as int8 kernels
+(VNNI where the CPU has it). The MIXED preset makes activations asymmetric: ReLU6 outputs are never
 negative, and a symmetric range would waste half of its 256 levels on them.
 
 The runtime is OpenVINO's native one, not onnxruntime's OpenVINO plugin: that plugin registers
@@ -36,7 +38,7 @@ from mobilenets.errors import MobileNetError
 RT_INFO_SECTION = "mobilenets"
 QUANTIZATION = (
     "NNCF post-training: weights int8 symmetric per channel, activations int8 per tensor "
-    "(MIXED preset: asymmetric), bias correction"
+    "(MIXED preset: asymmetric), full bias correction"
 )
 
 
@@ -64,16 +66,16 @@ def quantize_nncf(
     calibration: list[torch.Tensor],
     fp32_modules: Sequence[str] = (),
     preset: str = "mixed",
-    fast_bias_correction: bool = True,
+    fast_bias_correction: bool = False,
     fp32_types: Sequence[str] = (),
 ):
     """``ov_model`` with int8 FakeQuantize nodes, ranges from ``calibration``.
 
     ``fp32_modules`` (PyTorch module names: ``classifier.fc``) stay in float, which is mixed
     precision (:mod:`mobilenets.quant.mixed`). ``preset`` "performance" makes activations
-    symmetric, "mixed" asymmetric; ``fast_bias_correction=False`` corrects each layer's bias by
-    running the rest of the network (7x slower here); ``fp32_types`` keeps every node of those
-    OpenVINO types (``MatMul``: the classifier) in float.
+    symmetric, "mixed" asymmetric; ``fast_bias_correction=True`` corrects each layer's bias
+    from that layer alone (faster, 4.7 points less agreement on V2); ``fp32_types`` keeps
+    every node of those OpenVINO types (``MatMul``: the classifier) in float.
     """
     import nncf
 
