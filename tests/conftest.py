@@ -141,19 +141,6 @@ class CodeCarrying:
         return (os.system, (f"touch {shlex.quote(str(self.marker))}",))
 
 
-def image_folder(root: Path, per_class: int, classes: int = 3) -> Path:
-    """An image folder of ``classes`` classes, ``per_class`` random 20x20 PNGs each, every
-    class with its own colour channel at full brightness (learnable in an epoch)."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
-            pixels[..., c] = 255
-            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
-    return root
-
-
 def write_digit_png(path: Path, image: np.ndarray) -> Path:
     """One of scikit-learn's 8x8 digits (values 0..16) as an 8-bit grey PNG."""
     Image.fromarray(np.round(image * 255 / 16).astype(np.uint8), mode="L").save(path)

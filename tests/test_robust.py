@@ -18,9 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import image_folder, raises_one_line
+from conftest import raises_one_line
+from PIL import Image
 
 from mobilenets.cli import main
 from mobilenets.data.loader import FoldedBatchSampler
@@ -214,6 +216,17 @@ def test_batches_use_every_item_and_never_train_on_one_alone() -> None:
     assert batches(3, 8) == [3]
     assert batches(1, 8) == [1]
     assert batches(0, 8) == []
+
+
+def image_folder(root: Path, per_class: int, classes: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+            pixels[..., c] = 255  # each class its own colour
+            Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
+    return root
 
 
 @pytest.mark.parametrize("layout", ["one image per class", "a batch plus one"])

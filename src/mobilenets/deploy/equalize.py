@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from mobilenets.deploy.fold import count_batchnorms
 from mobilenets.errors import MobileNetError
 from mobilenets.layers import ConvBNAct, DepthwiseSeparableConv, InvertedResidual
 
@@ -59,7 +60,6 @@ class Equalization:
     streams: int = 0
     channels: int = 0
     largest_scale: float = 1.0
-    skipped: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         return (
@@ -209,7 +209,7 @@ def equalize(
     features = getattr(model, "features", None)
     if not isinstance(features, nn.Sequential):
         raise MobileNetError(f"{type(model).__name__} has no .features blocks to equalize")
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if count_batchnorms(model):
         raise MobileNetError("fold BatchNorm before equalizing (fold_batchnorm)")
     model = copy.deepcopy(model).eval()
     features = model.features

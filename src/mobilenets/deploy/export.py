@@ -170,7 +170,8 @@ def export(
     else:
         cal, calibrated_on = None, None
     folded = fold_batchnorm(model)
-    written, equalization = folded if quantized is None else quantized[0], None
+    written = folded if quantized is None else quantized[0]
+    equalization = None
     if equalize:
         written, done = equalize_channels(folded, cal)
         equalization = done.describe()

@@ -7,10 +7,10 @@ fp32: ``openvino.convert_model`` reads the BN-folded PyTorch model directly (thr
 int8: ``nncf.quantize`` inserts FakeQuantize nodes (weights symmetric per output channel,
 activations per tensor) calibrated on the given images, then corrects each layer's bias for
 the shift quantization introduces, measured by running the rest of the quantized network
-(NNCF's full bias correction: 88.7% top-1 agreement on torchvision's V2 against 84.0% with its
-fast one, for 24 s against 14 s to make and check); the CPU plugin runs them as int8 kernels
-(VNNI where the CPU has it). The MIXED preset makes activations asymmetric: ReLU6 outputs are never
-negative, and a symmetric range would waste half of its 256 levels on them.
+(NNCF's full bias correction: 88.7% top-1 agreement on torchvision's V2 against 84.0% with
+its fast one, for 24 s against 14 s to make and check); the CPU plugin runs them as int8
+kernels (VNNI where the CPU has it). The MIXED preset makes activations asymmetric: ReLU6
+outputs are never negative, and a symmetric range would waste half of its 256 levels on them.
 
 The runtime is OpenVINO's native one, not onnxruntime's OpenVINO plugin: that plugin registers
 on any x86 CPU but lists no device on non-Intel ones (an AMD EPYC here), while the native
