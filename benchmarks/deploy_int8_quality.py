@@ -26,10 +26,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 from mobilenets.deploy import executorch, litert, onnx_target, openvino
-from mobilenets.deploy.equalize import equalize
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops, photo_paths
+from mobilenets.deploy.prepare import prepare_for_int8
 from mobilenets.deploy.quantize import quantize_model
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import agreement, run_batches
@@ -47,6 +47,11 @@ LEVERS = {
         # grown to 12 GB after 19 minutes on 200 images, half this machine, and was stopped.
         ("MinMax, depthwise left in fp32", {"calibrate_method": "minmax", "fp32_depthwise": True}),
         ("MinMax, channels equalized first", {"calibrate_method": "minmax", "equalize": True}),
+        ("MinMax, biases corrected first", {"calibrate_method": "minmax", "bias_correct": True}),
+        (
+            "MinMax, channels equalized and biases corrected first",
+            {"calibrate_method": "minmax", "equalize": True, "bias_correct": True},
+        ),
     ],
     "openvino": [
         (
@@ -70,18 +75,30 @@ LEVERS = {
             "MIXED, full bias correction, channels equalized first",
             {"preset": "mixed", "equalize": True},
         ),
+        (
+            "MIXED, full bias correction, channels equalized and biases corrected first",
+            {"preset": "mixed", "equalize": True, "bias_correct": True},
+        ),
     ],
     # XNNPACKQuantizer refuses to leave a named module in float (set_module_name(name, None)),
     # so ExecuTorch has no float-layer lever; its lever is QAT with the xnnpack scheme
     "executorch": [
         ("per channel, histogram observer (default)", {}),
         ("per channel, histogram observer, channels equalized first", {"equalize": True}),
+        (
+            "per channel, histogram observer, channels equalized and biases corrected first",
+            {"equalize": True, "bias_correct": True},
+        ),
     ],
     # litert-torch's converter refuses a module left in float ("quantization_config == None
     # is not supported yet"): no float-layer lever either
     "litert": [
         ("per channel, histogram observer (default)", {}),
         ("per channel, histogram observer, channels equalized first", {"equalize": True}),
+        (
+            "per channel, histogram observer, channels equalized and biases corrected first",
+            {"equalize": True, "bias_correct": True},
+        ),
     ],
 }
 
@@ -89,9 +106,9 @@ LEVERS = {
 def build(runtime: str, options: dict, model, info, tmp: Path, example, calibration):
     """Write the int8 program for one lever and load it in its runtime."""
     options = dict(options)
-    if options.pop("equalize", False):  # a float rescaling first (mobilenets.deploy.equalize)
-        model, done = equalize(model, calibration)
-        print(done.describe(), flush=True)
+    steps = {k: options.pop(k, False) for k in ("equalize", "bias_correct")}
+    if any(steps.values()):  # float steps first (mobilenets.deploy.prepare)
+        model, _ = prepare_for_int8(model, calibration, **steps, on_message=print)
     if runtime == "onnx":
         fp32, out = tmp / "model.onnx", tmp / "model.int8.onnx"
         write_onnx(model, fp32, tuple(info.input_size), onnx_metadata(info, "fp32"))

@@ -90,22 +90,24 @@ def test_int8_export_reports_agreement_and_sqnr(fmt: str, run: Path, tmp_path: P
 
 def test_an_equalized_int8_export_says_what_it_rescaled(run: Path, tmp_path: Path, capsys):
     out = tmp_path / "eq.int8.onnx"
-    argv = ["export", str(run), "--int8", "--equalize", "--calibration", "32"]
+    argv = ["export", str(run), "--int8", "--equalize", "--bias-correct", "--calibration", "32"]
     assert main([*argv, "--verify-images", "64", "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (
         report["equalization"].startswith("equalized ")
         and "residual streams" in report["equalization"]
     )
+    assert report["bias_correction"].startswith("bias-corrected ")
     assert report["top1_agreement"] >= 0.8  # checked against the model as trained
-    assert (
-        read_run_info(run).metrics["exports"]["onnx-int8"]["equalization"] == report["equalization"]
-    )
-    check_one_line_error(
-        ["export", str(run), "--equalize", "--out", str(tmp_path / "f.onnx")],
-        "use it with --int8",
-        capsys,
-    )
+    recorded = read_run_info(run).metrics["exports"]["onnx-int8"]
+    assert recorded["equalization"] == report["equalization"]
+    assert recorded["bias_correction"] == report["bias_correction"]
+    for flag, step in (("--equalize", "equalization"), ("--bias-correct", "bias correction")):
+        check_one_line_error(
+            ["export", str(run), flag, "--out", str(tmp_path / "f.onnx")],
+            f"{step} is a step of post-training int8: use it with --int8",
+            capsys,
+        )
     assert not (tmp_path / "f.onnx").exists()
 
 

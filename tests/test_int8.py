@@ -20,11 +20,11 @@ import torch
 from mobilenets.cli import main
 from mobilenets.deploy import executorch
 from mobilenets.deploy.export import export, held_out_inputs
+from mobilenets.deploy.fake_quant import FakeQuantModel, Int8Scheme, fake_quant_weight
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.target import agreement, pytorch_logits, run_batches
 from mobilenets.errors import MobileNetError
 from mobilenets.models import create_model
-from mobilenets.quant.fake import FakeQuantModel, Int8Scheme, fake_quant_weight
 from mobilenets.quant.qat import SHIPPED_QUANTIZATION, evaluation_copy, int8_graph, prepare
 from mobilenets.runs import load_run, save_run
 from mobilenets.train import state_digest
@@ -105,10 +105,12 @@ def test_mixed_precision_keeps_the_named_layers_in_float(run: Path, tmp_path: Pa
     out = tmp_path / "mixed.onnx"
     keep = ["features.0.conv", "classifier.fc"]
     argv = ["quantize-mixed", str(run), "--fp32", *keep, "--images", "64", "--json"]
-    assert main([*argv, "--calibration", "32", "--equalize", "--out", str(out)]) == 0
+    steps = ["--equalize", "--bias-correct"]
+    assert main([*argv, "--calibration", "32", *steps, "--out", str(out)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["mixed"]["fp32_modules"] == keep
     assert result["equalization"].startswith("equalized ")  # rescaled first, as asked
+    assert result["bias_correction"].startswith("bias-corrected ")
     assert 0 <= result["mixed"]["top1_agreement"] <= 1
     graph = onnx.load(str(out)).graph
     quantized_weights = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}

@@ -65,6 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="rescale channels first so each activation's int8 range is shared fairly",
     )
+    p.add_argument(
+        "--bias-correct",
+        action="store_true",
+        help="correct each layer's bias for the mean shift int8 gives its output",
+    )
     add_moved_data(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -116,8 +121,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from mobilenets.deploy.fake_quant import Int8Scheme
     from mobilenets.plots import save_figure
-    from mobilenets.quant.fake import Int8Scheme
     from mobilenets.quant.sensitivity import count_layers, sensitivity_figure, sensitivity_report
 
     quiet = args.quiet or args.json
@@ -205,6 +210,7 @@ def run_mixed(args: argparse.Namespace) -> int:
         data=args.data,
         on_message=None if quiet else err.print,
         equalize=args.equalize,
+        bias_correct=args.bias_correct,
     )
     if args.json:
         print_json(result.to_dict())

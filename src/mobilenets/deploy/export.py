@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 from mobilenets.deploy import executorch, litert, onnx_target, openvino
-from mobilenets.deploy.equalize import equalize as equalize_channels
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.onnx_export import first_images
 from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops
+from mobilenets.deploy.prepare import prepare_for_int8
 from mobilenets.deploy.quantize import DEFAULT_CALIBRATION, calibration_subset
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import Agreement, Target, check_program
@@ -62,6 +62,7 @@ class ExportReport:
     calibration_images: int = 0
     calibrated_on: str | None = None
     equalization: str | None = None  # what equalize() rescaled before calibrating, if asked
+    bias_correction: str | None = None  # what bias_correct() did before calibrating, if asked
     seconds: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -79,6 +80,7 @@ class ExportReport:
             "calibration_images": self.calibration_images,
             "calibrated_on": self.calibrated_on,
             "equalization": self.equalization,
+            "bias_correction": self.bias_correction,
             "seconds": self.seconds,
         }
 
@@ -134,14 +136,16 @@ def export(
     record: bool = True,
     quantized: tuple[torch.nn.Module, str] | None = None,
     equalize: bool = False,
+    bias_correct: bool = False,
 ) -> ExportReport:
     """Export a run directory to ``fmt`` (int8 if asked), checked in that format's runtime.
 
     ``quantized`` is an int8 graph that already carries its ranges, and how it was quantized
     (a QAT run's trained ranges, :func:`mobilenets.quant.qat.int8_graph`): it is written as it
     is instead of being calibrated, for a format that lowers such graphs (ExecuTorch).
-    ``equalize`` rescales channels on the calibration images before int8
-    (:mod:`mobilenets.deploy.equalize`); the check still compares with the model as trained.
+    ``equalize`` rescales channels and ``bias_correct`` corrects biases on the calibration
+    images before int8 (:mod:`mobilenets.deploy.prepare`); the check still compares with the
+    model as trained.
 
     Nothing is written unless the check passes; then the files get their final names (each
     renamed atomically, the main file last) and, with ``record``, the check is added to the
@@ -162,8 +166,9 @@ def export(
             f"a QAT run's own int8 ranges ship only as an int8 program of a format that lowers "
             f"PT2E graphs (executorch), not as {'int8' if int8 else 'fp32'} {fmt}"
         )
-    if equalize and (not int8 or quantized is not None):
-        raise MobileNetError("equalization is a step of post-training int8: use it with --int8")
+    for asked, step in ((equalize, "equalization"), (bias_correct, "bias correction")):
+        if asked and (not int8 or quantized is not None):
+            raise MobileNetError(f"{step} is a step of post-training int8: use it with --int8")
     inputs, checked_on = held_out_inputs(info, data, verify_images)
     if quantized is None:
         cal, calibrated_on = calibration_inputs(info, data, calibration) if int8 else (None, None)
@@ -171,10 +176,9 @@ def export(
         cal, calibrated_on = None, None
     folded = fold_batchnorm(model)
     written = folded if quantized is None else quantized[0]
-    equalization = None
-    if equalize:
-        written, done = equalize_channels(folded, cal)
-        equalization = done.describe()
+    prepared = None
+    if equalize or bias_correct:
+        written, prepared = prepare_for_int8(folded, cal, equalize, bias_correct)
     example = inputs[0][:1]
     precision = "int8" if int8 else "fp32"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +202,8 @@ def export(
         quantization=(quantized[1] if quantized else target.quantization) if int8 else None,
         calibration_images=sum(len(b) for b in cal) if cal else 0,
         calibrated_on=calibrated_on,
-        equalization=equalization,
+        equalization=prepared.equalization if prepared else None,
+        bias_correction=prepared.bias_correction if prepared else None,
         seconds=time.perf_counter() - start,
     )
     if record:

@@ -3,12 +3,12 @@
 The layers kept in float are named, or the N most sensitive of the sensitivity report, or, with
 ``target_agreement``, the fewest of them that make the exported file agree with the float model
 on that share of held-out images. The search is cheap where it can be and exact where it
-counts: PyTorch's fake quantization (:mod:`mobilenets.quant.fake`) predicts, for k = 0, 1, ...,
-the agreement with the top k layers in float; the runtime then quantizes and measures from the
-predicted k up, since the runtime's int8 (fused kernels, quantized residual additions) is not
-the simulation's. Each candidate's latency is timed against the all-int8 file, interleaved: a
-float layer between int8 ones costs a dequantize, a float kernel and a quantize, and a setting
-that costs more than ``max_latency_cost`` is not taken.
+counts. PyTorch's fake quantization (:mod:`mobilenets.deploy.fake_quant`) predicts the
+agreement with the top k layers in float, for k = 0, 1, ...; the runtime then quantizes and
+measures from the predicted k up, since the runtime's int8 (fused kernels, quantized
+residual additions) is not the simulation's. Each candidate's latency is timed against the
+all-int8 file, interleaved: a float layer between int8 ones costs a dequantize, a float
+kernel and a quantize, and a setting that costs more than ``max_latency_cost`` is not taken.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.equalize import equalize as equalize_channels
 from mobilenets.deploy.export import calibration_inputs, held_out_inputs, target_of
+from mobilenets.deploy.fake_quant import FakeQuantModel
 from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.deploy.prepare import prepare_for_int8
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import Agreement, Target, agreement, pytorch_logits, run_batches
 from mobilenets.errors import MobileNetError
 from mobilenets.io import atomic_path
 from mobilenets.measure.timing import time_interleaved
-from mobilenets.quant.fake import FakeQuantModel
 from mobilenets.quant.sensitivity import measure_sensitivity, rank_key
 from mobilenets.runs import load_run
 
@@ -81,6 +81,7 @@ class MixedResult:
     predicted: list[float] = field(default_factory=list)  # simulated agreement, k = 0, 1, ...
     tried: list[Candidate] = field(default_factory=list)
     equalization: str | None = None  # what deploy.equalize rescaled first, if asked
+    bias_correction: str | None = None  # what quant.bias_correction did first, if asked
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -113,7 +114,7 @@ def simulated_agreement(
 class _Bench:
     """Writes candidates with one target and measures them against the float model
     (``folded``); the int8 files are made from ``written``, the same function rescaled by
-    :func:`~mobilenets.deploy.equalize.equalize` when asked."""
+    :func:`~mobilenets.deploy.prepare.prepare_for_int8` when asked."""
 
     def __init__(
         self,
@@ -186,13 +187,15 @@ def quantize_mixed(
     data: str | os.PathLike[str] | None = None,
     on_message: OnMessage = None,
     equalize: bool = False,
+    bias_correct: bool = False,
 ) -> MixedResult:
     """Write ``run_dir``'s model as int8 with some layers in float, chosen one of three ways:
     named (``fp32_modules``), the ``keep`` most sensitive, or the fewest most sensitive that
     reach ``target_agreement`` top-1 agreement with float on ``images`` held-out images within
     ``max_latency_cost`` and ``max_float`` layers. Nothing is written when the target is not
-    reached; the error says the best agreement that was. ``equalize`` rescales channels first
-    (:mod:`mobilenets.deploy.equalize`), for the sensitivity ranking and the files alike.
+    reached; the error says the best agreement that was. ``equalize`` and ``bias_correct``
+    change the float model first (:mod:`mobilenets.deploy.prepare`), for the sensitivity
+    ranking and the files alike.
     """
     chosen = [fp32_modules is not None, keep is not None, target_agreement is not None]
     if sum(chosen) != 1:
@@ -210,11 +213,7 @@ def quantize_mixed(
     inputs, images_from = held_out_inputs(info, data, images)
     cal, _ = calibration_inputs(info, data, calibration)
     folded = fold_batchnorm(model)
-    written, equalization = folded, None
-    if equalize:
-        written, done = equalize_channels(folded, cal)
-        equalization = done.describe()
-        say(equalization)
+    written, prepared = prepare_for_int8(folded, cal, equalize, bias_correct, say)
     fq = FakeQuantModel(written)
     names = fq.names()
     if fp32_modules is not None:
@@ -284,7 +283,8 @@ def quantize_mixed(
         mixed=best,
         predicted=predicted,
         tried=tried,
-        equalization=equalization,
+        equalization=prepared.equalization,
+        bias_correction=prepared.bias_correction,
     )
 
 

@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 from mobilenets.deploy.export import calibration_inputs, held_out_inputs
+from mobilenets.deploy.fake_quant import KINDS, PER_CHANNEL, FakeQuantModel, Int8Scheme, sqnr_db
 from mobilenets.deploy.target import agreement
 from mobilenets.plots import Figure
-from mobilenets.quant.fake import KINDS, PER_CHANNEL, FakeQuantModel, Int8Scheme, sqnr_db
 from mobilenets.runs import load_run
 
 DEFAULT_IMAGES = 32
