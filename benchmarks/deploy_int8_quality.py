@@ -52,6 +52,19 @@ LEVERS = {
             "MinMax, channels equalized and biases corrected first",
             {"calibrate_method": "minmax", "equalize": True, "bias_correct": True},
         ),
+        (
+            "MinMax, channels equalized and weights adaptively rounded first",
+            {"calibrate_method": "minmax", "equalize": True, "adaround": True},
+        ),
+        (
+            "MinMax, channels equalized, weights adaptively rounded, biases corrected first",
+            {
+                "calibrate_method": "minmax",
+                "equalize": True,
+                "adaround": True,
+                "bias_correct": True,
+            },
+        ),
     ],
     "openvino": [
         (
@@ -79,6 +92,10 @@ LEVERS = {
             "MIXED, full bias correction, channels equalized and biases corrected first",
             {"preset": "mixed", "equalize": True, "bias_correct": True},
         ),
+        (
+            "MIXED, full bias correction, channels equalized and weights adaptively rounded first",
+            {"preset": "mixed", "equalize": True, "adaround": True},
+        ),
     ],
     # XNNPACKQuantizer refuses to leave a named module in float (set_module_name(name, None)),
     # so ExecuTorch has no float-layer lever; its lever is QAT with the xnnpack scheme
@@ -88,6 +105,11 @@ LEVERS = {
         (
             "per channel, histogram observer, channels equalized and biases corrected first",
             {"equalize": True, "bias_correct": True},
+        ),
+        (
+            "per channel, histogram observer, channels equalized and weights adaptively rounded "
+            "first",
+            {"equalize": True, "adaround": True},
         ),
     ],
     # litert-torch's converter refuses a module left in float ("quantization_config == None
@@ -99,16 +121,27 @@ LEVERS = {
             "per channel, histogram observer, channels equalized and biases corrected first",
             {"equalize": True, "bias_correct": True},
         ),
+        (
+            "per channel, histogram observer, channels equalized and weights adaptively rounded "
+            "first",
+            {"equalize": True, "adaround": True},
+        ),
     ],
 }
+
+
+PREPARED: dict[tuple[str, ...], torch.nn.Module] = {}  # the float steps' models, per step set
 
 
 def build(runtime: str, options: dict, model, info, tmp: Path, example, calibration):
     """Write the int8 program for one lever and load it in its runtime."""
     options = dict(options)
-    steps = {k: options.pop(k, False) for k in ("equalize", "bias_correct")}
-    if any(steps.values()):  # float steps first (mobilenets.deploy.prepare)
-        model, _ = prepare_for_int8(model, calibration, **steps, on_message=print)
+    steps = {k: options.pop(k, False) for k in ("equalize", "bias_correct", "adaround")}
+    if any(steps.values()):  # float steps first (mobilenets.deploy.prepare), made once
+        key = tuple(sorted(k for k, v in steps.items() if v))
+        if key not in PREPARED:
+            PREPARED[key] = prepare_for_int8(model, calibration, **steps, on_message=print)[0]
+        model = PREPARED[key]
     if runtime == "onnx":
         fp32, out = tmp / "model.onnx", tmp / "model.int8.onnx"
         write_onnx(model, fp32, tuple(info.input_size), onnx_metadata(info, "fp32"))

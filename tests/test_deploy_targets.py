@@ -90,7 +90,8 @@ def test_int8_export_reports_agreement_and_sqnr(fmt: str, run: Path, tmp_path: P
 
 def test_an_equalized_int8_export_says_what_it_rescaled(run: Path, tmp_path: Path, capsys):
     out = tmp_path / "eq.int8.onnx"
-    argv = ["export", str(run), "--int8", "--equalize", "--bias-correct", "--calibration", "32"]
+    steps = ["--equalize", "--adaround", "20", "--bias-correct"]
+    argv = ["export", str(run), "--int8", *steps, "--calibration", "32"]
     assert main([*argv, "--verify-images", "64", "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (
@@ -98,11 +99,18 @@ def test_an_equalized_int8_export_says_what_it_rescaled(run: Path, tmp_path: Pat
         and "residual streams" in report["equalization"]
     )
     assert report["bias_correction"].startswith("bias-corrected ")
+    assert report["rounding"].startswith("adaptively rounded ")
     assert report["top1_agreement"] >= 0.8  # checked against the model as trained
     recorded = read_run_info(run).metrics["exports"]["onnx-int8"]
     assert recorded["equalization"] == report["equalization"]
     assert recorded["bias_correction"] == report["bias_correction"]
-    for flag, step in (("--equalize", "equalization"), ("--bias-correct", "bias correction")):
+    assert recorded["rounding"] == report["rounding"]
+    flags = {
+        "--equalize": "equalization",
+        "--adaround": "AdaRound",
+        "--bias-correct": "bias correction",
+    }
+    for flag, step in flags.items():
         check_one_line_error(
             ["export", str(run), flag, "--out", str(tmp_path / "f.onnx")],
             f"{step} is a step of post-training int8: use it with --int8",

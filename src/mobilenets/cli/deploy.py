@@ -47,6 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --int8: correct each layer's bias for the mean shift int8 gives its output "
         "(measured in simulated int8 on the calibration images)",
     )
+    p.add_argument(
+        "--adaround",
+        nargs="?",
+        type=int,
+        const=True,
+        default=False,
+        metavar="STEPS",
+        help="with --int8: round each weight up or down as its layer's output needs "
+        "(AdaRound, STEPS optimisation steps per layer, a few hundred by default; minutes "
+        "for a 224 px model)",
+    )
     p.add_argument("--out", help="output file (default RUN_DIR/model[.int8].<suffix>)")
     add_moved_data(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a line")
@@ -134,6 +145,7 @@ def run_export(args: argparse.Namespace) -> int:
         quantized=quantized,
         equalize=args.equalize,
         bias_correct=args.bias_correct,
+        adaround=args.adaround,
         **{k: v for k, v in counts.items() if v is not None},
     )
     if args.json:
@@ -148,7 +160,7 @@ def run_export(args: argparse.Namespace) -> int:
             if report.calibrated_on
             else report.quantization
         )
-        for step in (report.equalization, report.bias_correction):
+        for step in (report.equalization, report.rounding, report.bias_correction):
             if step:
                 how += f"; {step}"
         verdict = (

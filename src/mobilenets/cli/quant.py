@@ -70,6 +70,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="correct each layer's bias for the mean shift int8 gives its output",
     )
+    p.add_argument(
+        "--adaround",
+        nargs="?",
+        type=int,
+        const=True,
+        default=False,
+        metavar="STEPS",
+        help="round each weight up or down as its layer's output needs (AdaRound, STEPS "
+        "optimisation steps per layer, a few hundred by default)",
+    )
     add_moved_data(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -211,6 +221,7 @@ def run_mixed(args: argparse.Namespace) -> int:
         on_message=None if quiet else err.print,
         equalize=args.equalize,
         bias_correct=args.bias_correct,
+        adaround=args.adaround,
     )
     if args.json:
         print_json(result.to_dict())

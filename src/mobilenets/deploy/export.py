@@ -62,6 +62,7 @@ class ExportReport:
     calibration_images: int = 0
     calibrated_on: str | None = None
     equalization: str | None = None  # what equalize() rescaled before calibrating, if asked
+    rounding: str | None = None  # what adaround() rounded before calibrating, if asked
     bias_correction: str | None = None  # what bias_correct() did before calibrating, if asked
     seconds: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
@@ -80,6 +81,7 @@ class ExportReport:
             "calibration_images": self.calibration_images,
             "calibrated_on": self.calibrated_on,
             "equalization": self.equalization,
+            "rounding": self.rounding,
             "bias_correction": self.bias_correction,
             "seconds": self.seconds,
         }
@@ -137,15 +139,17 @@ def export(
     quantized: tuple[torch.nn.Module, str] | None = None,
     equalize: bool = False,
     bias_correct: bool = False,
+    adaround: bool | int = False,
 ) -> ExportReport:
     """Export a run directory to ``fmt`` (int8 if asked), checked in that format's runtime.
 
     ``quantized`` is an int8 graph that already carries its ranges, and how it was quantized
     (a QAT run's trained ranges, :func:`mobilenets.quant.qat.int8_graph`): it is written as it
     is instead of being calibrated, for a format that lowers such graphs (ExecuTorch).
-    ``equalize`` rescales channels and ``bias_correct`` corrects biases on the calibration
-    images before int8 (:mod:`mobilenets.deploy.prepare`); the check still compares with the
-    model as trained.
+    ``equalize`` rescales channels, ``adaround`` rounds the weights adaptively (True, or
+    its steps per layer) and ``bias_correct`` corrects biases, on the calibration images
+    before int8 (:mod:`mobilenets.deploy.prepare`); the check still compares with the model
+    as trained.
 
     Nothing is written unless the check passes; then the files get their final names (each
     renamed atomically, the main file last) and, with ``record``, the check is added to the
@@ -166,7 +170,8 @@ def export(
             f"a QAT run's own int8 ranges ship only as an int8 program of a format that lowers "
             f"PT2E graphs (executorch), not as {'int8' if int8 else 'fp32'} {fmt}"
         )
-    for asked, step in ((equalize, "equalization"), (bias_correct, "bias correction")):
+    steps = {"equalization": equalize, "AdaRound": adaround, "bias correction": bias_correct}
+    for step, asked in steps.items():
         if asked and (not int8 or quantized is not None):
             raise MobileNetError(f"{step} is a step of post-training int8: use it with --int8")
     inputs, checked_on = held_out_inputs(info, data, verify_images)
@@ -177,8 +182,8 @@ def export(
     folded = fold_batchnorm(model)
     written = folded if quantized is None else quantized[0]
     prepared = None
-    if equalize or bias_correct:
-        written, prepared = prepare_for_int8(folded, cal, equalize, bias_correct)
+    if any(steps.values()):
+        written, prepared = prepare_for_int8(folded, cal, equalize, bias_correct, adaround)
     example = inputs[0][:1]
     precision = "int8" if int8 else "fp32"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -203,6 +208,7 @@ def export(
         calibration_images=sum(len(b) for b in cal) if cal else 0,
         calibrated_on=calibrated_on,
         equalization=prepared.equalization if prepared else None,
+        rounding=prepared.rounding if prepared else None,
         bias_correction=prepared.bias_correction if prepared else None,
         seconds=time.perf_counter() - start,
     )

@@ -62,17 +62,21 @@ def layer_kind(name: str, module: nn.Module) -> str:
     return "conv"
 
 
+def weight_scale(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """The int8 step of ``weight``: its largest magnitude over 127, per output channel (shaped
+    to broadcast against ``weight``) or for the whole tensor, as the runtimes compute it."""
+    if per_channel:
+        amax = weight.abs().amax(dim=tuple(range(1, weight.ndim)), keepdim=True)
+    else:
+        amax = weight.abs().max().reshape([1] * weight.ndim)
+    return amax.clamp_min(_TINY) / 127
+
+
 def fake_quant_weight(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
     """``weight`` rounded to symmetric int8 ([-127, 127], zero at 0), one scale per output
     channel or one for the tensor."""
-    if per_channel:
-        amax = weight.abs().amax(dim=tuple(range(1, weight.ndim))).clamp_min(_TINY)
-        zero = torch.zeros(len(amax), dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(
-            weight, (amax / 127).float(), zero, 0, -127, 127
-        )
-    scale = float(weight.abs().max().clamp_min(_TINY)) / 127
-    return torch.fake_quantize_per_tensor_affine(weight, scale, 0, -127, 127)
+    scale = weight_scale(weight, per_channel)
+    return (weight / scale).round().clamp(-127, 127) * scale
 
 
 def activation_qparams(low: float, high: float, symmetric: bool) -> tuple[float, int, int, int]:

@@ -2,9 +2,12 @@
 
 Each step changes the BN-folded float model so that a runtime's own quantizer, calibrating
 it afterwards, loses less; none needs the runtime to know about it. Equalization rescales
-channels (:mod:`mobilenets.deploy.equalize`). Bias correction then cancels the int8 shift of
-each layer's mean output (:mod:`mobilenets.deploy.bias_correction`). The correction runs
-last, because it measures the shifts of the weights and ranges that will be quantized.
+channels (:mod:`mobilenets.deploy.equalize`). AdaRound then puts the weights on the int8
+grid, each rounded up or down as its layer's output needs (:mod:`mobilenets.deploy.adaround`).
+Bias correction cancels the int8 shift of each layer's mean output
+(:mod:`mobilenets.deploy.bias_correction`). Each step measures the model that the steps
+before it left, so the correction comes last: it measures the shifts of the weights and
+ranges that will be quantized.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mobilenets.deploy.adaround import DEFAULT_ITERATIONS
+from mobilenets.deploy.adaround import adaround as round_adaptively
 from mobilenets.deploy.bias_correction import bias_correct as correct_biases
 from mobilenets.deploy.equalize import equalize as equalize_channels
 
@@ -24,10 +29,11 @@ class Preparation:
     """What was done to the float model before int8 (``None``: that step was not asked)."""
 
     equalization: str | None = None
+    rounding: str | None = None
     bias_correction: str | None = None
 
     def describe(self) -> str | None:
-        done = [step for step in (self.equalization, self.bias_correction) if step]
+        done = [s for s in (self.equalization, self.rounding, self.bias_correction) if s]
         return "; ".join(done) or None
 
 
@@ -36,9 +42,11 @@ def prepare_for_int8(
     calibration: Sequence[torch.Tensor],
     equalize: bool = False,
     bias_correct: bool = False,
+    adaround: bool | int = False,
     on_message: Callable[[str], object] | None = None,
 ) -> tuple[nn.Module, Preparation]:
-    """``folded`` after the steps asked for, measured on the ``calibration`` images."""
+    """``folded`` after the steps asked for, measured on the ``calibration`` images;
+    ``adaround`` is True (AdaRound's default steps per layer) or a number of steps."""
     say = on_message or (lambda _: None)
     done = Preparation()
     model = folded
@@ -46,6 +54,11 @@ def prepare_for_int8(
         model, equalization = equalize_channels(model, calibration)
         done.equalization = equalization.describe()
         say(done.equalization)
+    if adaround:
+        steps = DEFAULT_ITERATIONS if adaround is True else adaround
+        model, rounding = round_adaptively(model, calibration, steps)
+        done.rounding = rounding.describe()
+        say(done.rounding)
     if bias_correct:
         model, correction = correct_biases(model, calibration)
         done.bias_correction = correction.describe()

@@ -81,7 +81,8 @@ class MixedResult:
     predicted: list[float] = field(default_factory=list)  # simulated agreement, k = 0, 1, ...
     tried: list[Candidate] = field(default_factory=list)
     equalization: str | None = None  # what deploy.equalize rescaled first, if asked
-    bias_correction: str | None = None  # what quant.bias_correction did first, if asked
+    rounding: str | None = None  # what deploy.adaround rounded first, if asked
+    bias_correction: str | None = None  # what deploy.bias_correction did first, if asked
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -188,14 +189,15 @@ def quantize_mixed(
     on_message: OnMessage = None,
     equalize: bool = False,
     bias_correct: bool = False,
+    adaround: bool | int = False,
 ) -> MixedResult:
     """Write ``run_dir``'s model as int8 with some layers in float, chosen one of three ways:
     named (``fp32_modules``), the ``keep`` most sensitive, or the fewest most sensitive that
     reach ``target_agreement`` top-1 agreement with float on ``images`` held-out images within
     ``max_latency_cost`` and ``max_float`` layers. Nothing is written when the target is not
-    reached; the error says the best agreement that was. ``equalize`` and ``bias_correct``
-    change the float model first (:mod:`mobilenets.deploy.prepare`), for the sensitivity
-    ranking and the files alike.
+    reached; the error says the best agreement that was. ``equalize``, ``adaround`` (True, or
+    its steps per layer) and ``bias_correct`` change the float model first
+    (:mod:`mobilenets.deploy.prepare`), for the sensitivity ranking and the files alike.
     """
     chosen = [fp32_modules is not None, keep is not None, target_agreement is not None]
     if sum(chosen) != 1:
@@ -213,7 +215,9 @@ def quantize_mixed(
     inputs, images_from = held_out_inputs(info, data, images)
     cal, _ = calibration_inputs(info, data, calibration)
     folded = fold_batchnorm(model)
-    written, prepared = prepare_for_int8(folded, cal, equalize, bias_correct, say)
+    written, prepared = prepare_for_int8(
+        folded, cal, equalize, bias_correct, adaround, on_message=say
+    )
     fq = FakeQuantModel(written)
     names = fq.names()
     if fp32_modules is not None:
@@ -284,6 +288,7 @@ def quantize_mixed(
         predicted=predicted,
         tried=tried,
         equalization=prepared.equalization,
+        rounding=prepared.rounding,
         bias_correction=prepared.bias_correction,
     )
 

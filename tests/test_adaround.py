@@ -1,0 +1,80 @@
+"""AdaRound before int8: the weights land on the int8 grid every runtime recomputes, only
+the weights change, and the simulated int8 network comes closer to float."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import raises_one_line, randomize_batchnorm
+
+from mobilenets.deploy.adaround import adaround
+from mobilenets.deploy.fake_quant import FakeQuantModel, fake_quant_weight
+from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.deploy.target import agreement
+from mobilenets.models import create_model
+
+
+def folded_v2(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = create_model("mobilenet_v2", width_mult=0.35, num_classes=10)
+    return fold_batchnorm(randomize_batchnorm(model, seed))
+
+
+def batches(n: int = 2, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(8, 3, 48, 48, generator=g) * 2 - 1 for _ in range(n)]
+
+
+def int8_logits(model: torch.nn.Module, calibration: list[torch.Tensor]) -> torch.Tensor:
+    fq = FakeQuantModel(model)
+    fq.calibrate(calibration)
+    fq.set(enabled=fq.names())
+    with torch.no_grad():
+        return torch.cat([fq(x) for x in calibration])
+
+
+@pytest.fixture(scope="module")
+def rounded() -> tuple[torch.nn.Module, torch.nn.Module, list[torch.Tensor], object]:
+    model, calibration = folded_v2(), batches()
+    out, done = adaround(model, calibration, iterations=40)
+    return model, out, calibration, done
+
+
+def test_weights_land_on_the_grid_the_runtimes_recompute(rounded) -> None:
+    model, out, _, done = rounded
+    layers = {
+        n: m for n, m in out.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    }
+    assert done.layers + done.kept_nearest == len(layers)
+    assert done.describe().startswith("adaptively rounded ")
+    flipped = 0
+    for name, layer in layers.items():
+        w, w0 = layer.weight.detach(), model.get_submodule(name).weight.detach()
+        # a per-channel symmetric quantizer, recomputing the step, gets these weights back
+        assert torch.allclose(fake_quant_weight(w, True), w, rtol=0, atol=1e-7), name
+        # each channel keeps its largest weight, so its step is the original one
+        dims = tuple(range(1, w.ndim))
+        assert torch.allclose(w.abs().amax(dims), w0.abs().amax(dims), rtol=1e-6), name
+        # every weight moved to one of its two neighbouring levels
+        step = w0.abs().amax(dims, keepdim=True) / 127
+        assert ((w - w0).abs() <= step * (1 + 1e-4)).all(), name
+        flipped += int((w != fake_quant_weight(w0, True)).sum())
+        assert torch.equal(layer.bias, model.get_submodule(name).bias), name
+    assert flipped == done.flipped > 0
+
+
+def test_the_int8_network_comes_closer_to_float(rounded) -> None:
+    model, out, calibration, done = rounded
+    assert done.error_learned < done.error_nearest
+    with torch.no_grad():
+        want = torch.cat([model(x) for x in calibration]).numpy()
+    was = agreement(want, int8_logits(model, calibration).numpy())
+    now = agreement(want, int8_logits(out, calibration).numpy())
+    assert now.sqnr_db > was.sqnr_db + 0.5, (was, now)
+
+
+def test_bad_requests_are_refused() -> None:
+    with raises_one_line("fold BatchNorm before rounding adaptively"):
+        adaround(create_model("mobilenet_v2", width_mult=0.35, num_classes=10), batches(1))
+    with raises_one_line("AdaRound needs a positive number of steps, got 0"):
+        adaround(folded_v2(), batches(1), iterations=0)
