@@ -130,18 +130,23 @@ LEVERS = {
 }
 
 
-PREPARED: dict[tuple[str, ...], torch.nn.Module] = {}  # the float steps' models, per step set
+STEPS = ("equalize", "adaround", "bias_correct")  # in the order prepare_for_int8 takes them
+PREPARED: dict[tuple[str, ...], torch.nn.Module] = {}  # the float model after each step prefix
 
 
 def build(runtime: str, options: dict, model, info, tmp: Path, example, calibration):
     """Write the int8 program for one lever and load it in its runtime."""
     options = dict(options)
-    steps = {k: options.pop(k, False) for k in ("equalize", "bias_correct", "adaround")}
-    if any(steps.values()):  # float steps first (mobilenets.deploy.prepare), made once
-        key = tuple(sorted(k for k, v in steps.items() if v))
-        if key not in PREPARED:
-            PREPARED[key] = prepare_for_int8(model, calibration, **steps, on_message=print)[0]
-        model = PREPARED[key]
+    steps = [k for k in STEPS if options.pop(k, False)]
+    done: tuple[str, ...] = ()
+    for step in steps:  # float steps first (mobilenets.deploy.prepare), each prefix made once
+        if (*done, step) not in PREPARED:
+            before = PREPARED.get(done, model)
+            PREPARED[(*done, step)] = prepare_for_int8(
+                before, calibration, **{step: True}, on_message=print
+            )[0]
+        done += (step,)
+    model = PREPARED.get(done, model)
     if runtime == "onnx":
         fp32, out = tmp / "model.onnx", tmp / "model.int8.onnx"
         write_onnx(model, fp32, tuple(info.input_size), onnx_metadata(info, "fp32"))
