@@ -96,7 +96,15 @@ def _run(layer: nn.Conv2d | nn.Linear, x: torch.Tensor, weight: torch.Tensor) ->
     return layer._conv_forward(x, weight, layer.bias)
 
 
-def _squared_error(layer, x_q, x_f, weight, step) -> float:
+def _squared_error(
+    layer: nn.Conv2d | nn.Linear,
+    x_q: torch.Tensor,
+    x_f: torch.Tensor,
+    weight: torch.Tensor,
+    step: int,
+) -> float:
+    """The summed squared difference between ``layer`` with ``weight`` on ``x_q`` and the
+    float layer on ``x_f``: what the learned rounding must beat nearest rounding at."""
     total = 0.0
     for i in range(0, len(x_f), step):
         target = _run(layer, x_f[i : i + step], layer.weight)
