@@ -7,8 +7,9 @@
   device runtimes run each test in a forked process (``pytest.mark.forked``: ExecuTorch,
   LiteRT and OpenVINO keep threads and state that crashed later, unrelated tests when they
   shared the suite's process), and a forked test cannot hand a fixture's value back;
-- the helpers several test modules need: the one-line error assertion, a BatchNorm randomiser,
-  a pickle that runs code when loaded, digit PNGs as a user would hand them to predict.
+- the helpers several test modules need: the one-line error assertion, a BatchNorm randomiser
+  and the small BN-folded models built with it for the float steps before int8, a pickle that
+  runs code when loaded, digit PNGs as a user would hand them to predict.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.errors import MobileNetError
+from mobilenets.models import create_model
 
 # --------------------------------------------------------------------------- forked tests
 
@@ -128,6 +131,20 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
     return model.eval()
+
+
+def folded_random(name: str = "mobilenet_v2", seed: int = 0) -> nn.Module:
+    """A width-0.35, 10-class ``name`` with seeded weights and randomized BatchNorm, folded:
+    what the float steps before int8 (equalize, AdaRound, bias correction) take."""
+    torch.manual_seed(seed)
+    model = create_model(name, width_mult=0.35, num_classes=10)
+    return fold_batchnorm(randomize_batchnorm(model, seed))
+
+
+def uniform_batches(n: int, size: int, seed: int = 0) -> list[torch.Tensor]:
+    """``n`` seeded batches of 8 images, ``size`` px, uniform in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(8, 3, size, size, generator=g) * 2 - 1 for _ in range(n)]
 
 
 class CodeCarrying:

@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import raises_one_line, randomize_batchnorm
+from conftest import folded_random, raises_one_line, uniform_batches
 
 from mobilenets.deploy.adaround import adaround
 from mobilenets.deploy.fake_quant import FakeQuantModel, fake_quant_weight
-from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.target import agreement
 from mobilenets.models import create_model
-
-
-def folded_v2(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = create_model("mobilenet_v2", width_mult=0.35, num_classes=10)
-    return fold_batchnorm(randomize_batchnorm(model, seed))
-
-
-def batches(n: int = 2, seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.rand(8, 3, 48, 48, generator=g) * 2 - 1 for _ in range(n)]
 
 
 def int8_logits(model: torch.nn.Module, calibration: list[torch.Tensor]) -> torch.Tensor:
@@ -35,7 +23,7 @@ def int8_logits(model: torch.nn.Module, calibration: list[torch.Tensor]) -> torc
 
 @pytest.fixture(scope="module")
 def rounded() -> tuple[torch.nn.Module, torch.nn.Module, list[torch.Tensor], object]:
-    model, calibration = folded_v2(), batches()
+    model, calibration = folded_random(), uniform_batches(2, 48)
     out, done = adaround(model, calibration, iterations=40)
     return model, out, calibration, done
 
@@ -75,6 +63,8 @@ def test_the_int8_network_comes_closer_to_float(rounded) -> None:
 
 def test_bad_requests_are_refused() -> None:
     with raises_one_line("fold BatchNorm before rounding adaptively"):
-        adaround(create_model("mobilenet_v2", width_mult=0.35, num_classes=10), batches(1))
+        adaround(
+            create_model("mobilenet_v2", width_mult=0.35, num_classes=10), uniform_batches(1, 48)
+        )
     with raises_one_line("AdaRound needs a positive number of steps, got 0"):
-        adaround(folded_v2(), batches(1), iterations=0)
+        adaround(folded_random(), uniform_batches(1, 48), iterations=0)

@@ -4,28 +4,16 @@ keep the float network's means, so its logits come closer to float."""
 from __future__ import annotations
 
 import torch
-from conftest import raises_one_line, randomize_batchnorm
+from conftest import folded_random, raises_one_line, uniform_batches
 
 from mobilenets.deploy.bias_correction import bias_correct
 from mobilenets.deploy.fake_quant import FakeQuantModel, Int8Scheme
-from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.layerwise import channel_means
 from mobilenets.deploy.target import agreement
 from mobilenets.models import create_model
 
 # per-tensor weights round coarsely enough that the shift is plain to see at 64 px
 COARSE = Int8Scheme(per_channel=False)
-
-
-def folded_v2(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = create_model("mobilenet_v2", width_mult=0.35, num_classes=10)
-    return fold_batchnorm(randomize_batchnorm(model, seed))
-
-
-def batches(n: int = 3, seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.rand(8, 3, 64, 64, generator=g) * 2 - 1 for _ in range(n)]
 
 
 def simulated(model: torch.nn.Module, calibration: list[torch.Tensor]) -> FakeQuantModel:
@@ -36,7 +24,7 @@ def simulated(model: torch.nn.Module, calibration: list[torch.Tensor]) -> FakeQu
 
 
 def test_only_biases_change_and_the_int8_logits_come_closer_to_float() -> None:
-    model, calibration = folded_v2(), batches()
+    model, calibration = folded_random(), uniform_batches(3, 64)
     corrected, done = bias_correct(model, calibration, COARSE)
     assert done.layers == len(FakeQuantModel(model).names()) and done.largest_shift > 0
     assert done.describe().startswith(f"bias-corrected {done.layers} layers")
@@ -56,7 +44,7 @@ def test_only_biases_change_and_the_int8_logits_come_closer_to_float() -> None:
 
 
 def test_each_int8_output_keeps_its_float_mean() -> None:
-    model, calibration = folded_v2(1), batches(seed=1)
+    model, calibration = folded_random(seed=1), uniform_batches(3, 64, seed=1)
     corrected, _ = bias_correct(model, calibration, COARSE)
     name = "features.10.project.conv"  # deep enough to carry the shifts of the layers above
     with torch.no_grad():
@@ -74,4 +62,4 @@ def test_each_int8_output_keeps_its_float_mean() -> None:
 def test_an_unfolded_model_is_refused() -> None:
     model = create_model("mobilenet_v2", width_mult=0.35, num_classes=10)
     with raises_one_line("fold BatchNorm before correcting biases"):
-        bias_correct(model, batches(1))
+        bias_correct(model, uniform_batches(1, 64))

@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import raises_one_line, randomize_batchnorm
+from conftest import folded_random, raises_one_line
 
 from mobilenets.deploy.equalize import equalize
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.models import create_model
-
-
-def folded(name: str, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = create_model(name, width_mult=0.35, num_classes=10)
-    return fold_batchnorm(randomize_batchnorm(model, seed))
 
 
 def batches(n: int = 3, seed: int = 0) -> list[torch.Tensor]:
@@ -33,7 +27,7 @@ def batches(n: int = 3, seed: int = 0) -> list[torch.Tensor]:
     ],
 )
 def test_the_equalized_network_computes_the_same_function(name: str, pairs: int, streams: int):
-    model = folded(name)
+    model = folded_random(name)
     calibration = batches()
     equalized, done = equalize(model, calibration)
     assert (done.pairs, done.streams) == (pairs, streams)
@@ -51,7 +45,7 @@ def test_the_equalized_network_computes_the_same_function(name: str, pairs: int,
 
 
 def test_small_channels_are_brought_up_to_the_clip() -> None:
-    model = folded("mobilenet_v2")
+    model = folded_random()
     calibration = batches()
 
     def expand_maxima(m: torch.nn.Module, module: str = "") -> torch.Tensor:

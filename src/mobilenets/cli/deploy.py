@@ -10,7 +10,7 @@ import argparse
 import sys
 from contextlib import nullcontext
 
-from mobilenets.cli._args import add_moved_data, add_run_dir
+from mobilenets.cli._args import add_int8_steps, add_moved_data, add_run_dir
 from mobilenets.cli._output import console, print_json, table
 
 FORMATS = "onnx, executorch, litert or openvino"
@@ -35,29 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--verify-images", type=int, metavar="N", help="held-out images to check on (256)"
     )
-    p.add_argument(
-        "--equalize",
-        action="store_true",
-        help="with --int8: rescale channels first so each activation's int8 range is shared "
-        "fairly (same function in float)",
-    )
-    p.add_argument(
-        "--bias-correct",
-        action="store_true",
-        help="with --int8: correct each layer's bias for the mean shift int8 gives its output "
-        "(measured in simulated int8 on the calibration images)",
-    )
-    p.add_argument(
-        "--adaround",
-        nargs="?",
-        type=int,
-        const=True,
-        default=False,
-        metavar="STEPS",
-        help="with --int8: round each weight up or down as its layer's output needs "
-        "(AdaRound, STEPS optimisation steps per layer, a few hundred by default; minutes "
-        "for a 224 px model)",
-    )
+    add_int8_steps(p, "with --int8: ")
     p.add_argument("--out", help="output file (default RUN_DIR/model[.int8].<suffix>)")
     add_moved_data(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a line")

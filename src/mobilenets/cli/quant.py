@@ -7,7 +7,7 @@ import logging
 from contextlib import nullcontext
 from pathlib import Path
 
-from mobilenets.cli._args import add_moved_data, add_run_dir
+from mobilenets.cli._args import add_int8_steps, add_moved_data, add_run_dir
 from mobilenets.cli._output import console, print_json, table
 
 SENSITIVITY_FIGURE = "int8_sensitivity.png"
@@ -60,26 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=300, help="held-out images (default 300)")
     p.add_argument("--calibration", type=int, default=256, help="calibration images (256)")
     p.add_argument("--out", help="output file (default RUN_DIR/model.mixed.onnx)")
-    p.add_argument(
-        "--equalize",
-        action="store_true",
-        help="rescale channels first so each activation's int8 range is shared fairly",
-    )
-    p.add_argument(
-        "--bias-correct",
-        action="store_true",
-        help="correct each layer's bias for the mean shift int8 gives its output",
-    )
-    p.add_argument(
-        "--adaround",
-        nargs="?",
-        type=int,
-        const=True,
-        default=False,
-        metavar="STEPS",
-        help="round each weight up or down as its layer's output needs (AdaRound, STEPS "
-        "optimisation steps per layer, a few hundred by default)",
-    )
+    add_int8_steps(p)
     add_moved_data(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

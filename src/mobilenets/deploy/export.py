@@ -18,7 +18,7 @@ import contextlib
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from mobilenets.deploy import executorch, litert, onnx_target, openvino
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.onnx_export import first_images
 from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops
-from mobilenets.deploy.prepare import prepare_for_int8
+from mobilenets.deploy.prepare import Preparation, prepare_for_int8
 from mobilenets.deploy.quantize import DEFAULT_CALIBRATION, calibration_subset
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import Agreement, Target, check_program
@@ -180,10 +180,10 @@ def export(
     else:
         cal, calibrated_on = None, None
     folded = fold_batchnorm(model)
-    written = folded if quantized is None else quantized[0]
-    prepared = None
-    if any(steps.values()):
+    if quantized is None:
         written, prepared = prepare_for_int8(folded, cal, equalize, bias_correct, adaround)
+    else:
+        written, prepared = quantized[0], Preparation()
     example = inputs[0][:1]
     precision = "int8" if int8 else "fp32"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -207,9 +207,7 @@ def export(
         quantization=(quantized[1] if quantized else target.quantization) if int8 else None,
         calibration_images=sum(len(b) for b in cal) if cal else 0,
         calibrated_on=calibrated_on,
-        equalization=prepared.equalization if prepared else None,
-        rounding=prepared.rounding if prepared else None,
-        bias_correction=prepared.bias_correction if prepared else None,
+        **asdict(prepared),
         seconds=time.perf_counter() - start,
     )
     if record:

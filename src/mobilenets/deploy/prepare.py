@@ -32,10 +32,6 @@ class Preparation:
     rounding: str | None = None
     bias_correction: str | None = None
 
-    def describe(self) -> str | None:
-        done = [s for s in (self.equalization, self.rounding, self.bias_correction) if s]
-        return "; ".join(done) or None
-
 
 def prepare_for_int8(
     folded: nn.Module,

@@ -287,9 +287,7 @@ def quantize_mixed(
         mixed=best,
         predicted=predicted,
         tried=tried,
-        equalization=prepared.equalization,
-        rounding=prepared.rounding,
-        bias_correction=prepared.bias_correction,
+        **asdict(prepared),
     )
 
 
