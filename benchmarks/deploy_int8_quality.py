@@ -100,7 +100,11 @@ LEVERS = {
     # XNNPACKQuantizer refuses to leave a named module in float (set_module_name(name, None)),
     # so ExecuTorch has no float-layer lever; its lever is QAT with the xnnpack scheme
     "executorch": [
-        ("per channel, histogram observer (default)", {}),
+        ("per channel, histogram observer (default: ReLU6 fused into its convolution)", {}),
+        (
+            "per channel, histogram observer, ReLU6 unfused (the quantizer's own marking)",
+            {"fuse_relu6": False},
+        ),
         ("per channel, histogram observer, channels equalized first", {"equalize": True}),
         (
             "per channel, histogram observer, channels equalized and biases corrected first",
@@ -110,12 +114,21 @@ LEVERS = {
             "per channel, histogram observer, channels equalized and weights adaptively rounded "
             "first",
             {"equalize": True, "adaround": True},
+        ),
+        (
+            "per channel, histogram observer, ReLU6 unfused, channels equalized and weights "
+            "adaptively rounded first",
+            {"equalize": True, "adaround": True, "fuse_relu6": False},
         ),
     ],
     # litert-torch's converter refuses a module left in float ("quantization_config == None
     # is not supported yet"): no float-layer lever either
     "litert": [
-        ("per channel, histogram observer (default)", {}),
+        ("per channel, histogram observer (default: ReLU6 fused into its convolution)", {}),
+        (
+            "per channel, histogram observer, ReLU6 unfused (the quantizer's own marking)",
+            {"fuse_relu6": False},
+        ),
         ("per channel, histogram observer, channels equalized first", {"equalize": True}),
         (
             "per channel, histogram observer, channels equalized and biases corrected first",
@@ -125,6 +138,11 @@ LEVERS = {
             "per channel, histogram observer, channels equalized and weights adaptively rounded "
             "first",
             {"equalize": True, "adaround": True},
+        ),
+        (
+            "per channel, histogram observer, ReLU6 unfused, channels equalized and weights "
+            "adaptively rounded first",
+            {"equalize": True, "adaround": True, "fuse_relu6": False},
         ),
     ],
 }

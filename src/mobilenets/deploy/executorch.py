@@ -4,12 +4,13 @@ fp32: ``torch.export`` captures the BN-folded model, ``to_edge_transform_and_low
 subgraph XNNPACK supports (here all of it: conv, hardtanh, add, mean, linear) to the XNNPACK
 delegate, and ``to_executorch`` plans the activations' memory ahead of time into one buffer.
 
-int8: the PT2E flow (``torchao.quantization.pt2e``): ``prepare_pt2e`` inserts observers where
-``XNNPACKQuantizer`` says XNNPACK has int8 kernels, the calibration batches run through, and
-``convert_pt2e`` replaces observers with quantize/dequantize pairs that the XNNPACK partitioner
-fuses into int8 operators. Weights are symmetric per output channel (a depthwise filter after
-BN folding has one scale per channel, Krishnamoorthi 2018 section 3.1); activations are
-asymmetric per tensor, their ranges from a histogram observer.
+int8: the PT2E flow (:mod:`mobilenets.deploy.pt2e`): ``prepare_pt2e`` inserts observers where
+``XNNPACKQuantizer`` says XNNPACK has int8 kernels (and each convolution -> ReLU6 pair, which
+it leaves unfused, is made one), the calibration batches run through, and ``convert_pt2e``
+replaces observers with quantize/dequantize pairs that the XNNPACK partitioner fuses into int8
+operators. Weights are symmetric per output channel (a depthwise filter after BN folding has
+one scale per channel, Krishnamoorthi 2018 section 3.1); activations are asymmetric per
+tensor, their ranges from a histogram observer.
 
 A program takes the batch size of the example it was exported with: mobile inference runs one
 image at a time, and a fixed shape lets the memory planner size every buffer exactly.
@@ -18,7 +19,6 @@ image at a time, and a fixed shape lets the memory planner size every buffer exa
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,39 +34,12 @@ QUANTIZATION = (
 )
 
 
-def capture_any_batch(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
-    """``torch.export``'s graph of ``model`` with a free batch axis, so calibration can feed
-    batches of any size to a program that will be lowered for ``example``'s."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    pair = example[:1].expand(2, *example.shape[1:])  # a batch of 1 would specialise the axis
-    return torch.export.export(model, (pair,), dynamic_shapes=({0: batch},)).module()
-
-
-def calibrated_pt2e(
+@quiet()
+def quantize_pt2e(
     model: nn.Module,
     example: torch.Tensor,
     calibration: list[torch.Tensor],
-    quantizer,
-    fp32_modules: Sequence[str] = (),
-    fold_quantize: bool = True,
-) -> torch.fx.GraphModule:
-    """The PT2E flow both XNNPACK runtimes take: capture ``model``, let ``quantizer`` mark
-    what runs int8 (never the modules named in ``fp32_modules``: ``classifier.fc``, say),
-    observe activation ranges on ``calibration``, and convert to quantize/dequantize pairs."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    for name in fp32_modules:
-        quantizer.set_module_name(name, None)
-    prepared = prepare_pt2e(capture_any_batch(model, example), quantizer)
-    with torch.no_grad():
-        for images in calibration:
-            prepared(images)
-    return convert_pt2e(prepared, fold_quantize=fold_quantize)
-
-
-@quiet()
-def quantize_pt2e(
-    model: nn.Module, example: torch.Tensor, calibration: list[torch.Tensor]
+    fuse_relu6: bool = True,
 ) -> torch.fx.GraphModule:
     """``model`` with int8 quantize/dequantize pairs where XNNPACK runs int8, its activation
     ranges observed on ``calibration``. Every layer XNNPACK can run in int8 is: its quantizer
@@ -77,10 +50,12 @@ def quantize_pt2e(
         get_symmetric_quantization_config,
     )
 
+    from mobilenets.deploy.pt2e import calibrated_pt2e  # needs torchao, an extra
+
     quantizer = XNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True)
     )
-    return calibrated_pt2e(model, example, calibration, quantizer)
+    return calibrated_pt2e(model, example, calibration, quantizer, fuse_relu6=fuse_relu6)
 
 
 @quiet()
@@ -90,9 +65,10 @@ def write(
     example: torch.Tensor,
     calibration: list[torch.Tensor] | None,
     metadata: dict[str, str],
+    fuse_relu6: bool = True,
 ) -> None:
     """Lower ``model`` (int8 when ``calibration`` is given) to an XNNPACK-delegated ExecuTorch
-    program at ``path``.
+    program at ``path``; ``fuse_relu6=False`` keeps XNNPACKQuantizer's own marking (measured).
 
     ``metadata`` is not stored: a ``.pte`` holds no free-form properties; the run directory's
     ``model.json`` records what the program was exported from.
@@ -102,7 +78,7 @@ def write(
 
     try:
         if calibration is not None:
-            model = quantize_pt2e(model, example, calibration)
+            model = quantize_pt2e(model, example, calibration, fuse_relu6)
         program = torch.export.export(model, (example,))
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         buffer = lowered.to_executorch().buffer

@@ -6,9 +6,10 @@ fp32: ``litert_torch.convert`` (the successor of the deprecated ``ai-edge-torch`
 NHWC inside; the converter inserts the layout transposes at the input and output, so the file
 takes NCHW images like every other target.
 
-int8: the converter's own PT2E quantizer (``litert_torch.quantize.pt2e_quantizer``), the same
-``prepare_pt2e``/``convert_pt2e`` flow as ExecuTorch's: weights int8 symmetric per channel,
-activations int8 per tensor from a histogram observer, lowered to TFLite's int8 kernels.
+int8: the converter's own PT2E quantizer (``litert_torch.quantize.pt2e_quantizer``), in the same
+flow as ExecuTorch's (:mod:`mobilenets.deploy.pt2e`, ReLU6 fused into its convolution):
+weights int8 symmetric per channel, activations int8 per tensor from a histogram observer,
+lowered to TFLite's int8 kernels.
 
 A ``.tflite`` takes the batch size of the example it was converted with, like a ``.pte``.
 """
@@ -22,7 +23,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.executorch import calibrated_pt2e
 from mobilenets.deploy.target import Runner, Target, first_line, quiet
 from mobilenets.errors import MobileNetError
 
@@ -39,8 +39,10 @@ def write(
     example: torch.Tensor,
     calibration: list[torch.Tensor] | None,
     metadata: dict[str, str],
+    fuse_relu6: bool = True,
 ) -> None:
-    """Convert ``model`` (int8 when ``calibration`` is given) to a ``.tflite`` at ``path``.
+    """Convert ``model`` (int8 when ``calibration`` is given) to a ``.tflite`` at ``path``;
+    ``fuse_relu6=False`` keeps the PT2E quantizer's own marking (measured).
 
     Every layer the quantizer matches runs int8: litert-torch's converter refuses a module
     left in float (``quantization_config == None is not supported yet``), so this writer
@@ -51,13 +53,17 @@ def write(
     from litert_torch.quantize import pt2e_quantizer
     from litert_torch.quantize.quant_config import QuantConfig
 
+    from mobilenets.deploy.pt2e import calibrated_pt2e  # needs torchao, an extra
+
     try:
         quant_config = None
         if calibration is not None:
             quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
                 pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
             )
-            model = calibrated_pt2e(model, example, calibration, quantizer, fold_quantize=False)
+            model = calibrated_pt2e(
+                model, example, calibration, quantizer, fold_quantize=False, fuse_relu6=fuse_relu6
+            )
             quant_config = QuantConfig(pt2e_quantizer=quantizer)
         edge_model = litert_torch.convert(model, (example,), quant_config=quant_config)
         edge_model.export(str(path))

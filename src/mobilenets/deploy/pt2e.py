@@ -1,0 +1,114 @@
+"""The PT2E int8 flow that both XNNPACK runtimes (ExecuTorch, LiteRT) take, and one fix to it.
+
+``torch.export`` captures the model, a quantizer marks where int8 runs, ``prepare_pt2e``
+places observers there, calibration batches run through, and ``convert_pt2e`` turns the
+observers into quantize/dequantize pairs that the runtime's lowering fuses into int8 kernels.
+
+The fix: XNNPACK's quantizer, and litert-torch's copy of it, fuse a convolution with a
+following ReLU but not with ReLU6 (``hardtanh(0, 6)``). ReLU6 is marked as sharing its input's
+quantization, so the int8 tensor that MobileNetV2's expansions and depthwise layers hand on is
+rounded on the range of the convolution's output *before* the clamp: about ten times wider
+than ``[0, 6]`` in early layers, so about 3 bits fewer. Both runtimes' kernels clamp inside
+the convolution anyway (XNNPACK's ``output_min``/``output_max``, TFLite's fused RELU6).
+:class:`ConvClampQuantizer` marks each convolution -> ReLU6 pair as one int8 operator whose
+output is observed after the clamp, as the ReLU pattern already is, and the runtime's own
+quantizer marks everything else. Measured on torchvision's V2 ImageNet weights, ExecuTorch
+from 78.0% / 12.5 dB to 82.7% / 15.0 dB top-1 agreement / logit SQNR
+(benchmarks/results/deploy_int8_quality_clamps.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, Quantizer
+from torchao.quantization.pt2e.quantizer.composable_quantizer import ComposableQuantizer
+from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+CONVOLUTIONS = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
+CLAMPS = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+
+
+def capture_any_batch(model: nn.Module, example: torch.Tensor) -> GraphModule:
+    """``torch.export``'s graph of ``model`` with a free batch axis, so calibration can feed
+    batches of any size to a program that will be lowered for ``example``'s."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    pair = example[:1].expand(2, *example.shape[1:])  # a batch of 1 would specialise the axis
+    return torch.export.export(model, (pair,), dynamic_shapes=({0: batch},)).module()
+
+
+def conv_clamp_pairs(graph: GraphModule) -> list[tuple[Node, Node]]:
+    """Every (convolution, ReLU6) pair whose convolution feeds nothing but the clamp."""
+    pairs = []
+    for node in graph.graph.nodes:
+        if node.op != "call_function" or node.target not in CLAMPS:
+            continue
+        conv = node.args[0]
+        if isinstance(conv, Node) and conv.target in CONVOLUTIONS and len(conv.users) == 1:
+            pairs.append((conv, node))
+    return pairs
+
+
+class ConvClampQuantizer(Quantizer):
+    """Marks convolution -> ReLU6 as one int8 operator: input, weight and bias quantized as
+    ``config`` says, the output observed after the clamp. Composed ahead of the runtime's own
+    quantizer, which leaves the nodes marked here alone."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config  # a QuantizationConfig: input/output activation, weight, bias specs
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        config = self.config
+        for conv, clamp in conv_clamp_pairs(model):
+            specs = {conv.args[0]: config.input_activation, conv.args[1]: config.weight}
+            bias = conv.args[2] if len(conv.args) > 2 else None
+            if isinstance(bias, Node) and config.bias is not None:
+                specs[bias] = config.bias
+            conv.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+                input_qspec_map=specs, _annotated=True
+            )
+            clamp.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+                output_qspec=config.output_activation, _annotated=True
+            )
+            for parameter in (conv.args[1], bias):  # the runtime's quantizer skips these too
+                if isinstance(parameter, Node):
+                    mark = parameter.meta.setdefault(Q_ANNOTATION_KEY, QuantizationAnnotation())
+                    mark._annotated = True
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        """Nothing beyond what the runtime's quantizer validates."""
+
+
+def with_fused_clamps(quantizer: Quantizer) -> Quantizer:
+    """``quantizer`` (XNNPACK's or litert-torch's, its global config set) with every
+    convolution -> ReLU6 quantized as one operator first."""
+    return ComposableQuantizer([ConvClampQuantizer(quantizer.global_config), quantizer])
+
+
+def calibrated_pt2e(
+    model: nn.Module,
+    example: torch.Tensor,
+    calibration: list[torch.Tensor],
+    quantizer: Quantizer,
+    fp32_modules: Sequence[str] = (),
+    fold_quantize: bool = True,
+    fuse_relu6: bool = True,
+) -> GraphModule:
+    """Capture ``model``, let ``quantizer`` (with ReLU6 fused unless ``fuse_relu6`` is off,
+    which benchmarks/deploy_int8_quality.py measures) mark what runs int8 (never the modules
+    named in ``fp32_modules``: ``classifier.fc``, say), observe activation ranges on
+    ``calibration``, and convert to quantize/dequantize pairs."""
+    for name in fp32_modules:
+        quantizer.set_module_name(name, None)
+    marking = with_fused_clamps(quantizer) if fuse_relu6 else quantizer
+    prepared = prepare_pt2e(capture_any_batch(model, example), marking)
+    with torch.no_grad():
+        for images in calibration:
+            prepared(images)
+    return convert_pt2e(prepared, fold_quantize=fold_quantize)

@@ -1,0 +1,57 @@
+"""The PT2E flow of the XNNPACK runtimes: each convolution -> ReLU6 pair quantized as one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import folded_random, uniform_batches
+from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+    XNNPACKQuantizer,
+    get_symmetric_quantization_config,
+)
+
+from mobilenets.deploy.pt2e import (
+    CLAMPS,
+    CONVOLUTIONS,
+    calibrated_pt2e,
+    capture_any_batch,
+    conv_clamp_pairs,
+)
+
+pytestmark = pytest.mark.forked  # XNNPACK's threads stay out of the suite's process
+QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
+SIZE = 32
+
+
+def test_every_relu6_after_a_convolution_is_found() -> None:
+    """MobileNetV2: the stem, each block's expansion (none in the first) and depthwise layer,
+    and the last 1x1 convolution end in ReLU6: 1 + 1 + 16 * 2 + 1."""
+    model = folded_random()
+    graph = capture_any_batch(model, torch.zeros(1, 3, SIZE, SIZE))
+    assert len(conv_clamp_pairs(graph)) == 35
+
+
+def test_the_int8_tensor_after_relu6_is_rounded_on_the_clamped_range() -> None:
+    """No quantize/dequantize pair between a convolution and its ReLU6, and the one after it
+    spans at most [-6, 6]: XNNPACK's quantizer alone rounds the convolution's output on its
+    range before the clamp and lets ReLU6 share it."""
+    model = folded_random()
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True)
+    )
+    batches = uniform_batches(2, SIZE)
+    converted = calibrated_pt2e(model, batches[0][:1], batches, quantizer)
+    clamps = [n for n in converted.graph.nodes if n.target in CLAMPS]
+    assert len(clamps) == 35
+    for clamp in clamps:
+        assert clamp.args[0].target in CONVOLUTIONS  # read straight from the float convolution
+        (quantize,) = clamp.users
+        assert quantize.target == QUANTIZE
+        scale = quantize.args[1]
+        assert scale <= 6 / 127, f"{clamp.name} rounded on a range wider than ReLU6's"
+    with torch.no_grad():  # still the same function, up to int8 rounding
+        x = batches[1]
+        assert (
+            torch.nn.functional.cosine_similarity(converted(x).flatten(), model(x).flatten(), dim=0)
+            > 0.9
+        )
