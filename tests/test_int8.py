@@ -66,6 +66,34 @@ def test_fake_quant_model_is_exact_until_switched_on(run: Path) -> None:
         assert not torch.equal(fq(x), fold_batchnorm(model)(x))
 
 
+def test_a_residual_sum_and_its_projection_are_rounded_with_the_projection() -> None:
+    """As the runtimes do: each residual block's sum (what the next block and its skip path
+    read) and its projection's output lie on their 8-bit grids once the projection is
+    quantized, and are left exact while it is not."""
+    model = create_model("mobilenet_v2", width_mult=0.35, num_classes=10).eval()
+    fq = FakeQuantModel(model)
+    residual = [i for i, b in enumerate(model.features) if getattr(b, "use_residual", False)]
+    first = f"features.{residual[0]}"
+    assert [r.name for r in fq.roundings[:2]] == [f"{first}.project", f"{first}.sum"]
+    assert len(fq.roundings) == 2 * len(residual)
+    x = images()
+    fq.calibrate([x])
+    block = fq.model.features[residual[0]]
+    seen: dict[str, torch.Tensor] = {}
+    block.register_forward_hook(lambda _m, _i, out: seen.update(sum=out))
+    block.project.register_forward_hook(lambda _m, _i, out: seen.update(project=out))
+    project = f"{first}.project.conv"
+    for enabled, on_grid in (([n for n in fq.names() if n != project], False), ([project], True)):
+        fq.set(enabled=enabled)
+        with torch.inference_mode():
+            fq(x)
+        for rounding in fq.roundings[:2]:
+            values = seen[rounding.name.rpartition(".")[2]]
+            step = (max(rounding.high, 0) - min(rounding.low, 0)) / 255
+            levels = (values - values.min()) / step
+            assert torch.allclose(levels, levels.round(), atol=1e-3) == on_grid, rounding.name
+
+
 def test_weights_round_within_half_a_step_per_channel() -> None:
     weight = torch.randn(16, 1, 3, 3) * torch.logspace(-3, 0, 16).view(-1, 1, 1, 1)
     for per_channel in (True, False):

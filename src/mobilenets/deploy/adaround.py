@@ -167,7 +167,7 @@ def _inputs(stage: Stage, layer: Switchable) -> tuple[torch.Tensor, torch.Tensor
     """``layer``'s input in the float network and, quantized, in the simulated one."""
     x_f = _capture(stage.reference, stage.float_layer(layer), stage.float_inputs)
     x_q = _capture(stage.module, layer, stage.quantized_inputs)
-    return x_f, layer.quantize_input(x_q)
+    return x_f, layer.round(x_q)
 
 
 def adaround(

@@ -12,6 +12,13 @@ forward pass (and less: see :mod:`mobilenets.quant.sensitivity`).
 and the activation it reads is rounded to 256 levels between the calibrated minimum and
 maximum (asymmetric uint8, as onnxruntime's U8S8; or symmetric int8). BatchNorm is folded
 first, because the runtimes quantize the folded weights (Krishnamoorthi 2018, section 3.2).
+
+A residual block adds two int8 tensors and rounds the sum, which both the next layer and the
+next block's skip path then read; onnxruntime and XNNPACK round the projection's output
+before the addition too. Those two roundings belong to no layer's input, so each residual
+block carries a :class:`Rounding` for each, switched with its projection: a simulation
+without them was 1.2 dB kinder to the logits than the runtimes (20.3 against 19.1 dB for
+torchvision's V2, equalized and AdaRounded; the runtimes measured 18.7 to 19.4).
 """
 
 from __future__ import annotations
@@ -89,7 +96,44 @@ def activation_qparams(low: float, high: float, symmetric: bool) -> tuple[float,
     return scale, round(-low / scale), 0, 255
 
 
-class Switchable(nn.Module):
+class Observed(nn.Module):
+    """An activation's calibrated range and its rounding to 8 bits within it."""
+
+    def __init__(self, name: str, scheme: Int8Scheme) -> None:
+        super().__init__()
+        self.name = name
+        self.scheme = scheme
+        self.low, self.high = float("inf"), float("-inf")
+        self.observing = self.enabled = False
+
+    def observe(self, x: torch.Tensor) -> None:
+        self.low = min(self.low, float(x.min()))
+        self.high = max(self.high, float(x.max()))
+
+    def round(self, x: torch.Tensor) -> torch.Tensor:
+        if self.low > self.high:
+            raise MobileNetError(f"{self.name} was never calibrated")
+        scale, zero, qmin, qmax = activation_qparams(
+            self.low, self.high, self.scheme.symmetric_activations
+        )
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
+
+
+class Rounding(Observed):
+    """A module's output rounded to 8 bits: a residual block's sum, or its projection's output
+    before the sum. Attached as a forward hook; ``owner`` is the layer whose switch it follows."""
+
+    def __init__(self, name: str, owner: str, scheme: Int8Scheme) -> None:
+        super().__init__(name, scheme)
+        self.owner = owner
+
+    def hook(self, _module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self.observe(output)
+        return self.round(output) if self.enabled else output
+
+
+class Switchable(Observed):
     """A convolution or linear layer whose weights and input can be fake-quantized on demand.
 
     ``observing`` records the input's range (calibration); ``enabled`` quantizes; ``measuring``
@@ -98,16 +142,13 @@ class Switchable(nn.Module):
     """
 
     def __init__(self, layer: nn.Conv2d | nn.Linear, name: str, scheme: Int8Scheme) -> None:
-        super().__init__()
+        super().__init__(name, scheme)
         self.layer = layer
-        self.name = name
         self.kind = layer_kind(name, layer)
-        self.scheme = scheme
         self.register_buffer(
             "qweight", fake_quant_weight(layer.weight.detach(), scheme.per_channel)
         )
-        self.low, self.high = float("inf"), float("-inf")
-        self.observing = self.enabled = self.measuring = False
+        self.measuring = False
         self.signal = self.noise = 0.0
 
     def _apply(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -115,21 +156,12 @@ class Switchable(nn.Module):
             return F.linear(x, weight, self.layer.bias)
         return self.layer._conv_forward(x, weight, self.layer.bias)
 
-    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.low > self.high:
-            raise MobileNetError(f"{self.name} was never calibrated")
-        scale, zero, qmin, qmax = activation_qparams(
-            self.low, self.high, self.scheme.symmetric_activations
-        )
-        return torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing:
-            self.low = min(self.low, float(x.min()))
-            self.high = max(self.high, float(x.max()))
+            self.observe(x)
         if not self.enabled:
             return self._apply(x, self.layer.weight)
-        y = self._apply(self.quantize_input(x), self.qweight)
+        y = self._apply(self.round(x), self.qweight)
         if self.measuring:
             exact = self._apply(x, self.layer.weight)
             self.signal += float(exact.double().square().sum())
@@ -143,7 +175,8 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 class FakeQuantModel(nn.Module):
-    """A BN-folded copy of ``model`` with every Conv2d and Linear made :class:`Switchable`.
+    """A BN-folded copy of ``model`` with every Conv2d and Linear made :class:`Switchable`,
+    and the sums of its residual blocks (and their projections' outputs) :class:`Rounding`.
 
     ``stages`` are ``model.features``' blocks and then ``model.classifier``: a configuration
     that changes nothing before stage ``s`` can start there from a cached input.
@@ -163,6 +196,7 @@ class FakeQuantModel(nn.Module):
             parent, leaf = _parent(self.model, name)
             setattr(parent, leaf, Switchable(getattr(parent, leaf), name, scheme))
         self.layers: list[Switchable] = [self.model.get_submodule(n) for n in names]
+        self.roundings = nn.ModuleList(_residual_roundings(self.model, scheme))
         self.stages: list[nn.Module] = [*self.model.features, self.model.classifier]
         stage_names = [f"features.{i}." for i in range(len(self.model.features))]
         stage_names.append("classifier.")
@@ -193,15 +227,16 @@ class FakeQuantModel(nn.Module):
         self.eval()
         self.set(enabled=())
         count = 0
-        for layer in self.layers:
-            layer.observing = True
+        observed = [*self.layers, *self.roundings]
+        for each in observed:
+            each.observing = True
         try:
             for images in batches:
                 self(images)
                 count += len(images)
         finally:
-            for layer in self.layers:
-                layer.observing = False
+            for each in observed:
+                each.observing = False
         if count == 0:
             raise MobileNetError("no calibration images")
         return count
@@ -216,12 +251,35 @@ class FakeQuantModel(nn.Module):
             layer.enabled = layer.name in enabled
             layer.measuring = layer.name in measuring
             layer.signal = layer.noise = 0.0
+        for rounding in self.roundings:
+            rounding.enabled = rounding.owner in enabled
 
     def names(self) -> list[str]:
         return [layer.name for layer in self.layers]
 
     def __iter__(self) -> Iterator[Switchable]:
         return iter(self.layers)
+
+
+def _residual_roundings(model: nn.Module, scheme: Int8Scheme) -> list[Rounding]:
+    """A :class:`Rounding` hooked on the sum of every residual block of ``model`` (its
+    ``Switchable`` layers already in place) and on its projection, both owned by the
+    projection's layer (or the block's last layer, for a block without one)."""
+    roundings = []
+    for name, block in model.named_modules():
+        if not getattr(block, "use_residual", False):
+            continue
+        inside = [n for n, m in block.named_modules() if isinstance(m, Switchable)]
+        if not inside:
+            continue
+        project = getattr(block, "project", None)
+        owner = f"{name}.{'project.conv' if 'project.conv' in inside else inside[-1]}"
+        if project is not None:
+            roundings.append(Rounding(f"{name}.project", owner, scheme))
+            project.register_forward_hook(roundings[-1].hook)
+        roundings.append(Rounding(f"{name}.sum", owner, scheme))
+        block.register_forward_hook(roundings[-1].hook)
+    return roundings
 
 
 def sqnr_db(signal: float, noise: float) -> float:
