@@ -27,7 +27,10 @@ activations' calibrated ranges:
   is read by 1x1 (or depthwise) layers only, so dividing stream channel ``c`` by ``s_c`` in
   every writer and multiplying it back in every reader is exact. ``s_c`` is chosen as
   SmoothQuant does (Xiao et al. 2023), ``max|x_c|^alpha / max|w_c|^(1 - alpha)``, trading
-  the stream's range against the readers' weight ranges.
+  the stream's range against the readers' weight ranges. ``alpha = 0.5``, SmoothQuant's
+  own default: against 0.25, followed by AdaRound, it gained 0.5 to 0.9 dB of logit SQNR in
+  each of the four runtimes on torchvision's V2 (benchmarks/results/
+  deploy_int8_quality_alpha.md). AdaRound recovers much of what the readers' weights lose.
 
 The model must be BN-folded first (:func:`~mobilenets.deploy.fold.fold_batchnorm`): its
 convolutions then carry the biases that are scaled. Outputs stay equal to float rounding
@@ -49,7 +52,7 @@ from mobilenets.errors import MobileNetError
 from mobilenets.layers import ConvBNAct, DepthwiseSeparableConv, InvertedResidual
 
 DEFAULT_MARGIN = 2.0  # headroom left above a ReLU6 channel's calibrated maximum
-DEFAULT_ALPHA = 0.25  # stream: how much of a channel's range moves into its readers' weights
+DEFAULT_ALPHA = 0.5  # stream: how much of a channel's range moves into its readers' weights
 MAX_SCALE = 100.0
 _TINY = 1e-6
 
