@@ -7,8 +7,8 @@ observers into quantize/dequantize pairs that the runtime's lowering fuses into 
 The fix: XNNPACK's quantizer, and litert-torch's copy of it, fuse a convolution with a
 following ReLU but not with ReLU6 (``hardtanh(0, 6)``). ReLU6 is marked as sharing its input's
 quantization, so the int8 tensor that MobileNetV2's expansions and depthwise layers hand on is
-rounded on the range of the convolution's output *before* the clamp: about ten times wider
-than ``[0, 6]`` in early layers, so about 3 bits fewer. Both runtimes' kernels clamp inside
+rounded on the range of the convolution's output *before* the clamp, several times wider
+than ``[0, 6]``. Both runtimes' kernels clamp inside
 the convolution anyway (XNNPACK's ``output_min``/``output_max``, TFLite's fused RELU6).
 :class:`ConvClampQuantizer` marks each convolution -> ReLU6 pair as one int8 operator whose
 output is observed after the clamp, as the ReLU pattern already is, and the runtime's own
@@ -18,8 +18,6 @@ from 78.0% / 12.5 dB to 82.7% / 15.0 dB top-1 agreement / logit SQNR
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -96,16 +94,13 @@ def calibrated_pt2e(
     example: torch.Tensor,
     calibration: list[torch.Tensor],
     quantizer: Quantizer,
-    fp32_modules: Sequence[str] = (),
     fold_quantize: bool = True,
     fuse_relu6: bool = True,
 ) -> GraphModule:
     """Capture ``model``, let ``quantizer`` (with ReLU6 fused unless ``fuse_relu6`` is off,
-    which benchmarks/deploy_int8_quality.py measures) mark what runs int8 (never the modules
-    named in ``fp32_modules``: ``classifier.fc``, say), observe activation ranges on
-    ``calibration``, and convert to quantize/dequantize pairs."""
-    for name in fp32_modules:
-        quantizer.set_module_name(name, None)
+    which benchmarks/deploy_int8_quality.py measures) mark what runs int8, observe activation
+    ranges on ``calibration``, and convert to quantize/dequantize pairs. Neither runtime's
+    quantizer can leave a module in float, so nothing here asks it to."""
     marking = with_fused_clamps(quantizer) if fuse_relu6 else quantizer
     prepared = prepare_pt2e(capture_any_batch(model, example), marking)
     with torch.no_grad():
