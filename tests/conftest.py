@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mobilenets.deploy.fake_quant import FakeQuantModel
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.errors import MobileNetError
 from mobilenets.models import create_model
@@ -139,6 +140,16 @@ def folded_random(name: str = "mobilenet_v2", seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = create_model(name, width_mult=0.35, num_classes=10)
     return fold_batchnorm(randomize_batchnorm(model, seed))
+
+
+def int8_logits(model: nn.Module, calibration: list[torch.Tensor]) -> torch.Tensor:
+    """``model``'s logits on ``calibration`` with every layer int8 in the simulator,
+    calibrated on the same images."""
+    fq = FakeQuantModel(model)
+    fq.calibrate(calibration)
+    fq.set(enabled=fq.names())
+    with torch.no_grad():
+        return torch.cat([fq(x) for x in calibration])
 
 
 def uniform_batches(n: int, size: int, seed: int = 0) -> list[torch.Tensor]:

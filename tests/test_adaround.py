@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import folded_random, raises_one_line, uniform_batches
+from conftest import folded_random, int8_logits, raises_one_line, uniform_batches
 
 from mobilenets.deploy.adaround import adaround
-from mobilenets.deploy.fake_quant import FakeQuantModel, fake_quant_weight
+from mobilenets.deploy.fake_quant import fake_quant_weight
 from mobilenets.deploy.target import agreement
 from mobilenets.models import create_model
-
-
-def int8_logits(model: torch.nn.Module, calibration: list[torch.Tensor]) -> torch.Tensor:
-    fq = FakeQuantModel(model)
-    fq.calibrate(calibration)
-    fq.set(enabled=fq.names())
-    with torch.no_grad():
-        return torch.cat([fq(x) for x in calibration])
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,27 @@ def _within(stage: Stage, name: str) -> str:
     return name.removeprefix(prefix)
 
 
+def _capture(module: nn.Module, layer: nn.Module, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """What ``layer`` (inside ``module``) reads when ``module`` runs on ``inputs``."""
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        for x in inputs:
+            module(x)
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+@torch.no_grad()
+def layer_inputs(stage: Stage, layer: Switchable) -> tuple[torch.Tensor, torch.Tensor]:
+    """``layer``'s input on every calibration image in the float network, and in the
+    simulated one rounded to the activation's levels, as the int8 layer reads it."""
+    x_f = _capture(stage.reference, stage.float_layer(layer), stage.float_inputs)
+    x_q = _capture(stage.module, layer, stage.quantized_inputs)
+    return x_f, layer.round(x_q)
+
+
 @torch.no_grad()
 def walk_stages(model: FakeQuantModel, batches: Sequence[torch.Tensor]) -> Iterator[Stage]:
     """Yield the stages of a calibrated ``model`` in order, with their inputs on ``batches``.
