@@ -57,10 +57,6 @@ LEVERS = {
             {"calibrate_method": "minmax", "equalize": True, "adaround": True},
         ),
         (
-            "MinMax, channels equalized, layers refitted and weights adaptively rounded first",
-            {"calibrate_method": "minmax", "equalize": True, "refit": True, "adaround": True},
-        ),
-        (
             "MinMax, channels equalized, weights adaptively rounded, biases corrected first",
             {
                 "calibrate_method": "minmax",
@@ -100,11 +96,6 @@ LEVERS = {
             "MIXED, full bias correction, channels equalized and weights adaptively rounded first",
             {"preset": "mixed", "equalize": True, "adaround": True},
         ),
-        (
-            "MIXED, full bias correction, channels equalized, layers refitted and weights "
-            "adaptively rounded first",
-            {"preset": "mixed", "equalize": True, "refit": True, "adaround": True},
-        ),
     ],
     # XNNPACKQuantizer refuses to leave a named module in float (set_module_name(name, None)),
     # so ExecuTorch has no float-layer lever; its lever is QAT with the xnnpack scheme
@@ -123,11 +114,6 @@ LEVERS = {
             "per channel, histogram observer, channels equalized and weights adaptively rounded "
             "first",
             {"equalize": True, "adaround": True},
-        ),
-        (
-            "per channel, histogram observer, channels equalized, layers refitted and weights "
-            "adaptively rounded first",
-            {"equalize": True, "refit": True, "adaround": True},
         ),
         (
             "per channel, histogram observer, ReLU6 unfused, channels equalized and weights "
@@ -154,11 +140,6 @@ LEVERS = {
             {"equalize": True, "adaround": True},
         ),
         (
-            "per channel, histogram observer, channels equalized, layers refitted and weights "
-            "adaptively rounded first",
-            {"equalize": True, "refit": True, "adaround": True},
-        ),
-        (
             "per channel, histogram observer, ReLU6 unfused, channels equalized and weights "
             "adaptively rounded first",
             {"equalize": True, "adaround": True, "fuse_relu6": False},
@@ -167,8 +148,7 @@ LEVERS = {
 }
 
 
-# in the order prepare_for_int8 takes them; with AdaRound, the refit is done inside it
-STEPS = ("equalize", "refit", "adaround", "bias_correct")
+STEPS = ("equalize", "adaround", "bias_correct")  # in the order prepare_for_int8 takes them
 PREPARED: dict[tuple[str, ...], torch.nn.Module] = {}  # the float model after each step prefix
 
 
@@ -176,16 +156,12 @@ def build(runtime: str, options: dict, model, info, tmp: Path, example, calibrat
     """Write the int8 program for one lever and load it in its runtime."""
     options = dict(options)
     steps = [k for k in STEPS if options.pop(k, False)]
-    if "refit" in steps and "adaround" in steps:
-        steps.remove("refit")
-        steps[steps.index("adaround")] = "refit+adaround"
     done: tuple[str, ...] = ()
     for step in steps:  # float steps first (mobilenets.deploy.prepare), each prefix made once
         if (*done, step) not in PREPARED:
             before = PREPARED.get(done, model)
-            asked = dict.fromkeys(step.split("+"), True)
             PREPARED[(*done, step)] = prepare_for_int8(
-                before, calibration, **asked, on_message=print
+                before, calibration, **{step: True}, on_message=print
             )[0]
         done += (step,)
     model = PREPARED.get(done, model)

@@ -16,20 +16,13 @@ def add_moved_data(parser: argparse.ArgumentParser) -> None:
 
 
 def add_int8_steps(parser: argparse.ArgumentParser, lead: str = "") -> None:
-    """``--equalize``, ``--refit``, ``--bias-correct``, ``--adaround [STEPS]``: the float
-    steps before post-training int8 (``mobilenets.deploy.prepare``); ``lead`` starts each
-    help line."""
+    """``--equalize``, ``--bias-correct``, ``--adaround [STEPS]``: the float steps before
+    post-training int8 (``mobilenets.deploy.prepare``); ``lead`` starts each help line."""
     parser.add_argument(
         "--equalize",
         action="store_true",
         help=f"{lead}rescale channels first so each activation's int8 range is shared fairly "
         "(same function in float)",
-    )
-    parser.add_argument(
-        "--refit",
-        action="store_true",
-        help=f"{lead}refit each layer's weights and bias to the int8 input it will read "
-        "(least squares on the calibration images; with --adaround, before rounding)",
     )
     parser.add_argument(
         "--bias-correct",

@@ -124,7 +124,6 @@ def run_export(args: argparse.Namespace) -> int:
         equalize=args.equalize,
         bias_correct=args.bias_correct,
         adaround=args.adaround,
-        refit=args.refit,
         **{k: v for k, v in counts.items() if v is not None},
     )
     if args.json:
@@ -139,7 +138,7 @@ def run_export(args: argparse.Namespace) -> int:
             if report.calibrated_on
             else report.quantization
         )
-        for step in (report.equalization, report.refit, report.rounding, report.bias_correction):
+        for step in (report.equalization, report.rounding, report.bias_correction):
             if step:
                 how += f"; {step}"
         verdict = (

@@ -203,7 +203,6 @@ def run_mixed(args: argparse.Namespace) -> int:
         equalize=args.equalize,
         bias_correct=args.bias_correct,
         adaround=args.adaround,
-        refit=args.refit,
     )
     if args.json:
         print_json(result.to_dict())

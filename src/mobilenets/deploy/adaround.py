@@ -33,16 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilenets.deploy.fake_quant import (
-    FakeQuantModel,
-    Int8Scheme,
-    Switchable,
-    fake_quant_weight,
-    weight_scale,
-)
+from mobilenets.deploy.fake_quant import FakeQuantModel, Int8Scheme, Switchable, weight_scale
 from mobilenets.deploy.fold import count_batchnorms
 from mobilenets.deploy.layerwise import layer_inputs, walk_stages
-from mobilenets.deploy.refit import check_ridge, fit
 from mobilenets.errors import MobileNetError
 
 DEFAULT_ITERATIONS = 500
@@ -85,12 +78,10 @@ def _initial(rest: torch.Tensor) -> torch.Tensor:
     return -torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)
 
 
-def _run(
-    layer: nn.Conv2d | nn.Linear, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-) -> torch.Tensor:
+def _run(layer: nn.Conv2d | nn.Linear, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if isinstance(layer, nn.Linear):
-        return F.linear(x, weight, bias)
-    return layer._conv_forward(x, weight, bias)
+        return F.linear(x, weight, layer.bias)
+    return layer._conv_forward(x, weight, layer.bias)
 
 
 def _squared_error(
@@ -98,17 +89,14 @@ def _squared_error(
     x_q: torch.Tensor,
     x_f: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor,
     step: int,
 ) -> float:
-    """The summed squared difference between ``layer`` with ``weight`` and ``bias`` on
-    ``x_q`` and the float layer on ``x_f``: what the learned rounding must beat nearest
-    rounding at."""
+    """The summed squared difference between ``layer`` with ``weight`` on ``x_q`` and the
+    float layer on ``x_f``: what the learned rounding must beat nearest rounding at."""
     total = 0.0
     for i in range(0, len(x_f), step):
-        target = _run(layer, x_f[i : i + step], layer.weight, layer.bias)
-        out = _run(layer, x_q[i : i + step], weight, bias)
-        total += float((out - target).double().square().sum())
+        target = _run(layer, x_f[i : i + step], layer.weight)
+        total += float((_run(layer, x_q[i : i + step], weight) - target).double().square().sum())
     return total
 
 
@@ -119,17 +107,11 @@ def _round_layer(
     iterations: int,
     generator: torch.Generator,
     done: Rounding,
-    ridge: float | None,
 ) -> None:
     """Learn ``layer``'s rounding from its float input ``x_f`` and simulated input ``x_q``
-    (already rounded to the activation's levels) and put it in ``layer.qweight``. With a
-    ``ridge``, the weights rounded are first refitted to ``x_q`` (:func:`refit.fit`), and
-    the layer's bias becomes the refitted one."""
+    (already rounded to the activation's levels) and put it in ``layer.qweight``."""
     conv = layer.layer
-    w, bias = conv.weight.detach(), conv.bias.detach()
-    if ridge is not None:
-        refitted = fit(conv, x_q, x_f, ridge)
-        w, bias = refitted.weight, refitted.bias
+    w = conv.weight.detach()
     scale = weight_scale(w, layer.scheme.per_channel)
     levels = w / scale
     nearest = levels.round().clamp(-127, 127)
@@ -143,10 +125,10 @@ def _round_layer(
     for step in range(iterations):
         pick = torch.randint(0, len(x_f), (per_step,), generator=generator)
         with torch.no_grad():
-            target = _run(conv, x_f[pick], conv.weight, conv.bias)
+            target = _run(conv, x_f[pick], w)
         h = _rectified_sigmoid(v)
         soft = torch.where(fixed, nearest, (floor + h).clamp(-127, 127)) * scale
-        loss = (_run(conv, x_q[pick], soft, bias) - target).square().sum(1).mean()
+        loss = (_run(conv, x_q[pick], soft) - target).square().sum(1).mean()
         if step >= warmup:
             beta = BETA[0] + (BETA[1] - BETA[0]) * (step - warmup) / max(iterations - warmup, 1)
             loss = loss + REGULARIZATION * (1 - (2 * h - 1).abs().pow(beta)).sum()
@@ -156,15 +138,9 @@ def _round_layer(
     with torch.no_grad():
         learned = torch.where(fixed, nearest, (floor + (v >= 0).float()).clamp(-127, 127))
         # h >= 0.5 exactly where the sigmoid's argument is >= 0 (the stretch is symmetric)
-        plain = fake_quant_weight(conv.weight.detach(), layer.scheme.per_channel)
-        errors = [
-            _squared_error(conv, x_q, x_f, plain, conv.bias, per_step),
-            _squared_error(conv, x_q, x_f, learned * scale, bias, per_step),
-        ]
+        errors = [_squared_error(conv, x_q, x_f, q * scale, per_step) for q in (nearest, learned)]
         better = errors[1] < errors[0]
-        layer.qweight.copy_(learned * scale if better else plain)
-        if better:
-            conv.bias.copy_(bias)
+        layer.qweight.copy_((learned if better else nearest) * scale)
         done.weights += w.numel()
         done.error_nearest += errors[0]
         done.error_learned += min(errors)
@@ -181,20 +157,14 @@ def adaround(
     iterations: int = DEFAULT_ITERATIONS,
     scheme: Int8Scheme | None = None,
     seed: int = 0,
-    refit_ridge: float | None = None,
 ) -> tuple[nn.Module, Rounding]:
     """A copy of the BN-folded ``model`` with every convolution's and linear layer's weights
     on the int8 grid, rounded to reconstruct each layer's output on ``batches`` (the
-    calibration images), and what changed. Biases are those of ``model``, unless
-    ``refit_ridge`` is given: then each layer is refitted to its int8 input first
-    (:mod:`mobilenets.deploy.refit`), its bias with it, and the refitted weights are rounded,
-    still against the output of the float layer as it was."""
+    calibration images), and what changed. Biases are those of ``model``."""
     if count_batchnorms(model):
         raise MobileNetError("fold BatchNorm before rounding adaptively (fold_batchnorm)")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise MobileNetError(f"AdaRound needs a positive number of steps, got {iterations!r}")
-    if refit_ridge is not None:
-        check_ridge(refit_ridge)
     batches = list(batches)
     fq = FakeQuantModel(model, scheme)
     fq.calibrate(batches)
@@ -204,12 +174,10 @@ def adaround(
         for layer in stage.layers:
             with torch.no_grad():
                 x_f, x_q = layer_inputs(stage, layer)
-            _round_layer(layer, x_f, x_q, iterations, generator, done, refit_ridge)
+            _round_layer(layer, x_f, x_q, iterations, generator, done)
             stage.quantize(layer)
     out = copy.deepcopy(model).eval()
     with torch.no_grad():
         for layer in fq:
-            target = out.get_submodule(layer.name)
-            target.weight.copy_(layer.qweight)
-            target.bias.copy_(layer.layer.bias)
+            out.get_submodule(layer.name).weight.copy_(layer.qweight)
     return out, done

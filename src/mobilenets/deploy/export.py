@@ -62,7 +62,6 @@ class ExportReport:
     calibration_images: int = 0
     calibrated_on: str | None = None
     equalization: str | None = None  # what equalize() rescaled before calibrating, if asked
-    refit: str | None = None  # how refit() fitted the layers before calibrating, if asked
     rounding: str | None = None  # what adaround() rounded before calibrating, if asked
     bias_correction: str | None = None  # what bias_correct() did before calibrating, if asked
     seconds: float = 0.0
@@ -82,7 +81,6 @@ class ExportReport:
             "calibration_images": self.calibration_images,
             "calibrated_on": self.calibrated_on,
             "equalization": self.equalization,
-            "refit": self.refit,
             "rounding": self.rounding,
             "bias_correction": self.bias_correction,
             "seconds": self.seconds,
@@ -142,16 +140,14 @@ def export(
     equalize: bool = False,
     bias_correct: bool = False,
     adaround: bool | int = False,
-    refit: bool = False,
 ) -> ExportReport:
     """Export a run directory to ``fmt`` (int8 if asked), checked in that format's runtime.
 
     ``quantized`` is an int8 graph that already carries its ranges, and how it was quantized
     (a QAT run's trained ranges, :func:`mobilenets.quant.qat.int8_graph`): it is written as it
     is instead of being calibrated, for a format that lowers such graphs (ExecuTorch).
-    ``equalize`` rescales channels, ``refit`` fits each layer to its int8 input, ``adaround``
-    rounds the weights adaptively (True, or its steps per layer) and ``bias_correct``
-    corrects biases, on the calibration images
+    ``equalize`` rescales channels, ``adaround`` rounds the weights adaptively (True, or
+    its steps per layer) and ``bias_correct`` corrects biases, on the calibration images
     before int8 (:mod:`mobilenets.deploy.prepare`); the check still compares with the model
     as trained.
 
@@ -174,12 +170,7 @@ def export(
             f"a QAT run's own int8 ranges ship only as an int8 program of a format that lowers "
             f"PT2E graphs (executorch), not as {'int8' if int8 else 'fp32'} {fmt}"
         )
-    steps = {
-        "equalization": equalize,
-        "the refit": refit,
-        "AdaRound": adaround,
-        "bias correction": bias_correct,
-    }
+    steps = {"equalization": equalize, "AdaRound": adaround, "bias correction": bias_correct}
     for step, asked in steps.items():
         if asked and (not int8 or quantized is not None):
             raise MobileNetError(f"{step} is a step of post-training int8: use it with --int8")
@@ -190,9 +181,7 @@ def export(
         cal, calibrated_on = None, None
     folded = fold_batchnorm(model)
     if quantized is None:
-        written, prepared = prepare_for_int8(
-            folded, cal, equalize, bias_correct, adaround, refit=refit
-        )
+        written, prepared = prepare_for_int8(folded, cal, equalize, bias_correct, adaround)
     else:
         written, prepared = quantized[0], Preparation()
     example = inputs[0][:1]

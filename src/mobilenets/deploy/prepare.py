@@ -2,11 +2,8 @@
 
 Each step changes the BN-folded float model so that a runtime's own quantizer, calibrating
 it afterwards, loses less; none needs the runtime to know about it. Equalization rescales
-channels (:mod:`mobilenets.deploy.equalize`). The refit then fits each layer to the int8
-input it will read (:mod:`mobilenets.deploy.refit`). AdaRound puts the weights on the int8
+channels (:mod:`mobilenets.deploy.equalize`). AdaRound then puts the weights on the int8
 grid, each rounded up or down as its layer's output needs (:mod:`mobilenets.deploy.adaround`).
-With both, AdaRound does the refit itself, layer by layer, and rounds the refitted weights
-against the layer's output as it was: a refitted model is no longer the function to aim at.
 Bias correction cancels the int8 shift of each layer's mean output
 (:mod:`mobilenets.deploy.bias_correction`). Each step measures the model that the steps
 before it left, so the correction comes last: it measures the shifts of the weights and
@@ -25,8 +22,6 @@ from mobilenets.deploy.adaround import DEFAULT_ITERATIONS
 from mobilenets.deploy.adaround import adaround as round_adaptively
 from mobilenets.deploy.bias_correction import bias_correct as correct_biases
 from mobilenets.deploy.equalize import equalize as equalize_channels
-from mobilenets.deploy.refit import DEFAULT_RIDGE
-from mobilenets.deploy.refit import refit as refit_layers
 
 
 @dataclass
@@ -34,7 +29,6 @@ class Preparation:
     """What was done to the float model before int8 (``None``: that step was not asked)."""
 
     equalization: str | None = None
-    refit: str | None = None
     rounding: str | None = None
     bias_correction: str | None = None
 
@@ -46,7 +40,6 @@ def prepare_for_int8(
     bias_correct: bool = False,
     adaround: bool | int = False,
     on_message: Callable[[str], object] | None = None,
-    refit: bool = False,
 ) -> tuple[nn.Module, Preparation]:
     """``folded`` after the steps asked for, measured on the ``calibration`` images;
     ``adaround`` is True (AdaRound's default steps per layer) or a number of steps."""
@@ -57,18 +50,10 @@ def prepare_for_int8(
         model, equalization = equalize_channels(model, calibration)
         done.equalization = equalization.describe()
         say(done.equalization)
-    if refit and not adaround:
-        model, refitted = refit_layers(model, calibration)
-        done.refit = refitted.describe()
-        say(done.refit)
     if adaround:
         steps = DEFAULT_ITERATIONS if adaround is True else adaround
-        ridge = DEFAULT_RIDGE if refit else None
-        model, rounding = round_adaptively(model, calibration, steps, refit_ridge=ridge)
+        model, rounding = round_adaptively(model, calibration, steps)
         done.rounding = rounding.describe()
-        if refit:
-            done.refit = f"refitted each layer to its int8 input (ridge {ridge}) before rounding"
-            say(done.refit)
         say(done.rounding)
     if bias_correct:
         model, correction = correct_biases(model, calibration)

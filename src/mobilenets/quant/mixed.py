@@ -81,7 +81,6 @@ class MixedResult:
     predicted: list[float] = field(default_factory=list)  # simulated agreement, k = 0, 1, ...
     tried: list[Candidate] = field(default_factory=list)
     equalization: str | None = None  # what deploy.equalize rescaled first, if asked
-    refit: str | None = None  # how deploy.refit fitted the layers first, if asked
     rounding: str | None = None  # what deploy.adaround rounded first, if asked
     bias_correction: str | None = None  # what deploy.bias_correction did first, if asked
 
@@ -191,14 +190,13 @@ def quantize_mixed(
     equalize: bool = False,
     bias_correct: bool = False,
     adaround: bool | int = False,
-    refit: bool = False,
 ) -> MixedResult:
     """Write ``run_dir``'s model as int8 with some layers in float, chosen one of three ways:
     named (``fp32_modules``), the ``keep`` most sensitive, or the fewest most sensitive that
     reach ``target_agreement`` top-1 agreement with float on ``images`` held-out images within
     ``max_latency_cost`` and ``max_float`` layers. Nothing is written when the target is not
-    reached; the error says the best agreement that was. ``equalize``, ``refit``, ``adaround``
-    (True, or its steps per layer) and ``bias_correct`` change the float model first
+    reached; the error says the best agreement that was. ``equalize``, ``adaround`` (True, or
+    its steps per layer) and ``bias_correct`` change the float model first
     (:mod:`mobilenets.deploy.prepare`), for the sensitivity ranking and the files alike.
     """
     chosen = [fp32_modules is not None, keep is not None, target_agreement is not None]
@@ -218,7 +216,7 @@ def quantize_mixed(
     cal, _ = calibration_inputs(info, data, calibration)
     folded = fold_batchnorm(model)
     written, prepared = prepare_for_int8(
-        folded, cal, equalize, bias_correct, adaround, on_message=say, refit=refit
+        folded, cal, equalize, bias_correct, adaround, on_message=say
     )
     fq = FakeQuantModel(written)
     names = fq.names()
