@@ -116,6 +116,11 @@ LEVERS = {
             {"equalize": True, "adaround": True},
         ),
         (
+            "per channel, min-max observer, channels equalized and weights adaptively rounded "
+            "first (what export does with AdaRound)",
+            {"equalize": True, "adaround": True, "observer": "minmax"},
+        ),
+        (
             "per channel, histogram observer, ReLU6 unfused, channels equalized and weights "
             "adaptively rounded first",
             {"equalize": True, "adaround": True, "fuse_relu6": False},
@@ -138,6 +143,11 @@ LEVERS = {
             "per channel, histogram observer, channels equalized and weights adaptively rounded "
             "first",
             {"equalize": True, "adaround": True},
+        ),
+        (
+            "per channel, min-max observer, channels equalized and weights adaptively rounded "
+            "first (what export does with AdaRound)",
+            {"equalize": True, "adaround": True, "observer": "minmax"},
         ),
         (
             "per channel, histogram observer, ReLU6 unfused, channels equalized and weights "

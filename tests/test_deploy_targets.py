@@ -119,6 +119,22 @@ def test_an_equalized_int8_export_says_what_it_rescaled(run: Path, tmp_path: Pat
     assert not (tmp_path / "f.onnx").exists()
 
 
+@pytest.mark.parametrize("fmt", ["executorch", "litert"])
+def test_an_adaptively_rounded_pt2e_export_observes_min_max_ranges(
+    run: Path, tmp_path: Path, fmt: str, capsys
+) -> None:
+    """AdaRound rounds each weight for min-max activation ranges; the XNNPACK runtimes'
+    quantizers would observe histograms, so the export asks them for min-max."""
+    out = tmp_path / f"ar.int8{FORMATS[fmt].suffix}"
+    argv = ["export", str(run), "--format", fmt, "--int8", "--adaround", "5"]
+    argv += ["--calibration", "16", "--verify-images", "32", "--out", str(out), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["quantization"].startswith(FORMATS[fmt].quantization)
+    assert report["quantization"].endswith("activation ranges min-max, as AdaRound rounded for")
+    assert report["top1_agreement"] >= 0.8 and out.is_file()
+
+
 def test_default_paths_sit_in_the_run_directory(run: Path, capsys) -> None:
     assert main(["export", str(run), "--format", "openvino", "--verify-images", "8"]) == 0
     assert "OpenVINO (CPU plugin) matches PyTorch" in capsys.readouterr().out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import folded_random, uniform_batches
+from conftest import folded_random, raises_one_line, uniform_batches
 from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
     XNNPACKQuantizer,
     get_symmetric_quantization_config,
@@ -13,6 +13,8 @@ from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
 from mobilenets.deploy.pt2e import (
     CLAMPS,
     CONVOLUTIONS,
+    OBSERVERS,
+    activation_config,
     calibrated_pt2e,
     capture_any_batch,
     conv_clamp_pairs,
@@ -55,3 +57,22 @@ def test_the_int8_tensor_after_relu6_is_rounded_on_the_clamped_range() -> None:
             torch.nn.functional.cosine_similarity(converted(x).flatten(), model(x).flatten(), dim=0)
             > 0.9
         )
+
+
+def test_min_max_ranges_span_what_calibration_saw() -> None:
+    """With ``observer="minmax"`` (what AdaRound rounded for), the model's input is rounded on
+    exactly the calibration images' range; the histogram observer clips it."""
+    model = folded_random()
+    batches = uniform_batches(2, SIZE)
+    low, high = float(torch.cat(batches).min()), float(torch.cat(batches).max())
+    scales = {}
+    for observer in OBSERVERS:
+        config = activation_config(get_symmetric_quantization_config(is_per_channel=True), observer)
+        quantizer = XNNPACKQuantizer().set_global(config)
+        converted = calibrated_pt2e(model, batches[0][:1], batches, quantizer)
+        first = next(n for n in converted.graph.nodes if n.target == QUANTIZE)
+        scales[observer] = first.args[1]
+    assert scales["minmax"] == pytest.approx((high - low) / 255, rel=1e-5)
+    assert scales["histogram"] < scales["minmax"]
+    with raises_one_line("unknown observer 'mse'; choose from histogram, minmax"):
+        activation_config(get_symmetric_quantization_config(is_per_channel=True), "mse")

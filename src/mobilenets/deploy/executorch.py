@@ -40,6 +40,7 @@ def quantize_pt2e(
     example: torch.Tensor,
     calibration: list[torch.Tensor],
     fuse_relu6: bool = True,
+    observer: str = "histogram",
 ) -> torch.fx.GraphModule:
     """``model`` with int8 quantize/dequantize pairs where XNNPACK runs int8, its activation
     ranges observed on ``calibration``. Every layer XNNPACK can run in int8 is: its quantizer
@@ -50,11 +51,10 @@ def quantize_pt2e(
         get_symmetric_quantization_config,
     )
 
-    from mobilenets.deploy.pt2e import calibrated_pt2e  # needs torchao, an extra
+    from mobilenets.deploy.pt2e import activation_config, calibrated_pt2e  # torchao: an extra
 
-    quantizer = XNNPACKQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=True)
-    )
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    quantizer = XNNPACKQuantizer().set_global(activation_config(config, observer))
     return calibrated_pt2e(model, example, calibration, quantizer, fuse_relu6=fuse_relu6)
 
 
@@ -66,9 +66,11 @@ def write(
     calibration: list[torch.Tensor] | None,
     metadata: dict[str, str],
     fuse_relu6: bool = True,
+    observer: str = "histogram",
 ) -> None:
     """Lower ``model`` (int8 when ``calibration`` is given) to an XNNPACK-delegated ExecuTorch
-    program at ``path``; ``fuse_relu6=False`` keeps XNNPACKQuantizer's own marking (measured).
+    program at ``path``; ``fuse_relu6=False`` keeps XNNPACKQuantizer's own marking (measured);
+    ``observer="minmax"`` observes activation ranges min-max, as AdaRound assumed.
 
     ``metadata`` is not stored: a ``.pte`` holds no free-form properties; the run directory's
     ``model.json`` records what the program was exported from.
@@ -78,7 +80,7 @@ def write(
 
     try:
         if calibration is not None:
-            model = quantize_pt2e(model, example, calibration, fuse_relu6)
+            model = quantize_pt2e(model, example, calibration, fuse_relu6, observer)
         program = torch.export.export(model, (example,))
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         buffer = lowered.to_executorch().buffer

@@ -15,6 +15,7 @@ checked ones.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import tempfile
 import time
@@ -186,10 +187,16 @@ def export(
         written, prepared = quantized[0], Preparation()
     example = inputs[0][:1]
     precision = "int8" if int8 else "fp32"
+    quantization = (quantized[1] if quantized else target.quantization) if int8 else None
+    ranges = {}
+    if adaround and "observer" in inspect.signature(target.write).parameters:
+        # AdaRound rounded each weight for min-max activation ranges (deploy.pt2e)
+        ranges = {"observer": "minmax"}
+        quantization = f"{quantization}; activation ranges min-max, as AdaRound rounded for"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staged = Path(tmp) / out.name
-        target.write(written, staged, example, cal, onnx_metadata(info, precision))
+        target.write(written, staged, example, cal, onnx_metadata(info, precision), **ranges)
         check = check_program(target, staged, folded, inputs, int8, len(example))
         with contextlib.ExitStack() as stack:  # commits in reverse: the main file last
             for source, dest in zip(target.files(staged), target.files(out), strict=True):
@@ -204,7 +211,7 @@ def export(
         runtime=target.runtime,
         checked_on=checked_on,
         check=check,
-        quantization=(quantized[1] if quantized else target.quantization) if int8 else None,
+        quantization=quantization,
         calibration_images=sum(len(b) for b in cal) if cal else 0,
         calibrated_on=calibrated_on,
         **asdict(prepared),

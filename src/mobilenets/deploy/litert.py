@@ -40,9 +40,11 @@ def write(
     calibration: list[torch.Tensor] | None,
     metadata: dict[str, str],
     fuse_relu6: bool = True,
+    observer: str = "histogram",
 ) -> None:
     """Convert ``model`` (int8 when ``calibration`` is given) to a ``.tflite`` at ``path``;
-    ``fuse_relu6=False`` keeps the PT2E quantizer's own marking (measured).
+    ``fuse_relu6=False`` keeps the PT2E quantizer's own marking (measured);
+    ``observer="minmax"`` observes activation ranges min-max, as AdaRound assumed.
 
     Every layer the quantizer matches runs int8: litert-torch's converter refuses a module
     left in float (``quantization_config == None is not supported yet``), so this writer
@@ -53,13 +55,14 @@ def write(
     from litert_torch.quantize import pt2e_quantizer
     from litert_torch.quantize.quant_config import QuantConfig
 
-    from mobilenets.deploy.pt2e import calibrated_pt2e  # needs torchao, an extra
+    from mobilenets.deploy.pt2e import activation_config, calibrated_pt2e  # torchao: an extra
 
     try:
         quant_config = None
         if calibration is not None:
+            config = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
             quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-                pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
+                activation_config(config, observer)
             )
             model = calibrated_pt2e(
                 model, example, calibration, quantizer, fold_quantize=False, fuse_relu6=fuse_relu6

@@ -15,20 +15,39 @@ output is observed after the clamp, as the ReLU pattern already is, and the runt
 quantizer marks everything else. Measured on torchvision's V2 ImageNet weights, ExecuTorch
 from 78.0% / 12.5 dB to 82.7% / 15.0 dB top-1 agreement / logit SQNR
 (benchmarks/results/deploy_int8_quality_clamps.md).
+
+Both quantizers observe activations with a histogram observer, which clips each range where
+its rounding error is least. After AdaRound that is the wrong choice: AdaRound learned each
+weight's rounding against the int8 network with min-max ranges (its simulator's, and
+onnxruntime's default), so :func:`min_max_ranges` gives the runtime those ranges instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Literal, TypeVar
+
 import torch
 from torch import nn
 from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e.observer import MinMaxObserver
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, Quantizer
+from torchao.quantization.pt2e.quantizer import (
+    QuantizationAnnotation,
+    QuantizationSpec,
+    Quantizer,
+)
 from torchao.quantization.pt2e.quantizer.composable_quantizer import ComposableQuantizer
 from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
+from mobilenets.errors import MobileNetError
+
 CONVOLUTIONS = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
 CLAMPS = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+# How activation ranges are observed: the runtime quantizer's own histogram, or min-max.
+Observer = Literal["histogram", "minmax"]
+OBSERVERS: tuple[Observer, ...] = ("histogram", "minmax")
+Config = TypeVar("Config")  # XNNPACK's or litert-torch's QuantizationConfig (a dataclass)
 
 
 def capture_any_batch(model: nn.Module, example: torch.Tensor) -> GraphModule:
@@ -81,6 +100,31 @@ class ConvClampQuantizer(Quantizer):
 
     def validate(self, model: GraphModule) -> None:
         """Nothing beyond what the runtime's quantizer validates."""
+
+
+def min_max_ranges(config: Config) -> Config:
+    """XNNPACK's (or litert-torch's) quantization ``config`` with its activations observed
+    min-max, each observer keeping the arguments it had (its ``eps``)."""
+
+    def swap(spec: QuantizationSpec | None) -> QuantizationSpec | None:
+        if spec is None:
+            return None
+        keywords = getattr(spec.observer_or_fake_quant_ctr, "keywords", None) or {}
+        observer = MinMaxObserver.with_args(**keywords)
+        return dataclasses.replace(spec, observer_or_fake_quant_ctr=observer)
+
+    return dataclasses.replace(
+        config,
+        input_activation=swap(config.input_activation),
+        output_activation=swap(config.output_activation),
+    )
+
+
+def activation_config(config: Config, observer: str) -> Config:
+    """``config`` with its activations observed as ``observer`` says."""
+    if observer not in OBSERVERS:
+        raise MobileNetError(f"unknown observer {observer!r}; choose from {', '.join(OBSERVERS)}")
+    return min_max_ranges(config) if observer == "minmax" else config
 
 
 def with_fused_clamps(quantizer: Quantizer) -> Quantizer:
