@@ -172,8 +172,7 @@ def adaround(
     done = Rounding()
     for stage in walk_stages(fq, batches):
         for layer in stage.layers:
-            with torch.no_grad():
-                x_f, x_q = layer_inputs(stage, layer)
+            x_f, x_q = layer_inputs(stage, layer)
             _round_layer(layer, x_f, x_q, iterations, generator, done)
             stage.quantize(layer)
     out = copy.deepcopy(model).eval()

@@ -15,7 +15,6 @@ checked ones.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import tempfile
 import time
@@ -189,7 +188,7 @@ def export(
     precision = "int8" if int8 else "fp32"
     quantization = (quantized[1] if quantized else target.quantization) if int8 else None
     ranges = {}
-    if adaround and "observer" in inspect.signature(target.write).parameters:
+    if adaround and target.takes("observer"):
         # AdaRound rounded each weight for min-max activation ranges (deploy.pt2e)
         ranges = {"observer": "minmax"}
         quantization = f"{quantization}; activation ranges min-max, as AdaRound rounded for"

@@ -25,7 +25,7 @@ onnxruntime's default), so :func:`min_max_ranges` gives the runtime those ranges
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -45,8 +45,7 @@ from mobilenets.errors import MobileNetError
 CONVOLUTIONS = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
 CLAMPS = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
 # How activation ranges are observed: the runtime quantizer's own histogram, or min-max.
-Observer = Literal["histogram", "minmax"]
-OBSERVERS: tuple[Observer, ...] = ("histogram", "minmax")
+OBSERVERS = ("histogram", "minmax")
 Config = TypeVar("Config")  # XNNPACK's or litert-torch's QuantizationConfig (a dataclass)
 
 

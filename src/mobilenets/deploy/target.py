@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import io
 import logging
 import os
@@ -79,6 +80,10 @@ class Target:
                 f'(install it with pip install "mobilenets[{self.extra}]")'
             )
         return self
+
+    def takes(self, option: str) -> bool:
+        """Whether ``write`` takes the keyword ``option`` (``fp32_modules``, ``observer``)."""
+        return option in inspect.signature(self.write).parameters
 
     def files(self, path: str | os.PathLike[str]) -> list[Path]:
         """The main file and its sidecars."""

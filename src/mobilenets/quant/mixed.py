@@ -14,7 +14,6 @@ kernel and a quantize, and a setting that costs more than ``max_latency_cost`` i
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import shutil
 import statistics
@@ -92,7 +91,7 @@ class MixedResult:
 
 def supports_mixed(target: Target) -> bool:
     """Whether ``target``'s writer can leave named modules in float."""
-    return "fp32_modules" in inspect.signature(target.write).parameters
+    return target.takes("fp32_modules")
 
 
 def simulated_agreement(
