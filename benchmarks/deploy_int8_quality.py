@@ -38,6 +38,8 @@ from mobilenets.runs import load_run
 
 RESULTS = Path(__file__).parent / "results"
 
+WIDE = {"wide_residuals": True}  # residual additions wider than int8 (export --wide-residuals)
+
 # Per runtime: (what was tried, the options its writer takes for it).
 LEVERS = {
     "onnx": [
@@ -64,6 +66,20 @@ LEVERS = {
                 "adaround": True,
                 "bias_correct": True,
             },
+        ),
+        (
+            "MinMax, channels equalized and weights adaptively rounded first, residual stream "
+            "uint16 (wide residuals)",
+            {"calibrate_method": "minmax", "equalize": True, "adaround": True, **WIDE},
+        ),
+        (
+            "MinMax, channels equalized and weights adaptively rounded (1000 steps) first",
+            {"calibrate_method": "minmax", "equalize": True, "adaround": 1000},
+        ),
+        (
+            "MinMax, channels equalized and weights adaptively rounded (1000 steps) first, "
+            "residual stream uint16 (wide residuals)",
+            {"calibrate_method": "minmax", "equalize": True, "adaround": 1000, **WIDE},
         ),
     ],
     "openvino": [
@@ -96,6 +112,21 @@ LEVERS = {
             "MIXED, full bias correction, channels equalized and weights adaptively rounded first",
             {"preset": "mixed", "equalize": True, "adaround": True},
         ),
+        (
+            "MIXED, full bias correction, channels equalized and weights adaptively rounded "
+            "first, residual additions in float (wide residuals)",
+            {"preset": "mixed", "equalize": True, "adaround": True, **WIDE},
+        ),
+        (
+            "MIXED, full bias correction, channels equalized and weights adaptively rounded "
+            "(1000 steps) first",
+            {"preset": "mixed", "equalize": True, "adaround": 1000},
+        ),
+        (
+            "MIXED, full bias correction, channels equalized and weights adaptively rounded "
+            "(1000 steps) first, residual additions in float (wide residuals)",
+            {"preset": "mixed", "equalize": True, "adaround": 1000, **WIDE},
+        ),
     ],
     # XNNPACKQuantizer refuses to leave a named module in float (set_module_name(name, None)),
     # so ExecuTorch has no float-layer lever; its lever is QAT with the xnnpack scheme
@@ -124,6 +155,21 @@ LEVERS = {
             "per channel, histogram observer, ReLU6 unfused, channels equalized and weights "
             "adaptively rounded first",
             {"equalize": True, "adaround": True, "fuse_relu6": False},
+        ),
+        (
+            "per channel, min-max observer, channels equalized and weights adaptively rounded "
+            "first, residual additions in float (wide residuals)",
+            {"equalize": True, "adaround": True, "observer": "minmax", **WIDE},
+        ),
+        (
+            "per channel, min-max observer, channels equalized and weights adaptively rounded "
+            "(1000 steps) first",
+            {"equalize": True, "adaround": 1000, "observer": "minmax"},
+        ),
+        (
+            "per channel, min-max observer, channels equalized and weights adaptively rounded "
+            "(1000 steps) first, residual additions in float (wide residuals)",
+            {"equalize": True, "adaround": 1000, "observer": "minmax", **WIDE},
         ),
     ],
     # litert-torch's converter refuses a module left in float ("quantization_config == None
@@ -154,24 +200,32 @@ LEVERS = {
             "adaptively rounded first",
             {"equalize": True, "adaround": True, "fuse_relu6": False},
         ),
+        # no wide residuals: the converter quantizes an addition left in float again
+        (
+            "per channel, min-max observer, channels equalized and weights adaptively rounded "
+            "(1000 steps) first",
+            {"equalize": True, "adaround": 1000, "observer": "minmax"},
+        ),
     ],
 }
 
 
 STEPS = ("equalize", "adaround", "bias_correct")  # in the order prepare_for_int8 takes them
-PREPARED: dict[tuple[str, ...], torch.nn.Module] = {}  # the float model after each step prefix
+# the float model after each prefix of (step, value)s
+PREPARED: dict[tuple[tuple[str, object], ...], torch.nn.Module] = {}
 
 
 def build(runtime: str, options: dict, model, info, tmp: Path, example, calibration):
     """Write the int8 program for one lever and load it in its runtime."""
     options = dict(options)
-    steps = [k for k in STEPS if options.pop(k, False)]
-    done: tuple[str, ...] = ()
+    # (step, value): adaround is True (its default steps) or a number of steps
+    steps = [(k, options.pop(k)) for k in STEPS if options.get(k, False)]
+    done: tuple[tuple[str, object], ...] = ()
     for step in steps:  # float steps first (mobilenets.deploy.prepare), each prefix made once
         if (*done, step) not in PREPARED:
             before = PREPARED.get(done, model)
             PREPARED[(*done, step)] = prepare_for_int8(
-                before, calibration, **{step: True}, on_message=print
+                before, calibration, **{step[0]: step[1]}, on_message=print
             )[0]
         done += (step,)
     model = PREPARED.get(done, model)
@@ -264,7 +318,7 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
     for r in rows:
         lines.append(
             f"| {r['runtime']} | {r['lever']} | {r['top1_agreement']:.1%} | "
-            f"{r['sqnr_db']:.1f} | {r['seconds']:.0f} |"
+            f"{r['sqnr_db']:.2f} | {r['seconds']:.0f} |"
         )
     RESULTS.mkdir(exist_ok=True)
     atomic_write_text(RESULTS / f"deploy_int8_quality{tag}.md", "\n".join(lines) + "\n")

@@ -16,6 +16,7 @@ import onnx
 import pytest
 import torch
 from conftest import randomize_batchnorm
+from torch.utils.data import Subset
 
 from mobilenets import create_model
 from mobilenets.cli import main
@@ -32,11 +33,13 @@ from mobilenets.deploy import (
     unfold_into,
 )
 from mobilenets.deploy.onnx_export import compare_with_torch
+from mobilenets.deploy.quantize import opset_of, quantize_model, residual_stream_overrides
 from mobilenets.deploy.runtime import check_provider, run_session, top1_accuracy
 from mobilenets.errors import MobileNetError
 from mobilenets.runs import WEIGHTS_FILE, load_run, read_run_info
 
 RESOLUTION = 16
+UINT8, UINT16 = onnx.TensorProto.UINT8, onnx.TensorProto.UINT16
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +192,46 @@ def test_quantize_gives_a_smaller_int8_model_that_predicts_like_fp32(
     agree = (run_session(fp32, images).argmax(1) == run_session(int8, images).argmax(1)).mean()
     assert agree > 0.9
     assert abs(result.int8_top1 - result.fp32_top1) < 0.1
+
+
+def test_wide_residuals_keep_the_stream_in_uint16_and_the_convolutions_in_uint8(
+    exported: Path, tmp_path: Path, digits
+) -> None:
+    """Each residual sum is quantized to uint16 and read at 16 bits by the next sum, while
+    every convolution still reads uint8 (so onnxruntime keeps its uint8 kernels); the file is
+    opset 21, the first whose QuantizeLinear takes 16 bits, and says what it holds."""
+    out = tmp_path / "wide.int8.onnx"
+    calibration = Subset(digits.train, range(64))
+    quantize_model(exported, out, calibration, wide_residuals=True)
+    model = load_onnx(out)
+    assert opset_of(model) >= 21
+    zero_point_types = {i.name: i.data_type for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+
+    def read(node: onnx.NodeProto, index: int) -> tuple[int, str]:
+        """The integer type ``node``'s input ``index`` was carried in, and what made it."""
+        dequantize = producer[node.input[index]]
+        assert dequantize.op_type == "DequantizeLinear"
+        quantize = producer[dequantize.input[0]]
+        made_by = producer.get(quantize.input[0])  # none: the network's input
+        return zero_point_types[dequantize.input[2]], made_by.op_type if made_by else "input"
+
+    adds = [n for n in model.graph.node if n.op_type == "Add"]
+    assert len(adds) == len(residual_stream_overrides(load_onnx(exported))) > 0
+    chained = 0
+    for add in adds:
+        for index in range(2):
+            carried, made_by = read(add, index)
+            assert carried == (UINT16 if made_by == "Add" else UINT8), add.name
+            chained += made_by == "Add"
+    assert chained > 0  # a sum that follows a sum in the same stage reads it at 16 bits
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        assert read(conv, 0)[0] == UINT8, conv.name
+    props = {p.key: p.value for p in model.metadata_props}
+    assert "residual stream uint16" in props["mobilenets.quantization"]
+    images = torch.stack([digits.test[i][0] for i in range(200)])
+    fp32, int8 = create_session(exported), create_session(out)
+    assert (run_session(fp32, images).argmax(1) == run_session(int8, images).argmax(1)).mean() > 0.9
 
 
 def test_histogram_calibration_takes_a_count_that_is_no_multiple_of_the_batch(

@@ -135,6 +135,32 @@ def test_an_adaptively_rounded_pt2e_export_observes_min_max_ranges(
     assert report["top1_agreement"] >= 0.8 and out.is_file()
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "openvino", "executorch"])
+def test_wide_residuals_are_recorded_where_the_runtime_offers_them(
+    run: Path, tmp_path: Path, fmt: str, capsys
+) -> None:
+    out = tmp_path / f"wide.int8{FORMATS[fmt].suffix}"
+    argv = ["export", str(run), "--format", fmt, "--int8", "--wide-residuals"]
+    argv += ["--calibration", "16", "--verify-images", "32", "--out", str(out), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["quantization"].endswith("residual additions wider than int8")
+    assert report["top1_agreement"] >= 0.8 and out.is_file()
+
+
+def test_wide_residuals_are_refused_where_they_cannot_be_kept(
+    run: Path, tmp_path: Path, capsys
+) -> None:
+    """LiteRT's converter quantizes an addition left in float again, and fp32 has nothing to
+    widen: one line each, no file."""
+    out = tmp_path / "wide.int8.tflite"
+    argv = ["export", str(run), "--format", "litert", "--int8", "--wide-residuals"]
+    check_one_line_error([*argv, "--out", str(out)], "LiteRT cannot keep the residual", capsys)
+    argv = ["export", str(run), "--wide-residuals", "--out", str(tmp_path / "f.onnx")]
+    check_one_line_error(argv, "wide residuals are a choice of post-training int8", capsys)
+    assert listing(tmp_path) == set()
+
+
 def test_default_paths_sit_in_the_run_directory(run: Path, capsys) -> None:
     assert main(["export", str(run), "--format", "openvino", "--verify-images", "8"]) == 0
     assert "OpenVINO (CPU plugin) matches PyTorch" in capsys.readouterr().out

@@ -18,6 +18,7 @@ from mobilenets.deploy.pt2e import (
     calibrated_pt2e,
     capture_any_batch,
     conv_clamp_pairs,
+    residual_adds,
 )
 
 pytestmark = pytest.mark.forked  # XNNPACK's threads stay out of the suite's process
@@ -76,3 +77,32 @@ def test_min_max_ranges_span_what_calibration_saw() -> None:
     assert scales["histogram"] < scales["minmax"]
     with raises_one_line("unknown observer 'mse'; choose from histogram, minmax"):
         activation_config(get_symmetric_quantization_config(is_per_channel=True), "mse")
+
+
+def test_float_residuals_sum_the_stream_in_float() -> None:
+    """With ``float_residuals`` a sum that follows another in the same stage reads it as it
+    is; otherwise every addition reads dequantized int8. V1 has no residual additions."""
+    model = folded_random()
+    batches = uniform_batches(2, SIZE)
+
+    def sums_read_as_they_are(float_residuals: bool) -> int:
+        quantizer = XNNPACKQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=True)
+        )
+        graph = calibrated_pt2e(
+            model, batches[0][:1], batches, quantizer, float_residuals=float_residuals
+        )
+        adds = residual_adds(graph)
+        assert adds
+        with torch.no_grad():
+            x = batches[1]
+            similarity = torch.nn.functional.cosine_similarity(
+                graph(x).flatten(), model(x).flatten(), dim=0
+            )
+        assert similarity > 0.9
+        return sum(arg in adds for add in adds for arg in add.args[:2])
+
+    assert sums_read_as_they_are(False) == 0
+    assert sums_read_as_they_are(True) > 0
+    v1 = capture_any_batch(folded_random("mobilenet_v1"), torch.zeros(1, 3, SIZE, SIZE))
+    assert residual_adds(v1) == []

@@ -36,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--verify-images", type=int, metavar="N", help="held-out images to check on (256)"
     )
     add_int8_steps(p, "with --int8: ")
+    p.add_argument(
+        "--wide-residuals",
+        action="store_true",
+        help="with --int8: keep the residual additions wider than int8 (uint16 in onnxruntime, "
+        "float in ExecuTorch and OpenVINO); not LiteRT",
+    )
     p.add_argument("--out", help="output file (default RUN_DIR/model[.int8].<suffix>)")
     add_moved_data(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a line")
@@ -124,6 +130,7 @@ def run_export(args: argparse.Namespace) -> int:
         equalize=args.equalize,
         bias_correct=args.bias_correct,
         adaround=args.adaround,
+        wide_residuals=args.wide_residuals,
         **{k: v for k, v in counts.items() if v is not None},
     )
     if args.json:

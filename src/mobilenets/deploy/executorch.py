@@ -41,11 +41,13 @@ def quantize_pt2e(
     calibration: list[torch.Tensor],
     fuse_relu6: bool = True,
     observer: str = "histogram",
+    wide_residuals: bool = False,
 ) -> torch.fx.GraphModule:
     """``model`` with int8 quantize/dequantize pairs where XNNPACK runs int8, its activation
     ranges observed on ``calibration``. Every layer XNNPACK can run in int8 is: its quantizer
     cannot leave a named module in float (``set_module_name(name, None)`` is refused), so this
-    writer takes no ``fp32_modules`` and mixed precision says ExecuTorch cannot do it."""
+    writer takes no ``fp32_modules`` and mixed precision says ExecuTorch cannot do it.
+    ``wide_residuals`` leaves the residual additions in float (``pt2e.FloatResiduals``)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -55,7 +57,14 @@ def quantize_pt2e(
 
     config = get_symmetric_quantization_config(is_per_channel=True)
     quantizer = XNNPACKQuantizer().set_global(activation_config(config, observer))
-    return calibrated_pt2e(model, example, calibration, quantizer, fuse_relu6=fuse_relu6)
+    return calibrated_pt2e(
+        model,
+        example,
+        calibration,
+        quantizer,
+        fuse_relu6=fuse_relu6,
+        float_residuals=wide_residuals,
+    )
 
 
 @quiet()
@@ -67,10 +76,12 @@ def write(
     metadata: dict[str, str],
     fuse_relu6: bool = True,
     observer: str = "histogram",
+    wide_residuals: bool = False,
 ) -> None:
     """Lower ``model`` (int8 when ``calibration`` is given) to an XNNPACK-delegated ExecuTorch
     program at ``path``; ``fuse_relu6=False`` keeps XNNPACKQuantizer's own marking (measured);
-    ``observer="minmax"`` observes activation ranges min-max, as AdaRound assumed.
+    ``observer="minmax"`` observes activation ranges min-max, as AdaRound assumed;
+    ``wide_residuals`` adds the residual streams in float (XNNPACK has no int16 addition).
 
     ``metadata`` is not stored: a ``.pte`` holds no free-form properties; the run directory's
     ``model.json`` records what the program was exported from.
@@ -80,7 +91,7 @@ def write(
 
     try:
         if calibration is not None:
-            model = quantize_pt2e(model, example, calibration, fuse_relu6, observer)
+            model = quantize_pt2e(model, example, calibration, fuse_relu6, observer, wide_residuals)
         program = torch.export.export(model, (example,))
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         buffer = lowered.to_executorch().buffer

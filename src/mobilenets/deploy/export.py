@@ -140,6 +140,7 @@ def export(
     equalize: bool = False,
     bias_correct: bool = False,
     adaround: bool | int = False,
+    wide_residuals: bool = False,
 ) -> ExportReport:
     """Export a run directory to ``fmt`` (int8 if asked), checked in that format's runtime.
 
@@ -149,7 +150,8 @@ def export(
     ``equalize`` rescales channels, ``adaround`` rounds the weights adaptively (True, or
     its steps per layer) and ``bias_correct`` corrects biases, on the calibration images
     before int8 (:mod:`mobilenets.deploy.prepare`); the check still compares with the model
-    as trained.
+    as trained. ``wide_residuals`` carries the residual stream wider than int8 where the
+    format can (uint16 in onnxruntime, float additions in ExecuTorch and OpenVINO).
 
     Nothing is written unless the check passes; then the files get their final names (each
     renamed atomically, the main file last) and, with ``record``, the check is added to the
@@ -174,6 +176,13 @@ def export(
     for step, asked in steps.items():
         if asked and (not int8 or quantized is not None):
             raise MobileNetError(f"{step} is a step of post-training int8: use it with --int8")
+    if wide_residuals and (not int8 or quantized is not None):
+        raise MobileNetError("wide residuals are a choice of post-training int8: use --int8")
+    if wide_residuals and not target.takes("wide_residuals"):
+        raise MobileNetError(
+            f"{target.name} cannot keep the residual additions wider than int8 "
+            "(its converter quantizes them again); leave out --wide-residuals"
+        )
     inputs, checked_on = held_out_inputs(info, data, verify_images)
     if quantized is None:
         cal, calibrated_on = calibration_inputs(info, data, calibration) if int8 else (None, None)
@@ -187,15 +196,18 @@ def export(
     example = inputs[0][:1]
     precision = "int8" if int8 else "fp32"
     quantization = (quantized[1] if quantized else target.quantization) if int8 else None
-    ranges = {}
+    options: dict[str, object] = {}
     if adaround and target.takes("observer"):
         # AdaRound rounded each weight for min-max activation ranges (deploy.pt2e)
-        ranges = {"observer": "minmax"}
+        options["observer"] = "minmax"
         quantization = f"{quantization}; activation ranges min-max, as AdaRound rounded for"
+    if wide_residuals:
+        options["wide_residuals"] = True
+        quantization = f"{quantization}; residual additions wider than int8"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staged = Path(tmp) / out.name
-        target.write(written, staged, example, cal, onnx_metadata(info, precision), **ranges)
+        target.write(written, staged, example, cal, onnx_metadata(info, precision), **options)
         check = check_program(target, staged, folded, inputs, int8, len(example))
         with contextlib.ExitStack() as stack:  # commits in reverse: the main file last
             for source, dest in zip(target.files(staged), target.files(out), strict=True):

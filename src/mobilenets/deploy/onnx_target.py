@@ -30,10 +30,11 @@ def write(
     calibration: list[torch.Tensor] | None,
     metadata: dict[str, str],
     fp32_modules: Sequence[str] = (),
+    wide_residuals: bool = False,
 ) -> None:
     """Write ``model`` to ONNX at ``path``; for int8, the fp32 file goes to a temporary
     folder and onnxruntime's quantizer writes ``path`` from it, leaving the modules named in
-    ``fp32_modules`` in float."""
+    ``fp32_modules`` in float and, with ``wide_residuals``, the residual stream in uint16."""
     input_size = tuple(example.shape[1:])
     if calibration is None:
         write_onnx(model, path, input_size, {**metadata, PRECISION_KEY: "fp32"})
@@ -41,7 +42,13 @@ def write(
     with tempfile.TemporaryDirectory(prefix="mobilenets-onnx-") as tmp:
         fp32 = Path(tmp) / "model.onnx"
         write_onnx(model, fp32, input_size, {**metadata, PRECISION_KEY: "fp32"})
-        quantize_model(fp32, path, TensorDataset(torch.cat(calibration)), fp32_modules=fp32_modules)
+        quantize_model(
+            fp32,
+            path,
+            TensorDataset(torch.cat(calibration)),
+            fp32_modules=fp32_modules,
+            wide_residuals=wide_residuals,
+        )
 
 
 def load(path: Path, threads: int | None = None) -> Runner:

@@ -61,6 +61,20 @@ def module_pattern(name: str) -> str:
     return rf"__module\.{re.escape(name)}/"
 
 
+def residual_adds(ov_model) -> list[str]:
+    """Names of the Add nodes that sum two computed tensors (residual connections); the
+    converter also writes each convolution's and the classifier's bias as an Add, of a
+    constant."""
+    return [
+        op.get_friendly_name()
+        for op in ov_model.get_ops()
+        if op.get_type_name() == "Add"
+        and not any(
+            i.get_source_output().get_node().get_type_name() == "Constant" for i in op.inputs()
+        )
+    ]
+
+
 def quantize_nncf(
     ov_model,
     calibration: list[torch.Tensor],
@@ -68,6 +82,7 @@ def quantize_nncf(
     preset: str = "mixed",
     fast_bias_correction: bool = False,
     fp32_types: Sequence[str] = (),
+    wide_residuals: bool = False,
 ):
     """``ov_model`` with int8 FakeQuantize nodes, ranges from ``calibration``.
 
@@ -75,7 +90,9 @@ def quantize_nncf(
     precision (:mod:`mobilenets.quant.mixed`). ``preset`` "performance" makes activations
     symmetric, "mixed" asymmetric; ``fast_bias_correction=True`` corrects each layer's bias
     from that layer alone (faster, 4.7 points less agreement on V2); ``fp32_types`` keeps
-    every node of those OpenVINO types (``MatMul``: the classifier) in float.
+    every node of those OpenVINO types (``MatMul``: the classifier) in float;
+    ``wide_residuals`` the residual additions (:func:`residual_adds`), so the stream from
+    block to block is summed in float and rounded only where a convolution reads it.
     """
     import nncf
 
@@ -86,9 +103,10 @@ def quantize_nncf(
     if preset not in presets:
         raise MobileNetError(f"unknown NNCF preset {preset!r}; choose from {', '.join(presets)}")
     ignored = None
-    if fp32_modules or fp32_types:
+    names = residual_adds(ov_model) if wide_residuals else []
+    if fp32_modules or fp32_types or names:
         patterns = [module_pattern(name) for name in fp32_modules]
-        ignored = nncf.IgnoredScope(types=list(fp32_types), patterns=patterns)
+        ignored = nncf.IgnoredScope(names=names, types=list(fp32_types), patterns=patterns)
     dataset = nncf.Dataset([images.numpy() for images in calibration])
     # NNCF draws its progress bars on stdout, where `--json` output goes: send them to stderr;
     # its logger writes there too (which nodes an ignored scope matched): keep its warnings only
@@ -118,18 +136,26 @@ def write(
     calibration: list[torch.Tensor] | None,
     metadata: dict[str, str],
     fp32_modules: Sequence[str] = (),
+    wide_residuals: bool = False,
     **nncf_options: object,
 ) -> None:
     """Convert ``model`` (int8 when ``calibration`` is given, with the modules named in
-    ``fp32_modules`` left in float and ``nncf_options`` for :func:`quantize_nncf`) and save
-    the IR at ``path`` (``.xml``) and beside it (``.bin``)."""
+    ``fp32_modules`` and, with ``wide_residuals``, the residual additions left in float, and
+    ``nncf_options`` for :func:`quantize_nncf`) and save the IR at ``path`` (``.xml``) and
+    beside it (``.bin``)."""
     import openvino as ov
 
     ov_model = convert(model, example)
     if calibration is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ov_model = quantize_nncf(ov_model, calibration, fp32_modules, **nncf_options)
+            ov_model = quantize_nncf(
+                ov_model,
+                calibration,
+                fp32_modules,
+                wide_residuals=wide_residuals,
+                **nncf_options,
+            )
     for key, value in metadata.items():
         ov_model.set_rt_info(value, [RT_INFO_SECTION, key])
     ov.save_model(ov_model, str(path), compress_to_fp16=False)

@@ -20,6 +20,12 @@ Both quantizers observe activations with a histogram observer, which clips each 
 its rounding error is least. After AdaRound that is the wrong choice: AdaRound learned each
 weight's rounding against the int8 network with min-max ranges (its simulator's, and
 onnxruntime's default), so :func:`min_max_ranges` gives the runtime those ranges instead.
+
+Both quantizers also round every residual addition's output to int8: the stream that carries
+a stage's signal from block to block is rounded again at each block. :class:`FloatResiduals`
+marks those additions as handled with nothing quantized, so the program adds in float and
+only the convolution that reads the sum rounds it (ExecuTorch lowers that; LiteRT's converter
+quantizes the addition again, so its writer does not offer it).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from mobilenets.errors import MobileNetError
 
 CONVOLUTIONS = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
 CLAMPS = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+ADDS = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
 # How activation ranges are observed: the runtime quantizer's own histogram, or min-max.
 OBSERVERS = ("histogram", "minmax")
 Config = TypeVar("Config")  # XNNPACK's or litert-torch's QuantizationConfig (a dataclass)
@@ -101,6 +108,35 @@ class ConvClampQuantizer(Quantizer):
         """Nothing beyond what the runtime's quantizer validates."""
 
 
+def residual_adds(graph: GraphModule) -> list[Node]:
+    """Every addition of two computed tensors (a residual connection), not of a constant."""
+
+    def computed(arg: object) -> bool:
+        return isinstance(arg, Node) and arg.op == "call_function"
+
+    return [
+        node
+        for node in graph.graph.nodes
+        if node.op == "call_function"
+        and node.target in ADDS
+        and all(computed(arg) for arg in node.args[:2])
+    ]
+
+
+class FloatResiduals(Quantizer):
+    """Marks every residual addition as handled with nothing quantized, so that the runtime's
+    quantizer, composed after this one, leaves it in float: the sum keeps its precision along
+    the stream and is rounded only where a convolution reads it."""
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        for node in residual_adds(model):
+            node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        """Nothing to check: an unquantized addition is a float addition."""
+
+
 def min_max_ranges(config: Config) -> Config:
     """XNNPACK's (or litert-torch's) quantization ``config`` with its activations observed
     min-max, each observer keeping the arguments it had (its ``eps``)."""
@@ -126,12 +162,6 @@ def activation_config(config: Config, observer: str) -> Config:
     return min_max_ranges(config) if observer == "minmax" else config
 
 
-def with_fused_clamps(quantizer: Quantizer) -> Quantizer:
-    """``quantizer`` (XNNPACK's or litert-torch's, its global config set) with every
-    convolution -> ReLU6 quantized as one operator first."""
-    return ComposableQuantizer([ConvClampQuantizer(quantizer.global_config), quantizer])
-
-
 def calibrated_pt2e(
     model: nn.Module,
     example: torch.Tensor,
@@ -139,12 +169,17 @@ def calibrated_pt2e(
     quantizer: Quantizer,
     fold_quantize: bool = True,
     fuse_relu6: bool = True,
+    float_residuals: bool = False,
 ) -> GraphModule:
     """Capture ``model``, let ``quantizer`` (with ReLU6 fused unless ``fuse_relu6`` is off,
-    which benchmarks/deploy_int8_quality.py measures) mark what runs int8, observe activation
-    ranges on ``calibration``, and convert to quantize/dequantize pairs. Neither runtime's
-    quantizer can leave a module in float, so nothing here asks it to."""
-    marking = with_fused_clamps(quantizer) if fuse_relu6 else quantizer
+    which benchmarks/deploy_int8_quality.py measures, and the residual additions in float
+    with ``float_residuals``) mark what runs int8, observe activation ranges on
+    ``calibration``, and convert to quantize/dequantize pairs. Neither runtime's quantizer can
+    leave a module in float, so nothing here asks it to."""
+    first: list[Quantizer] = [FloatResiduals()] if float_residuals else []
+    if fuse_relu6:  # the runtime's quantizer has its global config set by now
+        first.append(ConvClampQuantizer(quantizer.global_config))
+    marking = ComposableQuantizer([*first, quantizer]) if first else quantizer
     prepared = prepare_pt2e(capture_any_batch(model, example), marking)
     with torch.no_grad():
         for images in calibration:

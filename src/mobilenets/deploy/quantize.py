@@ -17,6 +17,11 @@ kernels end to end. Choices, each measured on this CPU (benchmarks/results/deplo
   into the same QLinearConv kernels as the older QOperator format (same latency, measured),
   and it stays a valid float graph that other runtimes read. QOperator files are up to 12%
   smaller (``quant_format="qoperator"``).
+- Optionally the residual stream in uint16 (``wide_residuals``): each residual addition's sum
+  is kept at 16 bits for the next addition and converted to uint8 only for the convolution
+  that reads it, so the stream is not rounded to 256 levels at every block (onnxruntime's
+  mixed-precision QDQ, ``TensorQuantOverrides`` with ``convert``). The additions then run in
+  float between the int8 convolutions.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ DEFAULT_CALIBRATION = 256
 CALIBRATION_BATCH = 32
 OnBatch = Callable[[int], object] | None
 FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+UINT16_OPSET = 21  # the first opset whose QuantizeLinear takes 16-bit integers
 CALIBRATORS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -157,6 +163,37 @@ def nodes_of_layers(model: onnx.ModelProto, layers: Sequence[str]) -> list[str]:
     return list(found.values())
 
 
+def opset_of(model: onnx.ModelProto) -> int:
+    """The default (ONNX) domain's opset the model was written for."""
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def residual_stream_overrides(model: onnx.ModelProto) -> dict[str, list[dict[str, object]]]:
+    """onnxruntime ``TensorQuantOverrides`` that keep every residual sum (an Add of two computed
+    tensors, not of a constant) in uint16, converted to uint8 for each reader that is not
+    another such Add: the convolutions, which have uint8 kernels only."""
+    constants = {init.name for init in model.graph.initializer}
+    constants |= {o for node in model.graph.node if node.op_type == "Constant" for o in node.output}
+    adds = [
+        node
+        for node in model.graph.node
+        if node.op_type == "Add" and not any(name in constants for name in node.input)
+    ]
+    add_names = {node.name for node in adds}
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.name)
+    overrides = {}
+    for node in adds:
+        narrow = readers.get(node.output[0], set()) - add_names
+        override: dict[str, object] = {"quant_type": QuantType.QUInt16}
+        if narrow:
+            override["convert"] = {"quant_type": QuantType.QUInt8, "recv_nodes": narrow}
+        overrides[node.output[0]] = [override]
+    return overrides
+
+
 def depthwise_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the Conv nodes that are depthwise (one group per input channel, > 1 group)."""
     shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
@@ -182,13 +219,15 @@ def quantize_model(
     on_batch: OnBatch = None,
     fp32_modules: Sequence[str] = (),
     symmetric_activations: bool = False,
+    wide_residuals: bool = False,
 ) -> Path:
     """Quantize an fp32 ONNX file to ``out`` (written directly; callers make it atomic).
 
     ``fp32_depthwise`` leaves the depthwise convolutions in float: the usual remedy when they
     are quantized per tensor. ``fp32_modules`` leaves the layers of those PyTorch names in float
     (mixed precision, :mod:`mobilenets.quant.mixed`); ``symmetric_activations`` centres
-    activation ranges on 0 (measured in benchmarks/int8_imagenet.py). Metadata is carried
+    activation ranges on 0 (measured in benchmarks/int8_imagenet.py); ``wide_residuals`` keeps
+    the residual stream in uint16 (:func:`residual_stream_overrides`). Metadata is carried
     over and marked int8.
     """
     if quant_format not in FORMATS:
@@ -204,9 +243,18 @@ def quantize_model(
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
         graph = onnx.load(str(prepared))
+        if wide_residuals and opset_of(graph) < UINT16_OPSET:
+            # 16-bit QuantizeLinear needs opset 21. onnxruntime would convert too, but says so
+            # through the root logger, which configures logging for the whole process.
+            graph = onnx.version_converter.convert_version(graph, UINT16_OPSET)
+            graph = onnx.shape_inference.infer_shapes(graph)
+            onnx.save(graph, str(prepared))
         excluded = depthwise_nodes(graph) if fp32_depthwise else []
         excluded += nodes_of_layers(graph, fp32_modules)
         input_name = source.graph.input[0].name
+        options: dict[str, object] = {"ActivationSymmetric": symmetric_activations}
+        if wide_residuals:
+            options["TensorQuantOverrides"] = residual_stream_overrides(graph)
         quantize_static(
             str(prepared),
             str(out),
@@ -225,7 +273,7 @@ def quantize_model(
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
             calibrate_method=CALIBRATORS[calibrate_method],
-            extra_options={"ActivationSymmetric": symmetric_activations},
+            extra_options=options,
         )
     quantized = onnx.load(str(out))
     props = metadata(source)
@@ -233,7 +281,8 @@ def quantize_model(
     props["mobilenets.quantization"] = (
         f"static U8S8 {quant_format}, weights {'per channel' if per_channel else 'per tensor'}"
         f"{', depthwise in fp32' if fp32_depthwise else ''}"
-        f"{f', {len(fp32_modules)} layers in fp32' if fp32_modules else ''}, "
+        f"{f', {len(fp32_modules)} layers in fp32' if fp32_modules else ''}"
+        f"{', residual stream uint16' if wide_residuals else ''}, "
         f"{calibrate_method} calibration "
         f"on {len(calibration)} training images"
     )
