@@ -235,15 +235,39 @@ def test_openvino_mixed_precision_keeps_the_named_modules_in_float(
 
 
 @pytest.mark.parametrize("fmt", ["executorch", "litert"])
-def test_mixed_precision_is_refused_where_the_writer_cannot_keep_float(
-    fmt: str, run: Path, capsys
+def test_pt2e_mixed_precision_keeps_the_named_modules_in_float(
+    fmt: str, run: Path, tmp_path: Path, capsys
 ) -> None:
-    """XNNPACKQuantizer refuses to leave a module in float, and litert-torch's converter
-    refuses a module whose config is None, so neither pretends: asked for mixed precision,
-    each says so instead of writing an all-int8 file."""
-    assert not supports_mixed(FORMATS[fmt]) and supports_mixed(FORMATS["onnx"])
-    argv = ["quantize-mixed", str(run), "--format", fmt, "--keep", "1"]
-    check_one_line_error(argv, f"{FORMATS[fmt].name} cannot keep layers in float yet", capsys)
+    """Neither XNNPACK's quantizer nor litert-torch's can leave a module in float by name;
+    pt2e.FloatModules does it for both. In the LiteRT file the named layers read float32
+    weights and every other layer int8; a name that is no layer is one line."""
+    assert all(supports_mixed(target) for target in FORMATS.values())
+    out = tmp_path / f"mixed{FORMATS[fmt].suffix}"
+    keep = ["features.0.conv", "classifier.fc"]
+    argv = ["quantize-mixed", str(run), "--format", fmt, "--fp32", *keep]
+    assert main([*argv, "--images", "32", "--calibration", "16", "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["mixed"]["fp32_modules"] == keep and listing(tmp_path) == {out.name}
+    assert result["mixed"]["top1_agreement"] >= 0.8
+    if fmt == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(out))
+        dtypes = {t["index"]: t["dtype"].__name__ for t in interpreter.get_tensor_details()}
+        layers = [
+            op
+            for op in interpreter._get_ops_details()
+            if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+        ]
+        weights = [dtypes[op["inputs"][1]] for op in layers]
+        assert weights[0] == weights[-1] == "float32"  # the stem and the classifier
+        assert set(weights[1:-1]) == {"int8"}
+    argv = ["quantize-mixed", str(run), "--format", fmt, "--fp32", "features.99.conv"]
+    check_one_line_error(
+        [*argv, "--out", str(tmp_path / f"none{FORMATS[fmt].suffix}")],
+        "no quantizable layer",
+        capsys,
+    )
 
 
 def test_agreement_measures() -> None:

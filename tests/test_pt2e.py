@@ -13,11 +13,13 @@ from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
 from mobilenets.deploy.pt2e import (
     CLAMPS,
     CONVOLUTIONS,
+    LINEARS,
     OBSERVERS,
     activation_config,
     calibrated_pt2e,
     capture_any_batch,
     conv_clamp_pairs,
+    layer_nodes,
     residual_adds,
 )
 
@@ -106,3 +108,25 @@ def test_float_residuals_sum_the_stream_in_float() -> None:
     assert sums_read_as_they_are(True) > 0
     v1 = capture_any_batch(folded_random("mobilenet_v1"), torch.zeros(1, 3, SIZE, SIZE))
     assert residual_adds(v1) == []
+
+
+def test_float_modules_leave_their_layers_unquantized() -> None:
+    """The named convolution and the classifier keep their float weights; every other layer
+    reads dequantized int8 weights. An unknown name is one line."""
+    model = folded_random()
+    batches = uniform_batches(2, SIZE)
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True)
+    )
+    keep = ["features.1.depthwise.conv", "classifier.fc"]
+    graph = calibrated_pt2e(model, batches[0][:1], batches, quantizer, fp32_modules=keep)
+    kept = set(layer_nodes(graph, keep).values())  # still reading their named float weights
+    layers = [n for n in graph.graph.nodes if n.target in (*CONVOLUTIONS, *LINEARS)]
+    assert len(kept) == 2 and len(layers) == 53  # 52 convolutions and the classifier
+    for layer in layers:  # (an input may still arrive dequantized from an int8 producer)
+        int8_weight = "dequantize" in str(layer.args[1].target)
+        assert int8_weight == (layer not in kept), layer.name
+    with raises_one_line("no layer named features.99.conv"):
+        calibrated_pt2e(
+            model, batches[0][:1], batches, quantizer, fp32_modules=["features.99.conv"]
+        )

@@ -19,6 +19,7 @@ image at a time, and a fixed shape lets the memory planner size every buffer exa
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,13 @@ def quantize_pt2e(
     fuse_relu6: bool = True,
     observer: str = "histogram",
     wide_residuals: bool = False,
+    fp32_modules: Sequence[str] = (),
 ) -> torch.fx.GraphModule:
     """``model`` with int8 quantize/dequantize pairs where XNNPACK runs int8, its activation
-    ranges observed on ``calibration``. Every layer XNNPACK can run in int8 is: its quantizer
-    cannot leave a named module in float (``set_module_name(name, None)`` is refused), so this
-    writer takes no ``fp32_modules`` and mixed precision says ExecuTorch cannot do it.
-    ``wide_residuals`` leaves the residual additions in float (``pt2e.FloatResiduals``)."""
+    ranges observed on ``calibration``: every layer XNNPACK can run in int8 but those of
+    ``fp32_modules`` (``pt2e.FloatModules``: XNNPACK's quantizer itself refuses to leave a
+    named module in float), and with ``wide_residuals`` the residual additions in float
+    (``pt2e.FloatResiduals``)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -64,6 +66,7 @@ def quantize_pt2e(
         quantizer,
         fuse_relu6=fuse_relu6,
         float_residuals=wide_residuals,
+        fp32_modules=fp32_modules,
     )
 
 
@@ -77,11 +80,13 @@ def write(
     fuse_relu6: bool = True,
     observer: str = "histogram",
     wide_residuals: bool = False,
+    fp32_modules: Sequence[str] = (),
 ) -> None:
     """Lower ``model`` (int8 when ``calibration`` is given) to an XNNPACK-delegated ExecuTorch
     program at ``path``; ``fuse_relu6=False`` keeps XNNPACKQuantizer's own marking (measured);
     ``observer="minmax"`` observes activation ranges min-max, as AdaRound assumed;
-    ``wide_residuals`` adds the residual streams in float (XNNPACK has no int16 addition).
+    ``wide_residuals`` adds the residual streams in float (XNNPACK has no int16 addition);
+    ``fp32_modules`` run in float (mixed precision).
 
     ``metadata`` is not stored: a ``.pte`` holds no free-form properties; the run directory's
     ``model.json`` records what the program was exported from.
@@ -91,7 +96,9 @@ def write(
 
     try:
         if calibration is not None:
-            model = quantize_pt2e(model, example, calibration, fuse_relu6, observer, wide_residuals)
+            model = quantize_pt2e(
+                model, example, calibration, fuse_relu6, observer, wide_residuals, fp32_modules
+            )
         program = torch.export.export(model, (example,))
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         buffer = lowered.to_executorch().buffer

@@ -127,6 +127,13 @@ def calibration_inputs(
     return first_images(calibration_subset(train, n), n, CHECK_BATCH), "training images"
 
 
+def ranges_for(target: Target, adaround: bool | int) -> dict[str, object]:
+    """The writer options that observe activation ranges min-max after AdaRound, which
+    rounded each weight for those ranges (:mod:`mobilenets.deploy.pt2e`), where the writer
+    observes otherwise; none where it already does or no AdaRound ran."""
+    return {"observer": "minmax"} if adaround and target.takes("observer") else {}
+
+
 def export(
     run_dir: str | os.PathLike[str],
     fmt: str = "onnx",
@@ -196,10 +203,8 @@ def export(
     example = inputs[0][:1]
     precision = "int8" if int8 else "fp32"
     quantization = (quantized[1] if quantized else target.quantization) if int8 else None
-    options: dict[str, object] = {}
-    if adaround and target.takes("observer"):
-        # AdaRound rounded each weight for min-max activation ranges (deploy.pt2e)
-        options["observer"] = "minmax"
+    options = ranges_for(target, adaround)
+    if options:
         quantization = f"{quantization}; activation ranges min-max, as AdaRound rounded for"
     if wide_residuals:
         options["wide_residuals"] = True

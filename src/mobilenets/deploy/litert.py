@@ -17,6 +17,7 @@ A ``.tflite`` takes the batch size of the example it was converted with, like a 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +42,16 @@ def write(
     metadata: dict[str, str],
     fuse_relu6: bool = True,
     observer: str = "histogram",
+    fp32_modules: Sequence[str] = (),
 ) -> None:
     """Convert ``model`` (int8 when ``calibration`` is given) to a ``.tflite`` at ``path``;
     ``fuse_relu6=False`` keeps the PT2E quantizer's own marking (measured);
     ``observer="minmax"`` observes activation ranges min-max, as AdaRound assumed.
 
-    Every layer the quantizer matches runs int8: litert-torch's converter refuses a module
-    left in float (``quantization_config == None is not supported yet``), so this writer
-    takes no ``fp32_modules`` and mixed precision says LiteRT cannot do it.
+    Every layer the quantizer matches runs int8 but those of ``fp32_modules``, which
+    ``pt2e.FloatModules`` leaves in float (the quantizer's own ``set_module_name(name, None)``
+    is "not supported yet"). Residual additions cannot be left in float: the converter
+    quantizes them again, so this writer takes no ``wide_residuals``.
     ``metadata`` is not stored: the run directory's ``model.json`` records the export.
     """
     import litert_torch
@@ -65,7 +68,13 @@ def write(
                 activation_config(config, observer)
             )
             model = calibrated_pt2e(
-                model, example, calibration, quantizer, fold_quantize=False, fuse_relu6=fuse_relu6
+                model,
+                example,
+                calibration,
+                quantizer,
+                fold_quantize=False,
+                fuse_relu6=fuse_relu6,
+                fp32_modules=fp32_modules,
             )
             quant_config = QuantConfig(pt2e_quantizer=quantizer)
         edge_model = litert_torch.convert(model, (example,), quant_config=quant_config)

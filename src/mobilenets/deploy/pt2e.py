@@ -26,11 +26,18 @@ a stage's signal from block to block is rounded again at each block. :class:`Flo
 marks those additions as handled with nothing quantized, so the program adds in float and
 only the convolution that reads the sum rounds it (ExecuTorch lowers that; LiteRT's converter
 quantizes the addition again, so its writer does not offer it).
+
+Neither quantizer can leave a named module in float (XNNPACK's ``set_module_name(name, None)``
+is refused, and litert-torch's is "not supported yet"). The same device does it:
+:class:`FloatModules` marks the convolutions and linear layers of the named modules as
+handled with nothing quantized, so the runtime's quantizer passes them by and the program
+runs them in float between int8 neighbours (mixed precision, :mod:`mobilenets.quant.mixed`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TypeVar
 
 import torch
@@ -51,6 +58,7 @@ from mobilenets.errors import MobileNetError
 CONVOLUTIONS = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
 CLAMPS = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
 ADDS = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
+LINEARS = (torch.ops.aten.linear.default,)
 # How activation ranges are observed: the runtime quantizer's own histogram, or min-max.
 OBSERVERS = ("histogram", "minmax")
 Config = TypeVar("Config")  # XNNPACK's or litert-torch's QuantizationConfig (a dataclass)
@@ -76,6 +84,17 @@ def conv_clamp_pairs(graph: GraphModule) -> list[tuple[Node, Node]]:
     return pairs
 
 
+def _handled(node: Node) -> None:
+    """Mark ``node`` as annotated with nothing quantized: quantizers composed after this pass
+    it by, so it stays float."""
+    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
+
+
+def _is_handled(node: Node) -> bool:
+    annotation = node.meta.get(Q_ANNOTATION_KEY)
+    return annotation is not None and annotation._annotated
+
+
 class ConvClampQuantizer(Quantizer):
     """Marks convolution -> ReLU6 as one int8 operator: input, weight and bias quantized as
     ``config`` says, the output observed after the clamp. Composed ahead of the runtime's own
@@ -88,6 +107,8 @@ class ConvClampQuantizer(Quantizer):
     def annotate(self, model: GraphModule) -> GraphModule:
         config = self.config
         for conv, clamp in conv_clamp_pairs(model):
+            if _is_handled(conv):  # left in float (FloatModules)
+                continue
             specs = {conv.args[0]: config.input_activation, conv.args[1]: config.weight}
             bias = conv.args[2] if len(conv.args) > 2 else None
             if isinstance(bias, Node) and config.bias is not None:
@@ -130,11 +151,51 @@ class FloatResiduals(Quantizer):
 
     def annotate(self, model: GraphModule) -> GraphModule:
         for node in residual_adds(model):
-            node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
+            _handled(node)
         return model
 
     def validate(self, model: GraphModule) -> None:
         """Nothing to check: an unquantized addition is a float addition."""
+
+
+def layer_nodes(graph: GraphModule, modules: Sequence[str]) -> dict[str, Node]:
+    """The convolution or linear node of each PyTorch module in ``modules``
+    (``features.1.depthwise.conv``), found by the parameter it reads (the captured graph keeps
+    parameter names); a name that is no such layer is one line."""
+    weights = {f"{name}.weight": name for name in modules}
+    found = {
+        weights[node.args[1].target]: node
+        for node in graph.graph.nodes
+        if node.op == "call_function"
+        and node.target in (*CONVOLUTIONS, *LINEARS)
+        and isinstance(node.args[1], Node)
+        and node.args[1].target in weights
+    }
+    missing = [name for name in modules if name not in found]
+    if missing:
+        raise MobileNetError(f"no layer named {', '.join(missing)} in the captured graph")
+    return found
+
+
+class FloatModules(Quantizer):
+    """Leaves the convolutions and linear layers of ``modules`` (and a ReLU6 that follows
+    one) in float: their inputs are dequantized, their weights stay float, and the next int8
+    layer quantizes their output."""
+
+    def __init__(self, modules: Sequence[str]) -> None:
+        super().__init__()
+        self.modules = list(modules)
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        clamps = dict(conv_clamp_pairs(model))
+        for node in layer_nodes(model, self.modules).values():
+            for marked in (node, *node.args[1:3], clamps.get(node)):
+                if isinstance(marked, Node):
+                    _handled(marked)
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        """Nothing to check: a layer left alone runs in float."""
 
 
 def min_max_ranges(config: Config) -> Config:
@@ -170,13 +231,16 @@ def calibrated_pt2e(
     fold_quantize: bool = True,
     fuse_relu6: bool = True,
     float_residuals: bool = False,
+    fp32_modules: Sequence[str] = (),
 ) -> GraphModule:
     """Capture ``model``, let ``quantizer`` (with ReLU6 fused unless ``fuse_relu6`` is off,
     which benchmarks/deploy_int8_quality.py measures, and the residual additions in float
-    with ``float_residuals``) mark what runs int8, observe activation ranges on
-    ``calibration``, and convert to quantize/dequantize pairs. Neither runtime's quantizer can
-    leave a module in float, so nothing here asks it to."""
-    first: list[Quantizer] = [FloatResiduals()] if float_residuals else []
+    with ``float_residuals``, and the layers of ``fp32_modules`` in float) mark what runs
+    int8, observe activation ranges on ``calibration``, and convert to quantize/dequantize
+    pairs."""
+    first: list[Quantizer] = [FloatModules(fp32_modules)] if fp32_modules else []
+    if float_residuals:
+        first.append(FloatResiduals())
     if fuse_relu6:  # the runtime's quantizer has its global config set by now
         first.append(ConvClampQuantizer(quantizer.global_config))
     marking = ComposableQuantizer([*first, quantizer]) if first else quantizer

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.export import calibration_inputs, held_out_inputs, target_of
+from mobilenets.deploy.export import calibration_inputs, held_out_inputs, ranges_for, target_of
 from mobilenets.deploy.fake_quant import FakeQuantModel
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.prepare import prepare_for_int8
@@ -125,9 +125,11 @@ class _Bench:
         inputs: Sequence[torch.Tensor],
         calibration: list[torch.Tensor],
         metadata: dict[str, str],
+        options: dict[str, object],
     ) -> None:
         self.target, self.folded, self.written, self.folder = target, folded, written, folder
         self.inputs, self.calibration, self.metadata = inputs, calibration, metadata
+        self.options = options  # for every int8 file: the writer's range observer
         self.example = inputs[0][:1]
         self.reference = pytorch_logits(folded, inputs)
         self.fp32 = self.write(None)
@@ -148,6 +150,7 @@ class _Bench:
                 self.calibration,
                 {**self.metadata, "mobilenets.fp32_modules": ",".join(fp32_modules)},
                 fp32_modules=list(fp32_modules),
+                **self.options,
             )
         return path
 
@@ -235,7 +238,8 @@ def quantize_mixed(
     with tempfile.TemporaryDirectory(prefix="mobilenets-mixed-") as tmp:
         say("writing the fp32 and all-int8 files")
         metadata = onnx_metadata(info, "int8")
-        bench = _Bench(target, folded, written, Path(tmp), inputs, cal, metadata)
+        options = ranges_for(target, adaround)
+        bench = _Bench(target, folded, written, Path(tmp), inputs, cal, metadata, options)
         tried: list[Candidate] = []
         if target_agreement is None:
             kept = order if keep is None else order[:keep]
