@@ -128,8 +128,7 @@ LEVERS = {
             {"preset": "mixed", "equalize": True, "adaround": 1000, **WIDE},
         ),
     ],
-    # XNNPACKQuantizer refuses to leave a named module in float (set_module_name(name, None)),
-    # so ExecuTorch has no float-layer lever; its lever is QAT with the xnnpack scheme
+    # float layers (mixed precision, pt2e.FloatModules) are quantize-mixed's to measure
     "executorch": [
         ("per channel, histogram observer (default: ReLU6 fused into its convolution)", {}),
         (
@@ -172,8 +171,6 @@ LEVERS = {
             {"equalize": True, "adaround": 1000, "observer": "minmax", **WIDE},
         ),
     ],
-    # litert-torch's converter refuses a module left in float ("quantization_config == None
-    # is not supported yet"): no float-layer lever either
     "litert": [
         ("per channel, histogram observer (default: ReLU6 fused into its convolution)", {}),
         (

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import randomize_batchnorm
+from conftest import raises_one_line, randomize_batchnorm
 from torch.utils.data import Subset
 
 from mobilenets import create_model
@@ -232,6 +232,15 @@ def test_wide_residuals_keep_the_stream_in_uint16_and_the_convolutions_in_uint8(
     images = torch.stack([digits.test[i][0] for i in range(200)])
     fp32, int8 = create_session(exported), create_session(out)
     assert (run_session(fp32, images).argmax(1) == run_session(int8, images).argmax(1)).mean() > 0.9
+    with raises_one_line("needs the qdq format"):
+        quantize_model(
+            exported,
+            tmp_path / "q.onnx",
+            calibration,
+            quant_format="qoperator",
+            wide_residuals=True,
+        )
+    assert not (tmp_path / "q.onnx").exists()
 
 
 def test_histogram_calibration_takes_a_count_that_is_no_multiple_of_the_batch(

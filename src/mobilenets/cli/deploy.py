@@ -64,6 +64,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fp32-depthwise", action="store_true", help="leave depthwise convolutions in fp32"
     )
+    p.add_argument(
+        "--wide-residuals",
+        action="store_true",
+        help="keep the residual stream in uint16, converted to uint8 for the convolutions",
+    )
     p.add_argument("--quant-format", default="qdq", help="ONNX encoding: qdq or qoperator")
     p.add_argument(
         "--calibrate-method",
@@ -191,6 +196,7 @@ def run_quantize(args: argparse.Namespace) -> int:
             fp32_depthwise=args.fp32_depthwise,
             calibrate_method=args.calibrate_method,
             provider=args.provider,
+            wide_residuals=args.wide_residuals,
             on_batch=None if progress is None else lambda n: progress.advance(task, n),
         )
     if args.json:
@@ -204,7 +210,8 @@ def _quantize_table(r):
     change = 100 * (r.int8_top1 - r.fp32_top1)  # not -top1_drop: no "-0.00" when equal
     return table(
         f"int8 ({r.quant_format}, weights {'per channel' if r.per_channel else 'per tensor'}"
-        f"{', depthwise fp32' if r.fp32_depthwise else ''}), calibrated on "
+        f"{', depthwise fp32' if r.fp32_depthwise else ''}"
+        f"{', residual stream uint16' if r.wide_residuals else ''}), calibrated on "
         f"{r.calibration_images} training images; top-1 on {r.test_images} held-out images",
         ["model", "file", "size", "top-1"],
         [

@@ -89,6 +89,7 @@ class QuantizeResult:
     per_channel: bool
     quant_format: str
     fp32_depthwise: bool
+    wide_residuals: bool = False
 
     @property
     def size_ratio(self) -> float:
@@ -236,6 +237,8 @@ def quantize_model(
         raise MobileNetError(
             f"unknown calibration method {calibrate_method!r}; choose from {', '.join(CALIBRATORS)}"
         )
+    if wide_residuals and quant_format != "qdq":
+        raise MobileNetError("a uint16 residual stream needs the qdq format (no 16-bit QOperator)")
     source = load_onnx(fp32_path)
     with tempfile.TemporaryDirectory(prefix="mobilenets-quant-") as tmp:
         # Shape inference and onnxruntime's basic graph optimizations first, as onnxruntime
@@ -326,6 +329,7 @@ def quantize_onnx(
     calibrate_method: str = "minmax",
     provider: str = DEFAULT_PROVIDER,
     on_batch: OnBatch = None,
+    wide_residuals: bool = False,
 ) -> QuantizeResult:
     """Quantize a run directory or an exported ONNX file to int8, calibrated on
     ``calibration`` training images, and compare fp32 and int8 top-1 on the held-out split.
@@ -363,6 +367,7 @@ def quantize_onnx(
             fp32_depthwise,
             calibrate_method,
             on_batch,
+            wide_residuals=wide_residuals,
         )
         int8_top1 = top1_accuracy(create_session(tmp, provider=provider), bundle.test)
     fp32_top1 = top1_accuracy(create_session(fp32_path, provider=provider), bundle.test)
@@ -378,4 +383,5 @@ def quantize_onnx(
         per_channel=per_channel,
         quant_format=quant_format,
         fp32_depthwise=fp32_depthwise,
+        wide_residuals=wide_residuals,
     )
