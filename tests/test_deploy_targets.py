@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from conftest import built_once
 
@@ -158,7 +159,21 @@ def test_wide_residuals_are_refused_where_they_cannot_be_kept(
     check_one_line_error([*argv, "--out", str(out)], "LiteRT cannot keep the residual", capsys)
     argv = ["export", str(run), "--wide-residuals", "--out", str(tmp_path / "f.onnx")]
     check_one_line_error(argv, "wide residuals are a choice of post-training int8", capsys)
+    argv = ["quantize-mixed", str(run), "--format", "litert", "--keep", "1", "--wide-residuals"]
+    check_one_line_error([*argv, "--out", str(out)], "LiteRT cannot keep the residual", capsys)
     assert listing(tmp_path) == set()
+
+
+def test_mixed_precision_with_wide_residuals(run: Path, tmp_path: Path, capsys) -> None:
+    """Float layers on top of a uint16 residual stream: every int8 file, the all-int8
+    baseline included, carries the wide stream."""
+    out = tmp_path / "mixed.onnx"
+    argv = ["quantize-mixed", str(run), "--keep", "1", "--wide-residuals", "--images", "32"]
+    assert main([*argv, "--calibration", "16", "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["wide_residuals"] and len(result["mixed"]["fp32_modules"]) == 1
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert "residual stream uint16" in props["mobilenets.quantization"]
 
 
 def test_default_paths_sit_in_the_run_directory(run: Path, capsys) -> None:

@@ -61,6 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", type=int, default=256, help="calibration images (256)")
     p.add_argument("--out", help="output file (default RUN_DIR/model.mixed.onnx)")
     add_int8_steps(p)
+    p.add_argument(
+        "--wide-residuals",
+        action="store_true",
+        help="residual sums wider than int8 in every int8 file (not LiteRT)",
+    )
     add_moved_data(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -203,6 +208,7 @@ def run_mixed(args: argparse.Namespace) -> int:
         equalize=args.equalize,
         bias_correct=args.bias_correct,
         adaround=args.adaround,
+        wide_residuals=args.wide_residuals,
     )
     if args.json:
         print_json(result.to_dict())

@@ -134,6 +134,19 @@ def ranges_for(target: Target, adaround: bool | int) -> dict[str, object]:
     return {"observer": "minmax"} if adaround and target.takes("observer") else {}
 
 
+def residual_options(target: Target, wide_residuals: bool) -> dict[str, object]:
+    """The writer option that keeps the residual sums wider than int8 when asked, or one line
+    where the format cannot (LiteRT's converter quantizes a float addition again)."""
+    if not wide_residuals:
+        return {}
+    if not target.takes("wide_residuals"):
+        raise MobileNetError(
+            f"{target.name} cannot keep the residual additions wider than int8 "
+            "(its converter quantizes them again); leave out --wide-residuals"
+        )
+    return {"wide_residuals": True}
+
+
 def export(
     run_dir: str | os.PathLike[str],
     fmt: str = "onnx",
@@ -185,11 +198,7 @@ def export(
             raise MobileNetError(f"{step} is a step of post-training int8: use it with --int8")
     if wide_residuals and (not int8 or quantized is not None):
         raise MobileNetError("wide residuals are a choice of post-training int8: use --int8")
-    if wide_residuals and not target.takes("wide_residuals"):
-        raise MobileNetError(
-            f"{target.name} cannot keep the residual additions wider than int8 "
-            "(its converter quantizes them again); leave out --wide-residuals"
-        )
+    options = {**ranges_for(target, adaround), **residual_options(target, wide_residuals)}
     inputs, checked_on = held_out_inputs(info, data, verify_images)
     if quantized is None:
         cal, calibrated_on = calibration_inputs(info, data, calibration) if int8 else (None, None)
@@ -203,11 +212,9 @@ def export(
     example = inputs[0][:1]
     precision = "int8" if int8 else "fp32"
     quantization = (quantized[1] if quantized else target.quantization) if int8 else None
-    options = ranges_for(target, adaround)
-    if options:
+    if "observer" in options:
         quantization = f"{quantization}; activation ranges min-max, as AdaRound rounded for"
     if wide_residuals:
-        options["wide_residuals"] = True
         quantization = f"{quantization}; residual additions wider than int8"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:

@@ -26,7 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.export import calibration_inputs, held_out_inputs, ranges_for, target_of
+from mobilenets.deploy.export import (
+    calibration_inputs,
+    held_out_inputs,
+    ranges_for,
+    residual_options,
+    target_of,
+)
 from mobilenets.deploy.fake_quant import FakeQuantModel
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.prepare import prepare_for_int8
@@ -82,6 +88,7 @@ class MixedResult:
     equalization: str | None = None  # what deploy.equalize rescaled first, if asked
     rounding: str | None = None  # what deploy.adaround rounded first, if asked
     bias_correction: str | None = None  # what deploy.bias_correction did first, if asked
+    wide_residuals: bool = False  # residual sums wider than int8, in every int8 file
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -129,7 +136,7 @@ class _Bench:
     ) -> None:
         self.target, self.folded, self.written, self.folder = target, folded, written, folder
         self.inputs, self.calibration, self.metadata = inputs, calibration, metadata
-        self.options = options  # for every int8 file: the writer's range observer
+        self.options = options  # for every int8 file: range observer, wide residuals
         self.example = inputs[0][:1]
         self.reference = pytorch_logits(folded, inputs)
         self.fp32 = self.write(None)
@@ -192,6 +199,7 @@ def quantize_mixed(
     equalize: bool = False,
     bias_correct: bool = False,
     adaround: bool | int = False,
+    wide_residuals: bool = False,
 ) -> MixedResult:
     """Write ``run_dir``'s model as int8 with some layers in float, chosen one of three ways:
     named (``fp32_modules``), the ``keep`` most sensitive, or the fewest most sensitive that
@@ -199,7 +207,9 @@ def quantize_mixed(
     ``max_latency_cost`` and ``max_float`` layers. Nothing is written when the target is not
     reached; the error says the best agreement that was. ``equalize``, ``adaround`` (True, or
     its steps per layer) and ``bias_correct`` change the float model first
-    (:mod:`mobilenets.deploy.prepare`), for the sensitivity ranking and the files alike.
+    (:mod:`mobilenets.deploy.prepare`), for the sensitivity ranking and the files alike;
+    ``wide_residuals`` keeps the residual sums wider than int8 in every int8 file, the
+    all-int8 baseline included.
     """
     chosen = [fp32_modules is not None, keep is not None, target_agreement is not None]
     if sum(chosen) != 1:
@@ -212,6 +222,7 @@ def quantize_mixed(
     target = target_of(fmt)
     if not supports_mixed(target):
         raise MobileNetError(f"{target.name} cannot keep layers in float yet; use onnx")
+    options = {**ranges_for(target, adaround), **residual_options(target, wide_residuals)}
     model, info = load_run(run_dir)
     out = Path(run_dir) / f"model.mixed{target.suffix}" if out is None else Path(out)
     inputs, images_from = held_out_inputs(info, data, images)
@@ -238,7 +249,6 @@ def quantize_mixed(
     with tempfile.TemporaryDirectory(prefix="mobilenets-mixed-") as tmp:
         say("writing the fp32 and all-int8 files")
         metadata = onnx_metadata(info, "int8")
-        options = ranges_for(target, adaround)
         bench = _Bench(target, folded, written, Path(tmp), inputs, cal, metadata, options)
         tried: list[Candidate] = []
         if target_agreement is None:
@@ -291,6 +301,7 @@ def quantize_mixed(
         predicted=predicted,
         tried=tried,
         **asdict(prepared),
+        wide_residuals=wide_residuals,
     )
 
 
