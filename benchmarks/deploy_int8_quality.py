@@ -49,6 +49,14 @@ LEVERS = {
         # grown to 12 GB after 19 minutes on 200 images, half this machine, and was stopped.
         ("MinMax, depthwise left in fp32", {"calibrate_method": "minmax", "fp32_depthwise": True}),
         ("MinMax, channels equalized first", {"calibrate_method": "minmax", "equalize": True}),
+        (
+            "MinMax, residual stream uint16 (wide residuals)",
+            {"calibrate_method": "minmax", **WIDE},
+        ),
+        (
+            "MinMax, channels equalized first, residual stream uint16 (wide residuals)",
+            {"calibrate_method": "minmax", "equalize": True, **WIDE},
+        ),
         ("MinMax, biases corrected first", {"calibrate_method": "minmax", "bias_correct": True}),
         (
             "MinMax, channels equalized and biases corrected first",
@@ -97,12 +105,21 @@ LEVERS = {
         ),
         ("MIXED, full bias correction (our default)", {"preset": "mixed"}),
         (
+            "MIXED, full bias correction, residual additions in float (wide residuals)",
+            {"preset": "mixed", **WIDE},
+        ),
+        (
             "MIXED, fast bias correction, channels equalized first",
             {"preset": "mixed", "fast_bias_correction": True, "equalize": True},
         ),
         (
             "MIXED, full bias correction, channels equalized first",
             {"preset": "mixed", "equalize": True},
+        ),
+        (
+            "MIXED, full bias correction, channels equalized first, residual additions in float "
+            "(wide residuals)",
+            {"preset": "mixed", "equalize": True, **WIDE},
         ),
         (
             "MIXED, full bias correction, channels equalized and biases corrected first",
@@ -136,6 +153,15 @@ LEVERS = {
             {"fuse_relu6": False},
         ),
         ("per channel, histogram observer, channels equalized first", {"equalize": True}),
+        (
+            "per channel, histogram observer, residual additions in float (wide residuals)",
+            WIDE,
+        ),
+        (
+            "per channel, histogram observer, channels equalized first, residual additions in "
+            "float (wide residuals)",
+            {"equalize": True, **WIDE},
+        ),
         (
             "per channel, histogram observer, channels equalized and biases corrected first",
             {"equalize": True, "bias_correct": True},
@@ -249,7 +275,10 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path, help="the imported torchvision V2 run")
     parser.add_argument("--runtimes", default=",".join(LEVERS))
     parser.add_argument(
-        "--levers", default="", help="only the levers whose name holds one of these (a,b,...)"
+        "--levers",
+        default="",
+        help="only the levers whose name holds one of these (a,b,... or, for terms that hold "
+        "commas, a;b;...)",
     )
     parser.add_argument("--calibration", type=int, default=200)
     parser.add_argument("--evaluation", type=int, default=300)
@@ -272,7 +301,8 @@ def main() -> None:
     rows = []
     for runtime in args.runtimes.split(","):
         for lever, options in LEVERS[runtime]:
-            if args.levers and not any(k in lever for k in args.levers.split(",")):
+            terms = args.levers.split(";" if ";" in args.levers else ",")
+            if args.levers and not any(k in lever for k in terms):
                 continue
             start = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
