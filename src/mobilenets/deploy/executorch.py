@@ -97,7 +97,13 @@ def write(
     try:
         if calibration is not None:
             model = quantize_pt2e(
-                model, example, calibration, fuse_relu6, observer, wide_residuals, fp32_modules
+                model,
+                example,
+                calibration,
+                fuse_relu6=fuse_relu6,
+                observer=observer,
+                wide_residuals=wide_residuals,
+                fp32_modules=fp32_modules,
             )
         program = torch.export.export(model, (example,))
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])

@@ -127,24 +127,25 @@ def calibration_inputs(
     return first_images(calibration_subset(train, n), n, CHECK_BATCH), "training images"
 
 
-def ranges_for(target: Target, adaround: bool | int) -> dict[str, object]:
-    """The writer options that observe activation ranges min-max after AdaRound, which
-    rounded each weight for those ranges (:mod:`mobilenets.deploy.pt2e`), where the writer
-    observes otherwise; none where it already does or no AdaRound ran."""
-    return {"observer": "minmax"} if adaround and target.takes("observer") else {}
+def int8_options(target: Target, adaround: bool | int, wide_residuals: bool) -> dict[str, object]:
+    """The writer options an int8 file of ``target`` takes for what was asked.
 
-
-def residual_options(target: Target, wide_residuals: bool) -> dict[str, object]:
-    """The writer option that keeps the residual sums wider than int8 when asked, or one line
-    where the format cannot (LiteRT's converter quantizes a float addition again)."""
-    if not wide_residuals:
-        return {}
-    if not target.takes("wide_residuals"):
-        raise MobileNetError(
-            f"{target.name} cannot keep the residual additions wider than int8 "
-            "(its converter quantizes them again); leave out --wide-residuals"
-        )
-    return {"wide_residuals": True}
+    After AdaRound, min-max activation ranges where the writer would observe otherwise:
+    AdaRound rounded each weight for those ranges (:mod:`mobilenets.deploy.pt2e`). With
+    ``wide_residuals``, the residual sums kept wider than int8, or one line where the format
+    cannot (LiteRT's converter quantizes a float addition again).
+    """
+    options: dict[str, object] = {}
+    if adaround and target.takes("observer"):
+        options["observer"] = "minmax"
+    if wide_residuals:
+        if not target.takes("wide_residuals"):
+            raise MobileNetError(
+                f"{target.name} cannot keep the residual additions wider than int8 "
+                "(its converter quantizes them again); leave out --wide-residuals"
+            )
+        options["wide_residuals"] = True
+    return options
 
 
 def export(
@@ -198,7 +199,7 @@ def export(
             raise MobileNetError(f"{step} is a step of post-training int8: use it with --int8")
     if wide_residuals and (not int8 or quantized is not None):
         raise MobileNetError("wide residuals are a choice of post-training int8: use --int8")
-    options = {**ranges_for(target, adaround), **residual_options(target, wide_residuals)}
+    options = int8_options(target, adaround, wide_residuals)
     inputs, checked_on = held_out_inputs(info, data, verify_images)
     if quantized is None:
         cal, calibrated_on = calibration_inputs(info, data, calibration) if int8 else (None, None)

@@ -29,8 +29,7 @@ from torch import nn
 from mobilenets.deploy.export import (
     calibration_inputs,
     held_out_inputs,
-    ranges_for,
-    residual_options,
+    int8_options,
     target_of,
 )
 from mobilenets.deploy.fake_quant import FakeQuantModel
@@ -222,7 +221,7 @@ def quantize_mixed(
     target = target_of(fmt)
     if not supports_mixed(target):
         raise MobileNetError(f"{target.name} cannot keep layers in float yet; use onnx")
-    options = {**ranges_for(target, adaround), **residual_options(target, wide_residuals)}
+    options = int8_options(target, adaround, wide_residuals)
     model, info = load_run(run_dir)
     out = Path(run_dir) / f"model.mixed{target.suffix}" if out is None else Path(out)
     inputs, images_from = held_out_inputs(info, data, images)
