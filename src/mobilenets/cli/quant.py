@@ -52,6 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="P",
         help="fewest float layers giving top-1 agreement >= P (0.99) with the float model",
     )
+    how.add_argument(
+        "--frontier",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="measure each count of most sensitive layers in float (0 6 12 24); write the "
+        "most agreeing within --max-latency-cost",
+    )
     p.add_argument("--format", default="onnx", help="deployment format (default onnx)")
     p.add_argument(
         "--max-latency-cost", type=float, default=0.15, help="vs all-int8 (default 0.15)"
@@ -198,6 +206,7 @@ def run_mixed(args: argparse.Namespace) -> int:
         fp32_modules=args.fp32,
         keep=args.keep,
         target_agreement=args.target_agreement,
+        frontier=args.frontier,
         max_latency_cost=args.max_latency_cost,
         max_float=args.max_float,
         images=args.images,
@@ -214,7 +223,9 @@ def run_mixed(args: argparse.Namespace) -> int:
         print_json(result.to_dict())
         return 0
     rows = [["fp32", "-", "100.0%", "inf", f"{result.fp32_ms:.2f}", ""]]
-    for label, c in (("int8", result.int8), ("mixed", result.mixed)):
+    shown = [("int8", result.int8)]
+    shown += [("mixed" if c is result.mixed else "tried", c) for c in result.tried]
+    for label, c in shown:
         rows.append(
             [
                 label,

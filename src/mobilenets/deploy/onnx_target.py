@@ -31,23 +31,30 @@ def write(
     metadata: dict[str, str],
     fp32_modules: Sequence[str] = (),
     wide_residuals: bool = False,
+    float_file: Path | None = None,
 ) -> None:
     """Write ``model`` to ONNX at ``path``; for int8, the fp32 file goes to a temporary
     folder and onnxruntime's quantizer writes ``path`` from it, leaving the modules named in
-    ``fp32_modules`` in float and, with ``wide_residuals``, the residual stream in uint16."""
+    ``fp32_modules`` in float and, with ``wide_residuals``, the residual stream in uint16.
+
+    ``float_file``: ``model``'s fp32 ONNX, already written. Mixed precision quantizes one
+    float model many ways, and the export (seconds, even for a small model) is then paid once.
+    """
     input_size = tuple(example.shape[1:])
     if calibration is None:
         write_onnx(model, path, input_size, {**metadata, PRECISION_KEY: "fp32"})
         return
     with tempfile.TemporaryDirectory(prefix="mobilenets-onnx-") as tmp:
-        fp32 = Path(tmp) / "model.onnx"
-        write_onnx(model, fp32, input_size, {**metadata, PRECISION_KEY: "fp32"})
+        if float_file is None:
+            float_file = Path(tmp) / "model.onnx"
+            write_onnx(model, float_file, input_size, {**metadata, PRECISION_KEY: "fp32"})
         quantize_model(
-            fp32,
+            float_file,
             path,
             TensorDataset(torch.cat(calibration)),
             fp32_modules=fp32_modules,
             wide_residuals=wide_residuals,
+            properties=metadata,
         )
 
 

@@ -221,6 +221,7 @@ def quantize_model(
     fp32_modules: Sequence[str] = (),
     symmetric_activations: bool = False,
     wide_residuals: bool = False,
+    properties: dict[str, str] | None = None,
 ) -> Path:
     """Quantize an fp32 ONNX file to ``out`` (written directly; callers make it atomic).
 
@@ -229,7 +230,7 @@ def quantize_model(
     (mixed precision, :mod:`mobilenets.quant.mixed`); ``symmetric_activations`` centres
     activation ranges on 0 (measured in benchmarks/int8_imagenet.py); ``wide_residuals`` keeps
     the residual stream in uint16 (:func:`residual_stream_overrides`). Metadata is carried
-    over and marked int8.
+    over, or ``properties`` replace it, and marked int8.
     """
     if quant_format not in FORMATS:
         raise MobileNetError(f"unknown format {quant_format!r}; choose from {', '.join(FORMATS)}")
@@ -279,7 +280,7 @@ def quantize_model(
             extra_options=options,
         )
     quantized = onnx.load(str(out))
-    props = metadata(source)
+    props = metadata(source) if properties is None else dict(properties)
     props[PRECISION_KEY] = "int8"
     props["mobilenets.quantization"] = (
         f"static U8S8 {quant_format}, weights {'per channel' if per_channel else 'per tensor'}"

@@ -2,7 +2,8 @@
 
 The layers kept in float are named, or the N most sensitive of the sensitivity report, or, with
 ``target_agreement``, the fewest of them that make the exported file agree with the float model
-on that share of held-out images. The search is cheap where it can be and exact where it
+on that share of held-out images, or, with ``frontier``, the most agreeing of several counts
+within the latency budget (every count measured: the trade-off curve itself). The search is cheap where it can be and exact where it
 counts. PyTorch's fake quantization (:mod:`mobilenets.deploy.fake_quant`) predicts the
 agreement with the top k layers in float, for k = 0, 1, ...; the runtime then quantizes and
 measures from the predicted k up, since the runtime's int8 (fused kernels, quantized
@@ -139,6 +140,12 @@ class _Bench:
         self.example = inputs[0][:1]
         self.reference = pytorch_logits(folded, inputs)
         self.fp32 = self.write(None)
+        if target.takes("float_file"):  # ONNX: every candidate quantizes one float file
+            shared = self.fp32
+            if written is not folded:
+                shared = folder / f"written{target.suffix}"
+                target.write(written, shared, self.example, None, metadata)
+            self.options = {**options, "float_file": shared}
         self.int8 = self.write(())
         self.int8_check = self.check(self.int8)
 
@@ -187,6 +194,7 @@ def quantize_mixed(
     fp32_modules: Sequence[str] | None = None,
     keep: int | None = None,
     target_agreement: float | None = None,
+    frontier: Sequence[int] | None = None,
     max_latency_cost: float = DEFAULT_MAX_LATENCY_COST,
     max_float: int = DEFAULT_MAX_FLOAT,
     images: int = DEFAULT_IMAGES,
@@ -200,23 +208,29 @@ def quantize_mixed(
     adaround: bool | int = False,
     wide_residuals: bool = False,
 ) -> MixedResult:
-    """Write ``run_dir``'s model as int8 with some layers in float, chosen one of three ways:
-    named (``fp32_modules``), the ``keep`` most sensitive, or the fewest most sensitive that
+    """Write ``run_dir``'s model as int8 with some layers in float, chosen one of four ways:
+    named (``fp32_modules``), the ``keep`` most sensitive, the fewest most sensitive that
     reach ``target_agreement`` top-1 agreement with float on ``images`` held-out images within
-    ``max_latency_cost`` and ``max_float`` layers. Nothing is written when the target is not
-    reached; the error says the best agreement that was. ``equalize``, ``adaround`` (True, or
+    ``max_latency_cost`` and ``max_float`` layers, or the most agreeing of the ``frontier``
+    counts of most sensitive layers within ``max_latency_cost`` (each count is measured in the
+    runtime and kept in ``tried``). Nothing is written when the target is not reached or no
+    count fits the budget; the error says the best agreement that was. ``equalize``, ``adaround`` (True, or
     its steps per layer) and ``bias_correct`` change the float model first
     (:mod:`mobilenets.deploy.prepare`), for the sensitivity ranking and the files alike;
     ``wide_residuals`` keeps the residual sums wider than int8 in every int8 file, the
     all-int8 baseline included.
     """
-    chosen = [fp32_modules is not None, keep is not None, target_agreement is not None]
-    if sum(chosen) != 1:
-        raise MobileNetError("name the float layers, or give --keep N or --target-agreement")
+    chosen = [fp32_modules, keep, target_agreement, frontier]
+    if sum(c is not None for c in chosen) != 1:
+        raise MobileNetError(
+            "name the float layers, or give --keep N, --target-agreement or --frontier"
+        )
     if target_agreement is not None and not 0 < target_agreement <= 1:
         raise MobileNetError(f"target agreement must be in (0, 1], got {target_agreement}")
     if keep is not None and keep < 0:
         raise MobileNetError(f"--keep must be >= 0, got {keep}")
+    if frontier is not None and (not frontier or min(frontier) < 0):
+        raise MobileNetError(f"--frontier needs counts >= 0, got {list(frontier)}")
     say = on_message or (lambda _: None)
     target = target_of(fmt)
     if not supports_mixed(target):
@@ -250,7 +264,29 @@ def quantize_mixed(
         metadata = onnx_metadata(info, "int8")
         bench = _Bench(target, folded, written, Path(tmp), inputs, cal, metadata, options)
         tried: list[Candidate] = []
-        if target_agreement is None:
+        if frontier is not None:
+            paths: dict[int, Path] = {}
+            for k in sorted(set(frontier)):
+                candidate, paths[len(tried)], fp32_ms = bench.candidate(order[:k])
+                tried.append(candidate)
+                say(
+                    f"{k} layers in float: agreement {candidate.top1_agreement:.1%}, "
+                    f"SQNR {candidate.sqnr_db:.1f} dB, latency {candidate.latency_cost:+.0%}"
+                )
+            within = [i for i, c in enumerate(tried) if c.latency_cost <= max_latency_cost]
+            if not within:
+                cheapest = min(tried, key=lambda c: c.latency_cost)
+                raise MobileNetError(
+                    f"no count of float layers keeps the latency within "
+                    f"{max_latency_cost:.0%} of all-int8; the cheapest, "
+                    f"{len(cheapest.fp32_modules)}, costs {cheapest.latency_cost:+.0%}"
+                )
+            pick = max(within, key=lambda i: (tried[i].top1_agreement, tried[i].sqnr_db))
+            best, path = tried[pick], paths[pick]
+            chosen_by = (
+                f"most agreeing of {len(tried)} counts within {max_latency_cost:.0%} latency"
+            )
+        elif target_agreement is None:
             kept = order if keep is None else order[:keep]
             best, path, fp32_ms = bench.candidate(kept)
             tried.append(best)
