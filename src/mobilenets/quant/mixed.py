@@ -3,13 +3,14 @@
 The layers kept in float are named, or the N most sensitive of the sensitivity report, or, with
 ``target_agreement``, the fewest of them that make the exported file agree with the float model
 on that share of held-out images, or, with ``frontier``, the most agreeing of several counts
-within the latency budget (every count measured: the trade-off curve itself). The search is cheap where it can be and exact where it
-counts. PyTorch's fake quantization (:mod:`mobilenets.deploy.fake_quant`) predicts the
-agreement with the top k layers in float, for k = 0, 1, ...; the runtime then quantizes and
-measures from the predicted k up, since the runtime's int8 (fused kernels, quantized
-residual additions) is not the simulation's. Each candidate's latency is timed against the
-all-int8 file, interleaved: a float layer between int8 ones costs a dequantize, a float
-kernel and a quantize, and a setting that costs more than ``max_latency_cost`` is not taken.
+within the latency budget (every count measured: the trade-off curve itself). The search is
+cheap where it can be and exact where it counts. PyTorch's fake quantization
+(:mod:`mobilenets.deploy.fake_quant`) predicts the agreement with the top k layers in float, for
+k = 0, 1, ...; the runtime then quantizes and measures from the predicted k up, since the
+runtime's int8 (fused kernels, quantized residual additions) is not the simulation's. Each
+candidate's latency is timed against the all-int8 file, interleaved: a float layer between int8
+ones costs a dequantize, a float kernel and a quantize, and a setting that costs more than
+``max_latency_cost`` is not taken.
 """
 
 from __future__ import annotations
@@ -214,8 +215,8 @@ def quantize_mixed(
     ``max_latency_cost`` and ``max_float`` layers, or the most agreeing of the ``frontier``
     counts of most sensitive layers within ``max_latency_cost`` (each count is measured in the
     runtime and kept in ``tried``). Nothing is written when the target is not reached or no
-    count fits the budget; the error says the best agreement that was. ``equalize``, ``adaround`` (True, or
-    its steps per layer) and ``bias_correct`` change the float model first
+    count fits the budget; the error says the best agreement that was. ``equalize``,
+    ``adaround`` (True, or its steps per layer) and ``bias_correct`` change the float model first
     (:mod:`mobilenets.deploy.prepare`), for the sensitivity ranking and the files alike;
     ``wide_residuals`` keeps the residual sums wider than int8 in every int8 file, the
     all-int8 baseline included.
