@@ -8,7 +8,7 @@ shared CPU lock, so no other job of ours skews the timings::
 
     flock /tmp/mobilenets-cpu.lock .venv/bin/python benchmarks/deploy_runtimes.py
 
-Writes benchmarks/results/deploy_runtimes.md and .json.
+Writes benchmarks/results/deploy_runtimes.md and .json (``--tag T``: deploy_runtimes_T.*).
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--tag", help="write deploy_runtimes_TAG.md, a rerun beside the others")
     args = parser.parse_args()
+    name = "deploy_runtimes" + (f"_{args.tag}" if args.tag else "")
     load_before = os.getloadavg()[0]
     reports = [
         benchmark(
@@ -89,9 +91,11 @@ def main() -> None:
     lines = [
         "# MobileNetV2 1.0 at 224 in every runtime, fp32 and int8",
         "",
-        f"`flock /tmp/mobilenets-cpu.lock python benchmarks/deploy_runtimes.py` on "
-        f"{platform.machine()}, {args.threads} threads, {args.iterations} timed calls per "
-        f"engine in 10 interleaved rounds; load average {load_before:.1f} before and "
+        f"`flock /tmp/mobilenets-cpu.lock python benchmarks/deploy_runtimes.py "
+        f"--iterations {args.iterations} --batches {args.batches}"
+        f"{f' --tag {args.tag}' if args.tag else ''}` on {platform.machine()}, "
+        f"{args.threads} threads, {args.iterations} timed calls per engine in 10 interleaved "
+        f"rounds; load average {load_before:.1f} before and "
         f"{load_after:.1f} after (cores: {os.cpu_count()}); compare engines within one table, "
         "not across runs.",
         "int8 programs are calibrated on random inputs (ranges do not change speed; quality is "
@@ -126,8 +130,8 @@ def main() -> None:
         "",
     ]
     RESULTS.mkdir(exist_ok=True)
-    atomic_write_text(RESULTS / "deploy_runtimes.md", "\n".join(lines))
-    atomic_write_json(RESULTS / "deploy_runtimes.json", [r.to_dict() for r in reports])
+    atomic_write_text(RESULTS / f"{name}.md", "\n".join(lines))
+    atomic_write_json(RESULTS / f"{name}.json", [r.to_dict() for r in reports])
     print("\n".join(lines))
 
 
