@@ -182,6 +182,17 @@ def test_a_frontier_measures_every_count_and_writes_the_most_agreeing_within_bud
     assert not (tmp_path / "n.onnx").exists()
 
 
+def test_below_sqnr_keeps_every_layer_under_the_threshold_in_float(run: Path, tmp_path, capsys):
+    argv = ["quantize-mixed", str(run), "--below-sqnr", "1000", "--images", "16"]
+    argv += ["--calibration", "16", "--quiet", "--json", "--out", str(tmp_path / "m.onnx")]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    model, _ = load_run(run)
+    every = FakeQuantModel(fold_batchnorm(model)).names()
+    assert sorted(result["mixed"]["fp32_modules"]) == sorted(every)  # all are under 1000 dB
+    assert result["chosen_by"] == f"{len(every)} under 1000 dB with only that layer int8"
+
+
 def test_unknown_layer_names(run: Path, capsys) -> None:
     argv = ["quantize-mixed", str(run), "--fp32", "features.99.conv", "--images", "8"]
     check_one_line_error(argv, "no quantizable layer named features.99.conv", capsys)

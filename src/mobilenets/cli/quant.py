@@ -53,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fewest float layers giving top-1 agreement >= P (0.99) with the float model",
     )
     how.add_argument(
+        "--below-sqnr",
+        type=float,
+        metavar="DB",
+        help="every layer whose logit SQNR with only it int8 is under DB in float",
+    )
+    how.add_argument(
         "--frontier",
         type=int,
         nargs="+",
@@ -207,6 +213,7 @@ def run_mixed(args: argparse.Namespace) -> int:
         keep=args.keep,
         target_agreement=args.target_agreement,
         frontier=args.frontier,
+        below_sqnr=args.below_sqnr,
         max_latency_cost=args.max_latency_cost,
         max_float=args.max_float,
         images=args.images,

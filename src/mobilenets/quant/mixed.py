@@ -1,6 +1,7 @@
 """Mixed precision: int8 everywhere except the few layers that lose the accuracy.
 
-The layers kept in float are named, or the N most sensitive of the sensitivity report, or, with
+The layers kept in float are named, or the N most sensitive of the sensitivity report, or every
+layer under a logit SQNR when it alone is int8 (``below_sqnr``), or, with
 ``target_agreement``, the fewest of them that make the exported file agree with the float model
 on that share of held-out images, or, with ``frontier``, the most agreeing of several counts
 within the latency budget (every count measured: the trade-off curve itself). The search is
@@ -196,6 +197,7 @@ def quantize_mixed(
     keep: int | None = None,
     target_agreement: float | None = None,
     frontier: Sequence[int] | None = None,
+    below_sqnr: float | None = None,
     max_latency_cost: float = DEFAULT_MAX_LATENCY_COST,
     max_float: int = DEFAULT_MAX_FLOAT,
     images: int = DEFAULT_IMAGES,
@@ -209,8 +211,10 @@ def quantize_mixed(
     adaround: bool | int = False,
     wide_residuals: bool = False,
 ) -> MixedResult:
-    """Write ``run_dir``'s model as int8 with some layers in float, chosen one of four ways:
-    named (``fp32_modules``), the ``keep`` most sensitive, the fewest most sensitive that
+    """Write ``run_dir``'s model as int8 with some layers in float, chosen one of five ways:
+    named (``fp32_modules``), the ``keep`` most sensitive, every layer whose logit SQNR with
+    it alone int8 is under ``below_sqnr`` dB (the report's "alone" column), the fewest most
+    sensitive that
     reach ``target_agreement`` top-1 agreement with float on ``images`` held-out images within
     ``max_latency_cost`` and ``max_float`` layers, or the most agreeing of the ``frontier``
     counts of most sensitive layers within ``max_latency_cost`` (each count is measured in the
@@ -221,10 +225,11 @@ def quantize_mixed(
     ``wide_residuals`` keeps the residual sums wider than int8 in every int8 file, the
     all-int8 baseline included.
     """
-    chosen = [fp32_modules, keep, target_agreement, frontier]
+    chosen = [fp32_modules, keep, target_agreement, frontier, below_sqnr]
     if sum(c is not None for c in chosen) != 1:
         raise MobileNetError(
-            "name the float layers, or give --keep N, --target-agreement or --frontier"
+            "name the float layers, or give --keep N, --below-sqnr, --target-agreement or "
+            "--frontier"
         )
     if target_agreement is not None and not 0 < target_agreement <= 1:
         raise MobileNetError(f"target agreement must be in (0, 1], got {target_agreement}")
@@ -257,7 +262,10 @@ def quantize_mixed(
         say(f"sensitivity of {len(names)} layers on {report_images} images")
         fq.calibrate(cal)
         layers, _, _ = measure_sensitivity(fq, first_images(inputs, report_images))
-        order = [s.name for s in sorted(layers, key=rank_key)]
+        ranked = sorted(layers, key=rank_key)
+        order = [s.name for s in ranked]
+        if below_sqnr is not None:
+            keep = sum(s.alone_sqnr_db < below_sqnr for s in ranked)  # a prefix of the ranking
         if target_agreement is not None:
             predicted = simulated_agreement(fq, order, inputs, max_float)
     with tempfile.TemporaryDirectory(prefix="mobilenets-mixed-") as tmp:
@@ -292,6 +300,8 @@ def quantize_mixed(
             best, path, fp32_ms = bench.candidate(kept)
             tried.append(best)
             chosen_by = f"named: {len(kept)} layers" if keep is None else f"{keep} most sensitive"
+            if below_sqnr is not None:
+                chosen_by = f"{keep} under {below_sqnr:g} dB with only that layer int8"
         else:
             start = next((k for k, a in enumerate(predicted) if a >= target_agreement), max_float)
             best = path = None
