@@ -214,14 +214,14 @@ def quantize_mixed(
     """Write ``run_dir``'s model as int8 with some layers in float, chosen one of five ways:
     named (``fp32_modules``), the ``keep`` most sensitive, every layer whose logit SQNR with
     it alone int8 is under ``below_sqnr`` dB (the report's "alone" column), the fewest most
-    sensitive that
-    reach ``target_agreement`` top-1 agreement with float on ``images`` held-out images within
-    ``max_latency_cost`` and ``max_float`` layers, or the most agreeing of the ``frontier``
-    counts of most sensitive layers within ``max_latency_cost`` (each count is measured in the
-    runtime and kept in ``tried``). Nothing is written when the target is not reached or no
-    count fits the budget; the error says the best agreement that was. ``equalize``,
-    ``adaround`` (True, or its steps per layer) and ``bias_correct`` change the float model first
-    (:mod:`mobilenets.deploy.prepare`), for the sensitivity ranking and the files alike;
+    sensitive that reach ``target_agreement`` top-1 agreement with float on ``images``
+    held-out images within ``max_latency_cost`` and ``max_float`` layers, or the most
+    agreeing of the ``frontier`` counts of most sensitive layers within ``max_latency_cost``
+    (each count is measured in the runtime and kept in ``tried``). Nothing is written when
+    the target is not reached or no count fits the budget; the error says the best agreement
+    that was. ``equalize``, ``adaround`` (True, or its steps per layer) and ``bias_correct``
+    change the float model first (:mod:`mobilenets.deploy.prepare`), for the sensitivity
+    ranking and the files alike;
     ``wide_residuals`` keeps the residual sums wider than int8 in every int8 file, the
     all-int8 baseline included.
     """
@@ -274,10 +274,11 @@ def quantize_mixed(
         bench = _Bench(target, folded, written, Path(tmp), inputs, cal, metadata, options)
         tried: list[Candidate] = []
         if frontier is not None:
-            paths: dict[int, Path] = {}
+            paths: list[Path] = []  # paths[i] holds tried[i]
             for k in sorted(set(frontier)):
-                candidate, paths[len(tried)], fp32_ms = bench.candidate(order[:k])
+                candidate, candidate_path, fp32_ms = bench.candidate(order[:k])
                 tried.append(candidate)
+                paths.append(candidate_path)
                 say(
                     f"{k} layers in float: agreement {candidate.top1_agreement:.1%}, "
                     f"SQNR {candidate.sqnr_db:.1f} dB, latency {candidate.latency_cost:+.0%}"
