@@ -275,7 +275,7 @@ def quantize_mixed(
         tried: list[Candidate] = []
         if frontier is not None:
             paths: list[Path] = []  # paths[i] holds tried[i]
-            for k in sorted(set(frontier)):
+            for k in sorted({min(k, len(order)) for k in frontier}):  # 99 of 53: all 53
                 candidate, candidate_path, fp32_ms = bench.candidate(order[:k])
                 tried.append(candidate)
                 paths.append(candidate_path)
