@@ -163,19 +163,21 @@ def test_a_frontier_measures_every_count_and_writes_the_most_agreeing_within_bud
     run: Path, tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "frontier.onnx"
-    argv = ["quantize-mixed", str(run), "--frontier", "2", "0", "--max-latency-cost", "10"]
-    argv += ["--images", "32", "--calibration", "16", "--quiet", "--json", "--out", str(out)]
+    argv = ["quantize-mixed", str(run), "--frontier", "2", "0", "999", "--max-latency-cost"]
+    argv += ["10", "--images", "32", "--calibration", "16", "--quiet", "--json", "--out", str(out)]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     counts = [len(c["fp32_modules"]) for c in result["tried"]]
-    assert counts == [0, 2]  # each count measured once, fewest first
+    model, _ = load_run(run)
+    layers = len(FakeQuantModel(fold_batchnorm(model)).names())
+    assert counts == [0, 2, layers]  # each count measured once, fewest first; 999 is all
     best = max(result["tried"], key=lambda c: (c["top1_agreement"], c["sqnr_db"]))
     assert result["mixed"] == best and out.exists()
     graph = onnx.load(str(out)).graph
     quantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     assert all(f"{name}.weight" not in quantized for name in best["fp32_modules"])
     check_one_line_error(
-        [*argv[:5], "--max-latency-cost", "-1", *argv[7:-3], "--out", str(tmp_path / "n.onnx")],
+        [*argv[:5], "--max-latency-cost", "-1", *argv[8:-3], "--out", str(tmp_path / "n.onnx")],
         "no count of float layers keeps the latency within",
         capsys,
     )

@@ -59,6 +59,20 @@ CONVOLUTIONS = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.defaul
 CLAMPS = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
 ADDS = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
 LINEARS = (torch.ops.aten.linear.default,)
+# Operations that compute nothing a float layer could not hand on in float: between float
+# layers they stay float (the pooling, flatten and dropout before a float classifier; a
+# residual addition of two float branches).
+PASS_ON = (
+    *CLAMPS,
+    *ADDS,
+    torch.ops.aten.adaptive_avg_pool2d.default,
+    torch.ops.aten.mean.dim,
+    torch.ops.aten.flatten.using_ints,
+    torch.ops.aten.view.default,
+    torch.ops.aten.reshape.default,
+    torch.ops.aten.dropout.default,
+    torch.ops.aten.dropout_.default,
+)
 # How activation ranges are observed: the runtime quantizer's own histogram, or min-max.
 OBSERVERS = ("histogram", "minmax")
 Config = TypeVar("Config")  # XNNPACK's or litert-torch's QuantizationConfig (a dataclass)
@@ -180,7 +194,10 @@ def layer_nodes(graph: GraphModule, modules: Sequence[str]) -> dict[str, Node]:
 class FloatModules(Quantizer):
     """Leaves the convolutions and linear layers of ``modules`` (and a ReLU6 that follows
     one) in float: their inputs are dequantized, their weights stay float, and the next int8
-    layer quantizes their output."""
+    layer quantizes their output. An operation of ``PASS_ON`` whose inputs all come from float
+    nodes stays float too: otherwise the runtime's quantizer would round, say, the pooled
+    features between a float last layer and a float classifier, and naming every layer would
+    still not give the float network."""
 
     def __init__(self, modules: Sequence[str]) -> None:
         super().__init__()
@@ -188,10 +205,17 @@ class FloatModules(Quantizer):
 
     def annotate(self, model: GraphModule) -> GraphModule:
         clamps = dict(conv_clamp_pairs(model))
+        floats: set[Node] = set()
         for node in layer_nodes(model, self.modules).values():
             for marked in (node, *node.args[1:3], clamps.get(node)):
                 if isinstance(marked, Node):
                     _handled(marked)
+                    floats.add(marked)
+        for node in model.graph.nodes:  # in order: a float node's producers come first
+            inputs = [a for a in node.args if isinstance(a, Node)]
+            if node.target in PASS_ON and inputs and all(a in floats for a in inputs):
+                _handled(node)
+                floats.add(node)
         return model
 
     def validate(self, model: GraphModule) -> None:
