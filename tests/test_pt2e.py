@@ -132,10 +132,11 @@ def test_float_modules_leave_their_layers_unquantized() -> None:
         )
 
 
-def test_every_layer_named_is_the_float_network() -> None:
+@pytest.mark.parametrize("float_residuals", [False, True])
+def test_every_layer_named_is_the_float_network(float_residuals: bool) -> None:
     """With every layer in float, what lies between them (residual additions, pooling,
     flatten, dropout) stays float too: no quantize node is left, and the graph computes what
-    the model does."""
+    the model does. FloatResiduals, composed after, accepts the additions already float."""
     model = folded_random()
     batches = uniform_batches(2, SIZE)
     every = [
@@ -146,7 +147,14 @@ def test_every_layer_named_is_the_float_network() -> None:
     quantizer = XNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True)
     )
-    graph = calibrated_pt2e(model, batches[0][:1], batches, quantizer, fp32_modules=every)
+    graph = calibrated_pt2e(
+        model,
+        batches[0][:1],
+        batches,
+        quantizer,
+        fp32_modules=every,
+        float_residuals=float_residuals,
+    )
     assert not [n for n in graph.graph.nodes if n.target == QUANTIZE]
     with torch.no_grad():
         torch.testing.assert_close(graph(batches[1]), model(batches[1]), rtol=1e-4, atol=1e-4)

@@ -165,7 +165,8 @@ class FloatResiduals(Quantizer):
 
     def annotate(self, model: GraphModule) -> GraphModule:
         for node in residual_adds(model):
-            _handled(node)
+            if not _is_handled(node):  # FloatModules may have left it float already
+                _handled(node)
         return model
 
     def validate(self, model: GraphModule) -> None:
