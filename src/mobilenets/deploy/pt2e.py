@@ -31,7 +31,9 @@ Neither quantizer can leave a named module in float (XNNPACK's ``set_module_name
 is refused, and litert-torch's is "not supported yet"). The same device does it:
 :class:`FloatModules` marks the convolutions and linear layers of the named modules as
 handled with nothing quantized, so the runtime's quantizer passes them by and the program
-runs them in float between int8 neighbours (mixed precision, :mod:`mobilenets.quant.mixed`).
+runs them in float between int8 neighbours (mixed precision, :mod:`mobilenets.quant.mixed`);
+what lies between float layers (an addition of two float branches, the pooling before a float
+classifier) stays float with them.
 """
 
 from __future__ import annotations
