@@ -70,6 +70,13 @@ class Candidate:
     def of(cls, modules: Sequence[str], check: Agreement, ms: float, int8_ms: float) -> Candidate:
         return cls(list(modules), check.top1_agreement, check.sqnr_db, ms, ms / int8_ms - 1)
 
+    def describe(self) -> str:
+        """One progress line: what this many float layers gave."""
+        return (
+            f"{len(self.fp32_modules)} layers in float: agreement {self.top1_agreement:.1%}, "
+            f"SQNR {self.sqnr_db:.1f} dB, latency {self.latency_cost:+.0%}"
+        )
+
 
 @dataclass
 class MixedResult:
@@ -279,10 +286,7 @@ def quantize_mixed(
                 candidate, candidate_path, fp32_ms = bench.candidate(order[:k])
                 tried.append(candidate)
                 paths.append(candidate_path)
-                say(
-                    f"{k} layers in float: agreement {candidate.top1_agreement:.1%}, "
-                    f"SQNR {candidate.sqnr_db:.1f} dB, latency {candidate.latency_cost:+.0%}"
-                )
+                say(candidate.describe())
             within = [i for i, c in enumerate(tried) if c.latency_cost <= max_latency_cost]
             if not within:
                 cheapest = min(tried, key=lambda c: c.latency_cost)
@@ -309,10 +313,7 @@ def quantize_mixed(
             for k in range(start, max_float + 1):
                 candidate, candidate_path, fp32_ms = bench.candidate(order[:k])
                 tried.append(candidate)
-                say(
-                    f"{k} layers in float: agreement {candidate.top1_agreement:.1%}, "
-                    f"SQNR {candidate.sqnr_db:.1f} dB, latency {candidate.latency_cost:+.0%}"
-                )
+                say(candidate.describe())
                 if candidate.latency_cost > max_latency_cost:
                     break
                 if candidate.top1_agreement >= target_agreement:
