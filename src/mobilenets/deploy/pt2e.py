@@ -207,14 +207,14 @@ class FloatModules(Quantizer):
         self.modules = list(modules)
 
     def annotate(self, model: GraphModule) -> GraphModule:
-        clamps = dict(conv_clamp_pairs(model))
         floats: set[Node] = set()
         for node in layer_nodes(model, self.modules).values():
-            for marked in (node, *node.args[1:3], clamps.get(node)):
+            for marked in (node, *node.args[1:3]):  # the layer, its weight and bias
                 if isinstance(marked, Node):
                     _handled(marked)
-                    floats.add(marked)
-        for node in model.graph.nodes:  # in order: a float node's producers come first
+            floats.add(node)
+        # In order, so that a node's producers come first; a ReLU6 after a float layer is one.
+        for node in model.graph.nodes:
             inputs = [a for a in node.args if isinstance(a, Node)]
             if node.target in PASS_ON and inputs and all(a in floats for a in inputs):
                 _handled(node)
