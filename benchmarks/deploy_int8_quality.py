@@ -299,9 +299,9 @@ def main() -> None:
     with torch.no_grad():
         expected = torch.cat([folded(x) for x in evaluation]).numpy()
     rows = []
+    terms = args.levers.split(";" if ";" in args.levers else ",")
     for runtime in args.runtimes.split(","):
         for lever, options in LEVERS[runtime]:
-            terms = args.levers.split(";" if ";" in args.levers else ",")
             if args.levers and not any(k in lever for k in terms):
                 continue
             start = time.perf_counter()
