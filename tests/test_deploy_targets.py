@@ -316,3 +316,30 @@ def test_bench_times_every_runtime_in_fp32_and_int8(capsys) -> None:
     image_bytes = 4 * 3 * size * size
     assert executorch["planned_bytes"] >= 2 * image_bytes  # at least the input batch
     assert report["batch"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_every_runner_takes_any_array_layout(fmt: str, run: Path, tmp_path: Path) -> None:
+    """CHW crops made from HWC pixels (``np.asarray(img).transpose(2, 0, 1)``), stacked or
+    sliced, are strided views, and float64 is numpy's default: each runner gives them the
+    logits of the same images laid out contiguously in float32 (ExecuTorch read the raw
+    buffer as if it were contiguous, and agreed with itself on 0% of them)."""
+    target = FORMATS[fmt]
+    out = tmp_path / f"m{target.suffix}"
+    export(run, fmt, out=out, verify_images=8, record=False)
+    runner = target.load(out, None)
+    rng = np.random.default_rng(0)
+    hwc = rng.standard_normal((4, RESOLUTION, RESOLUTION, 3)).astype(np.float32)
+    chw = hwc.transpose(0, 3, 1, 2)  # a view: strides of the HWC array
+    assert not chw.flags.c_contiguous
+    expected = np.concatenate([runner(np.ascontiguousarray(chw[i : i + 1])) for i in range(4)])
+    layouts = {
+        "transposed": chw,
+        "Fortran order": np.asfortranarray(chw),
+        "every other image": np.repeat(chw, 2, axis=0)[::2],
+        "float64": chw.astype(np.float64),
+    }
+    for name, images in layouts.items():
+        got = np.concatenate([runner(images[i : i + 1]) for i in range(4)])
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=name)

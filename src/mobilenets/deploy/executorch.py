@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.target import Runner, Target, first_line, quiet
+from mobilenets.deploy.target import Runner, Target, first_line, input_array, quiet
 from mobilenets.errors import MobileNetError
 
 QUANTIZATION = (
@@ -128,7 +128,8 @@ def load(path: Path, threads: int | None = None) -> Runner:
         raise MobileNetError(f"{path} has no forward method")
 
     def run(images: np.ndarray) -> np.ndarray:
-        return method.execute([torch.from_numpy(images)])[0].numpy()
+        # ExecuTorch reads the tensor's buffer as contiguous, whatever its strides say
+        return method.execute([torch.from_numpy(input_array(images))])[0].numpy()
 
     return run
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.target import Runner, Target, first_line, quiet
+from mobilenets.deploy.target import Runner, Target, first_line, input_array, quiet
 from mobilenets.errors import MobileNetError
 
 QUANTIZATION = (
@@ -96,7 +96,7 @@ def load(path: Path, threads: int | None = None) -> Runner:
     source, sink = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
 
     def run(images: np.ndarray) -> np.ndarray:
-        interpreter.set_tensor(source["index"], _to_tensor(images, source))
+        interpreter.set_tensor(source["index"], _to_tensor(input_array(images), source))
         interpreter.invoke()
         return _from_tensor(interpreter.get_tensor(sink["index"]), sink)
 
@@ -111,7 +111,7 @@ def _to_tensor(images: np.ndarray, detail: dict) -> np.ndarray:
     scale, zero_point = detail["quantization"]
     info = np.iinfo(detail["dtype"])
     q = np.round(images / scale) + zero_point
-    return np.clip(q, info.min, info.max).astype(detail["dtype"])
+    return np.ascontiguousarray(np.clip(q, info.min, info.max).astype(detail["dtype"]))
 
 
 def _from_tensor(values: np.ndarray, detail: dict) -> np.ndarray:

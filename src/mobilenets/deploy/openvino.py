@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.target import Runner, Target, first_line
+from mobilenets.deploy.target import Runner, Target, first_line, input_array
 from mobilenets.errors import MobileNetError
 
 RT_INFO_SECTION = "mobilenets"
@@ -179,7 +179,7 @@ def load(path: Path, threads: int | None = None) -> Runner:
     request = compiled.create_infer_request()
 
     def run(images: np.ndarray) -> np.ndarray:
-        return request.infer([images])[0].copy()
+        return request.infer([input_array(images)])[0].copy()
 
     return run
 

@@ -183,8 +183,8 @@ def input_resolution(session: ort.InferenceSession) -> tuple[int, int, int]:
 
 
 def run_session(session: ort.InferenceSession, images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Logits for one batch of preprocessed images."""
-    array = images.numpy() if isinstance(images, torch.Tensor) else images
+    """Logits for one batch of preprocessed images, in any array layout and float dtype."""
+    array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
     name = session.get_inputs()[0].name
     return session.run(None, {name: np.ascontiguousarray(array, dtype=np.float32)})[0]
 

@@ -37,7 +37,22 @@ FP32_TOLERANCE = 1e-4
 MIN_INT8_AGREEMENT = 0.5
 
 # A loaded program: a batch of preprocessed images (N, C, H, W) float32 -> logits (N, classes).
+# Every runner takes any array layout (strided views, Fortran order) and float dtype; see
+# :func:`input_array`.
 Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def input_array(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``images`` as a C-contiguous float32 array, copied only where it is not one already.
+
+    The runtimes read an input's raw buffer: ExecuTorch took the CHW crops of
+    ``np.asarray(img).transpose(2, 0, 1)`` (a strided view of HWC pixels) as if they were laid
+    out contiguously and returned wrong logits without a word; every runner passes its input
+    through here first.
+    """
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    return np.ascontiguousarray(images, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -139,7 +154,7 @@ def run_batches(runner: Runner, inputs: Sequence[torch.Tensor], batch: int | Non
     program that takes a fixed batch size."""
     outputs = []
     for images in inputs:
-        array = np.ascontiguousarray(images.numpy(), dtype=np.float32)
+        array = input_array(images)
         step = len(array) if batch is None else batch
         if batch is not None and len(array) % batch:
             raise MobileNetError(f"{len(array)} images do not split into batches of {batch}")
