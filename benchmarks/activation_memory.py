@@ -20,10 +20,11 @@ import torch
 
 from mobilenets import create_model
 from mobilenets.cost import BYTES_PER_ELEMENT, profile_model
-from mobilenets.io import atomic_write_text
 from mobilenets.layers import set_bottleneck_split
 from mobilenets.measure.memory import measure_peak_activation_bytes
 from mobilenets.measure.timing import time_interleaved
+
+from stamp import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("mobilenet_v1", "mobilenet_v2")
@@ -127,7 +128,7 @@ def main() -> None:
         ".venv/bin/python benchmarks/activation_memory.py`\n\n"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS / "activation_memory.md", header + text + "\n")
+    write_results(RESULTS / "activation_memory.md", header + text + "\n")
     print(f"wrote {RESULTS / 'activation_memory.md'}")
 
 

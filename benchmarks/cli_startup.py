@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from stamp import write_results
+
 COMMANDS = {
     "mobilenets --version": ["-m", "mobilenets", "--version"],
     "mobilenets --help": ["-m", "mobilenets", "--help"],
@@ -57,7 +59,7 @@ def main() -> None:
         "",
     ]
     out = Path(__file__).parent / "results" / "cli_startup.md"
-    out.write_text("\n".join(lines))
+    write_results(out, "\n".join(lines))
     print("\n".join(lines))
 
 

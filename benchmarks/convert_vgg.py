@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from mobilenets.compare_conversion import compare_conversion
-from mobilenets.io import atomic_write_text
+
+from stamp import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -70,7 +71,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS / "convert_vgg.md", text)
+    write_results(RESULTS / "convert_vgg.md", text)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ from torch import nn
 
 from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops
-from mobilenets.io import atomic_write_text
 from mobilenets.runs import load_run
+
+from stamp import write_results
 
 RESULTS = Path(__file__).parent / "results" / "deploy_int8_layers.md"
 
@@ -129,7 +130,7 @@ def main() -> None:
             w = torch.tensor([r[2] for r in chosen]).median().item()
             a = torch.tensor([r[3] for r in chosen]).median().item()
             lines.append(f"| {kind} | {len(chosen)} | {w:.1f} | {a:.1f} |")
-    atomic_write_text(RESULTS, "\n".join(lines) + "\n")
+    write_results(RESULTS, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -33,8 +33,10 @@ from mobilenets.deploy.prepare import prepare_for_int8
 from mobilenets.deploy.quantize import quantize_model
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import agreement, run_batches
-from mobilenets.io import atomic_write_json, atomic_write_text
+from mobilenets.io import atomic_write_json
 from mobilenets.runs import load_run
+
+from stamp import write_results
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -320,10 +322,10 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-            write_results(rows, args)  # after every row: a long run keeps what it measured
+            write_report(rows, args)  # after every row: a long run keeps what it measured
 
 
-def write_results(rows: list[dict], args: argparse.Namespace) -> None:
+def write_report(rows: list[dict], args: argparse.Namespace) -> None:
     tag = f"_{args.tag}" if args.tag else ""
     lines = [
         "# int8 quality per runtime and PTQ lever: torchvision MobileNetV2 ImageNet weights",
@@ -348,7 +350,7 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
             f"{r['sqnr_db']:.2f} | {r['seconds']:.0f} |"
         )
     RESULTS.mkdir(exist_ok=True)
-    atomic_write_text(RESULTS / f"deploy_int8_quality{tag}.md", "\n".join(lines) + "\n")
+    write_results(RESULTS / f"deploy_int8_quality{tag}.md", "\n".join(lines) + "\n")
     atomic_write_json(RESULTS / f"deploy_int8_quality{tag}.json", {"rows": rows})
 
 

@@ -48,10 +48,11 @@ from mobilenets.deploy.runtime import (
     run_session,
     short_provider_name,
 )
-from mobilenets.io import atomic_write_text
 from mobilenets.models import create_model
 from mobilenets.runs import RunInfo, load_run, load_run_data
 from mobilenets.train import TrainConfig, train
+
+from stamp import write_results
 
 RESULTS = Path(__file__).parent / "results" / "deploy_latency.md"
 ISSUE_MATMUL_GFLOPS = 107.0  # the figure the issue quotes for "this 2-core AVX2 machine"
@@ -352,7 +353,7 @@ def main() -> None:
         "",
     ]
     text = "\n".join([*header, *latency, *profile, *encodings, *accuracy])
-    atomic_write_text(RESULTS, text)
+    write_results(RESULTS, text)
     print(text)
 
 

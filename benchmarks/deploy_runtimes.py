@@ -19,7 +19,9 @@ import platform
 from pathlib import Path
 
 from mobilenets.deploy.bench import BenchReport, benchmark
-from mobilenets.io import atomic_write_json, atomic_write_text
+from mobilenets.io import atomic_write_json
+
+from stamp import write_results
 
 RESULTS = Path(__file__).parent / "results"
 ONNX_FP32 = "onnxruntime fp32"
@@ -130,7 +132,7 @@ def main() -> None:
         "",
     ]
     RESULTS.mkdir(exist_ok=True)
-    atomic_write_text(RESULTS / f"{name}.md", "\n".join(lines))
+    write_results(RESULTS / f"{name}.md", "\n".join(lines))
     atomic_write_json(RESULTS / f"{name}.json", [r.to_dict() for r in reports])
     print("\n".join(lines))
 

@@ -48,6 +48,8 @@ from mobilenets.quant.qat import int8_graph
 from mobilenets.quant.sensitivity import sensitivity_figure, sensitivity_report
 from mobilenets.runs import load_run
 
+from stamp import stamp_fields
+
 RESULTS = Path(__file__).resolve().parent / "results"
 # (label, calibration images, method, per channel, symmetric activations)
 # Percentile and entropy keep every activation value of every calibration image in memory
@@ -172,6 +174,7 @@ def main() -> None:
         "platform": platform.platform(),
         "load_average_at_start": os.getloadavg(),
     }
+    results["stamp"] = stamp_fields()  # the .md written from this JSON carries it too
     if "report" not in args.skip:
         report = sensitivity_report(args.run, images=args.report_images)
         save_figure(sensitivity_figure(report), RESULTS / "int8_sensitivity.png")

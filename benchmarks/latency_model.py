@@ -42,9 +42,10 @@ from mobilenets.cli._output import fmt_percent
 from mobilenets.cost import profile_model
 from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.errors import MobileNetError
-from mobilenets.io import atomic_write_text
 from mobilenets.latency import LatencyPrediction, predict_latency
 from mobilenets.models import create_model, list_models
+
+from stamp import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.4)
@@ -199,7 +200,7 @@ def main() -> None:
             print(f"round {r + 1}/{args.rounds} done", flush=True)
 
     text = report_markdown(cases, calibration, args, calibrate_s)
-    atomic_write_text(args.out, text)
+    write_results(args.out, text)
     print(text)
 
 

@@ -8,10 +8,11 @@ wall times by least squares on the relative error:
 2. one overhead per latency kind plus one per call, fitted on all models (in-sample), on a
    random half judged on the other half, and with each family left out in turn.
 
-It prints the median and worst whole-model error of each fit; the verdict is in
-``benchmarks/results/latency_model_idle.md``::
+It prints the median and worst whole-model error of each fit. ``--report`` takes one run's
+report, as ``latency_model.py --out FILE`` writes it::
 
-    python benchmarks/latency_overhead_refit.py --report benchmarks/results/latency_model_idle.md
+    python benchmarks/latency_model.py --threads 1 --out /tmp/latency_1thread.md
+    python benchmarks/latency_overhead_refit.py --report /tmp/latency_1thread.md
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from pathlib import Path
 import onnxruntime as ort
 
 from mobilenets.calibrate import CHAIN_LENGTH, measure_overheads
-from mobilenets.io import atomic_write_text
+
+from stamp import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (channels, map size): the calibration's tiny chain first, then sizes of real layers
@@ -75,7 +76,7 @@ def main() -> None:
             f"| {threads} | {statistics.median(nodes):.2f} | {min(nodes):.2f} | "
             f"{max(nodes):.2f} | {statistics.median(calls):.1f} |"
         )
-    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    write_results(args.out, "\n".join(lines) + "\n")
     print(f"written: {args.out}")
 
 

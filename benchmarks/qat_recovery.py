@@ -45,6 +45,8 @@ from mobilenets.data import RandomResizedCropFlip, load_image
 from mobilenets.deploy.photos import photo_paths
 from mobilenets.io import atomic_write_text
 
+from stamp import stamp_fields
+
 RESULTS = Path(__file__).parent / "results"
 # QAT recipes compared: torchvision's (SGD, BN statistics moving for two epochs) and Adam with
 # BatchNorm frozen from the start (the ImageNet weights' recipe for distillation)
@@ -103,6 +105,7 @@ def main() -> int:
     patches, run = work / "patches", work / "float"
     results: dict = {
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "stamp": stamp_fields(),  # the .md written from this JSON carries it too
         "weights": "per tensor" if per_tensor else "per channel",
     }
     if not (patches / "val").is_dir():

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from mobilenets.calibrate import load_calibration
-from mobilenets.io import atomic_write_text
 from mobilenets.measure.speedup import measure_separable_speedup, speedup_markdown, speedup_summary
 from mobilenets.plots import save_figure, separable_speedup_figure
+
+from stamp import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -57,7 +58,7 @@ def main() -> None:
         f"benchmarks/separable_speedup.py`\n\n"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS / "separable_speedup.md", header + speedup_markdown(rows))
+    write_results(RESULTS / "separable_speedup.md", header + speedup_markdown(rows))
     save_figure(separable_speedup_figure(rows), RESULTS / "separable_speedup.png")
     print()
     for s in speedup_summary(rows):

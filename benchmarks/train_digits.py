@@ -30,10 +30,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from mobilenets.io import atomic_write_text
 from mobilenets.plots import save_figure
 from mobilenets.runs import read_run_info
 from mobilenets.train import METRICS_FILE
+
+from stamp import write_results
 
 RESULTS = Path(__file__).parent / "results"
 # model -> (the command's arguments, target top-1, target wall time in seconds or None)
@@ -127,7 +128,7 @@ def main() -> int:
             "",
         ]
     )
-    atomic_write_text(RESULTS / f"{args.results}.md", text)
+    write_results(RESULTS / f"{args.results}.md", text)
     print(f"wrote {RESULTS / args.results}.md")
     return 0
 

@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from mobilenets.deploy.bench import measure, summarize, torch_threads
-from mobilenets.io import atomic_write_text
 from mobilenets.models import create_model
+
+from stamp import write_results
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.md"
 THREADS, BATCH, RESOLUTION, CLASSES = 2, 64, 32, 10
@@ -183,7 +184,7 @@ def main() -> int:
             "",
         ]
     )
-    atomic_write_text(RESULTS, text)
+    write_results(RESULTS, text)
     print(f"wrote {RESULTS}")
     return 0
 

@@ -26,8 +26,10 @@ import torch
 from mobilenets import create_model
 from mobilenets.deploy import executorch, onnx_target, openvino
 from mobilenets.deploy.fold import fold_batchnorm
-from mobilenets.io import atomic_write_json, atomic_write_text
+from mobilenets.io import atomic_write_json
 from mobilenets.measure.timing import time_interleaved
+
+from stamp import write_results
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"onnxruntime": onnx_target, "OpenVINO": openvino, "ExecuTorch": executorch}
@@ -77,7 +79,7 @@ def main() -> None:
         ),
     ]
     RESULTS.mkdir(exist_ok=True)
-    atomic_write_text(RESULTS / "wide_residuals_latency.md", "\n".join(lines) + "\n")
+    write_results(RESULTS / "wide_residuals_latency.md", "\n".join(lines) + "\n")
     atomic_write_json(RESULTS / "wide_residuals_latency.json", {"rows": rows})
 
 
