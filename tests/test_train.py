@@ -29,6 +29,7 @@ from mobilenets.train import (
     CURVES_FILE,
     METRICS_FILE,
     STATE_FILE,
+    inherit_init,
     model_kwargs,
     state_digest,
     train,
@@ -251,6 +252,26 @@ def test_init_from_another_architecture_is_refused(finished_run: Path, tmp_path:
     with pytest.raises(MobileNetError, match="do not fit the model"):
         train(config)
     assert not (tmp_path / "v1" / "model.json").exists()
+
+
+def test_init_takes_the_runs_model_width_and_input_size_unless_told(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    """`train --data FOLDER --init RUN` builds RUN's architecture (here V2 at width 0.35,
+    16 px), not the defaults (width 0.5, an image folder's 224 px), which failed with
+    'shape mismatch(es) ... pass --width-mult'; a flag the command gives still wins."""
+    folder = digit_folder(tmp_path / "three", per_class=10)
+    common = ["train", "--data", str(folder), "--init", str(finished_run), "--epochs", "1"]
+    assert main([*common, "--quiet", "--out", str(tmp_path / "inherited")]) == 0
+    info = read_run_info(tmp_path / "inherited")
+    assert info.model == "mobilenet_v2" and info.model_kwargs["width_mult"] == 0.35
+    assert info.input_size == (3, 16, 16) and info.train_config["width_mult"] == 0.35
+    out = tmp_path / "told"
+    assert main([*common, "--resolution", "24", "--quiet", "--out", str(out)]) == 0
+    info = read_run_info(out)
+    assert info.input_size == (3, 24, 24) and info.model_kwargs["width_mult"] == 0.35
+    defaults = inherit_init(TrainConfig(), None)
+    assert (defaults.model, defaults.width_mult, defaults.resolution) == ("mobilenet_v2", 0.5, None)
 
 
 @pytest.mark.slow

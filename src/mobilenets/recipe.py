@@ -15,6 +15,9 @@ from typing import Any
 from mobilenets.errors import MobileNetError
 
 OPTIMIZERS = ("sgd", "rmsprop")
+# What ``model`` and ``width_mult`` mean when neither the caller nor an ``init`` run says.
+DEFAULT_MODEL = "mobilenet_v2"
+DEFAULT_WIDTH_MULT = 0.5
 # Fields that say how to run, not what to train: a resumed run takes them from the caller.
 RUNTIME_FIELDS = ("out", "resume", "quiet", "num_workers", "device", "stop_after_epoch")
 
@@ -29,10 +32,17 @@ class TrainConfig:
     """Everything a training run depends on; the defaults train MobileNetV2 on the digits to
     over 98.5% held-out top-1 in a few minutes on two CPU cores."""
 
-    model: str = _opt("mobilenet_v2", "a registered model, see `mobilenets models`")
+    # model, width_mult and resolution left None are --init's run's, else the defaults
+    # (mobilenet_v2, 0.5, the dataset's): see mobilenets.train.inherit_init
+    model: str | None = _opt(
+        None,
+        "a registered model, see `mobilenets models` (default: --init's, else mobilenet_v2)",
+    )
     data: str | None = _opt(None, "'digits' (default), a CIFAR-10/100 directory or an image folder")
-    width_mult: float = _opt(0.5, "width multiplier")
-    resolution: int | None = _opt(None, "input size (default: the dataset's, 32)")
+    width_mult: float | None = _opt(None, "width multiplier (default: --init's, else 0.5)")
+    resolution: int | None = _opt(
+        None, "input size (default: --init's, else the dataset's: 32, image folders 224)"
+    )
     small_input: bool | None = _opt(None, "total stride 8 instead of 32 (default: on below 128 px)")
     dropout: float = _opt(0.2, "before the classifier")
     epochs: int = _opt(20, "passes over the train split")

@@ -72,7 +72,7 @@ from mobilenets.models import check_resolution, create_model, get_model_factory
 from mobilenets.optim import make_optimizer, warmup_cosine
 from mobilenets.plots import save_figure, training_curves_figure
 from mobilenets.progress import TrainingDisplay
-from mobilenets.recipe import RUNTIME_FIELDS, TrainConfig
+from mobilenets.recipe import DEFAULT_MODEL, DEFAULT_WIDTH_MULT, RUNTIME_FIELDS, TrainConfig
 from mobilenets.runs import (
     META_FILE,
     WEIGHTS_FILE,
@@ -103,11 +103,11 @@ def model_kwargs(config: TrainConfig, num_classes: int, in_chans: int, resolutio
     wanted = {
         "num_classes": num_classes,
         "in_chans": in_chans,
-        "width_mult": config.width_mult,
+        "width_mult": DEFAULT_WIDTH_MULT if config.width_mult is None else config.width_mult,
         "dropout": config.dropout,
         "small_input": small_input,
     }
-    accepted = inspect.signature(get_model_factory(config.model)).parameters
+    accepted = inspect.signature(get_model_factory(config.model or DEFAULT_MODEL)).parameters
     return {k: v for k, v in wanted.items() if k in accepted}
 
 
@@ -177,6 +177,38 @@ def freeze_features(model: nn.Module) -> None:
         raise MobileNetError(f"{type(model).__name__} has no .features to freeze")
     for p in model.features.parameters():
         p.requires_grad_(False)
+
+
+def init_run_info(init: str | None) -> RunInfo | None:
+    """The record of the run directory ``init`` names, or None for a weights file (or a
+    directory without a record: loading its weights says what is wrong)."""
+    if init is None or not (Path(init) / META_FILE).is_file():
+        return None
+    return read_run_info(Path(init))
+
+
+def inherit_init(config: TrainConfig, init: RunInfo | None) -> TrainConfig:
+    """``config`` with the architecture the caller left open (``model``, ``width_mult``,
+    ``resolution`` None) taken from the run it starts from, ``init``: fine-tuning
+    ``--init runs/imagenet-v2`` builds that run's model at its width and input size, not
+    the digits defaults. What the caller set stays; without an ``init`` run the defaults
+    apply (mobilenet_v2, width 0.5, the dataset's resolution)."""
+    changes: dict[str, Any] = {}
+    if config.model is None:
+        changes["model"] = init.model if init is not None else DEFAULT_MODEL
+    model = changes.get("model", config.model)
+    if config.width_mult is None:
+        width = None
+        if init is not None and init.model == model:
+            width = init.model_kwargs.get("width_mult")
+            if width is None:  # recorded without one: the constructor's own default
+                param = inspect.signature(get_model_factory(model)).parameters.get("width_mult")
+                if param is not None and param.default is not inspect.Parameter.empty:
+                    width = param.default
+        changes["width_mult"] = DEFAULT_WIDTH_MULT if width is None else float(width)
+    if config.resolution is None and init is not None:
+        changes["resolution"] = init.resolution
+    return dataclasses.replace(config, **changes)
 
 
 # --------------------------------------------------------------------------- run directory
@@ -327,6 +359,8 @@ def train(
         if epochs_given is None:
             epochs_given = config.epochs != TrainConfig.epochs
         config = resumed_config(config, epochs_given)
+    else:
+        config = inherit_init(config, init_run_info(config.init))
     config.validate()
     config = dataclasses.replace(config, data=data_source(config.data))
     # Every rank finds the same name: nothing is written before epoch 1 ends.
