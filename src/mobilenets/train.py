@@ -63,7 +63,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from mobilenets.data import VAL_FRACTION, DataBundle, load_data, make_loader
+from mobilenets.data import NAMED_SOURCES, VAL_FRACTION, DataBundle, load_data, make_loader
 from mobilenets.distributed import Processes
 from mobilenets.errors import MobileNetError
 from mobilenets.io import LOCK_FILE, DirectoryLock, atomic_path, atomic_write_text
@@ -308,7 +308,7 @@ def resumed_config(config: TrainConfig, epochs_given: bool = False) -> TrainConf
 def data_source(data: str | None) -> str | None:
     """The data as the run records it: a directory as an absolute path, so evaluating the run
     from another working directory finds the same files."""
-    if data is None or data == "digits":
+    if data is None or data in NAMED_SOURCES:
         return data
     return str(Path(data).expanduser().resolve())
 

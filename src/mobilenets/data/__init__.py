@@ -6,11 +6,17 @@ checkpoint. ``eval_transform`` is the single-image preprocessing that predict an
 it gives exactly the pixels the test split gets for the same source image, because both go
 through one resize function (:func:`resize_center_crop`).
 
-Three sources:
+The sources:
 
 - ``None`` or ``"digits"``: scikit-learn's bundled handwritten digits (1,797 real 8x8 images,
   10 classes, nothing downloaded), split 80/20 by a seeded stratified split, resized once as a
   whole tensor, replicated to 3 channels, normalised with the train split's mean/std.
+- ``"elpv"``: the 2,624 electroluminescence images of solar cells (300x300 grey) that the
+  optional ``elpv-dataset`` package installs (extra ``elpv``; the images are CC BY-NC-SA 4.0),
+  labelled functional / defective (defect probability >= 0.5) and split as Deitsch et al.
+  (2019) did: 656 cells held out, stratified by defect probability and cell type; grey
+  replicated to 3 channels, ImageNet's mean and std, the whole cell resized (no centre crop);
+  augmented with flips and a small tilt.
 - a directory of CIFAR-10/100 python batch files, read with an unpickler that refuses every
   global except the few numpy needs to rebuild an array (the files are pickles; a pickle can
   name any callable, so an unrestricted load would run whatever a file asks).
@@ -32,8 +38,11 @@ from mobilenets.data.sources import (
     DEFAULT_RESOLUTION,
     IMAGE_EXTENSIONS,
     MIN_RESOLUTION,
+    NAMED_SOURCES,
     DataBundle,
+    ElpvTable,
     SkippedImagesWarning,
+    elpv_table,
     load_data,
 )
 from mobilenets.data.splits import VAL_FRACTION, stratified_split
@@ -56,8 +65,10 @@ __all__ = [
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "MIN_RESOLUTION",
+    "NAMED_SOURCES",
     "VAL_FRACTION",
     "DataBundle",
+    "ElpvTable",
     "EvalTransform",
     "ImageFolderDataset",
     "RandomResizedCropFlip",
@@ -66,6 +77,7 @@ __all__ = [
     "SkippedImagesWarning",
     "TensorImageDataset",
     "channel_stats",
+    "elpv_table",
     "eval_transform",
     "load_data",
     "load_image",

@@ -1,5 +1,6 @@
-"""The three sources (embedded digits, CIFAR python batch files read by a safe unpickler,
-image folders) and :func:`load_data`, which picks one; see :mod:`mobilenets.data`."""
+"""The sources (embedded digits, CIFAR python batch files read by a safe unpickler, image
+folders, the elpv solar cells of an optional package) and :func:`load_data`, which picks one;
+see :mod:`mobilenets.data`."""
 
 from __future__ import annotations
 
@@ -26,12 +27,21 @@ from mobilenets.data.transforms import (
     load_image,
     random_affine,
     random_crop_flip,
+    random_flips_tilt,
     resize_center_crop,
 )
 from mobilenets.errors import MobileNetError
 
 MIN_RESOLUTION = 8
-DEFAULT_RESOLUTION = {"digits": 32, "cifar10": 32, "cifar100": 32, "imagefolder": 224}
+DEFAULT_RESOLUTION = {
+    "digits": 32,
+    "cifar10": 32,
+    "cifar100": 32,
+    "imagefolder": 224,
+    "elpv": 224,
+}
+# Data named rather than found on disk (a folder of that name is given as ./name).
+NAMED_SOURCES = ("digits", "elpv")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
@@ -306,6 +316,105 @@ def _load_image_folder(
     )
 
 
+# --------------------------------------------------------------------------- elpv
+
+# Deitsch et al., "Automatic classification of defective photovoltaic module cells in
+# electroluminescence images" (Solar Energy 2019, arXiv 1807.02894): 2,624 cells, 1,968 (75%)
+# to train on and 656 to test on, stratified; a cell is defective when its defect probability
+# is 0.5 or more (the two-class task its 88.42% and 82.44% accuracies are for).
+ELPV_EXTRA = "elpv"
+ELPV_CLASSES = ("functional", "defective")
+ELPV_TEST_IMAGES = 656
+ELPV_LICENCE = "CC BY-NC-SA 4.0"
+
+
+@dataclass(frozen=True)
+class ElpvTable:
+    """The elpv annotations, one entry per cell, in the package's order."""
+
+    files: list[Path]  # 300 x 300 8-bit grey PNGs
+    probabilities: np.ndarray  # defect probability: 0, 1/3, 2/3 or 1
+    types: np.ndarray  # "mono" or "poly"
+
+    @property
+    def labels(self) -> np.ndarray:
+        """1 (defective) where the defect probability is at least one half, else 0."""
+        return (self.probabilities >= 0.5).astype(np.int64)
+
+    def split(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted indices (train, test) of the paper's protocol: 656 cells held out, the
+        split stratified by defect probability and cell type together (8 groups), so both
+        halves hold each group in the same proportion."""
+        from sklearn.model_selection import train_test_split
+
+        groups = np.array(
+            [f"{p:.2f}/{t}" for p, t in zip(self.probabilities, self.types, strict=True)]
+        )
+        train, test = train_test_split(
+            np.arange(len(groups)),
+            test_size=ELPV_TEST_IMAGES,
+            stratify=groups,
+            random_state=seed,
+        )
+        return np.sort(train), np.sort(test)
+
+
+def elpv_table() -> ElpvTable:
+    """The annotations of the installed ``elpv-dataset`` package (its ``labels.csv``), or
+    one line naming the extra that installs it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("elpv_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise MobileNetError(
+            "--data elpv needs the elpv-dataset package, which is not installed here "
+            f'(install it with pip install "mobilenets[{ELPV_EXTRA}]"; its images are '
+            f"{ELPV_LICENCE}, non-commercial use)"
+        )
+    root = Path(next(iter(spec.submodule_search_locations))) / "data"
+    try:
+        rows = [line.split() for line in (root / "labels.csv").read_text().splitlines()]
+        rows = [r for r in rows if r]
+        files = [root / r[0] for r in rows]
+        probabilities = np.array([float(r[1]) for r in rows])
+        types = np.array([r[2] for r in rows])
+    except (OSError, IndexError, ValueError) as e:
+        raise MobileNetError(f"cannot read the elpv annotations in {root}: {e}") from None
+    if not rows or len(files) != len(types):
+        raise MobileNetError(f"the elpv annotations in {root} are empty or malformed")
+    return ElpvTable(files, probabilities, types)
+
+
+def _load_elpv(resolution: int, seed: int, augment: bool) -> DataBundle:
+    """The elpv cells at ``resolution`` px: grey images replicated to 3 channels and
+    normalised with ImageNet's statistics, as ImageNet weights expect; the whole cell is
+    resized (no centre crop: a crack at the border is a defect too)."""
+    table = elpv_table()
+    pixels = np.stack([np.asarray(to_grey(load_image(f))) for f in table.files])
+    images = torch.from_numpy(pixels)[:, None]  # uint8 (N, 1, 300, 300): 236 MB
+    labels = torch.from_numpy(table.labels)
+    train_idx, test_idx = table.split(seed)
+    train_x, test_x = images[train_idx], images[test_idx]
+    train_y, test_y = labels[train_idx], labels[test_idx]
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    return DataBundle(
+        train=TensorImageDataset(
+            train_x, train_y, resolution, mean, std, random_flips_tilt if augment else None
+        ),
+        test=TensorImageDataset(test_x, test_y, resolution, mean, std),
+        class_names=list(ELPV_CLASSES),
+        mean=mean,
+        std=std,
+        input_size=(3, resolution, resolution),
+        name="elpv",
+        train_raw=TensorImageDataset(train_x, train_y, resolution, mean, std),
+    )
+
+
+def to_grey(img: Any) -> Any:
+    return img if img.mode == "L" else img.convert("L")
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -316,10 +425,12 @@ def load_data(
     val_fraction: float = VAL_FRACTION,
     augment: bool = True,
 ) -> DataBundle:
-    """Load the embedded digits (``None`` or ``"digits"``), a CIFAR-10/100 directory of python
-    batch files, or an image folder; see the module docstring for each.
+    """Load the embedded digits (``None`` or ``"digits"``), the elpv solar cells (``"elpv"``,
+    from the ``elpv-dataset`` package, split as its paper did), a CIFAR-10/100 directory of
+    python batch files, or an image folder; see the module docstring for each.
 
-    ``resolution`` defaults to 32 for the digits and CIFAR and 224 for image folders.
+    ``resolution`` defaults to 32 for the digits and CIFAR and 224 for elpv and image
+    folders.
     ``val_fraction`` and ``seed`` make the held-out split of the digits and of an image folder
     without ``train/``/``val/``; CIFAR has its own test batch. ``augment=False`` gives the
     train split the evaluation transform. Mistakes (a missing path, an empty folder, a class
@@ -335,10 +446,13 @@ def load_data(
 
     if data is None or str(data) == "digits":
         return _load_digits(pick("digits"), seed, val_fraction, augment)
+    if str(data) == "elpv":  # its own split, the paper's (a folder named elpv: ./elpv)
+        return _load_elpv(pick("elpv"), seed, augment)
     root = Path(data).expanduser()
     if not root.exists():
         raise MobileNetError(
-            f"data not found: {root} (expected 'digits', a CIFAR directory or an image folder)"
+            f"data not found: {root} (expected 'digits', 'elpv', a CIFAR directory or an "
+            "image folder)"
         )
     if not root.is_dir():
         raise MobileNetError(f"data must be a directory: {root}")

@@ -160,6 +160,21 @@ def random_affine(
     return F.grid_sample(image[None], grid, align_corners=False, padding_mode="zeros")[0]
 
 
+def random_flips_tilt(
+    image: torch.Tensor, generator: torch.Generator | None = None, degrees: float = 3.0
+) -> torch.Tensor:
+    """Inspection images' augmentation: a horizontal and a vertical flip, each half of the
+    time, and a tilt of up to ``degrees`` with a scaling within 2%. Nothing is cropped away:
+    a solar cell's defect may sit at its border, and a crop that removed it would make the
+    label wrong."""
+    r = torch.rand(2, generator=generator).tolist()
+    if r[0] < 0.5:
+        image = image.flip(-1)
+    if r[1] < 0.5:
+        image = image.flip(-2)
+    return random_affine(image, generator, degrees=degrees, translate=0.0, scale=(0.98, 1.02))
+
+
 def random_crop_flip(
     image: torch.Tensor, generator: torch.Generator | None = None, padding: int = 4
 ) -> torch.Tensor:
