@@ -1,4 +1,5 @@
-"""The README's test command is the one CI runs, and its Python tour runs as written."""
+"""The README's test command is the one CI runs, its Python tour runs as written, and every
+``mobilenets`` command in the README and the docs is one the real parser takes."""
 
 from __future__ import annotations
 
@@ -26,17 +27,20 @@ def test_readme_python_tour_runs() -> None:
     exec(compile(blocks[0], "README.md", "exec"), {})
 
 
-def bash_blocks() -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
 
 
-def readme_commands() -> list[list[str]]:
-    """Every ``mobilenets`` command of the README's shell blocks as argv (after
-    ``mobilenets``, or ``-m mobilenets`` under torchrun), comments and redirections dropped."""
+def bash_blocks(path: Path = ROOT / "README.md") -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S)
+
+
+def readme_commands(path: Path = ROOT / "README.md") -> list[list[str]]:
+    """Every ``mobilenets`` command of a page's shell blocks as argv (after ``mobilenets``, or
+    ``-m mobilenets`` under torchrun), comments and redirections dropped."""
     import shlex
 
     commands = []
-    for block in bash_blocks():
+    for block in bash_blocks(path):
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
             if "mobilenets" not in words or words[0] == "#":
@@ -53,15 +57,18 @@ def test_the_tour_activates_the_environment_before_its_first_command() -> None:
     assert all(not line.startswith("mobilenets") for line in lines[:1])
 
 
-def test_every_readme_command_is_one_the_cli_takes() -> None:
+def test_every_readme_and_docs_command_is_one_the_cli_takes() -> None:
     from mobilenets.cli import build_parser
 
     parser = build_parser()
-    commands = readme_commands()
+    commands = [
+        (path, argv) for path in [ROOT / "README.md", *DOCS] for argv in readme_commands(path)
+    ]
     assert len(commands) >= 20
-    for argv in commands:
+    assert {path.name for path, _ in commands} >= {"README.md", "training.md", "int8.md"}
+    for path, argv in commands:
         args = parser.parse_args(argv)  # an unknown command or flag exits here
-        assert args.command is not None, argv
+        assert args.command is not None, (path.name, argv)
 
 
 def test_the_tour_runs_as_written_at_80_columns(tmp_path, monkeypatch, capsys) -> None:
