@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import importlib.util
 from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import raises_one_line
+from conftest import raises_one_line, randomize_batchnorm, write_digit_png
+from sklearn.datasets import load_digits
 
-from mobilenets.data import elpv_table, load_data
+from mobilenets.cli import main
+from mobilenets.data import TensorImageDataset, elpv_table, load_data
 from mobilenets.data.sources import ELPV_TEST_IMAGES
+from mobilenets.models import create_model
+from mobilenets.optim import make_optimizer
+from mobilenets.recipe import TrainConfig
+from mobilenets.runs import ImportRecord, RunInfo, load_state_dict_file, read_run_info, save_run
+from mobilenets.train import class_weights, train
 
 
 def test_elpv_split_is_the_papers_protocol() -> None:
@@ -61,3 +70,113 @@ def test_elpv_without_its_extra_is_one_line(monkeypatch: pytest.MonkeyPatch) -> 
     )
     with raises_one_line(r'pip install "mobilenets\[elpv\]".*CC BY-NC-SA 4.0'):
         load_data("elpv")
+
+
+# --------------------------------------------------------------------------- the recipe
+
+
+def digit_folder(root: Path, classes: tuple[int, ...] = (0, 1, 2), per_class=(16, 8, 8)) -> Path:
+    """An image folder root/<class>/<n>.png of real digits (8x8 grey PNGs), imbalanced."""
+    digits = load_digits()
+    for c, n in zip(classes, per_class, strict=True):
+        (root / str(c)).mkdir(parents=True)
+        for i, img in enumerate(digits.images[digits.target == c][:n]):
+            write_digit_png(root / str(c) / f"{i}.png", img)
+    return root
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run as `mobilenets import` writes one: weights and a record, no training."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(create_model("mobilenet_v2", width_mult=0.35, num_classes=10))
+    info = RunInfo(
+        model="mobilenet_v2",
+        model_kwargs={"width_mult": 0.35, "num_classes": 10},
+        class_names=[str(d) for d in range(10)],
+        input_size=(3, 16, 16),
+        imported_from=ImportRecord(file="/weights/v2.pth", source="torchvision"),
+    )
+    return save_run(tmp_path_factory.mktemp("imported") / "v2", model, info)
+
+
+def test_init_fine_tunes_a_new_head_then_the_trunk_and_records_where_from(
+    imported: Path, tmp_path: Path
+) -> None:
+    """`train --init RUN` picks the finetune recipe: epoch 1 trains the new head alone (the
+    trunk's weights and BatchNorm statistics stay the imported ones), later epochs the trunk
+    too at a tenth of the rate; the run records the recipe and the weights' origin."""
+    folder = digit_folder(tmp_path / "three")
+    out = tmp_path / "tuned"
+    config = TrainConfig(data=str(folder), init=str(imported), epochs=2, batch_size=16)
+    train(replace(config, out=str(out), quiet=True, stop_after_epoch=1))
+    before = load_state_dict_file(imported / "model.safetensors")
+    after = load_state_dict_file(out / "model.safetensors")
+    trunk = [k for k in before if k.startswith("features.")]
+    assert all(torch.equal(before[k], after[k]) for k in trunk)
+    assert after["classifier.fc.weight"].shape[0] == 3
+    train(TrainConfig(resume=str(out), quiet=True))
+    tuned = load_state_dict_file(out / "model.safetensors")
+    assert not all(torch.equal(before[k], tuned[k]) for k in trunk)
+    info = read_run_info(out)
+    recipe = info.train_config
+    assert recipe["recipe_name"] == "finetune" and recipe["freeze_epochs"] == 1
+    assert (recipe["lr"], recipe["trunk_lr"], recipe["class_weights"]) == (0.01, 0.1, True)
+    assert info.model_kwargs["width_mult"] == 0.35 and info.input_size == (3, 16, 16)
+    origin = info.init_from
+    assert origin["path"] == str(imported.resolve()) and origin["model"] == "mobilenet_v2"
+    assert origin["imported_from"] == {"file": "/weights/v2.pth", "source": "torchvision"}
+    assert info.finished and info.epoch == 2
+
+
+def test_without_init_the_scratch_recipe_fills_what_is_not_given() -> None:
+    scratch = TrainConfig().with_recipe()
+    assert (scratch.recipe_name, scratch.lr, scratch.epochs, scratch.freeze_epochs) == (
+        "scratch", 0.05, 20, 0
+    )  # fmt: skip
+    told = TrainConfig(init="run", lr=0.003, recipe_name="finetune").with_recipe()
+    assert told.lr == 0.003 and told.trunk_lr == 0.1 and told.class_weights is True
+    assert TrainConfig(init="run", recipe_name="scratch").with_recipe().freeze_epochs == 0
+
+
+def test_the_trunk_learns_at_a_share_of_the_heads_rate() -> None:
+    model = create_model("mobilenet_v2", width_mult=0.35, num_classes=3)
+    optimizer = make_optimizer(TrainConfig(init="run"), model)
+    trunk = {id(p) for p in model.features.parameters()}
+    for group in optimizer.param_groups:
+        in_trunk = {id(p) in trunk for p in group["params"]}
+        assert len(in_trunk) == 1  # a group is trunk or head, never both
+        assert group["lr"] == pytest.approx(0.001 if in_trunk.pop() else 0.01)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    adamw = make_optimizer(TrainConfig(optimizer="adamw"), model)
+    assert isinstance(adamw, torch.optim.AdamW) and len(adamw.param_groups) == 2
+
+
+def test_class_weights_count_every_class_alike() -> None:
+    labels = torch.tensor([0, 0, 0, 1, 2, 2])
+    dataset = TensorImageDataset(torch.zeros(6, 1, 8, 8), labels, 8, (0.5,), (0.5,))
+    weights = class_weights(dataset, 4)
+    assert weights.tolist() == pytest.approx([6 / 12, 6 / 4, 6 / 8, 1.0])  # class 3: none
+    per_class = torch.bincount(labels, minlength=4).float() * weights
+    assert per_class[:3].tolist() == pytest.approx([1.5, 1.5, 1.5])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--freeze-epochs", "5", "--epochs", "2"], "freeze epochs must be in [0, epochs]"),
+        (["--trunk-lr", "-1"], "trunk lr must be >= 0"),
+    ],
+)
+def test_bad_fine_tuning_settings_are_one_line(
+    argv: list[str], message: str, imported: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "run"
+    folder = digit_folder(tmp_path / "three")
+    assert (
+        main(["train", "--data", str(folder), "--init", str(imported), *argv, "--out", str(out)])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and err.count("\n") == 1
+    assert not out.exists()

@@ -10,28 +10,51 @@ from typing import Any
 import torch
 from torch import nn
 
+from mobilenets.errors import MobileNetError
 from mobilenets.recipe import TrainConfig
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def parameter_groups(
+    model: nn.Module, weight_decay: float, lr: float | None = None, trunk_lr: float = 1.0
+) -> list[dict[str, Any]]:
     """Weight decay on convolution and linear weights only: decaying BatchNorm's scale and
-    shift or a bias only fights the normalisation (as in the reference recipes)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    shift or a bias only fights the normalisation (as in the reference recipes).
+
+    With ``trunk_lr`` other than 1, the parameters of ``model.features`` (the pretrained trunk,
+    when fine-tuning) learn at ``trunk_lr * lr`` and the rest (the new head) at ``lr``: four
+    groups instead of two."""
+    if trunk_lr == 1.0:
+        parts = [(list(model.parameters()), None)]
+    else:
+        features = getattr(model, "features", None)
+        if not isinstance(features, nn.Module):
+            raise MobileNetError(f"{type(model).__name__} has no .features for a trunk lr")
+        trunk = {id(p) for p in features.parameters()}
+        head = [p for p in model.parameters() if id(p) not in trunk]
+        parts = [(list(features.parameters()), trunk_lr * lr), (head, lr)]
+    groups = []
+    for params, group_lr in parts:
+        decay = [p for p in params if p.requires_grad and p.ndim > 1]
+        no_decay = [p for p in params if p.requires_grad and p.ndim <= 1]
+        extra = {} if group_lr is None else {"lr": group_lr}
+        groups += [
+            {"params": decay, "weight_decay": weight_decay, **extra},
+            {"params": no_decay, "weight_decay": 0.0, **extra},
+        ]
+    return groups
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, config.weight_decay)
+    """The recipe's optimizer (settings left None filled from it) over ``model``'s trainable
+    parameters, the trunk at ``config.trunk_lr`` times the learning rate."""
+    config = config.with_recipe()
+    groups = parameter_groups(model, config.weight_decay, config.lr, config.trunk_lr)
     if config.optimizer == "rmsprop":
         # The papers' RMSprop (decay 0.9, momentum 0.9). TensorFlow adds epsilon inside the
         # square root, torch outside: 1e-3 here is roughly TF's 1e-6 for typical gradients.
         return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-3, momentum=0.9)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
 
 

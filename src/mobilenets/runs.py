@@ -104,6 +104,10 @@ class RunInfo:
     world_size: int = 1  # training processes
     # SHA-256 of every replica's final weights (torchrun): equal digests, one model.
     replica_sha256: list[str] | None = None
+    # Where the weights training started from came from (``train --init``): the run or file,
+    # its model, the data it was trained on and, for an imported run, the checkpoint file
+    # (``imported_from``), down the chain of runs fine-tuned from each other. None: random.
+    init_from: dict[str, Any] | None = None
 
     @property
     def resolution(self) -> int:
@@ -132,6 +136,7 @@ class RunInfo:
             "finished": self.finished,
             "world_size": self.world_size,
             "replica_sha256": self.replica_sha256,
+            "init_from": self.init_from,
         }
 
     @classmethod
@@ -162,9 +167,18 @@ class RunInfo:
                 finished=bool(fields.get("finished", False)),
                 world_size=int(fields.get("world_size", 1)),
                 replica_sha256=fields.get("replica_sha256"),
+                init_from=data.get("init_from"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise MobileNetError(f"{source} is missing or has a malformed field: {e}") from None
+
+    def describe(self) -> str:
+        """The model in words for a report's header: ``mobilenet_v2 (width 0.5, 10 classes,
+        32 px)``, not the raw keyword dictionary."""
+        width = self.model_kwargs.get("width_mult")
+        parts = [] if width is None else [f"width {width:g}"]
+        parts += [f"{len(self.class_names)} classes", f"{self.resolution} px"]
+        return f"{self.model} ({', '.join(parts)})"
 
     def build_model(self) -> nn.Module:
         """A freshly initialised model of this run's architecture."""

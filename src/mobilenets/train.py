@@ -211,6 +211,36 @@ def inherit_init(config: TrainConfig, init: RunInfo | None) -> TrainConfig:
     return dataclasses.replace(config, **changes)
 
 
+def init_origin(init: str | None, info: RunInfo | None) -> dict[str, Any] | None:
+    """Where the weights ``init`` names came from, for the run's record: the run directory or
+    file, and from its record the model, the data it was trained on, the checkpoint it was
+    imported from and what it was itself started from."""
+    if init is None:
+        return None
+    origin: dict[str, Any] = {"path": str(Path(init).expanduser().resolve())}
+    if info is not None:
+        origin["model"] = info.model
+        origin["width_mult"] = info.model_kwargs.get("width_mult")
+        origin["data"] = None if info.data is None else info.data.name
+        origin["imported_from"] = None if info.imported_from is None else vars(info.imported_from)
+        origin["init_from"] = info.init_from
+    return origin
+
+
+def class_weights(dataset: Any, num_classes: int) -> torch.Tensor:
+    """``n / (k n_c)`` per class c of the training split (1 for a class it lacks): the
+    weighted cross-entropy then counts every class as much in total, whatever its share."""
+    if hasattr(dataset, "labels"):
+        labels = torch.as_tensor(dataset.labels).long()
+    elif hasattr(dataset, "samples"):
+        labels = torch.tensor([label for _, label in dataset.samples])
+    else:
+        labels = torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    weights = len(labels) / (num_classes * counts.clamp_min(1))
+    return torch.where(counts > 0, weights, torch.ones_like(weights)).float()
+
+
 # --------------------------------------------------------------------------- run directory
 
 
@@ -285,7 +315,7 @@ def resumed_config(config: TrainConfig, epochs_given: bool = False) -> TrainConf
     if not isinstance(recipe, dict):
         raise MobileNetError(f"cannot resume {run_dir}: it was not written by mobilenets train")
     recorded = int(recipe.get("epochs", 0))
-    epochs = config.epochs if epochs_given else recorded
+    epochs = config.epochs if epochs_given and config.epochs is not None else recorded
     if epochs < recorded or (epochs_given and info.epoch is not None and epochs <= info.epoch):
         raise MobileNetError(
             f"cannot resume {run_dir} with --epochs {epochs}: it is at epoch {info.epoch} of "
@@ -300,6 +330,7 @@ def resumed_config(config: TrainConfig, epochs_given: bool = False) -> TrainConf
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     runtime = {k: getattr(config, k) for k in RUNTIME_FIELDS}
     merged = TrainConfig(**{k: v for k, v in recipe.items() if k in known}, **runtime)
+    merged.recipe_name = merged.recipe_name or "scratch"  # recorded before recipes had names
     merged.epochs = epochs
     merged.out = str(run_dir)
     return merged
@@ -350,17 +381,18 @@ def train(
     """Train ``config.model`` (or ``model``, any classifier ``nn.Module``, recorded under
     ``config.model``) and return the run directory.
 
-    Resumes ``config.resume`` when set; ``epochs_given`` (default: ``config.epochs`` differs
-    from the default) lets a resumed run grow to ``config.epochs``. The main process holds the
+    Resumes ``config.resume`` when set; ``epochs_given`` (default: whether ``config.epochs``
+    is set) lets a resumed run grow to ``config.epochs``. The main process holds the
     run directory's lock while it trains. Raises :class:`MobileNetError` for every mistake a
     user can make, and when the loss stops being finite (the last checkpoint stays).
     """
     if config.resume is not None:
         if epochs_given is None:
-            epochs_given = config.epochs != TrainConfig.epochs
+            epochs_given = config.epochs is not None
         config = resumed_config(config, epochs_given)
     else:
         config = inherit_init(config, init_run_info(config.init))
+    config = config.with_recipe()
     config.validate()
     config = dataclasses.replace(config, data=data_source(config.data))
     # Every rank finds the same name: nothing is written before epoch 1 ends.
@@ -404,10 +436,16 @@ class _Trainer:
         torch.manual_seed(config.seed)  # the initial weights
         self.model = create_model(config.model, **self.kwargs) if model is None else model
         check_resolution(self.model, resolution)
+        self.init_from = None
         if config.init is not None and config.resume is None:
             load_init_weights(self.model, config.init, config.model, self.kwargs)
+            self.init_from = init_origin(config.init, init_run_info(config.init))
         if config.freeze_features:
             freeze_features(self.model)
+        if config.freeze_epochs and not isinstance(
+            getattr(self.model, "features", None), nn.Module
+        ):
+            raise MobileNetError(f"{type(self.model).__name__} has no .features to freeze")
         self.memory_format = (
             torch.channels_last if config.channels_last else torch.contiguous_format
         )
@@ -435,20 +473,38 @@ class _Trainer:
         amp = procs.device.type == "cuda"
         self.autocast = dict(device_type=procs.device.type, dtype=torch.float16, enabled=amp)
         self.scaler = torch.amp.GradScaler(procs.device.type, enabled=amp)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        weight = None
+        if config.class_weights:
+            weight = class_weights(self.bundle.train, num_classes).to(procs.device)
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
         self.start_epoch, self.history = 0, []
         if config.resume is not None:
-            self._restore(read_train_state(self.run_dir))
+            state = read_train_state(self.run_dir)
+            self._restore(state)
+            self.init_from = state.get("init_from")
         # After the restore: DDP starts every replica from rank 0's weights.
-        self.ddp = self.model
-        if procs.distributed:
+        self.ddp, self.trunk_frozen = self.model, None
+        self.display = TrainingDisplay(quiet=config.quiet, is_main=procs.is_main)
+
+    def _set_trunk_frozen(self, frozen: bool) -> None:
+        """Freeze or unfreeze the trunk (``freeze_epochs``; ``freeze_features`` keeps it
+        frozen throughout) and wrap the model for DistributedDataParallel, again when what
+        trains changed: DDP reduces the gradients of the parameters that trained when it
+        was built."""
+        frozen = frozen or self.config.freeze_features
+        if frozen == self.trunk_frozen:
+            return
+        if self.config.freeze_epochs or self.config.freeze_features:
+            for p in self.model.features.parameters():
+                p.requires_grad_(not frozen)
+        self.trunk_frozen = frozen
+        if self.procs.distributed:
             # Depthwise [C, 1, k, k] and pointwise [C', C, 1, 1] weights get gradients whose
             # strides differ from the weights' only along size-1 dimensions: the same memory
             # layout, which DDP's reducer nonetheless reports once per process as a mismatch.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
-            device_ids = [procs.device] if procs.device.type == "cuda" else None
+            device_ids = [self.procs.device] if self.procs.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
-        self.display = TrainingDisplay(quiet=config.quiet, is_main=procs.is_main)
 
     def _fit_batch_to_data(self) -> None:
         """A batch never larger than a process's share of the training split (with a warning):
@@ -520,6 +576,7 @@ class _Trainer:
             train_config=self.config.recipe(),
             finished=epoch == self.config.epochs,
             world_size=self.procs.world_size,
+            init_from=self.init_from,
         )
 
     def _checkpoint(self, epoch: int, replica_digests: list[str] | None = None) -> None:
@@ -537,6 +594,7 @@ class _Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "history": self.history,
+            "init_from": self.init_from,
         }
         with atomic_path(self.run_dir / STATE_FILE) as tmp, open(tmp, "wb") as f:
             torch.save(state, f)  # through a Python file: a full disk raises an OSError
@@ -590,8 +648,9 @@ class _Trainer:
         config, procs, device = self.config, self.procs, self.procs.device
         seed_epoch(config.seed, epoch, procs.rank)
         self.train_loader.batch_sampler.sampler.set_epoch(epoch)
+        self._set_trunk_frozen(epoch <= config.freeze_epochs)
         self.ddp.train()
-        if config.freeze_features:
+        if self.trunk_frozen:
             self.model.features.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, images
         start = time.perf_counter()
