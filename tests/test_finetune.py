@@ -180,3 +180,27 @@ def test_bad_fine_tuning_settings_are_one_line(
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- a CSV of labels
+
+
+def test_a_csv_of_files_and_labels_is_a_data_source(tmp_path: Path) -> None:
+    digits = load_digits()
+    (tmp_path / "cells").mkdir()
+    rows = ["file,label,note"]
+    for i in range(30):
+        name = f"cells/{i}.png"
+        write_digit_png(tmp_path / name, digits.images[i])
+        rows.append(f"{name},{'even' if digits.target[i] % 2 == 0 else 'odd'},x")
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    bundle = load_data(csv_path, resolution=16)
+    assert bundle.class_names == ["even", "odd"] and len(bundle.train) + len(bundle.test) == 30
+    assert bundle.train[0][0].shape == (3, 16, 16)
+    (tmp_path / "missing.csv").write_text("file,label\ncells/0.png,a\nnope.png,b\n")
+    with raises_one_line(r"names 1 file\(s\) that do not exist, first: nope.png \(line 3\)"):
+        load_data(tmp_path / "missing.csv")
+    (tmp_path / "headless.csv").write_text("cells/0.png,a\n")
+    with raises_one_line("needs a header with the columns file and label"):
+        load_data(tmp_path / "headless.csv")

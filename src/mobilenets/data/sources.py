@@ -268,11 +268,56 @@ def _readable(
     return samples
 
 
+def read_labels_csv(path: Path) -> dict[str, list[Path]]:
+    """``{label: its image files}`` of a CSV with a header naming the columns ``file`` and
+    ``label`` (others are ignored); a relative file is relative to the CSV's folder. Files
+    that do not exist are one line naming how many and the first."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
+                raise MobileNetError(
+                    f"{path} needs a header with the columns file and label, got "
+                    f"{reader.fieldnames}"
+                )
+            rows = [(r["file"], r["label"]) for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise MobileNetError(f"cannot read {path}: {e}") from None
+    if not rows:
+        raise MobileNetError(f"{path} lists no images")
+    classes: dict[str, list[Path]] = {}
+    missing = []
+    for line, (file, label) in enumerate(rows, start=2):
+        if not file or not label or not label.strip():
+            raise MobileNetError(f"{path}, line {line}: a file and a label are needed")
+        image = (path.parent / file).expanduser()
+        if not image.is_file():
+            missing.append(f"{file} (line {line})")
+        classes.setdefault(label.strip(), []).append(image)
+    if missing:
+        raise MobileNetError(
+            f"{path} names {len(missing)} file(s) that do not exist, first: {missing[0]}"
+        )
+    return dict(sorted(classes.items()))
+
+
 def _load_image_folder(
     root: Path, resolution: int, seed: int, val_fraction: float, augment: bool
 ) -> DataBundle:
     skipped: list[str] = []
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    if root.is_file():  # a CSV of (file, label): one list split by val_fraction
+        classes = read_labels_csv(root)
+        class_index = {name: i for i, name in enumerate(classes)}
+        samples = _readable(classes, class_index, skipped)
+        train_idx, test_idx = stratified_split(
+            np.array([label for _, label in samples]), val_fraction, seed
+        )
+        train, test = [samples[i] for i in train_idx], [samples[i] for i in test_idx]
+        if not test:
+            raise MobileNetError(f"{root}: every label has a single image, none to hold out")
+    elif (root / "train").is_dir() and (root / "val").is_dir():
         train_classes, val_classes = _class_folders(root / "train"), _class_folders(root / "val")
         unknown = sorted(set(val_classes) - set(train_classes))
         if unknown:
@@ -454,8 +499,10 @@ def load_data(
             f"data not found: {root} (expected 'digits', 'elpv', a CIFAR directory or an "
             "image folder)"
         )
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return _load_image_folder(root, pick("imagefolder"), seed, val_fraction, augment)
     if not root.is_dir():
-        raise MobileNetError(f"data must be a directory: {root}")
+        raise MobileNetError(f"data must be a directory or a .csv of file,label: {root}")
     if not any(root.iterdir()):
         raise MobileNetError(f"data directory is empty: {root}")
     cifar = _cifar_format(root)
