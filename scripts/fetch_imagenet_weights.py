@@ -96,14 +96,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     path = fetch(args.dest)
-    if args.run_dir is not None and not (args.run_dir / "model.json").is_file():
-        command = [
-            *(sys.executable, "-m", "mobilenets", "import", str(path)),
-            *("--source", "torchvision", "--model", "mobilenet_v2", "--out", str(args.run_dir)),
-        ]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     print(path)
-    return 0
+    if args.run_dir is None:
+        return 0
+    if (args.run_dir / "model.json").is_file():
+        print(f"{args.run_dir} already holds a run; left as it is", file=sys.stderr)
+        return 0
+    command = [
+        *(sys.executable, "-m", "mobilenets", "import", str(path)),
+        *("--source", "torchvision", "--model", "mobilenet_v2", "--out", str(args.run_dir)),
+    ]
+    # the import's own summary (what was imported, where) goes to stderr: stdout is the path
+    return subprocess.run(command, stdout=sys.stderr).returncode
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from mobilenets.choose import (
     Budget,
     Candidate,
     ChooseConfig,
+    default_out,
     descend,
     enumerate_candidates,
     frontier,
@@ -206,3 +207,11 @@ def test_a_whole_choice_measures_trains_and_resumes(
     again = json.loads(capsys.readouterr().out)
     assert again["recommended"] == f"{trained[0]['model']}-w0.35-r32"
     assert weights.stat().st_mtime_ns == before
+
+
+def test_choose_writes_under_runs_by_default() -> None:
+    """Its trainings and files sit beside the user's runs (git-ignored), not in the
+    working directory's root."""
+    assert Path(default_out(None)) == Path("runs", "choose", "digits")
+    assert Path(default_out("data/cells")) == Path("runs", "choose", "cells")
+    assert Path(ChooseConfig().out) == Path("runs", "choose")

@@ -40,6 +40,7 @@ def imagenet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert done.returncode == 0, done.stderr
         weights = Path(done.stdout.strip().splitlines()[-1])
         assert weights.name == "mobilenet_v2-b0353104.pth" and weights.is_file()
+        assert str(directory / "v2") in done.stderr  # the import says where the run went
 
     return built_once(tmp_path_factory, "imagenet", build) / "v2"
 

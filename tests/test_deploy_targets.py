@@ -188,17 +188,30 @@ def test_an_unknown_format(run: Path, capsys) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("missing", "named"),
+    [
+        ({"executorch"}, "needs executorch, which is not installed"),
+        ({"executorch", "torchao"}, "needs executorch and torchao, which are not installed"),
+    ],
+)
 def test_a_missing_runtime_names_its_extra(
-    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    missing: set[str],
+    named: str,
+    run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
 ) -> None:
     real = target_module.importlib.util.find_spec
     monkeypatch.setattr(
         target_module.importlib.util,
         "find_spec",
-        lambda name, *a: None if name == "executorch" else real(name, *a),
+        lambda name, *a: None if name in missing else real(name, *a),
     )
     out = tmp_path / "m.pte"
     argv = ["export", str(run), "--format", "executorch", "--out", str(out)]
+    check_one_line_error(argv, named, capsys)
     check_one_line_error(argv, 'pip install "mobilenets[executorch]"', capsys)
     assert listing(tmp_path) == set()
 

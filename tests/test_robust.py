@@ -277,8 +277,10 @@ def test_predict_takes_folders_and_globs_and_reports_bad_images_as_rows(
     assert all(len(p.classes) == 5 for p in report.predictions if p.error is None)
 
     assert main(["predict", str(trained_v1), str(folder), "--csv", "--top-k", "2"]) == 1
-    lines = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
     assert lines[0] == "image,class_1,probability_1,class_2,probability_2,error"
+    assert "skipped 1 file(s) that are not images: " in captured.err and "notes.txt" in captured.err
     assert len(lines) == 1 + 5 and any("cannot read image" in line for line in lines)
     assert main(["predict", str(trained_v1), str(folder / "digit*.png"), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

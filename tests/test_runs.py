@@ -114,3 +114,8 @@ def test_bad_records_are_one_line_errors(tmp_path, change, message):
 def test_run_info_json_has_no_untyped_extras():
     info = RunInfo(model="mobilenet_v2", model_kwargs={}, class_names=["a", "b"])
     assert "extra" not in info.to_json() and info.to_json()["version"] == FORMAT_VERSION
+
+
+def test_a_run_describes_its_model_in_words_for_report_headers():
+    info = RunInfo.from_json(v1_record(), "model.json")
+    assert info.describe() == "mobilenet_v2 (width 0.35, 10 classes, 32 px)"

@@ -170,7 +170,7 @@ class ChooseConfig:
     """Everything :func:`choose` depends on besides the budget."""
 
     data: str | None = None  # None or "digits": the embedded digits
-    out: str = "choose"
+    out: str = os.path.join("runs", "choose")  # beside the training runs (git-ignored)
     families: Sequence[str] | None = None  # None: every registered model
     widths: Sequence[float] = WIDTHS
     resolutions: Sequence[int] = RESOLUTIONS
@@ -553,4 +553,4 @@ def choice_markdown(choice: Choice, config: ChooseConfig) -> str:
 
 def default_out(data: str | None) -> str:
     name = "digits" if data in (None, "digits") else Path(data).name
-    return os.path.join("choose", name)
+    return os.path.join("runs", "choose", name)

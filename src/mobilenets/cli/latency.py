@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train", type=int, default=3, help="most candidates to train (3)")
     p.add_argument("--time-budget", type=float, default=10.0, help="minutes in all (10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="output directory (default choose/<data>)")
+    p.add_argument("--out", help="output directory (default runs/choose/<data>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run_choose)
@@ -83,7 +83,7 @@ def _progress(quiet: bool):
     def advance(label: str, i: int, n: int) -> None:
         if label not in tasks:
             tasks[label] = bars.add_task(label, total=n)
-        bars.update(tasks[label], completed=i)
+        bars.update(tasks[label], completed=i, total=n)  # passes may be added
 
     return bars, advance
 

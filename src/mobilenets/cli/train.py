@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from collections.abc import Iterator
 from typing import Any
@@ -111,8 +112,15 @@ def run_predict(args: argparse.Namespace) -> int:
 
     report = predict(args.run_dir, args.images, top_k=args.top_k)
     status = 1 if report.errors else 0
+    skipped = (
+        f"skipped {len(report.skipped)} file(s) that are not images: " + ", ".join(report.skipped)
+        if report.skipped
+        else None
+    )
     if args.csv:
         write_predictions_csv(report)
+        if skipped:  # stdout is the CSV; the note goes beside it
+            print(skipped, file=sys.stderr)
         return status
 
     def views() -> Iterator[Any]:
@@ -121,10 +129,8 @@ def run_predict(args: argparse.Namespace) -> int:
             for p in report.predictions
         ]
         yield table(None, ["image", "class", "probability", "next"], rows)
-        if report.skipped:
-            yield f"skipped {len(report.skipped)} file(s) that are not images: " + ", ".join(
-                report.skipped
-            )
+        if skipped:
+            yield skipped
         if report.errors:
             yield f"{report.errors} of {len(report.predictions)} image(s) could not be read"
 

@@ -91,7 +91,8 @@ class Target:
         missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
         if missing:
             raise MobileNetError(
-                f"{self.name} export needs {', '.join(missing)}, which is not installed here "
+                f"{self.name} export needs {_named(missing)}, "
+                f"{'which is' if len(missing) == 1 else 'which are'} not installed here "
                 f'(install it with pip install "mobilenets[{self.extra}]")'
             )
         return self
@@ -226,3 +227,8 @@ def first_line(error: BaseException) -> str:
     """An exception's first line, for a one-line message about a runtime's failure."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def _named(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"

@@ -161,7 +161,7 @@ def sensitivity_report(
     finally:
         torch.set_num_threads(previous)
     return SensitivityReport(
-        model=f"{info.model} {info.model_kwargs}",
+        model=info.describe(),
         scheme=scheme.describe(),
         images=sum(len(b) for b in evaluation),
         images_from=images_from,
