@@ -45,6 +45,11 @@ def _one_intra_op_thread() -> None:
 
 os.register_at_fork(after_in_child=_one_intra_op_thread)
 
+# Training picks its thread count from the load it measures (mobilenets.devices.pick_threads),
+# and results differ in the last bits between thread counts: the suite fixes one thread per
+# test process (two processes on two cores), so runs compared bit for bit use the same count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # --------------------------------------------------------------------------- trained runs
 
 

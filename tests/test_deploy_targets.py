@@ -18,7 +18,7 @@ from conftest import built_once
 
 from mobilenets.cli import main
 from mobilenets.deploy import target as target_module
-from mobilenets.deploy.export import FORMATS, export
+from mobilenets.deploy.export import FORMATS, default_path, export
 from mobilenets.deploy.target import agreement
 from mobilenets.errors import MobileNetError
 from mobilenets.quant.mixed import supports_mixed
@@ -178,8 +178,29 @@ def test_mixed_precision_with_wide_residuals(run: Path, tmp_path: Path, capsys) 
 
 def test_default_paths_sit_in_the_run_directory(run: Path, capsys) -> None:
     assert main(["export", str(run), "--format", "openvino", "--verify-images", "8"]) == 0
-    assert "OpenVINO (CPU plugin) matches PyTorch" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "OpenVINO (CPU plugin) matches PyTorch" in out and "replacing" not in out
     assert (run / "model.xml").is_file() and (run / "model.bin").is_file()
+    assert main(["export", str(run), "--format", "openvino", "--verify-images", "8"]) == 0
+    assert "replacing the file that was there" in capsys.readouterr().out
+
+
+def test_default_int8_names_say_which_steps_made_them(run: Path, capsys) -> None:
+    """Files made with different post-training steps sit side by side; the line says what
+    the file holds; NNCF's own progress bars stay off the terminal."""
+    onnx_target, openvino_target = FORMATS["onnx"], FORMATS["openvino"]
+    assert default_path(run, onnx_target, False) == run / "model.onnx"
+    assert default_path(run, onnx_target, True) == run / "model.int8.onnx"
+    steps = ["wide_residuals", "equalize", "adaround", "bias_correct"]
+    assert default_path(run, openvino_target, True, steps) == (
+        run / "model.int8-equalized-adaround-biascorrected-wide.xml"
+    )
+    argv = ["export", str(run), "--format", "openvino", "--int8", "--wide-residuals"]
+    assert main([*argv, "--calibration", "8", "--verify-images", "8"]) == 0
+    captured = capsys.readouterr()
+    assert "residual additions wider than int8" in captured.out
+    assert "Statistics collection" not in captured.out + captured.err
+    assert (run / "model.int8-wide.xml").is_file() and (run / "model.int8-wide.bin").is_file()
 
 
 def test_an_unknown_format(run: Path, capsys) -> None:

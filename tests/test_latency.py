@@ -514,3 +514,12 @@ def test_classifier_is_priced_warm_when_the_weights_stay_cached(calibration: Cal
     assert warm == pytest.approx(cold / 4)
     halfway = classifier_s(weight_bytes / 2, 3 * weight_bytes / 2)
     assert halfway == pytest.approx((cold + warm) / 2)
+
+
+def test_calibrate_explains_a_per_node_term_below_zero() -> None:
+    from types import SimpleNamespace
+
+    from mobilenets.cli.latency import _node_note
+
+    assert _node_note(SimpleNamespace(node_overhead_s=1e-6)) == ""
+    assert "overlap" in _node_note(SimpleNamespace(node_overhead_s=-3e-6))

@@ -57,7 +57,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 # Fields that say how to run, not what to train: a resumed run takes them from the caller.
-RUNTIME_FIELDS = ("out", "resume", "quiet", "num_workers", "device", "stop_after_epoch")
+RUNTIME_FIELDS = (
+    "out",
+    "resume",
+    "quiet",
+    "num_workers",
+    "device",
+    "threads",
+    "stop_after_epoch",
+)
 
 
 def _opt(default: Any, help: str, **cli: Any) -> Any:
@@ -136,6 +144,13 @@ class TrainConfig:
     quiet: bool = _opt(False, "no progress bars (the per-epoch lines still print)")
     num_workers: int | None = _opt(None, "data loader processes", flag="--workers")
     device: str | None = _opt(None, "cpu, cuda, cuda:1 ... (default: a GPU when present)")
+    # None: one per core that other processes leave idle (mobilenets.devices.pick_threads),
+    # a resumed run the count it ran with; the same seed and thread count give the same run
+    threads: int | None = _opt(
+        None,
+        "intra-op CPU threads (default: one per core other processes leave idle; a resumed "
+        "run keeps its own)",
+    )
     # End early, as a killed run would (resume continues); for tests, not a flag.
     stop_after_epoch: int | None = field(default=None, metadata={"flag": None})
 

@@ -64,6 +64,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from mobilenets.data import NAMED_SOURCES, VAL_FRACTION, DataBundle, load_data, make_loader
+from mobilenets.devices import pick_threads
 from mobilenets.distributed import Processes
 from mobilenets.errors import MobileNetError
 from mobilenets.io import LOCK_FILE, DirectoryLock, atomic_path, atomic_write_text
@@ -398,7 +399,14 @@ def train(
     # Every rank finds the same name: nothing is written before epoch 1 ends.
     run_dir = Path(config.resume) if config.resume is not None else new_run_dir(config)
     procs = Processes.start(config.device)
+    previous_threads = torch.get_num_threads()
     try:
+        asked = config.threads if config.resume is None else _resumed_threads(config)
+        threads, why = pick_threads(asked)
+        torch.set_num_threads(threads)
+        config = dataclasses.replace(config, threads=threads)
+        if procs.is_main and procs.device.type == "cpu":
+            print(f"{threads} CPU thread{'s' if threads > 1 else ''}: {why}")
         lock = DirectoryLock(run_dir, "training run") if procs.is_main else None
         with lock or contextlib.nullcontext():
             if config.resume is None:  # another run may have finished here since we looked
@@ -407,7 +415,17 @@ def train(
     except KeyboardInterrupt:
         raise RunInterrupted(run_dir) from None
     finally:
+        torch.set_num_threads(previous_threads)  # the caller's process as it was
         procs.close()
+
+
+def _resumed_threads(config: TrainConfig) -> int | None:
+    """The thread count a resumed run continues with: the one asked for, else the one it
+    ran with (recorded each epoch), so that it ends as the unbroken run would have."""
+    if config.threads is not None:
+        return config.threads
+    recorded = read_run_info(Path(config.resume)).metrics.get("threads")
+    return recorded if isinstance(recorded, int) and recorded > 0 else None
 
 
 class _Trainer:
@@ -717,4 +735,5 @@ class _Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "images_per_s": images / train_time,
             "epoch_time_s": epoch_time,
+            "threads": torch.get_num_threads(),
         }

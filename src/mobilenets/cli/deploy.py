@@ -42,7 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --int8: keep the residual additions wider than int8 (uint16 in onnxruntime, "
         "float in ExecuTorch and OpenVINO); not LiteRT",
     )
-    p.add_argument("--out", help="output file (default RUN_DIR/model[.int8].<suffix>)")
+    p.add_argument(
+        "--out",
+        help="output file (default RUN_DIR/model.<suffix>, int8: model.int8[-steps].<suffix>, "
+        "e.g. model.int8-equalized-wide.onnx)",
+    )
     add_moved_data(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a line")
     p.set_defaults(func=run_export)
@@ -153,13 +157,16 @@ def run_export(args: argparse.Namespace) -> int:
         for step in (report.equalization, report.rounding, report.bias_correction):
             if step:
                 how += f"; {step}"
+        if report.wide_residuals:
+            how += "; residual additions wider than int8"
         verdict = (
             f"agrees with PyTorch fp32 on {c.top1_agreement:.1%} of top-1, logit SQNR "
             f"{c.sqnr_db:.1f} dB ({how})"
         )
+    replaced = ", replacing the file that was there" if report.replaced else ""
     console().print(
         f"wrote {report.path} ({report.size_bytes / 2**20:.2f} MiB, {report.precision}, BN "
-        f"folded); {report.runtime} {verdict} on {c.images} {report.checked_on}"
+        f"folded{replaced}); {report.runtime} {verdict} on {c.images} {report.checked_on}"
     )
     return 0
 

@@ -125,8 +125,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     out = console()
     out.print(calibration_table(calibration))
     out.print(
-        f"runtime overhead: {calibration.node_overhead_s * 1e6:.2f} us per node, "
-        f"{calibration.run_overhead_s * 1e6:.1f} us per call; weights all cached between "
+        f"time outside the kernels: {calibration.run_overhead_s * 1e6:.1f} us per call, "
+        f"{calibration.node_overhead_s * 1e6:+.2f} us per node{_node_note(calibration)}; "
+        "weights all cached between "
         f"calls up to {calibration.weight_cache_bytes / 2**20:.1f} MiB passed, none from "
         f"{calibration.weight_cold_bytes / 2**20:.1f} MiB; layers timed in "
         f"{calibration.passes} passes; channels padded to blocks "
@@ -216,3 +217,10 @@ def run_choose(args: argparse.Namespace) -> int:
         out.print(note)
     out.print(f"written: {table_path}, {figure}")
     return 0
+
+
+def _node_note(calibration) -> str:
+    """Why a per-node term can be negative: it is a fitted correction, not a cost."""
+    if calibration.node_overhead_s >= 0:
+        return ""
+    return " (below zero: with threads, the kernel times the profiler adds up overlap)"

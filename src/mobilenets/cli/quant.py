@@ -92,11 +92,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="the float run to start from")
     p.add_argument("--out", help="the QAT run directory (default RUN_DIR-qat)")
     p.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs (default 4)")
-    p.add_argument("--lr", type=float, default=0.005, help="SGD learning rate (default 0.005)")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
-    p.add_argument("--freeze-bn-after", type=int, default=2, metavar="E", help="epochs (default 2)")
     p.add_argument(
-        "--freeze-observers-after", type=int, default=3, metavar="E", help="epochs (default 3)"
+        "--freeze-bn-after",
+        type=int,
+        default=0,
+        metavar="E",
+        help="epochs of moving BatchNorm statistics (default 0: frozen from the start)",
+    )
+    p.add_argument(
+        "--freeze-observers-after",
+        type=int,
+        default=2,
+        metavar="E",
+        help="epochs of moving quantization ranges (default 2)",
     )
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
     p.add_argument(
@@ -110,8 +120,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--optimizer",
-        default="sgd",
-        help="sgd (default, with momentum) or adam (steadier when distilling ImageNet weights)",
+        default="adam",
+        help="adam (default) or sgd (with momentum, torchvision's QAT recipe)",
     )
     p.add_argument(
         "--scheme",
@@ -120,6 +130,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "XNNPACK program; `export --format executorch --int8` ships its trained ranges)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="intra-op CPU threads (default: one per core other processes leave idle)",
+    )
     p.add_argument("--resume", action="store_true", help="continue --out where it stopped")
     p.add_argument("--stop-after-epoch", type=int, help=argparse.SUPPRESS)
     add_moved_data(p)
@@ -264,6 +279,7 @@ def run_qat(args: argparse.Namespace) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     from rich.console import Console
 
+    from mobilenets.progress import TrainingDisplay
     from mobilenets.quant.qat import QATConfig, qat
 
     config = QATConfig(
@@ -279,12 +295,26 @@ def run_qat(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         scheme=args.scheme,
     )
-    err = Console(stderr=True)
+    err = Console(stderr=True, highlight=False)
+    display = TrainingDisplay(quiet=args.json, is_main=True)
+    bars = display.progress()
+    task = None
+
+    def on_batch(epoch: int, step: int, steps: int, loss: float) -> None:
+        nonlocal task
+        if display.batch_lines:  # no terminal: a line every few batches says it is alive
+            if step % display.batch_interval(steps) == 0 or step == steps:
+                err.print(display.batch_line(epoch, config.epochs, step, steps, loss))
+            return
+        if task is None:
+            task = bars.add_task("batches", total=steps)
+        bars.update(task, completed=step % steps, total=steps)
 
     def on_epoch(r: dict) -> None:
         measured = []
         if "fake_quant_top1" in r:
             measured.append(f"fake-quantized top-1 {r['fake_quant_top1']:.2%}")
+            measured.append(f"float weights {r['float_top1']:.2%}")
         if "fake_quant_agreement" in r:
             measured.append(
                 f"agreement with float {r['fake_quant_agreement']:.2%}, "
@@ -295,20 +325,25 @@ def run_qat(args: argparse.Namespace) -> int:
             f"({r['seconds']:.0f} s)"
         )
 
-    result = qat(
-        args.run_dir,
-        out=args.out,
-        config=config,
-        resume=args.resume,
-        data=args.data,
-        on_epoch=None if args.json else on_epoch,
-        stop_after_epoch=args.stop_after_epoch,
-    )
+    with bars:
+        result = qat(
+            args.run_dir,
+            out=args.out,
+            config=config,
+            resume=args.resume,
+            data=args.data,
+            on_epoch=None if args.json else on_epoch,
+            stop_after_epoch=args.stop_after_epoch,
+            on_batch=None if args.json else on_batch,
+            threads=args.threads,
+        )
     if args.json:
         print_json(result.to_dict())
         return 0
+    started = "" if result.source_top1 is None else f" (the float run: {result.source_top1:.2%})"
+    per_tensor = " --per-tensor" if args.per_tensor else ""
     console().print(
-        f"wrote {result.run_dir}: a run like any other; ship it with "
-        f"`mobilenets quantize {result.run_dir}`{' --per-tensor' if args.per_tensor else ''}"
+        f"wrote {result.run_dir}: a run like any other{started}; ship it with "
+        f"`mobilenets quantize {result.run_dir}{per_tensor}`"
     )
     return 0

@@ -18,6 +18,7 @@ import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,8 @@ class ExportReport:
     equalization: str | None = None  # what equalize() rescaled before calibrating, if asked
     rounding: str | None = None  # what adaround() rounded before calibrating, if asked
     bias_correction: str | None = None  # what bias_correct() did before calibrating, if asked
+    wide_residuals: bool = False  # residual sums kept wider than int8
+    replaced: bool = False  # a file of that name was there before and is now this one
     seconds: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -83,6 +86,8 @@ class ExportReport:
             "equalization": self.equalization,
             "rounding": self.rounding,
             "bias_correction": self.bias_correction,
+            "wide_residuals": self.wide_residuals,
+            "replaced": self.replaced,
             "seconds": self.seconds,
         }
 
@@ -94,9 +99,27 @@ def target_of(fmt: str) -> Target:
     return FORMATS[fmt].require()
 
 
-def default_path(run_dir: str | os.PathLike[str], target: Target, int8: bool) -> Path:
-    """``RUN_DIR/model.pte``, ``RUN_DIR/model.int8.pte``, and so on."""
-    return Path(run_dir) / f"model{'.int8' if int8 else ''}{target.suffix}"
+# The name each post-training step adds to a default int8 file name, in this order.
+STEP_NAMES = {
+    "equalize": "equalized",
+    "adaround": "adaround",
+    "bias_correct": "biascorrected",
+    "wide_residuals": "wide",
+}
+
+
+def default_path(
+    run_dir: str | os.PathLike[str], target: Target, int8: bool, steps: Sequence[str] = ()
+) -> Path:
+    """``RUN_DIR/model.pte``, ``RUN_DIR/model.int8.pte``, and with post-training steps
+    (keys of :data:`STEP_NAMES`) their names: ``model.int8-equalized-wide.onnx``. So files
+    made with different steps sit side by side instead of replacing each other."""
+    unknown = set(steps) - set(STEP_NAMES)
+    if unknown:
+        raise ValueError(f"unknown int8 steps {sorted(unknown)}")
+    names = [name for step, name in STEP_NAMES.items() if step in steps]
+    precision = "".join(f"-{n}" for n in names) if int8 else ""
+    return Path(run_dir) / f"model{'.int8' + precision if int8 else ''}{target.suffix}"
 
 
 def held_out_inputs(
@@ -185,7 +208,15 @@ def export(
     model, info = load_run(run_dir)
     for size in info.input_size[1:]:
         check_resolution(model, size)
-    out = default_path(run_dir, target, int8) if out is None else Path(out)
+    if out is None:
+        asked = {
+            "equalize": equalize,
+            "adaround": adaround,
+            "bias_correct": bias_correct,
+            "wide_residuals": wide_residuals,
+        }
+        out = default_path(run_dir, target, int8, [k for k, v in asked.items() if v])
+    out = Path(out)
     if out.suffix != target.suffix:
         raise MobileNetError(f"a {target.name} file must end in {target.suffix}, got {out.name}")
     if quantized is not None and not (int8 and target.lowers_pt2e):
@@ -220,6 +251,7 @@ def export(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staged = Path(tmp) / out.name
+        replaced = out.exists()
         target.write(written, staged, example, cal, onnx_metadata(info, precision), **options)
         check = check_program(target, staged, folded, inputs, int8, len(example))
         with contextlib.ExitStack() as stack:  # commits in reverse: the main file last
@@ -239,6 +271,8 @@ def export(
         calibration_images=sum(len(b) for b in cal) if cal else 0,
         calibrated_on=calibrated_on,
         **asdict(prepared),
+        wide_residuals=wide_residuals,
+        replaced=replaced,
         seconds=time.perf_counter() - start,
     )
     if record:

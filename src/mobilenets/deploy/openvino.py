@@ -21,9 +21,9 @@ in an ONNX file's metadata.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,12 +108,14 @@ def quantize_nncf(
         patterns = [module_pattern(name) for name in fp32_modules]
         ignored = nncf.IgnoredScope(names=names, types=list(fp32_types), patterns=patterns)
     dataset = nncf.Dataset([images.numpy() for images in calibration])
-    # NNCF draws its progress bars on stdout, where `--json` output goes: send them to stderr;
-    # its logger writes there too (which nodes an ignored scope matched): keep its warnings only
+    # NNCF draws its own progress bars ("Statistics collection", "Applying Bias correction")
+    # on stdout, where `--json` output goes and where the export's own line follows: they are
+    # dropped, as its logger's notes are (which nodes an ignored scope matched); its warnings
+    # stay, and failures are raised
     logger = logging.getLogger("nncf")
     level = logger.level
     logger.setLevel(logging.WARNING)
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(io.StringIO()):
         try:
             return nncf.quantize(
                 ov_model,

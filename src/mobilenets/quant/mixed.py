@@ -17,12 +17,13 @@ ones costs a dequantize, a float kernel and a quantize, and a setting that costs
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,21 @@ class _Bench:
         fp32_ms, int8_ms, ms = self.latency_ms(self.fp32, self.int8, path)
         return Candidate.of(fp32_modules, self.check(path), ms, int8_ms), path, fp32_ms
 
+    def retimed(
+        self, tried: Sequence[Candidate], paths: Sequence[Path]
+    ) -> tuple[float, Candidate, list[Candidate]]:
+        """The fp32 file, the all-int8 file and every tried file timed together in one
+        interleaved measurement: each row of the report and its cost against all-int8 then
+        come from the same timings (timed one candidate at a time, a row's cost was against
+        that run's own int8 time, while the int8 row showed another)."""
+        fp32_ms, int8_ms, *times = self.latency_ms(self.fp32, self.int8, *paths)
+        again = [
+            replace(c, latency_ms=ms, latency_cost=ms / int8_ms - 1)
+            for c, ms in zip(tried, times, strict=True)
+        ]
+        int8 = Candidate.of([], self.int8_check, int8_ms, int8_ms)
+        return fp32_ms, int8, again
+
 
 def quantize_mixed(
     run_dir: str | os.PathLike[str],
@@ -280,13 +296,19 @@ def quantize_mixed(
         metadata = onnx_metadata(info, "int8")
         bench = _Bench(target, folded, written, Path(tmp), inputs, cal, metadata, options)
         tried: list[Candidate] = []
+        paths: list[Path] = []  # paths[i] holds tried[i]
         if frontier is not None:
-            paths: list[Path] = []  # paths[i] holds tried[i]
             for k in sorted({min(k, len(order)) for k in frontier}):  # 99 of 53: all 53
-                candidate, candidate_path, fp32_ms = bench.candidate(order[:k])
-                tried.append(candidate)
+                candidate_path = bench.write(order[:k])
+                check = bench.check(candidate_path)
+                tried.append(Candidate.of(order[:k], check, math.nan, math.nan))
                 paths.append(candidate_path)
-                say(candidate.describe())
+                say(
+                    f"{k} layers in float: agreement {check.top1_agreement:.1%}, "
+                    f"SQNR {check.sqnr_db:.1f} dB"
+                )
+            say(f"timing the {len(paths)} files against fp32 and all-int8, interleaved")
+            fp32_ms, int8, tried = bench.retimed(tried, paths)
             within = [i for i, c in enumerate(tried) if c.latency_cost <= max_latency_cost]
             if not within:
                 cheapest = min(tried, key=lambda c: c.latency_cost)
@@ -302,8 +324,10 @@ def quantize_mixed(
             )
         elif target_agreement is None:
             kept = order if keep is None else order[:keep]
-            best, path, fp32_ms = bench.candidate(kept)
+            path = bench.write(kept)  # timed below, with the fp32 and all-int8 files
+            best = Candidate.of(kept, bench.check(path), math.nan, math.nan)
             tried.append(best)
+            paths.append(path)
             chosen_by = f"named: {len(kept)} layers" if keep is None else f"{keep} most sensitive"
             if below_sqnr is not None:
                 chosen_by = f"{keep} under {below_sqnr:g} dB with only that layer int8"
@@ -313,6 +337,7 @@ def quantize_mixed(
             for k in range(start, max_float + 1):
                 candidate, candidate_path, fp32_ms = bench.candidate(order[:k])
                 tried.append(candidate)
+                paths.append(candidate_path)
                 say(candidate.describe())
                 if candidate.latency_cost > max_latency_cost:
                     break
@@ -329,8 +354,9 @@ def quantize_mixed(
                     f"({reached.latency_cost:+.0%} latency)"
                 )
             chosen_by = f"fewest most sensitive reaching {target_agreement:.1%}"
-        int8_ms = best.latency_ms / (1 + best.latency_cost)
-        int8 = Candidate.of([], bench.int8_check, int8_ms, int8_ms)
+        if frontier is None:  # the table's rows from one measurement, as the frontier's are
+            fp32_ms, int8, tried = bench.retimed(tried, paths)
+        best = tried[paths.index(path)]
         out.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as stack:  # commits in reverse: the main file last
             for source, dest in zip(target.files(path), target.files(out), strict=True):
