@@ -231,18 +231,19 @@ def test_a_qat_run_scores_what_its_fake_quantized_graph_and_its_source_score(
     run: Path, tmp_path: Path, capsys
 ) -> None:
     """What a QAT run directory holds is the network that was fine-tuned: its float weights
-    score within 0.3 points of the fake-quantized graph and of the float run it started from,
-    on the held-out digits (a run fine-tuned with the former recipe was saved at 50.7% while
+    score within 0.3 points of the fake-quantized graph and no lower than 0.3 points under the
+    float run it started from, on the held-out digits (a run fine-tuned with the former recipe was saved at 50.7% while
     its graph scored 96.7%). Every epoch records the score ``evaluate`` gives."""
     out = tmp_path / "qat"
     assert main(["qat", str(run), "--out", str(out), "--epochs", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     last = result["history"][-1]
     top1 = evaluate(out).top1
-    assert top1 == pytest.approx(last["float_top1"], abs=1e-9)
+    assert top1 == pytest.approx(last["float_top1"], abs=1e-6)  # one tally, float32 or not
     assert abs(top1 - last["fake_quant_top1"]) <= 0.003, (top1, last)
-    assert abs(top1 - result["source_top1"]) <= 0.003, (top1, result["source_top1"])
-    assert result["source_top1"] == pytest.approx(evaluate(run).top1, abs=1e-9)
+    # the fixture's run is 3 epochs short of converged, so fine-tuning may still raise it
+    assert top1 >= result["source_top1"] - 0.003, (top1, result["source_top1"])
+    assert result["source_top1"] == pytest.approx(evaluate(run).top1, abs=1e-6)
 
 
 def test_qat_needs_a_float_run(tmp_path: Path, capsys) -> None:
