@@ -23,6 +23,7 @@ from mobilenets.cli import main
 from mobilenets.errors import MobileNetError
 from mobilenets.models import MobileNetV2
 from mobilenets.optim import make_optimizer, parameter_groups, warmup_cosine
+from mobilenets.progress import TENSORBOARD_DIR, TRAIN_SCALARS
 from mobilenets.recipe import TrainConfig
 from mobilenets.runs import load_run, load_state_dict_file, read_run_info
 from mobilenets.train import (
@@ -83,6 +84,27 @@ def test_a_run_directory_holds_model_state_metrics_and_curves(finished_run: Path
     assert state_digest(fresh) != weights_digest(finished_run)
 
 
+def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag TensorBoard would show for ``run_dir``: (step, value) pairs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / TENSORBOARD_DIR), purge_orphaned_data=True)
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def test_a_run_directory_has_its_epochs_as_tensorboard_scalars(finished_run: Path) -> None:
+    scalars = tensorboard_scalars(finished_run)
+    assert set(scalars) == set(TRAIN_SCALARS.values())
+    history = read_history(finished_run)
+    for key, tag in TRAIN_SCALARS.items():
+        assert [step for step, _ in scalars[tag]] == [1, 2]
+        expected = [h[key] for h in history]
+        assert [value for _, value in scalars[tag]] == pytest.approx(expected, rel=1e-6)
+
+
 def test_resume_after_a_kill_ends_bit_identical(finished_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "killed"
     train(tiny(run, stop_after_epoch=1))  # ends as a run killed during epoch 2 would
@@ -90,6 +112,9 @@ def test_resume_after_a_kill_ends_bit_identical(finished_run: Path, tmp_path: Pa
     train(TrainConfig(resume=str(run), quiet=True))
     assert weights_digest(run) == weights_digest(finished_run)
     assert without_timing(read_history(run)) == without_timing(read_history(finished_run))
+    # each epoch once in TensorBoard too, across the two processes' event files
+    steps = [step for step, _ in tensorboard_scalars(run)["top1/test"]]
+    assert steps == [1, 2]
 
 
 @pytest.mark.slow

@@ -87,3 +87,64 @@ class TrainingDisplay:
             disable=self.quiet or not self.is_main,
             transient=True,
         )
+
+
+# --------------------------------------------------------------------------- TensorBoard
+
+TENSORBOARD_DIR = "tensorboard"
+# metrics.jsonl key -> TensorBoard tag, for `train` and `qat` records
+TRAIN_SCALARS = {
+    "train_loss": "loss/train",
+    "test_loss": "loss/test",
+    "train_top1": "top1/train",
+    "test_top1": "top1/test",
+    "lr": "lr",
+    "images_per_s": "images_per_s",
+}
+QAT_SCALARS = {
+    "loss": "loss/train",
+    "fake_quant_top1": "top1/fake_quantized",
+    "float_top1": "top1/float_weights",
+    "fake_quant_agreement": "agreement/fake_quantized",
+    "fake_quant_sqnr_db": "sqnr_db/fake_quantized",
+    "lr": "lr",
+    "images_per_s": "images_per_s",
+}
+
+
+class ScalarLog:
+    """Each epoch's record as TensorBoard scalars in ``RUN_DIR/tensorboard``, beside
+    ``metrics.jsonl``, when the ``tensorboard`` package is installed (the ``tensorboard``
+    extra); without it nothing is written and training is the same.
+
+    Event files are appended record by record, as TensorBoard expects; a resumed run starts
+    from the epoch after its last checkpoint and purges any later events an interrupted run
+    left (``purge_step``), so the curves show each epoch once.
+    """
+
+    def __init__(self, run_dir: Path, next_epoch: int, tags: dict[str, str], enabled: bool):
+        self.run_dir, self.next_epoch, self.tags, self.enabled = run_dir, next_epoch, tags, enabled
+        self.writer: Any = None
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        """Log one epoch's record; call it after the epoch's checkpoint (the writer is made
+        then, so a run that never finished an epoch leaves nothing behind)."""
+        if self.writer is None and self.enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # the extra is not installed
+                self.enabled = False
+                return
+            folder = str(self.run_dir / TENSORBOARD_DIR)
+            self.writer = SummaryWriter(folder, purge_step=self.next_epoch)
+        if self.writer is None:
+            return
+        for key, tag in self.tags.items():
+            value = record.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(tag, value, record["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -72,7 +72,7 @@ from mobilenets.metrics import Evaluation, Tally, tally_predictions
 from mobilenets.models import check_resolution, create_model, get_model_factory
 from mobilenets.optim import make_optimizer, warmup_cosine
 from mobilenets.plots import save_figure, training_curves_figure
-from mobilenets.progress import TrainingDisplay
+from mobilenets.progress import TRAIN_SCALARS, ScalarLog, TrainingDisplay
 from mobilenets.recipe import DEFAULT_MODEL, DEFAULT_WIDTH_MULT, RUNTIME_FIELDS, TrainConfig
 from mobilenets.runs import (
     META_FILE,
@@ -630,7 +630,8 @@ class _Trainer:
         self.display.print(
             self.display.banner(config, self.bundle, self.procs, self.start_epoch, self.run_dir)
         )
-        with self.display.progress() as progress:
+        scalars = ScalarLog(self.run_dir, self.start_epoch + 1, TRAIN_SCALARS, self.procs.is_main)
+        with self.display.progress() as progress, contextlib.closing(scalars):
             epochs_bar = progress.add_task(
                 "epochs", total=config.epochs, completed=self.start_epoch
             )
@@ -657,6 +658,7 @@ class _Trainer:
                     else None
                 )
                 self._checkpoint(epoch, digests)
+                scalars.epoch(record)
                 progress.advance(epochs_bar)
                 progress.console.print(self.display.epoch_line(record, config.epochs))
         self.display.print(f"run saved to {self.run_dir}")

@@ -73,6 +73,7 @@ from mobilenets.errors import MobileNetError
 from mobilenets.io import atomic_path
 from mobilenets.metrics import tally_predictions
 from mobilenets.optim import parameter_groups, warmup_cosine
+from mobilenets.progress import QAT_SCALARS, ScalarLog
 from mobilenets.runs import META_FILE, RunInfo, load_run, load_run_data, save_run
 from mobilenets.train import STATE_FILE, holds_run, seed_epoch
 
@@ -392,6 +393,7 @@ def _qat(
         history = list(state["history"])
         start_epoch = int(state["epoch"]) + 1
     criterion = nn.CrossEntropyLoss()
+    scalars = ScalarLog(out, start_epoch, QAT_SCALARS, True)
     for epoch in range(start_epoch, config.epochs + 1):
         began = time.perf_counter()
         _freeze(graph, config, epoch)
@@ -420,6 +422,7 @@ def _qat(
             seen += len(labels)
             if on_batch is not None:
                 on_batch(epoch, step, steps, total / seen)
+        train_time = time.perf_counter() - began
         # A copy is evaluated: switching the training graph to eval and back rewrites its
         # BatchNorm and dropout nodes into a graph that trains differently, and a resumed run
         # (whose graph was never switched) would then not continue the same training.
@@ -433,13 +436,17 @@ def _qat(
             match = reference.compare(evaluated)
             record["fake_quant_agreement"] = match.top1_agreement
             record["fake_quant_sqnr_db"] = match.sqnr_db
+        record["lr"] = scheduler.get_last_lr()[0]
+        record["images_per_s"] = seen / train_time
         record["seconds"] = time.perf_counter() - began
         history.append(record)
         _checkpoint(out, graph, model, info, source, config, optimizer, scheduler, history)
+        scalars.epoch(record)
         if on_epoch is not None:
             on_epoch(record)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             break
+    scalars.close()
     return QATResult(out, str(source), history, source_top1)
 
 
