@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from PIL import Image
 from torch import nn
 
@@ -60,17 +63,73 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config._tmp_path_factory.getbasetemp()  # pytest's TempPathFactory for the session
 
 
+def shared_root(factory: pytest.TempPathFactory) -> Path:
+    """The session's temporary directory that every test process sees: under pytest-xdist
+    each worker's own (``pytest-N/popen-gw0``) sits in the session's (``pytest-N``)."""
+    base = factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+BUILDS_FILE = "builds.log"  # one line per build: what was built, by which process
+
+
 def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
-    """``build(directory)`` once per session; later calls, forked tests' included, find the
-    directory it filled (a marker written last says it was finished)."""
-    directory = factory.getbasetemp() / "built-once" / name
+    """``build(directory)`` once per session, whichever test process (xdist worker, forked
+    test) asks first; the others wait for it on a file lock and find the directory it filled
+    (a marker written last says it was finished). Each build is logged to ``builds.log``, so a
+    test can check that nothing was built twice."""
+    root = shared_root(factory) / "built-once"
+    root.mkdir(parents=True, exist_ok=True)
+    directory = root / name
     finished = directory / ".built"
-    if not finished.exists():
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
-        build(directory)
-        finished.touch()
+    with FileLock(str(root / f"{name}.lock")):
+        if not finished.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+            build(directory)
+            finished.write_text(json.dumps(_digests(directory)))  # what it held when built
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            with (root / BUILDS_FILE).open("a") as log:
+                log.write(f"{name} {worker} {os.getpid()}\n")
     return directory
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A copy of ``run`` at ``to`` (its lock left behind), for tests that write into a run:
+    ``export`` records itself in ``model.json``, ``evaluate`` writes its figure there, and a
+    session's shared runs stay as they were built (checked when the session ends)."""
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns(".lock"))
+    return to
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In the session's main process: fail the session if a shared run was built twice
+    (once per worker instead of once per session) or a test changed one of its files."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    root = shared_root(session.config._tmp_path_factory) / "built-once"
+    problems = []
+    log = root / BUILDS_FILE
+    names = log.read_text().split("\n") if log.exists() else []
+    built = [line.split()[0] for line in names if line]
+    problems += [f"{n} was built {built.count(n)} times" for n in sorted(set(built))
+                 if built.count(n) > 1]  # fmt: skip
+    for marker in root.glob("*/.built"):
+        recorded = json.loads(marker.read_text())
+        now = _digests(marker.parent)
+        changed = [f for f, digest in recorded.items() if now.get(f) != digest]
+        problems += [f"a test changed {marker.parent.name}/{f}" for f in changed]
+    if problems:
+        print("\nshared test runs: " + "; ".join(problems))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
@@ -122,6 +181,18 @@ def raises_one_line(match: str) -> Iterator[pytest.ExceptionInfo[MobileNetError]
     with pytest.raises(MobileNetError, match=match) as info:
         yield info
     assert "\n" not in str(info.value), f"not one line: {info.value}"
+
+
+def check_one_line_error(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command line's answer to a user's mistake: exit status 2, nothing on stdout, and
+    one ``error:`` line that contains ``message``."""
+    from mobilenets.cli import main
+
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

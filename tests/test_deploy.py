@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import raises_one_line, randomize_batchnorm
+from conftest import check_one_line_error, copy_run, raises_one_line, randomize_batchnorm
 from torch.utils.data import Subset
 
 from mobilenets import create_model
@@ -48,8 +48,9 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def run(trained_v2: Path) -> Path:
-    return trained_v2
+def run(trained_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of conftest's V2: these tests export into it, which records in its model.json."""
+    return copy_run(trained_v2, tmp_path_factory.mktemp("deploy") / "run")
 
 
 @pytest.fixture(scope="module")
@@ -320,14 +321,6 @@ def no_weights(run: Path, tmp_path: Path) -> Path:
     broken.mkdir()
     (broken / "model.json").write_text((run / "model.json").read_text())
     return broken
-
-
-def check_one_line_error(argv: list[str], message: str, capsys) -> None:
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
 
 def test_a_run_without_weights(no_weights: Path, capsys) -> None:

@@ -8,53 +8,32 @@ nothing here skips in CI. A small MobileNetV2 (width 0.35) trained briefly on th
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import built_once
+from conftest import check_one_line_error, copy_run
 
 from mobilenets.cli import main
 from mobilenets.deploy import target as target_module
 from mobilenets.deploy.export import FORMATS, default_path, export
 from mobilenets.deploy.target import agreement
 from mobilenets.errors import MobileNetError
-from mobilenets.quant.mixed import supports_mixed
 from mobilenets.runs import read_run_info
-from mobilenets.train import TrainConfig, train
 
 RESOLUTION = 16
 pytestmark = pytest.mark.forked  # the runtimes' threads stay out of the suite's process
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = TrainConfig(
-        model="mobilenet_v2",
-        width_mult=0.35,
-        resolution=RESOLUTION,
-        epochs=2,
-        quiet=True,
-        out="",
-    )
-    built = built_once(
-        tmp_path_factory, "deploy-v2", lambda d: train(replace(config, out=str(d / "v2")))
-    )
-    return built / "v2"
+def run(trained_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of conftest's V2 0.35 at 16 px: these tests export into it."""
+    return copy_run(trained_v2, tmp_path_factory.mktemp("targets") / "v2")
 
 
 def listing(directory: Path) -> set[str]:
     return {p.name for p in directory.iterdir()}
-
-
-def check_one_line_error(argv: list[str], message: str, capsys) -> None:
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -290,7 +269,6 @@ def test_pt2e_mixed_precision_keeps_the_named_modules_in_float(
     """Neither XNNPACK's quantizer nor litert-torch's can leave a module in float by name;
     pt2e.FloatModules does it for both. In the LiteRT file the named layers read float32
     weights and every other layer int8; a name that is no layer is one line."""
-    assert all(supports_mixed(target) for target in FORMATS.values())
     out = tmp_path / f"mixed{FORMATS[fmt].suffix}"
     keep = ["features.0.conv", "classifier.fc"]
     argv = ["quantize-mixed", str(run), "--format", fmt, "--fp32", *keep]

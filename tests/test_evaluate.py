@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import copy_run
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -22,9 +23,10 @@ from mobilenets.runs import read_run_info
 
 
 @pytest.fixture(scope="module")
-def run(trained_v1: Path) -> Path:
-    """The session's small V1, trained on the digits (16 px) to recognise most of them."""
-    return trained_v1
+def run(trained_v1: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's small V1, trained on the digits (16 px) to recognise most of
+    them (evaluate writes its figure into the run)."""
+    return copy_run(trained_v1, tmp_path_factory.mktemp("evaluate") / "run")
 
 
 def test_tally_counts_confusion_top5_and_adds_up_over_shards() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from conftest import check_one_line_error, copy_run
 
 from mobilenets.cli import main
 from mobilenets.deploy import executorch
@@ -35,19 +36,14 @@ pytestmark = pytest.mark.forked  # the runtimes' threads stay out of the suite's
 
 
 @pytest.fixture(scope="module")
-def run(trained_v2: Path) -> Path:
-    """conftest's V2 0.35, trained 3 epochs on the digits at 16 px."""
-    return trained_v2
+def run(trained_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of conftest's V2 0.35, trained 3 epochs on the digits at 16 px (exports record
+    themselves in the run's model.json)."""
+    return copy_run(trained_v2, tmp_path_factory.mktemp("int8") / "run")
 
 
 def images(n: int = 8, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, RESOLUTION, RESOLUTION, generator=torch.Generator().manual_seed(seed))
-
-
-def check_one_line_error(argv: list[str], message: str, capsys) -> None:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and message in err, err
 
 
 def test_fake_quant_model_is_exact_until_switched_on(run: Path) -> None:
@@ -231,9 +227,10 @@ def test_a_qat_run_scores_what_its_fake_quantized_graph_and_its_source_score(
     run: Path, tmp_path: Path, capsys
 ) -> None:
     """What a QAT run directory holds is the network that was fine-tuned: its float weights
-    score within 0.3 points of the fake-quantized graph and no lower than 0.3 points under the
-    float run it started from, on the held-out digits (a run fine-tuned with the former recipe was saved at 50.7% while
-    its graph scored 96.7%). Every epoch records the score ``evaluate`` gives."""
+    score within 0.3 points of the fake-quantized graph and no lower than 0.3 points under
+    the float run it started from, on the held-out digits (a run fine-tuned with the former
+    recipe was saved at 50.7% while its graph scored 96.7%). Every epoch records the score
+    ``evaluate`` gives."""
     out = tmp_path / "qat"
     assert main(["qat", str(run), "--out", str(out), "--epochs", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import raises_one_line
+from conftest import copy_run, raises_one_line
 from PIL import Image
 
 from mobilenets.cli import main
@@ -34,11 +34,6 @@ from mobilenets.runs import read_run_info
 from mobilenets.train import STATE_FILE, SmallDataWarning, new_run_dir, train
 
 TINY = dict(model="mobilenet_v1", width_mult=0.25, resolution=16, quiet=True)
-
-
-def copy_run(run: Path, to: Path) -> Path:
-    shutil.copytree(run, to)
-    return to
 
 
 def files_of(directory: Path) -> dict[str, bytes]:

@@ -106,11 +106,6 @@ class MixedResult:
         return data
 
 
-def supports_mixed(target: Target) -> bool:
-    """Whether ``target``'s writer can leave named modules in float."""
-    return target.takes("fp32_modules")
-
-
 def simulated_agreement(
     fq: FakeQuantModel, order: Sequence[str], images: Sequence[torch.Tensor], max_float: int
 ) -> list[float]:
@@ -262,8 +257,6 @@ def quantize_mixed(
         raise MobileNetError(f"--frontier needs counts >= 0, got {list(frontier)}")
     say = on_message or (lambda _: None)
     target = target_of(fmt)
-    if not supports_mixed(target):
-        raise MobileNetError(f"{target.name} cannot keep layers in float yet; use onnx")
     options = int8_options(target, adaround, wide_residuals)
     model, info = load_run(run_dir)
     out = Path(run_dir) / f"model.mixed{target.suffix}" if out is None else Path(out)
