@@ -195,6 +195,13 @@ def check_one_line_error(argv: list[str], message: str, capsys: pytest.CaptureFi
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
 
 
+def meta_model(name: str, **kwargs: object) -> nn.Module:
+    """``create_model(name, **kwargs)`` on the meta device: shapes without weights, so
+    counting parameters and mult-adds costs no initialisation and no arithmetic."""
+    with torch.device("meta"):
+        return create_model(name, **kwargs)
+
+
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """BatchNorm with the running statistics and affine terms of a trained network (in eval
     mode): with the initial ones (mean 0, variance 1, gamma 1, beta 0) BatchNorm is nearly the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from conftest import meta_model
 from torch import nn
 
 from mobilenets import DepthwiseConv, MobileNetError, PointwiseConv, create_model
@@ -54,7 +55,7 @@ def test_lecture_example_traced_from_real_modules() -> None:
      (0.35, 59_285_808)],
 )  # fmt: skip
 def test_v2_mult_adds(width: float, macs: int) -> None:
-    assert profile_model(create_model("mobilenet_v2", width_mult=width)).total_macs == macs
+    assert profile_model(meta_model("mobilenet_v2", width_mult=width)).total_macs == macs
 
 
 @pytest.mark.parametrize(
@@ -64,7 +65,7 @@ def test_v2_mult_adds(width: float, macs: int) -> None:
      (0.25, 224, 41_030_272)],
 )  # fmt: skip
 def test_v1_mult_adds(width: float, resolution: int, macs: int) -> None:
-    model = create_model("mobilenet_v1", width_mult=width)
+    model = meta_model("mobilenet_v1", width_mult=width)
     assert profile_model(model, resolution).total_macs == macs
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import meta_model
 from torch import nn
 
 from mobilenets import MobileNetError, create_model
@@ -42,7 +43,7 @@ COUNTS = [
 
 @pytest.mark.parametrize(("name", "kwargs", "resolution", "params", "macs"), COUNTS)
 def test_exact_counts(name: str, kwargs: dict, resolution: int, params: int, macs: int) -> None:
-    report = profile_model(create_model(name, **kwargs), resolution)
+    report = profile_model(meta_model(name, **kwargs), resolution)
     assert report.total_params == params
     assert report.total_macs == macs
 
