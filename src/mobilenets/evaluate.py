@@ -1,11 +1,18 @@
 """How good a trained run is on the held-out split of its data: top-1, top-5, per-class
-accuracy and the confusion matrix (counted by :mod:`mobilenets.metrics`)."""
+accuracy and the confusion matrix (counted by :mod:`mobilenets.metrics`).
+
+An exported program (``.onnx``, ``.pte``, ``.tflite``, ``.xml``) is scored the same way, in
+its own runtime, on the held-out split of the run it records, beside the run's fp32 PyTorch
+weights when that run directory is still there: what int8 cost on real labels.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,3 +67,90 @@ def evaluate(
     save_figure(confusion_matrix_figure(result.confusion, result.class_names, title), plot_path)
     result.figure = str(plot_path)
     return result
+
+
+@dataclass
+class ProgramEvaluation:
+    """An exported program scored in its runtime, and the run's fp32 weights in PyTorch on
+    the same images (None, with the reason in ``fp32_note``, when that run is not there)."""
+
+    program: str
+    format: str
+    runtime: str
+    precision: str
+    data: str  # what the held-out images are
+    result: Evaluation
+    run_dir: str | None = None
+    fp32: Evaluation | None = None
+    fp32_note: str | None = None
+
+    @property
+    def top1_change(self) -> float | None:
+        """The program's top-1 minus the fp32 run's, as a fraction."""
+        return None if self.fp32 is None else self.result.top1 - self.fp32.top1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "program": self.program,
+            "format": self.format,
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "data": self.data,
+            **self.result.to_dict(),
+            "run_dir": self.run_dir,
+            "fp32": None if self.fp32 is None else self.fp32.to_dict(),
+            "fp32_note": self.fp32_note,
+            "top1_change": self.top1_change,
+        }
+
+
+def evaluate_program(
+    path: str | os.PathLike[str],
+    data: str | os.PathLike[str] | None = None,
+    batch_size: int = 256,
+    plot: str | os.PathLike[str] | None = None,
+    fp32: bool = True,
+    threads: int | None = None,
+) -> ProgramEvaluation:
+    """Score an exported program in its own runtime on the held-out split of the run it
+    records (or of ``data``), and, with ``fp32``, the run's PyTorch weights on the same images
+    when the run directory it was exported from still holds that run.
+
+    The split is rebuilt from the data record the program carries, so it is the split the
+    run was tested on, and its images were never among the training images int8 was
+    calibrated on. ``data`` whose classes differ from the program's raises one line. The
+    confusion matrix is drawn only when ``plot`` names a file.
+    """
+    from mobilenets.deploy.program import load_program
+
+    program, info = load_program(path, threads)
+    bundle = load_run_data(info.run, data)
+    result = evaluate_model(program, bundle.test, info.class_names, batch_size, "cpu")
+    report = ProgramEvaluation(
+        program=str(info.path),
+        format=info.target.name,
+        runtime=info.target.runtime,
+        precision=info.precision,
+        data=f"{len(bundle.test)} held-out images of {bundle.name}",
+        result=result,
+    )
+    run_dir = info.run_dir()
+    if run_dir is None:
+        report.fp32_note = "the run directory it was exported from is not there"
+    elif fp32:
+        model, run = load_run(run_dir)
+        report.run_dir = str(run_dir)
+        if (run.model, run.model_kwargs, run.class_names, run.input_size) != (
+            info.run.model,
+            info.run.model_kwargs,
+            info.run.class_names,
+            info.run.input_size,
+        ):
+            report.fp32_note = f"{run_dir} now holds another model than the one exported"
+        else:
+            report.fp32 = evaluate_model(model, bundle.test, info.class_names, batch_size, "cpu")
+    if plot is not None:
+        title = f"{Path(path).name} on {bundle.name}: top-1 {result.top1:.2%}"
+        save_figure(confusion_matrix_figure(result.confusion, result.class_names, title), plot)
+        result.figure = str(plot)
+    return report

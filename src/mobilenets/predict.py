@@ -5,6 +5,10 @@ recursively for image files; other files are listed as skipped) and glob pattern
 image gets one row: its most probable classes, or the reason it could not be read. A bad
 file is a row, not the end of the run, so one corrupt photo in a folder of thousands costs
 one line.
+
+The classifier is a run directory's model in PyTorch, or an exported program (``.onnx``,
+``.pte``, ``.tflite``, ``.xml``) in its own runtime: the class names, mean, std, input size
+and crop it records are the run's, so its images are preprocessed the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 from mobilenets.data import IMAGE_EXTENSIONS, eval_transform, load_image
 from mobilenets.devices import parse_device
 from mobilenets.errors import MobileNetError
-from mobilenets.runs import load_run
+from mobilenets.runs import RunInfo, load_run, names_a_file
 
 GLOB_CHARS = frozenset("*?[")
 
@@ -106,6 +110,20 @@ def find_images(inputs: Sequence[str | os.PathLike[str]]) -> ImageList:
     return found
 
 
+def load_classifier(
+    source: str | os.PathLike[str], device: torch.device
+) -> tuple[torch.nn.Module, RunInfo, torch.device]:
+    """The model of a run directory on ``device``, or an exported program in its runtime
+    (on the CPU), with the run record that says how to preprocess its images."""
+    if not names_a_file(source):
+        model, info = load_run(source, map_location=device)
+        return model, info, device
+    from mobilenets.deploy.program import load_program
+
+    program, program_info = load_program(source)
+    return program, program_info.run, torch.device("cpu")
+
+
 @torch.no_grad()
 def predict(
     run_dir: str | os.PathLike[str],
@@ -115,7 +133,8 @@ def predict(
     device: str | torch.device | None = None,
 ) -> PredictionReport:
     """Classify the images that ``images`` names (files, folders, globs: :func:`find_images`)
-    with a trained run, preprocessed exactly as the run records.
+    with a trained run, or an exported program in its runtime, preprocessed exactly as the
+    run records.
 
     Images are read a batch at a time, so a folder of any size fits in memory. An image that
     cannot be read (missing, truncated, not an image, a decompression bomb) is a row with
@@ -128,7 +147,7 @@ def predict(
     if batch_size < 1:
         raise MobileNetError(f"batch size must be at least 1, got {batch_size}")
     device = parse_device(device)
-    model, info = load_run(run_dir, map_location=device)
+    model, info, device = load_classifier(run_dir, device)
     found = find_images(images)
     if not found.images and not found.missing:
         raise MobileNetError(

@@ -231,6 +231,14 @@ def read_run_info(run_dir: str | os.PathLike[str]) -> RunInfo:
     return RunInfo.from_json(data, str(meta))
 
 
+def names_a_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path``, given where a run directory or an exported program may go
+    (``evaluate``, ``predict``), names a file: one that exists, or a missing path with a
+    suffix (``model.int8.tflite``), so that a missing program is called one."""
+    path = Path(path)
+    return path.is_file() or (not path.is_dir() and bool(path.suffix))
+
+
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a safetensors file, refusing anything that is not one."""
     path = Path(path)

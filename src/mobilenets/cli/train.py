@@ -25,11 +25,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=run_train)
 
-    p = subparsers.add_parser("evaluate", help="top-1, top-5, per-class accuracy of a run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p = subparsers.add_parser(
+        "evaluate",
+        help="top-1, top-5, per-class accuracy of a run or an exported program",
+        description="Score a run directory, or an exported program (.onnx, .pte, .tflite, "
+        ".xml) in its own runtime beside the run's fp32 weights, on the held-out split of "
+        "the run's data.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR|PROGRAM")
     p.add_argument("--data", help="evaluate on this dataset's held-out split instead")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--plot", help="confusion matrix PNG (default RUN_DIR/confusion_matrix.png)")
+    p.add_argument(
+        "--plot",
+        help="confusion matrix PNG (default RUN_DIR/confusion_matrix.png; a program's only "
+        "when given)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run_evaluate)
 
@@ -40,7 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "read. Folders are searched recursively for image files; other files are listed as "
         "skipped. Exit status 0, or 1 when some image could not be read.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR|PROGRAM", help="a run directory or an exported program"
+    )
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders or globs")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (5)")
     form = p.add_mutually_exclusive_group()
@@ -90,6 +102,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from mobilenets.runs import names_a_file
+
+    if names_a_file(args.run_dir):
+        return run_evaluate_program(args)
     from mobilenets.evaluate import evaluate
 
     result = evaluate(args.run_dir, data=args.data, batch_size=args.batch_size, plot=args.plot)
@@ -105,6 +121,43 @@ def run_evaluate(args: argparse.Namespace) -> int:
         yield f"confusion matrix written to {result.figure}"
 
     return show(args.json, result.to_dict(), views())
+
+
+def run_evaluate_program(args: argparse.Namespace) -> int:
+    from mobilenets.evaluate import evaluate_program
+
+    report = evaluate_program(args.run_dir, args.data, args.batch_size, args.plot)
+    result, fp32 = report.result, report.fp32
+
+    def score(r: Any) -> list[str]:
+        top5 = "" if r.top5 is None else f"{r.top5:.2%}"
+        return [f"{r.top1:.2%}", top5, f"{r.loss:.4f}"]
+
+    def views() -> Iterator[Any]:
+        yield f"{report.program}: {report.precision} in {report.runtime}, on {report.data}"
+        rows = [[f"{report.format} {report.precision}, {report.runtime}", *score(result)]]
+        if fp32 is not None:
+            rows.append(["run fp32, PyTorch", *score(fp32)])
+        yield table(None, ["model", "top-1", "top-5", "loss"], rows, right=3)
+        if fp32 is not None:
+            yield (
+                f"top-1 {report.precision} - fp32: {100 * report.top1_change:+.2f} points "
+                f"(run {report.run_dir})"
+            )
+        else:
+            yield f"no fp32 score: {report.fp32_note}"
+        names = result.class_names
+        per_class = [
+            [name, str(sum(row)), f"{result.per_class[name]:.2%}"]
+            + ([] if fp32 is None else [f"{fp32.per_class[name]:.2%}"])
+            for name, row in zip(names, result.confusion, strict=True)
+        ]
+        columns = ["class", "images", report.precision] + ([] if fp32 is None else ["fp32"])
+        yield table("Per-class accuracy", columns, per_class, right=len(columns) - 1)
+        if result.figure:
+            yield f"confusion matrix written to {result.figure}"
+
+    return show(args.json, report.to_dict(), views())
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -26,7 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.target import Runner, Target, first_line, input_array, quiet
+from mobilenets.deploy.target import (
+    Runner,
+    Target,
+    first_line,
+    input_array,
+    quiet,
+    write_metadata_file,
+)
 from mobilenets.errors import MobileNetError
 
 QUANTIZATION = (
@@ -88,8 +95,7 @@ def write(
     ``wide_residuals`` adds the residual streams in float (XNNPACK has no int16 addition);
     ``fp32_modules`` run in float (mixed precision).
 
-    ``metadata`` is not stored: a ``.pte`` holds no free-form properties; the run directory's
-    ``model.json`` records what the program was exported from.
+    A ``.pte`` holds no free-form properties: ``metadata`` goes to ``<path>.json`` beside it.
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -111,6 +117,7 @@ def write(
     except Exception as e:  # export and lowering raise many types; the first line says which
         raise MobileNetError(f"ExecuTorch cannot lower this model: {first_line(e)}") from e
     Path(path).write_bytes(buffer)
+    write_metadata_file(path, metadata)
 
 
 @quiet()
@@ -160,4 +167,5 @@ TARGET = Target(
     batch_fixed=True,
     quantization=QUANTIZATION,
     lowers_pt2e=True,
+    metadata_file=True,
 )

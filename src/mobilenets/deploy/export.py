@@ -252,7 +252,8 @@ def export(
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staged = Path(tmp) / out.name
         replaced = out.exists()
-        target.write(written, staged, example, cal, onnx_metadata(info, precision), **options)
+        metadata = onnx_metadata(info, precision, run_dir)
+        target.write(written, staged, example, cal, metadata, **options)
         check = check_program(target, staged, folded, inputs, int8, len(example))
         with contextlib.ExitStack() as stack:  # commits in reverse: the main file last
             for source, dest in zip(target.files(staged), target.files(out), strict=True):

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.target import Runner, Target, first_line, input_array, quiet
+from mobilenets.deploy.target import (
+    Runner,
+    Target,
+    first_line,
+    input_array,
+    quiet,
+    write_metadata_file,
+)
 from mobilenets.errors import MobileNetError
 
 QUANTIZATION = (
@@ -52,7 +59,7 @@ def write(
     ``pt2e.FloatModules`` leaves in float (the quantizer's own ``set_module_name(name, None)``
     is "not supported yet"). Residual additions cannot be left in float: the converter
     quantizes them again, so this writer takes no ``wide_residuals``.
-    ``metadata`` is not stored: the run directory's ``model.json`` records the export.
+    ``metadata`` goes to ``<path>.json`` beside the program.
     """
     import litert_torch
     from litert_torch.quantize import pt2e_quantizer
@@ -81,6 +88,7 @@ def write(
         edge_model.export(str(path))
     except Exception as e:  # the converter raises many types; the first line says which
         raise MobileNetError(f"LiteRT cannot convert this model: {first_line(e)}") from e
+    write_metadata_file(path, metadata)
 
 
 @quiet()
@@ -131,4 +139,5 @@ TARGET = Target(
     load=load,
     batch_fixed=True,
     quantization=QUANTIZATION,
+    metadata_file=True,
 )

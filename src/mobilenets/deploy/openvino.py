@@ -194,7 +194,7 @@ def metadata_of(path: Path) -> dict[str, str]:
     if not model.has_rt_info([RT_INFO_SECTION]):
         return {}
     section = model.get_rt_info()[RT_INFO_SECTION]
-    return {key: str(section[key]) for key in section}
+    return {key: section[key].astype(str) for key in section}  # str() names the type
 
 
 TARGET = Target(

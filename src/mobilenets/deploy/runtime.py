@@ -28,18 +28,26 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 RUN_KEY = "mobilenets.run"
 PRECISION_KEY = "mobilenets.precision"
+RUN_DIR_KEY = "mobilenets.run_dir"
 
 
 # --------------------------------------------------------------------------- metadata
 
 
-def onnx_metadata(info: RunInfo, precision: str) -> dict[str, str]:
+def onnx_metadata(
+    info: RunInfo, precision: str, run_dir: str | os.PathLike[str] | None = None
+) -> dict[str, str]:
     """The ``metadata_props`` of an exported model: readable keys plus the full description.
 
     ``crop_pct`` completes the preprocessing: resize the shorter side to
     ``input_size / crop_pct``, centre-crop ``input_size``, normalise with ``mean`` and ``std``.
+    ``run_dir``, the run directory exported from (absolute), lets ``evaluate`` score the
+    run's fp32 weights beside the program's. Every format records these keys
+    (:func:`mobilenets.deploy.program.read_program_info` reads them back).
     """
+    where = {} if run_dir is None else {RUN_DIR_KEY: str(Path(run_dir).resolve())}
     return {
+        **where,
         "class_names": json.dumps(list(info.class_names)),
         "mean": json.dumps(list(info.mean)),
         "std": json.dumps(list(info.std)),

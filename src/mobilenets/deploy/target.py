@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import inspect
 import io
+import json
 import logging
 import os
 import sys
@@ -82,6 +83,9 @@ class Target:
     # ``write`` lowers a graph that already holds quantize/dequantize pairs (PT2E's
     # ``convert_pt2e``) as it is, so a QAT graph's own ranges can be shipped
     lowers_pt2e: bool = False
+    # The format has no place for free-form properties: ``write`` puts the metadata in
+    # ``<file>.json`` beside the program (:func:`write_metadata_file`), one of its files
+    metadata_file: bool = False
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.modules)
@@ -102,9 +106,38 @@ class Target:
         return option in inspect.signature(self.write).parameters
 
     def files(self, path: str | os.PathLike[str]) -> list[Path]:
-        """The main file and its sidecars."""
+        """The main file and its sidecars (its weights, its metadata file), which move with it."""
         path = Path(path)
-        return [path, *(path.with_suffix(s) for s in self.sidecars)]
+        extra = [metadata_path(path)] if self.metadata_file else []
+        return [path, *(path.with_suffix(s) for s in self.sidecars), *extra]
+
+
+def metadata_path(path: str | os.PathLike[str]) -> Path:
+    """``model.int8.pte`` -> ``model.int8.pte.json``: where a program whose format holds no
+    free-form properties keeps its metadata."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def write_metadata_file(path: str | os.PathLike[str], metadata: dict[str, str]) -> None:
+    """Write ``metadata`` (the same keys an ONNX file's ``metadata_props`` hold) beside the
+    program at ``path``. The writer writes into a staging folder, and the export renames every
+    file of the program atomically, this one before the program itself."""
+    metadata_path(path).write_text(json.dumps(metadata, indent=1) + "\n", encoding="utf-8")
+
+
+def read_metadata_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata written beside the program at ``path``; empty when there is none."""
+    meta = metadata_path(path)
+    if not meta.is_file():
+        return {}
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MobileNetError(f"{meta} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise MobileNetError(f"{meta} is not a mobilenets metadata file")
+    return data
 
 
 @dataclass
