@@ -20,13 +20,22 @@ from mobilenets.models.mobilenet_v1 import V1_BLOCKS, V1_TABLE, MobileNetV1
 from mobilenets.models.mobilenet_v2 import V2_BOTTLENECKS, V2_TABLE, MobileNetV2
 from mobilenets.models.mobilenet_v3 import V3_LARGE_TABLE, V3_SMALL_TABLE, MobileNetV3
 from mobilenets.models.mobilenet_v4 import V4_CONV_MEDIUM_TABLE, V4_CONV_SMALL_TABLE, MobileNetV4
-from mobilenets.models.registry import create_model, get_model_factory, list_models, register_model
+from mobilenets.models.registry import (
+    create_model,
+    get_model_factory,
+    list_models,
+    model_task,
+    register_model,
+)
+from mobilenets.models.segmentation import LRASPP, DeepLabV3
+from mobilenets.models.ssdlite import SSDLite, default_boxes
 from mobilenets.models.vgg import VGG_SMALL, VGGSmall
 
 __all__ = [
     "EFFICIENTNET_B0_TABLE",
     "EFFICIENTNET_LITE0_TABLE",
     "EFFICIENTNET_SCALING",
+    "LRASPP",
     "REPEATED_KINDS",
     "SE",
     "V1_BLOCKS",
@@ -38,6 +47,7 @@ __all__ = [
     "V4_CONV_MEDIUM_TABLE",
     "V4_CONV_SMALL_TABLE",
     "VGG_SMALL",
+    "DeepLabV3",
     "EfficientNet",
     "Head",
     "MobileNetV1",
@@ -45,13 +55,16 @@ __all__ = [
     "MobileNetV3",
     "MobileNetV4",
     "Row",
+    "SSDLite",
     "TableNet",
     "VGGSmall",
     "build_trunk",
     "check_resolution",
     "create_model",
+    "default_boxes",
     "get_model_factory",
     "list_models",
+    "model_task",
     "register_model",
     "scale_depth",
 ]

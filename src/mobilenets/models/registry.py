@@ -12,29 +12,47 @@ from mobilenets.features import FeatureExtractor
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
+_TASKS: dict[str, str] = {}
+TASKS = ("classification", "detection", "segmentation")
 
 
-def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Class or function decorator that makes a model constructible by ``name``."""
+def register_model(
+    name: str, task: str = "classification"
+) -> Callable[[ModelFactory], ModelFactory]:
+    """Class or function decorator that makes a model constructible by ``name``.
+
+    ``task`` says what its forward returns (class logits, per-box predictions, per-pixel
+    logits), so the workflows built for classifiers (choose, calibrate) list only those.
+    """
+    if task not in TASKS:
+        raise RuntimeError(f"unknown task {task!r} for model {name!r}; known: {TASKS}")
 
     def decorator(factory: ModelFactory) -> ModelFactory:
         if name in _REGISTRY:
             raise RuntimeError(f"model {name!r} is registered twice")
         _REGISTRY[name] = factory
+        _TASKS[name] = task
         return factory
 
     return decorator
 
 
-def list_models() -> list[str]:
-    """The registered model names, sorted."""
-    return sorted(_REGISTRY)
+def list_models(task: str | None = "classification") -> list[str]:
+    """The registered model names for ``task`` (every task with None), sorted."""
+    return sorted(name for name in _REGISTRY if task is None or _TASKS[name] == task)
+
+
+def model_task(name: str) -> str:
+    """What the model registered as ``name`` predicts: one of :data:`TASKS`."""
+    get_model_factory(name)
+    return _TASKS[name]
 
 
 def get_model_factory(name: str) -> ModelFactory:
     """The constructor registered as ``name``, or a one-line error that lists the known names."""
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise MobileNetError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+        known = ", ".join(list_models(None))
+        raise MobileNetError(f"unknown model {name!r}; known models: {known}")
     return _REGISTRY[name]
 
 
