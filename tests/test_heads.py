@@ -6,6 +6,7 @@ convolutions and FC only), counted on the meta device so they take a moment.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -243,3 +244,15 @@ def test_export_captures_the_heads_as_convolutions() -> None:
     assert sum("conv2d" in t for t in targets) == sum(
         isinstance(m, nn.Conv2d) for m in model.modules()
     )
+
+
+def test_cost_and_models_commands_count_the_heads(capsys: pytest.CaptureFixture[str]) -> None:
+    from mobilenets.cli import main
+
+    assert main(["cost", "lraspp_mobilenet_v3_large", "--resolution", "520", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)  # the model's own 21 classes, not 1000
+    assert (data["total_params"], data["total_macs"]) == (3_221_538, 2_086_219_688)
+    assert main(["models", "--task", "detection", "--json"]) == 0
+    rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)["models"]}
+    assert set(rows) == set(list_models("detection"))
+    assert rows["ssdlite_mobilenet_v3_large"]["classes"] == 91

@@ -15,6 +15,12 @@ if TYPE_CHECKING:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("models", help="list the models with parameters and mult-adds")
     p.add_argument("--resolution", type=int, default=224, help="input size (default 224)")
+    p.add_argument(
+        "--task",
+        choices=["classification", "detection", "segmentation", "all"],
+        default="classification",
+        help="which models to list (default: the classifiers)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_models)
 
@@ -24,7 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--width-mult", type=float, help="width multiplier alpha (families that have one)"
     )
     p.add_argument("--resolution", type=int, default=224, help="input size (default 224)")
-    p.add_argument("--num-classes", type=int, default=1000, help="classifier outputs")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        help="classes (default: the model's own, 1000 for classifiers, 91 for SSDLite, 21 for "
+        "segmentation)",
+    )
     p.add_argument("--small-input", action="store_true", help="total stride 8 (32px inputs)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     p.add_argument("--all-layers", action="store_true", help="also list BN, activation, pool")
@@ -61,7 +72,7 @@ def run_models(args: argparse.Namespace) -> int:
     from mobilenets.models import create_model, list_models
 
     rows = []
-    for name in list_models():
+    for name in list_models(None if args.task == "all" else args.task):
         # on the meta device: shapes only, no weight initialisation (the counts are the same,
         # and most of the command's time went into initialising weights it never read)
         with torch.device("meta"):
@@ -102,7 +113,9 @@ def _profile(name: str, args: argparse.Namespace) -> CostReport:
     extra: dict[str, object] = {"small_input": True} if args.small_input else {}
     if args.width_mult is not None:
         extra["width_mult"] = args.width_mult
-    model = create_model(name, num_classes=args.num_classes, **extra)
+    if args.num_classes is not None:
+        extra["num_classes"] = args.num_classes
+    model = create_model(name, **extra)
     return profile_model(model, args.resolution, batch_size=args.batch_size)
 
 
