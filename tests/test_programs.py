@@ -1,0 +1,161 @@
+"""Exported programs on their own (issue 32): ``evaluate`` scores one in its runtime on the
+labelled held-out split beside the run's fp32 weights, ``predict`` classifies images with it,
+and ``export --int8`` calibrates on training images only.
+
+Programs come from the suite's small digits V2 (16 px, :func:`conftest.trained_v2`), exported
+with 16 calibration and 16 check images into a folder of their own, so the run directory is
+left as it was (``record=False``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from conftest import built_once
+
+from mobilenets.cli import main
+from mobilenets.deploy.export import FORMATS, calibration_inputs, export
+from mobilenets.deploy.program import read_program_info
+from mobilenets.deploy.runtime import RUN_DIR_KEY, set_metadata
+from mobilenets.evaluate import evaluate_model, evaluate_program
+from mobilenets.predict import predict
+from mobilenets.runs import load_run, load_run_data, read_run_info
+
+pytestmark = pytest.mark.forked  # ExecuTorch, LiteRT and OpenVINO stay out of the suite
+
+
+def program(factory: pytest.TempPathFactory, run: Path, fmt: str) -> Path:
+    """``run`` exported to ``fmt`` in int8 once per session, in a folder beside the run."""
+    target = FORMATS[fmt]
+
+    def build(directory: Path) -> None:
+        out = directory / f"model.int8{target.suffix}"
+        export(run, fmt, int8=True, out=out, calibration=16, verify_images=16, record=False)
+
+    return built_once(factory, f"program-{fmt}", build) / f"model.int8{target.suffix}"
+
+
+def check_one_line_error(argv: list[str], message: str, capsys) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_evaluate_scores_a_program_in_its_runtime_beside_the_fp32_run(
+    fmt, trained_v2, tmp_path_factory, digit_pngs
+):
+    path = program(tmp_path_factory, trained_v2, fmt)
+    info = read_program_info(path)
+    assert info.precision == "int8" and info.class_names == [str(d) for d in range(10)]
+    assert info.run_dir() == trained_v2.resolve()  # recorded at export: not the program's folder
+    report = evaluate_program(path)
+    model, run = load_run(trained_v2)
+    test = load_run_data(run).test
+    assert report.result.num_images == len(test)  # the whole labelled held-out split
+    assert report.runtime == FORMATS[fmt].runtime and report.precision == "int8"
+    assert report.fp32 is not None and report.run_dir == str(trained_v2.resolve())
+    assert report.fp32.top1 == evaluate_model(model, test, run.class_names).top1
+    assert abs(report.top1_change) < 0.1  # int8 of the same model, not another one
+    assert sum(map(sum, report.result.confusion)) == len(test)
+
+    rows = predict(path, [p for p, _ in digit_pngs]).predictions
+    assert len(rows) == len(digit_pngs) and all(r.error is None for r in rows)
+    right = sum(r.classes[0] == str(label) for r, (_, label) in zip(rows, digit_pngs, strict=True))
+    fp32_rows = predict(trained_v2, [p for p, _ in digit_pngs]).predictions
+    agree = sum(a.classes[0] == b.classes[0] for a, b in zip(rows, fp32_rows, strict=True))
+    assert right >= 12 and agree >= 16  # the run's preprocessing, in the program's runtime
+
+
+@pytest.mark.slow
+def test_the_cli_evaluates_and_predicts_with_a_program(
+    trained_v2, tmp_path_factory, tmp_path, digit_pngs, capsys
+):
+    path = program(tmp_path_factory, trained_v2, "onnx")
+    assert main(["evaluate", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["precision"] == "int8" and report["fp32"]["num_images"] == report["num_images"]
+    assert report["top1_change"] == pytest.approx(report["top1"] - report["fp32"]["top1"])
+    assert main(["evaluate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "run fp32, PyTorch" in out and "points" in out and "Per-class accuracy" in out
+    assert main(["predict", str(path), str(digit_pngs[0][0]), "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split(",")[1] in "0123456789"
+
+    # moved away from a run that is gone: scored alone, and the output says why
+    moved = tmp_path / "moved.onnx"
+    model = onnx.load(str(path))
+    set_metadata(model, {RUN_DIR_KEY: str(tmp_path / "gone")})
+    onnx.save(model, str(moved))
+    report = evaluate_program(moved)
+    assert report.fp32 is None and "not there" in report.fp32_note
+    assert main(["evaluate", str(moved)]) == 0
+    assert "no fp32 score: the run directory" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_program_refuses_data_of_other_classes(
+    trained_v2, tmp_path_factory, tmp_path, digit_pngs, capsys
+):
+    path = program(tmp_path_factory, trained_v2, "onnx")
+    for name, (png, _) in zip(["a", "a", "b", "b"], digit_pngs, strict=False):
+        (tmp_path / "other" / name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, tmp_path / "other" / name)
+    plot = tmp_path / "cm.png"
+    argv = ["evaluate", str(path), "--data", str(tmp_path / "other"), "--plot", str(plot)]
+    check_one_line_error(argv, "has classes [a, b] (2) but the model was trained on", capsys)
+    assert not plot.exists()
+
+
+def test_a_program_without_class_names_is_one_line(tmp_path, digit_pngs, capsys):
+    pte = tmp_path / "model.int8.pte"  # moved without the .json written beside it
+    pte.write_bytes(b"\0" * 64)
+    for argv in (["evaluate", str(pte)], ["predict", str(pte), str(digit_pngs[0][0])]):
+        check_one_line_error(argv, "model.int8.pte.json is not beside it", capsys)
+    bare = tmp_path / "bare.onnx"  # an ONNX file from elsewhere: no mobilenets metadata
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 16, 16])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 16, 16])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(onnx.helper.make_model(graph), str(bare))
+    check_one_line_error(["evaluate", str(bare)], "bare.onnx records no class names", capsys)
+    (tmp_path / "notes.txt").write_text("hi")
+    check_one_line_error(
+        ["predict", str(tmp_path / "notes.txt"), str(digit_pngs[0][0])],
+        "neither a run directory nor an exported program (.onnx, .pte, .tflite or .xml)",
+        capsys,
+    )
+    check_one_line_error(
+        ["evaluate", str(tmp_path / "gone.tflite")], "gone.tflite does not exist", capsys
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bare.onnx",
+        "model.int8.pte",
+        "notes.txt",
+    ]
+
+
+def test_int8_calibrates_on_training_images_only(trained_v2):
+    """The calibration images are training images, none of them in the held-out split that
+    ``evaluate`` scores a program on."""
+    info = read_run_info(trained_v2)
+    batches, what = calibration_inputs(info, None, 16)
+    calibration = torch.cat(batches)
+    bundle = load_run_data(info)
+    train = torch.stack([bundle.train_raw[i][0] for i in range(len(bundle.train_raw))])
+    test = torch.stack([bundle.test[i][0] for i in range(len(bundle.test))])
+    assert what == "training images" and len(calibration) == 16
+
+    def found(images: torch.Tensor, pool: torch.Tensor) -> list[bool]:
+        flat = pool.flatten(1)
+        return [bool((flat == x.flatten()).all(1).any()) for x in images]
+
+    assert all(found(calibration, train))
+    assert not any(found(calibration, test))
