@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from mobilenets import MobileNetError, create_model
 from mobilenets.cost import profile_model
+from mobilenets.interop import load_weights, tensor_names, to_torchvision_state_dict
 from mobilenets.latency import LATENCY_KINDS, Calibration, Roofline, predict_latency
 from mobilenets.models import (
     LRASPP,
@@ -256,3 +259,45 @@ def test_cost_and_models_commands_count_the_heads(capsys: pytest.CaptureFixture[
     rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)["models"]}
     assert set(rows) == set(list_models("detection"))
     assert rows["ssdlite_mobilenet_v3_large"]["classes"] == 91
+
+
+# Made by torchvision 0.29.1 itself (torch 2.14.1; weights=None, weights_backbone=None;
+# DeepLabV3 with aux_loss=True): every tensor name and shape of its three models.
+TORCHVISION_SHAPES = Path(__file__).parent / "fixtures/interop/torchvision_dense_shapes.json"
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "kwargs"),
+    [
+        ("ssdlite_mobilenet_v3_large", "ssdlite320_mobilenet_v3_large", {}),
+        ("lraspp_mobilenet_v3_large", "lraspp_mobilenet_v3_large", {}),
+        ("deeplabv3_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", {"aux": True}),
+    ],
+)
+def test_torchvision_names_cover_its_state_dict(ours: str, theirs: str, kwargs: dict) -> None:
+    """Every tensor maps one to one onto torchvision's, shapes equal. (Checked once beside
+    torchvision too: its randomly initialised weights, imported, give bit-equal outputs and
+    default boxes on a 320x320 input.)"""
+    wanted = json.loads(TORCHVISION_SHAPES.read_text())["shapes"][theirs]
+    model = _meta(ours, **kwargs)
+    names = tensor_names(model, "torchvision")
+    assert sorted(names.values()) == sorted(wanted)
+    state = model.state_dict()
+    assert all(list(state[k].shape) == wanted[v] for k, v in names.items())
+
+
+def test_torchvision_weights_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model("lraspp_mobilenet_v3_large", width_mult=0.5, num_classes=3).eval()
+    path = tmp_path / "lraspp.safetensors"
+    save_file(to_torchvision_state_dict(model), str(path))
+    again = load_weights(
+        create_model("lraspp_mobilenet_v3_large", width_mult=0.5, num_classes=3),
+        path,
+        "torchvision",
+    ).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+    with pytest.raises(MobileNetError, match="heads sit on MobileNetV3"):
+        tensor_names(_meta("lraspp_mobilenet_v2"), "torchvision")

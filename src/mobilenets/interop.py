@@ -49,10 +49,12 @@ from mobilenets.data import IMAGENET_MEAN, IMAGENET_STD
 from mobilenets.errors import MobileNetError
 from mobilenets.imagenet import default_class_names
 from mobilenets.io import atomic_path
+from mobilenets.layers import InvertedResidual
 from mobilenets.models import (
     EFFICIENTNET_B0_TABLE,
     EFFICIENTNET_LITE0_TABLE,
     EFFICIENTNET_SCALING,
+    LRASPP,
     REPEATED_KINDS,
     V1_TABLE,
     V2_TABLE,
@@ -60,11 +62,14 @@ from mobilenets.models import (
     V3_SMALL_TABLE,
     V4_CONV_MEDIUM_TABLE,
     V4_CONV_SMALL_TABLE,
+    DeepLabV3,
     Row,
+    SSDLite,
     create_model,
     get_model_factory,
     scale_depth,
 )
+from mobilenets.models.dense import TappedTrunk
 from mobilenets.runs import (
     ImportRecord,
     RunInfo,
@@ -174,6 +179,39 @@ TORCHVISION_V2_BLOCKS: dict[str, dict[str, str]] = {
 }
 TORCHVISION_BLOCK_PARTS = ("expand", "depthwise", "se", "project")
 TORCHVISION_PART_LAYERS = {"conv": "0", "bn": "1", "reduce": "fc1", "expand": "fc2"}
+
+# torchvision's dense models (issue 33) on MobileNetV3: the trunk as above, under
+# ``backbone.`` (segmentation: IntermediateLayerGetter) or split at SSDLite's C4 expansion
+# (``backbone.features.0``: the layers before it and the expansion; ``backbone.features.1``:
+# the rest of that block, which keeps its part indices, and the layers after it); then the
+# heads' layers, ours named for what they are, theirs by position.
+TORCHVISION_CONV_BN_PAIRS = (("conv", "0"), ("bn", "1"))
+TORCHVISION_LRASPP_HEAD = {
+    "classifier.branch.conv": "classifier.cbr.0",
+    "classifier.branch.bn": "classifier.cbr.1",
+    "classifier.gate.conv": "classifier.scale.1",
+    "classifier.low_classifier": "classifier.low_classifier",
+    "classifier.high_classifier": "classifier.high_classifier",
+}
+TORCHVISION_DEEPLAB_HEAD = {
+    **{
+        f"classifier.aspp.branches.{i}.{ours}": f"classifier.0.convs.{i}.{theirs}"
+        for i in range(4)
+        for ours, theirs in TORCHVISION_CONV_BN_PAIRS
+    },
+    "classifier.aspp.branches.4.conv.conv": "classifier.0.convs.4.1",  # after the pooling
+    "classifier.aspp.branches.4.conv.bn": "classifier.0.convs.4.2",
+    "classifier.aspp.project.conv.conv": "classifier.0.project.0",
+    "classifier.aspp.project.conv.bn": "classifier.0.project.1",
+    "classifier.conv.conv": "classifier.1",
+    "classifier.conv.bn": "classifier.2",
+    "classifier.score": "classifier.4",
+    "aux_classifier.conv.conv": "aux_classifier.0",
+    "aux_classifier.conv.bn": "aux_classifier.1",
+    "aux_classifier.score": "aux_classifier.4",
+}
+TORCHVISION_SSDLITE_EXTRA = {"reduce": "0", "depthwise": "1", "expand": "2"}
+TORCHVISION_SSDLITE_PREDICTOR = {"depthwise.conv": "0.0", "depthwise.bn": "0.1", "pointwise": "1"}
 
 
 @dataclass(frozen=True)
@@ -302,6 +340,8 @@ def _torchvision_block_names(block: nn.Module) -> dict[str, str]:
 
 def torchvision_module_names(model: nn.Module) -> dict[str, str]:
     """Our module name -> torchvision's, for every module of ``model`` that holds tensors."""
+    if isinstance(model, TappedTrunk):
+        return torchvision_dense_module_names(model)
     name = family(model)
     if name not in TORCHVISION_LAYOUTS:
         name = name or type(model).__name__
@@ -331,6 +371,53 @@ def torchvision_module_names(model: nn.Module) -> dict[str, str]:
         else:
             parts = _torchvision_block_names(block)
         names.update({f"features.{i}.{a}": prefix + b for a, b in parts.items()})
+    return names
+
+
+def _torchvision_trunk_layer(layer: nn.Module) -> dict[str, str]:
+    if isinstance(layer, InvertedResidual):
+        return _torchvision_block_names(layer)
+    return dict(TORCHVISION_CONV_BN)
+
+
+def torchvision_dense_module_names(model: TappedTrunk) -> dict[str, str]:
+    """Our module name -> torchvision's for SSDLite, LR-ASPP and DeepLabV3 on MobileNetV3
+    (``ssdlite320_mobilenet_v3_large``, ``lraspp_mobilenet_v3_large``,
+    ``deeplabv3_mobilenet_v3_large``: torchvision builds these heads on no other trunk)."""
+    if not any(isinstance(m, nn.Hardswish) for m in model.features.modules()):
+        raise MobileNetError(
+            f"torchvision has no {type(model).__name__} on this trunk; its detection and "
+            "segmentation heads sit on MobileNetV3"
+        )
+    names: dict[str, str] = {}
+    c4 = next((int(t.layer) for t in model.taps if t.expansion), None)
+    for name, layer in model.features.named_children():
+        i = int(name)
+        for ours, theirs in _torchvision_trunk_layer(layer).items():
+            if not isinstance(model, SSDLite):
+                target = f"backbone.{i}.{theirs}"
+            elif c4 is None or i < c4:
+                target = f"backbone.features.0.{i}.{theirs}"
+            elif i > c4:
+                target = f"backbone.features.1.{i - c4}.{theirs}"
+            elif theirs.startswith("block.0."):  # the expansion: C4's map
+                target = f"backbone.features.0.{i}.{theirs.removeprefix('block.0.')}"
+            else:  # the rest of the block, its parts' indices kept
+                target = f"backbone.features.1.0.{theirs.removeprefix('block.')}"
+            names[f"features.{name}.{ours}"] = target
+    if isinstance(model, LRASPP):
+        names.update(TORCHVISION_LRASPP_HEAD)
+    elif isinstance(model, DeepLabV3):
+        names.update(TORCHVISION_DEEPLAB_HEAD)
+    else:
+        for k in range(len(model.extra)):
+            for part, index in TORCHVISION_SSDLITE_EXTRA.items():
+                for ours, theirs in TORCHVISION_CONV_BN_PAIRS:
+                    names[f"extra.{k}.{part}.{ours}"] = f"backbone.extra.{k}.{index}.{theirs}"
+        for head in ("classification_head", "regression_head"):
+            for k in range(len(getattr(model, head))):
+                for ours, theirs in TORCHVISION_SSDLITE_PREDICTOR.items():
+                    names[f"{head}.{k}.{ours}"] = f"head.{head}.module_list.{k}.{theirs}"
     return names
 
 
@@ -492,7 +579,8 @@ def _source_shapes(model: nn.Module, source: str) -> dict[str, tuple[int, ...]]:
 
 def _linear_in_source(model: nn.Module, source: str) -> set[str]:
     """Our 1x1-convolution weights that the source holds as a Linear layer's."""
-    if source == "torchvision" and TORCHVISION_LAYOUTS[family(model)].head:
+    layout = TORCHVISION_LAYOUTS.get(family(model) or "")
+    if source == "torchvision" and layout is not None and layout.head:
         return {"classifier.head.conv.weight"}
     return set()
 
