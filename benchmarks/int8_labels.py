@@ -1,0 +1,137 @@
+"""int8 on real labels: each runtime's default ``export --int8`` scored on the labelled
+held-out split, beside its fp32 program and the run's PyTorch weights (issue 32).
+
+For a run directory that records its data (a digits run, ``--data elpv``, an image folder),
+every installed format is exported in fp32 and in default int8 (calibrated on
+``--calibration`` training images) into a temporary folder (the run directory is left as it
+was), and each program is scored by ``mobilenets evaluate PROGRAM`` in its own runtime on the
+run's whole held-out split. Target: int8 top-1 within 0.5 points of fp32::
+
+    mobilenets train --out /tmp/x/digits --epochs 3 --quiet
+    .venv/bin/python benchmarks/int8_labels.py /tmp/x/digits
+    .venv/bin/python benchmarks/int8_labels.py runs/elpv --results int8_labels_elpv
+
+Writes benchmarks/results/<results>.md: top-1, top-5 and the change from PyTorch fp32 per
+runtime and precision, the lowest per-class accuracy, and per-class accuracy side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from mobilenets.deploy.export import FORMATS, VERIFY_IMAGES, default_path, export
+from mobilenets.deploy.quantize import DEFAULT_CALIBRATION
+from mobilenets.evaluate import evaluate_model, evaluate_program
+from mobilenets.metrics import Evaluation
+from mobilenets.runs import load_run, load_run_data
+
+from stamp import write_results
+
+RESULTS = Path(__file__).parent / "results"
+TARGET_POINTS = 0.5  # int8 top-1 at most this many points below fp32
+
+
+def points(a: float, b: float) -> str:
+    return f"{100 * (a - b):+.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument(
+        "--formats", nargs="+", choices=list(FORMATS), help="default: every installed one"
+    )
+    parser.add_argument("--calibration", type=int, default=DEFAULT_CALIBRATION)
+    parser.add_argument("--verify-images", type=int, default=VERIFY_IMAGES)
+    parser.add_argument("--results", default="int8_labels")
+    args = parser.parse_args()
+    formats = args.formats or [f for f, t in FORMATS.items() if t.installed()]
+
+    model, info = load_run(args.run_dir)
+    bundle = load_run_data(info)
+    start = time.perf_counter()
+    pytorch = evaluate_model(model, bundle.test, info.class_names)
+    rows: list[tuple[str, str, Evaluation, float, float]] = []  # format, precision, ...
+    with tempfile.TemporaryDirectory(prefix="int8-labels-") as tmp:
+        for fmt in formats:
+            for int8 in (False, True):
+                out = default_path(tmp, FORMATS[fmt], int8)
+                began = time.perf_counter()
+                export(
+                    args.run_dir,
+                    fmt,
+                    int8=int8,
+                    out=out,
+                    calibration=args.calibration,
+                    verify_images=args.verify_images,
+                    record=False,
+                )
+                exported = time.perf_counter() - began
+                report = evaluate_program(out, fp32=False)
+                seconds = time.perf_counter() - began - exported
+                rows.append((fmt, report.precision, report.result, exported, seconds))
+                print(f"{fmt} {report.precision}: top-1 {report.result.top1:.2%}", flush=True)
+    wall = time.perf_counter() - start
+
+    def top5(e: Evaluation) -> str:
+        return "" if e.top5 is None else f"{e.top5:.2%}"
+
+    def lowest(e: Evaluation) -> str:
+        name = min(e.per_class, key=lambda c: e.per_class[c])
+        return f"{e.per_class[name]:.2%} ({name})"
+
+    fp32_of = {fmt: e for fmt, precision, e, _, _ in rows if precision == "fp32"}
+    met = [
+        fmt
+        for fmt, precision, e, _, _ in rows
+        if precision == "int8" and 100 * (fp32_of[fmt].top1 - e.top1) <= TARGET_POINTS
+    ]
+    int8_formats = [fmt for fmt, precision, *_ in rows if precision == "int8"]
+    lines = [
+        "# int8 on real labels: each runtime's default `export --int8` on the held-out split",
+        "",
+        f"Run: {info.describe()}, trained on {bundle.name}; scored on all {pytorch.num_images} "
+        f"held-out images of the run's own split (none of them among the "
+        f"{args.calibration} training images int8 was calibrated on). Each program is "
+        "scored in its own runtime (`mobilenets evaluate PROGRAM`); the change is from the "
+        "run's fp32 weights in PyTorch.",
+        "",
+        "| runtime | precision | top-1 | top-5 | top-1 change (points) | lowest class | "
+        "export (s) | evaluate (s) |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
+        f"| PyTorch | fp32 | {pytorch.top1:.2%} | {top5(pytorch)} | | {lowest(pytorch)} | | |",
+        *(
+            f"| {FORMATS[fmt].runtime} | {precision} | {e.top1:.2%} | {top5(e)} | "
+            f"{points(e.top1, pytorch.top1)} | {lowest(e)} | {exported:.0f} | {seconds:.0f} |"
+            for fmt, precision, e, exported, seconds in rows
+        ),
+        "",
+        f"Target: int8 top-1 within {TARGET_POINTS} points of the fp32 program of the same "
+        f"runtime. Met by {len(met)} of {len(int8_formats)}"
+        f"{': ' + ', '.join(met) if met else ''}. Wall time {wall / 60:.1f} min.",
+        "",
+        "Per-class top-1 (int8 per runtime):",
+        "",
+        "| class | images | PyTorch fp32 | " + " | ".join(int8_formats) + " |",
+        "|---|---:|---:|" + "---:|" * len(int8_formats),
+        *(
+            f"| {name} | {sum(row)} | {pytorch.per_class[name]:.2%} | "
+            + " | ".join(
+                f"{e.per_class[name]:.2%}" for _, precision, e, _, _ in rows if precision == "int8"
+            )
+            + " |"
+            for name, row in zip(pytorch.class_names, pytorch.confusion, strict=True)
+        ),
+        "",
+    ]
+    path = RESULTS / f"{args.results}.md"
+    write_results(path, "\n".join(lines))
+    print("\n".join(lines))
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
