@@ -99,6 +99,11 @@ def test_the_cli_evaluates_and_predicts_with_a_program(
     assert report.fp32 is None and "not there" in report.fp32_note
     assert main(["evaluate", str(moved)]) == 0
     assert "no fp32 score: the run directory" in capsys.readouterr().out
+    # a run directory whose weights are gone: scored alone, the note says what is missing
+    (tmp_path / "gone").mkdir()
+    shutil.copy(trained_v2 / "model.json", tmp_path / "gone")
+    report = evaluate_program(moved)
+    assert report.fp32 is None and "model.safetensors is missing" in report.fp32_note
 
 
 @pytest.mark.slow

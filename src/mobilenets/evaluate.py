@@ -23,7 +23,7 @@ from mobilenets.devices import parse_device
 from mobilenets.errors import MobileNetError
 from mobilenets.metrics import Evaluation, tally_predictions
 from mobilenets.plots import confusion_matrix_figure, save_figure
-from mobilenets.runs import load_run, load_run_data
+from mobilenets.runs import RunInfo, load_run, load_run_data
 
 CONFUSION_FILE = "confusion_matrix.png"
 
@@ -138,19 +138,24 @@ def evaluate_program(
     if run_dir is None:
         report.fp32_note = "the run directory it was exported from is not there"
     elif fp32:
-        model, run = load_run(run_dir)
         report.run_dir = str(run_dir)
-        if (run.model, run.model_kwargs, run.class_names, run.input_size) != (
-            info.run.model,
-            info.run.model_kwargs,
-            info.run.class_names,
-            info.run.input_size,
-        ):
-            report.fp32_note = f"{run_dir} now holds another model than the one exported"
-        else:
-            report.fp32 = evaluate_model(model, bundle.test, info.class_names, batch_size, "cpu")
+        report.fp32, report.fp32_note = _run_beside(run_dir, info.run, bundle.test, batch_size)
     if plot is not None:
         title = f"{Path(path).name} on {bundle.name}: top-1 {result.top1:.2%}"
         save_figure(confusion_matrix_figure(result.confusion, result.class_names, title), plot)
         result.figure = str(plot)
     return report
+
+
+def _run_beside(
+    run_dir: Path, exported: RunInfo, test: Dataset, batch_size: int
+) -> tuple[Evaluation | None, str | None]:
+    """The fp32 score of the run a program was exported from, or why there is none."""
+    try:
+        model, run = load_run(run_dir)
+    except MobileNetError as e:  # the folder is there, complete weights are not (any more)
+        return None, str(e)
+    keys = ("model", "model_kwargs", "class_names", "input_size")
+    if any(getattr(run, k) != getattr(exported, k) for k in keys):
+        return None, f"{run_dir} now holds another model than the one exported"
+    return evaluate_model(model, test, run.class_names, batch_size, "cpu"), None
