@@ -84,7 +84,9 @@ class TrainingDisplay:
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,
-            disable=self.quiet or not self.is_main,
+            # without a terminal there is nothing to redraw (batch_lines stand in), and a
+            # stopped bar would still leave a blank line on stdout
+            disable=self.quiet or not self.is_main or not self.console.is_terminal,
             transient=True,
         )
 
