@@ -307,17 +307,7 @@ def _load_image_folder(
     root: Path, resolution: int, seed: int, val_fraction: float, augment: bool
 ) -> DataBundle:
     skipped: list[str] = []
-    if root.is_file():  # a CSV of (file, label): one list split by val_fraction
-        classes = read_labels_csv(root)
-        class_index = {name: i for i, name in enumerate(classes)}
-        samples = _readable(classes, class_index, skipped)
-        train_idx, test_idx = stratified_split(
-            np.array([label for _, label in samples]), val_fraction, seed
-        )
-        train, test = [samples[i] for i in train_idx], [samples[i] for i in test_idx]
-        if not test:
-            raise MobileNetError(f"{root}: every label has a single image, none to hold out")
-    elif (root / "train").is_dir() and (root / "val").is_dir():
+    if (root / "train").is_dir() and (root / "val").is_dir():
         train_classes, val_classes = _class_folders(root / "train"), _class_folders(root / "val")
         unknown = sorted(set(val_classes) - set(train_classes))
         if unknown:
@@ -325,8 +315,8 @@ def _load_image_folder(
         class_index = {name: i for i, name in enumerate(train_classes)}
         train = _readable(train_classes, class_index, skipped)
         test = _readable(val_classes, class_index, skipped)
-    else:
-        classes = _class_folders(root)
+    else:  # one list split by val_fraction: a CSV of (file, label), or a folder per class
+        classes = read_labels_csv(root) if root.is_file() else _class_folders(root)
         class_index = {name: i for i, name in enumerate(classes)}
         samples = _readable(classes, class_index, skipped)
         train_idx, test_idx = stratified_split(
@@ -334,9 +324,9 @@ def _load_image_folder(
         )
         train, test = [samples[i] for i in train_idx], [samples[i] for i in test_idx]
         if not test:
+            more = "more rows" if root.is_file() else "images or a train/ and val/ layout"
             raise MobileNetError(
-                f"{root}: every class has a single image, none is left to hold out; "
-                "add images or a train/ and val/ layout"
+                f"{root}: every class has a single image, none is left to hold out; add {more}"
             )
     if skipped:
         warnings.warn(
