@@ -15,7 +15,6 @@ the run's model has: evaluation and prediction count and rank its logits the sam
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,13 @@ import torch
 from torch import nn
 
 from mobilenets.deploy.export import FORMATS
-from mobilenets.deploy.runtime import PRECISION_KEY, RUN_DIR_KEY, RUN_KEY, load_onnx, metadata
+from mobilenets.deploy.runtime import (
+    PRECISION_KEY,
+    RUN_DIR_KEY,
+    load_onnx,
+    metadata,
+    run_info_from,
+)
 from mobilenets.deploy.target import Runner, Target, quiet, read_metadata_file, run_batches
 from mobilenets.errors import MobileNetError
 from mobilenets.runs import META_FILE, RunInfo
@@ -99,21 +104,8 @@ def read_program_info(path: str | os.PathLike[str]) -> ProgramInfo:
     if not path.is_file():
         raise MobileNetError(f"exported program {path} does not exist")
     props = program_metadata(path, target)
-    if RUN_KEY not in props:
-        where = (
-            f" (its metadata file {path.name}.json is not beside it)"
-            if target.metadata_file
-            else ""
-        )
-        raise MobileNetError(
-            f"{path} records no class names or preprocessing{where}; export the run with "
-            "`mobilenets export`"
-        )
-    try:
-        record = json.loads(props[RUN_KEY])
-    except json.JSONDecodeError as e:
-        raise MobileNetError(f"{path} has malformed mobilenets metadata: {e}") from None
-    run = RunInfo.from_json(record, f"{path} metadata")
+    sidecar = f" (its metadata file {path.name}.json is not beside it)"
+    run = run_info_from(props, path, sidecar if target.metadata_file else "")
     recorded = props.get(RUN_DIR_KEY)
     return ProgramInfo(
         path=path,

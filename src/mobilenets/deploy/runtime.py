@@ -71,11 +71,19 @@ def metadata(model: onnx.ModelProto) -> dict[str, str]:
 
 def run_info_of(model: onnx.ModelProto, source: str | os.PathLike[str]) -> RunInfo:
     """The run description an ONNX file was exported with, or a one-line error."""
-    props = metadata(model)
+    return run_info_from(metadata(model), source)
+
+
+def run_info_from(
+    props: dict[str, str], source: str | os.PathLike[str], missing: str = ""
+) -> RunInfo:
+    """The run description in an exported program's metadata ``props`` (any format), or one
+    line saying it has none (``missing`` adds where it should have been) or that it is
+    malformed."""
     if RUN_KEY not in props:
         raise MobileNetError(
-            f"{source} has no mobilenets metadata (class names, preprocessing); "
-            "export it with `mobilenets export`"
+            f"{source} records no class names or preprocessing{missing}; export the run with "
+            "`mobilenets export`"
         )
     try:
         data = json.loads(props[RUN_KEY])
