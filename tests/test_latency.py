@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import built_once
 from torch import nn
 
 from mobilenets import calibrate as cal
@@ -43,8 +44,16 @@ SMALL = dict(models=["mobilenet_v2"], widths=(0.35,), resolutions=(96,), per_kin
 
 
 @pytest.fixture(scope="module")
-def calibration() -> Calibration:
-    return cal.calibrate(**SMALL)
+def calibration(tmp_path_factory: pytest.TempPathFactory) -> Calibration:
+    """One small calibration for the session, whichever test process asks first (each
+    xdist worker made its own before: half a minute each)."""
+
+    def build(directory: Path) -> None:
+        (directory / "calibration.json").write_text(json.dumps(cal.calibrate(**SMALL).to_json()))
+
+    return cal.read_calibration(
+        built_once(tmp_path_factory, "calibration", build) / "calibration.json"
+    )
 
 
 @pytest.fixture
