@@ -308,7 +308,7 @@ def run_qat(args: argparse.Namespace) -> int:
             return
         if task is None:
             task = bars.add_task("batches", total=steps)
-        bars.update(task, completed=step % steps, total=steps)
+        bars.update(task, completed=step, total=steps)  # step 1 of the next epoch resets it
 
     def on_epoch(r: dict) -> None:
         measured = []
