@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from mobilenets import create_model
-from mobilenets.cost import BYTES_PER_ELEMENT, profile_model
+from mobilenets.analysis.cost import BYTES_PER_ELEMENT, profile_model
+from mobilenets.analysis.memory import measure_peak_activation_bytes
+from mobilenets.analysis.timing import time_interleaved
 from mobilenets.layers import set_bottleneck_split
-from mobilenets.measure.memory import measure_peak_activation_bytes
-from mobilenets.measure.timing import time_interleaved
 
 from stamp import write_results
 

@@ -1,6 +1,6 @@
 """A VGG-style CNN against its depthwise separable conversion, trained alike on the digits.
 
-Runs ``mobilenets.compare_conversion.compare_conversion`` (the library function behind
+Runs ``mobilenets.analysis.compare_conversion.compare_conversion`` (the library function behind
 ``mobilenets compare-conversion``) for several seeds: ``vgg_small`` and
 ``vgg_small_separable`` trained with the same recipe and epochs; prints and writes accuracy,
 parameters and mult-adds of both to benchmarks/results/convert_vgg.md. The runs land in
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mobilenets.compare_conversion import compare_conversion
+from mobilenets.analysis.compare_conversion import compare_conversion
 
 from stamp import write_results
 

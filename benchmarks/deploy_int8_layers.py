@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops
+from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.runs import load_run
 
 from stamp import write_results

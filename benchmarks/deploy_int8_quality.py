@@ -25,14 +25,15 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from mobilenets.deploy import executorch, litert, onnx_target, openvino
-from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops, photo_paths
-from mobilenets.deploy.prepare import prepare_for_int8
 from mobilenets.deploy.quantize import quantize_model
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import agreement, run_batches
+from mobilenets.deploy.targets import executorch, litert, openvino
+from mobilenets.deploy.targets import onnx as onnx_target
+from mobilenets.int8.fold import fold_batchnorm
+from mobilenets.int8.prepare import prepare_for_int8
 from mobilenets.io import atomic_write_json
 from mobilenets.runs import load_run
 
@@ -246,7 +247,7 @@ def build(runtime: str, options: dict, model, info, tmp: Path, example, calibrat
     # (step, value): adaround is True (its default steps) or a number of steps
     steps = [(k, options.pop(k)) for k in STEPS if options.get(k, False)]
     done: tuple[tuple[str, object], ...] = ()
-    for step in steps:  # float steps first (mobilenets.deploy.prepare), each prefix made once
+    for step in steps:  # float steps first (mobilenets.int8.prepare), each prefix made once
         if (*done, step) not in PREPARED:
             before = PREPARED.get(done, model)
             PREPARED[(*done, step)] = prepare_for_int8(

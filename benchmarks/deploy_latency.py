@@ -31,7 +31,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from mobilenets.cost import layer_kind
+from mobilenets.analysis.cost import layer_kind
 from mobilenets.deploy import create_session, export_model, fold_batchnorm, quantize_onnx
 from mobilenets.deploy.bench import (
     BenchReport,
@@ -50,7 +50,7 @@ from mobilenets.deploy.runtime import (
 )
 from mobilenets.models import create_model
 from mobilenets.runs import RunInfo, load_run, load_run_data
-from mobilenets.train import TrainConfig, train
+from mobilenets.train.loop import TrainConfig, train
 
 from stamp import write_results
 

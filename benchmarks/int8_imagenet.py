@@ -36,12 +36,12 @@ import torch
 from torch.utils.data import TensorDataset
 
 from mobilenets.deploy.export import calibration_inputs, held_out_inputs, target_of
-from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.deploy.quantize import quantize_model
 from mobilenets.deploy.runtime import create_session, onnx_metadata, run_session
 from mobilenets.deploy.target import agreement, pytorch_logits, run_batches
 from mobilenets.errors import MobileNetError
+from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.plots import save_figure
 from mobilenets.quant.mixed import quantize_mixed
 from mobilenets.quant.qat import int8_graph

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from mobilenets.deploy.export import FORMATS, VERIFY_IMAGES, default_path, export
 from mobilenets.deploy.quantize import DEFAULT_CALIBRATION
-from mobilenets.evaluate import evaluate_model, evaluate_program
-from mobilenets.metrics import Evaluation
+from mobilenets.evaluation.evaluate import evaluate_model, evaluate_program
 from mobilenets.runs import load_run, load_run_data
+from mobilenets.train.metrics import Evaluation
 
 from stamp import write_results
 

@@ -20,16 +20,13 @@ import collections
 import tempfile
 from pathlib import Path
 
-from mobilenets.calibrate import (
-    DEFAULT_RUNTIME,
-    RUNTIMES,
-    load_calibration,
-    profile_onnx,
-    takes_width,
-)
-from mobilenets.cost import profile_model
+from mobilenets.analysis.cost import profile_model
 from mobilenets.deploy.onnx_export import write_onnx
-from mobilenets.latency import CONVOLUTION_KINDS, predict_latency
+from mobilenets.latency.calibration import load_calibration
+from mobilenets.latency.machine import DEFAULT_RUNTIME, RUNTIMES
+from mobilenets.latency.model import CONVOLUTION_KINDS, predict_latency
+from mobilenets.latency.profiling import profile_onnx
+from mobilenets.latency.samples import takes_width
 from mobilenets.models import create_model
 
 # onnxruntime op -> group; a Conv on the SE's pooled vector counts as a convolution, because

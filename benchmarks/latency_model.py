@@ -30,19 +30,15 @@ import onnxruntime as ort
 import torch
 from scipy.stats import spearmanr
 
-from mobilenets.calibrate import (
-    DEFAULT_RUNTIME,
-    RUNTIMES,
-    cache_path,
-    load_calibration,
-    profile_onnx,
-    takes_width,
-)
+from mobilenets.analysis.cost import profile_model
 from mobilenets.cli._output import fmt_percent
-from mobilenets.cost import profile_model
 from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.errors import MobileNetError
-from mobilenets.latency import LatencyPrediction, predict_latency
+from mobilenets.latency.calibration import load_calibration
+from mobilenets.latency.machine import DEFAULT_RUNTIME, RUNTIMES, cache_path
+from mobilenets.latency.model import LatencyPrediction, predict_latency
+from mobilenets.latency.profiling import profile_onnx
+from mobilenets.latency.samples import takes_width
 from mobilenets.models import create_model, list_models
 
 from stamp import write_results

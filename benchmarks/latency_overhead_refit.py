@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
-from mobilenets.calibrate import load_calibration
-from mobilenets.cost import profile_model
+from mobilenets.analysis.cost import profile_model
 from mobilenets.errors import MobileNetError
-from mobilenets.latency import LATENCY_KINDS, predict_latency
+from mobilenets.latency.calibration import load_calibration
+from mobilenets.latency.model import LATENCY_KINDS, predict_latency
 from mobilenets.models import create_model
 
 ROW = re.compile(r"\| (\w+) \| ([\d.]+) \| (\d+) \| [\d.]+ \| [\d.]+ \| ([\d.]+) \|")

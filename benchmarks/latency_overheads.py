@@ -2,7 +2,7 @@
 
 The calibration splits what a call's wall time adds to the profiler's kernel times into a part
 per node and a part per call, from chains of 1 and 24 depthwise layers of one tiny size
-(:func:`mobilenets.calibrate.measure_overheads`). The profiler's own bookkeeping sits inside
+(:func:`mobilenets.latency.profiling.measure_overheads`). The profiler's own bookkeeping sits inside
 each kernel's time, so the part per node comes out negative, and a network of 64 nodes turns
 each microsecond of it into 64 us, a quarter of MobileNetV3-Small 0.35 at 96 px with 2
 threads. Whether the tiny chain stands for the layers of real networks is the question: this
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from mobilenets.calibrate import CHAIN_LENGTH, measure_overheads
+from mobilenets.latency.profiling import measure_overheads
+from mobilenets.latency.samples import CHAIN_LENGTH
 
 from stamp import write_results
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from mobilenets.calibrate import load_calibration
-from mobilenets.measure.speedup import measure_separable_speedup, speedup_markdown, speedup_summary
+from mobilenets.latency.calibration import load_calibration
+from mobilenets.latency.speedup import measure_separable_speedup, speedup_markdown, speedup_summary
 from mobilenets.plots import save_figure, separable_speedup_figure
 
 from stamp import write_results

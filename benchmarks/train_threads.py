@@ -8,7 +8,7 @@ The settings, each a fresh ``mobilenets train`` process:
 - ``2 threads, passive wait`` (the same with ``OMP_WAIT_POLICY=PASSIVE``: threads waiting at a
   barrier sleep instead of spinning);
 - ``1 thread``;
-- ``auto`` (after: ``mobilenets.devices.pick_threads``, one per core others leave idle).
+- ``auto`` (after: ``mobilenets.train.devices.pick_threads``, one per core others leave idle).
 
 Runs are interleaved (round after round of every setting in both conditions), so a change of
 load during the benchmark reaches every setting alike; the median of the rounds is kept. The

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from mobilenets import create_model
-from mobilenets.deploy import executorch, onnx_target, openvino
-from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.analysis.timing import time_interleaved
+from mobilenets.deploy.targets import executorch, openvino
+from mobilenets.deploy.targets import onnx as onnx_target
+from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.io import atomic_write_json
-from mobilenets.measure.timing import time_interleaved
 
 from stamp import write_results
 

@@ -31,9 +31,9 @@ from filelock import FileLock
 from PIL import Image
 from torch import nn
 
-from mobilenets.deploy.fake_quant import FakeQuantModel
-from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.errors import MobileNetError
+from mobilenets.int8.fake_quant import FakeQuantModel
+from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.models import create_model
 
 # --------------------------------------------------------------------------- forked tests
@@ -48,7 +48,7 @@ def _one_intra_op_thread() -> None:
 
 os.register_at_fork(after_in_child=_one_intra_op_thread)
 
-# Training picks its thread count from the load it measures (mobilenets.devices.pick_threads),
+# Training picks its thread count from the load it measures (mobilenets.train.devices.pick_threads),
 # and results differ in the last bits between thread counts: the suite fixes one thread per
 # test process (two processes on two cores), so runs compared bit for bit use the same count.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -135,7 +135,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session")
 def trained_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small V1 trained well enough on the digits (16 px) to recognise most of them."""
-    from mobilenets.train import TrainConfig, train
+    from mobilenets.train.loop import TrainConfig, train
 
     config = TrainConfig(
         model="mobilenet_v1",
@@ -155,7 +155,7 @@ def trained_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small V2 trained for three epochs on the digits at 16 px."""
-    from mobilenets.train import TrainConfig, train
+    from mobilenets.train.loop import TrainConfig, train
 
     config = TrainConfig(
         model="mobilenet_v2",

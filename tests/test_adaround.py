@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import folded_random, int8_logits, raises_one_line, uniform_batches
 
-from mobilenets.deploy.adaround import adaround
-from mobilenets.deploy.fake_quant import fake_quant_weight
 from mobilenets.deploy.target import agreement
+from mobilenets.int8.adaround import adaround
+from mobilenets.int8.fake_quant import fake_quant_weight
 from mobilenets.models import create_model
 
 

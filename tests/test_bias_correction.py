@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from conftest import folded_random, raises_one_line, uniform_batches
 
-from mobilenets.deploy.bias_correction import bias_correct
-from mobilenets.deploy.fake_quant import FakeQuantModel, Int8Scheme
-from mobilenets.deploy.layerwise import channel_means
 from mobilenets.deploy.target import agreement
+from mobilenets.int8.bias_correction import bias_correct
+from mobilenets.int8.fake_quant import FakeQuantModel, Int8Scheme
+from mobilenets.int8.layerwise import channel_means
 from mobilenets.models import create_model
 
 # per-tensor weights round coarsely enough that the shift is plain to see at 64 px

@@ -10,8 +10,10 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from mobilenets import calibrate as cal
-from mobilenets.choose import (
+from mobilenets.cli import main
+from mobilenets.errors import MobileNetError
+from mobilenets.latency import machine
+from mobilenets.latency.choose import (
     Budget,
     Candidate,
     ChooseConfig,
@@ -23,9 +25,7 @@ from mobilenets.choose import (
     nothing_fits,
     pareto_front,
 )
-from mobilenets.cli import main
-from mobilenets.errors import MobileNetError
-from mobilenets.latency import LATENCY_KINDS, MEMORY_ONLY_KINDS, Calibration, Roofline
+from mobilenets.latency.model import LATENCY_KINDS, MEMORY_ONLY_KINDS, Calibration, Roofline
 
 
 def rates() -> Calibration:
@@ -39,7 +39,7 @@ def rates() -> Calibration:
         runtime_version=ort.__version__,
         provider="CPUExecutionProvider",
         threads=0,
-        machine=cal.machine_fingerprint(),
+        machine=machine.machine_fingerprint(),
         rooflines=roofs,
         node_overhead_s=1e-6,
         run_overhead_s=1e-5,
@@ -48,8 +48,8 @@ def rates() -> Calibration:
 
 @pytest.fixture
 def cached_rates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Calibration:
-    monkeypatch.setenv(cal.CACHE_ENV, str(tmp_path / "cache"))
-    path = cal.cache_path()
+    monkeypatch.setenv(machine.CACHE_ENV, str(tmp_path / "cache"))
+    path = machine.cache_path()
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(rates().to_json()))
     return rates()

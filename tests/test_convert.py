@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from mobilenets import DepthwiseConv, MobileNetError, PointwiseConv, create_model
+from mobilenets.analysis.convert import to_separable
+from mobilenets.analysis.cost import count_params, layer_kind, profile_model
 from mobilenets.cli import main
-from mobilenets.convert import to_separable
-from mobilenets.cost import count_params, layer_kind, profile_model
-from mobilenets.measure.speedup import ConvShape, geometric_mean, measure_separable_speedup
+from mobilenets.latency.speedup import ConvShape, geometric_mean, measure_separable_speedup
 from mobilenets.runs import load_run
 
 RUNS = {"vgg_small": "original", "vgg_small_separable": "converted"}

@@ -65,7 +65,7 @@ def test_train_flags_are_generated_from_the_config_fields() -> None:
     import dataclasses
 
     from mobilenets.cli import build_parser
-    from mobilenets.recipe import TrainConfig
+    from mobilenets.train.recipe import TrainConfig
 
     parser = build_parser()
     args = parser.parse_args(["train"])

@@ -9,7 +9,7 @@ from conftest import meta_model
 from torch import nn
 
 from mobilenets import DepthwiseConv, MobileNetError, PointwiseConv, create_model
-from mobilenets.cost import (
+from mobilenets.analysis.cost import (
     conv_output_size,
     depthwise_conv_macs,
     pointwise_conv_macs,

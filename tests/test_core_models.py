@@ -8,7 +8,7 @@ from torch import nn
 
 import mobilenets
 from mobilenets import DepthwiseSeparableConv, InvertedResidual, MobileNetError, create_model
-from mobilenets.cost import count_params
+from mobilenets.analysis.cost import count_params
 from mobilenets.models import V1_BLOCKS, V2_BOTTLENECKS, check_resolution
 
 

@@ -12,10 +12,10 @@ from PIL import Image
 from torch import nn
 
 from mobilenets import InvertedResidual, MobileNetError, create_model
+from mobilenets.analysis.cost import profile_model
+from mobilenets.analysis.memory import measure_peak_activation_bytes
 from mobilenets.cli import main
-from mobilenets.cost import profile_model
 from mobilenets.layers import set_bottleneck_split
-from mobilenets.measure.memory import measure_peak_activation_bytes
 
 
 def test_live_set_of_a_conv_bn_relu_by_hand() -> None:

@@ -19,8 +19,8 @@ from conftest import check_one_line_error, copy_run, raises_one_line, randomize_
 from torch.utils.data import Subset
 
 from mobilenets import create_model
+from mobilenets.analysis.cost import profile_model
 from mobilenets.cli import main
-from mobilenets.cost import profile_model
 from mobilenets.data import load_data
 from mobilenets.deploy import (
     count_batchnorms,

@@ -17,9 +17,9 @@ import pytest
 from conftest import built_once, copy_run
 
 from mobilenets.cli import main
+from mobilenets.data.imagenet import default_class_names, imagenet_class_names
 from mobilenets.deploy.export import export
 from mobilenets.deploy.photos import photo_crops, photo_names, photo_path, photo_paths
-from mobilenets.imagenet import default_class_names, imagenet_class_names
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "fetch_imagenet_weights.py"

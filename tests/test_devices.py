@@ -7,7 +7,7 @@ import os
 import pytest
 from conftest import raises_one_line
 
-from mobilenets import devices
+from mobilenets.train import devices
 
 
 @pytest.fixture

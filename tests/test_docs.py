@@ -41,7 +41,7 @@ def test_the_docs_site_builds_strict(tmp_path) -> None:
     [
         "[a page that is not there](nowhere.md)",
         "::: mobilenets.no_such_module",
-        "See [a name the package lacks][mobilenets.cost.no_such_function].",
+        "See [a name the package lacks][mobilenets.analysis.cost.no_such_function].",
     ],
     ids=["broken link", "missing module", "missing cross-reference"],
 )

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import folded_random, raises_one_line
 
-from mobilenets.deploy.equalize import equalize
-from mobilenets.deploy.fold import fold_batchnorm
+from mobilenets.int8.equalize import equalize
+from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.models import create_model
 
 

@@ -16,10 +16,10 @@ from sklearn.datasets import load_digits
 from mobilenets.cli import main
 from mobilenets.data import Renormalized
 from mobilenets.errors import MobileNetError
-from mobilenets.evaluate import evaluate
-from mobilenets.metrics import Evaluation, Tally
-from mobilenets.predict import predict
+from mobilenets.evaluation.evaluate import evaluate
+from mobilenets.evaluation.predict import predict
 from mobilenets.runs import read_run_info
+from mobilenets.train.metrics import Evaluation, Tally
 
 
 @pytest.fixture(scope="module")

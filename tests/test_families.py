@@ -10,7 +10,7 @@ from conftest import meta_model
 from torch import nn
 
 from mobilenets import MobileNetError, create_model
-from mobilenets.cost import profile_model
+from mobilenets.analysis.cost import profile_model
 from mobilenets.layers import (
     FusedInvertedResidual,
     InvertedResidual,

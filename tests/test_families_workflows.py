@@ -18,9 +18,9 @@ from torch import nn
 
 from mobilenets import create_model
 from mobilenets.cli import main
-from mobilenets.deploy.fold import count_batchnorms, fold_batchnorm
 from mobilenets.deploy.onnx_export import EXPORT_TOLERANCE, compare_with_torch, write_onnx
-from mobilenets.evaluate import evaluate
+from mobilenets.evaluation.evaluate import evaluate
+from mobilenets.int8.fold import count_batchnorms, fold_batchnorm
 from mobilenets.layers import SqueezeExcitation
 from mobilenets.models import (
     V4_CONV_MEDIUM_TABLE,
@@ -28,9 +28,9 @@ from mobilenets.models import (
     EfficientNet,
     MobileNetV4,
 )
-from mobilenets.recipe import TrainConfig
 from mobilenets.runs import load_run
-from mobilenets.train import train
+from mobilenets.train.loop import train
+from mobilenets.train.recipe import TrainConfig
 
 # name -> a tiny model of the family (10 classes, total stride 8 for 32 px inputs)
 TINY = {

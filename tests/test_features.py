@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mobilenets import MobileNetError, create_model
-from mobilenets.features import FeatureExtractor
+from mobilenets.models.features import FeatureExtractor
 
 
 @pytest.mark.parametrize(

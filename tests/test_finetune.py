@@ -18,10 +18,10 @@ from mobilenets.cli import main
 from mobilenets.data import TensorImageDataset, elpv_table, load_data
 from mobilenets.data.sources import ELPV_TEST_IMAGES
 from mobilenets.models import create_model
-from mobilenets.optim import make_optimizer
-from mobilenets.recipe import TrainConfig
 from mobilenets.runs import ImportRecord, RunInfo, load_state_dict_file, read_run_info, save_run
-from mobilenets.train import class_weights, train
+from mobilenets.train.loop import class_weights, train
+from mobilenets.train.optim import make_optimizer
+from mobilenets.train.recipe import TrainConfig
 
 
 def test_elpv_split_is_the_papers_protocol() -> None:

@@ -16,9 +16,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mobilenets import MobileNetError, create_model
-from mobilenets.cost import profile_model
-from mobilenets.interop import load_weights, tensor_names, to_torchvision_state_dict
-from mobilenets.latency import LATENCY_KINDS, Calibration, Roofline, predict_latency
+from mobilenets.analysis.cost import profile_model
+from mobilenets.interop.names import tensor_names
+from mobilenets.interop.weights import load_weights, to_torchvision_state_dict
+from mobilenets.latency.model import LATENCY_KINDS, Calibration, Roofline, predict_latency
 from mobilenets.models import (
     LRASPP,
     V3_LARGE_TABLE,

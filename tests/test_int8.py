@@ -19,17 +19,17 @@ import torch
 from conftest import check_one_line_error, copy_run
 
 from mobilenets.cli import main
-from mobilenets.deploy import executorch
 from mobilenets.deploy.export import export, held_out_inputs
-from mobilenets.deploy.fake_quant import FakeQuantModel, Int8Scheme, fake_quant_weight
-from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.target import agreement, pytorch_logits, run_batches
+from mobilenets.deploy.targets import executorch
 from mobilenets.errors import MobileNetError
-from mobilenets.evaluate import evaluate
+from mobilenets.evaluation.evaluate import evaluate
+from mobilenets.int8.fake_quant import FakeQuantModel, Int8Scheme, fake_quant_weight
+from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.models import create_model
 from mobilenets.quant.qat import SHIPPED_QUANTIZATION, evaluation_copy, int8_graph, prepare
 from mobilenets.runs import load_run, save_run
-from mobilenets.train import state_digest
+from mobilenets.train.loop import state_digest
 
 RESOLUTION = 16
 pytestmark = pytest.mark.forked  # the runtimes' threads stay out of the suite's process

@@ -20,13 +20,13 @@ from safetensors.torch import load_file, save_file
 from mobilenets import MobileNetError, create_model
 from mobilenets.cli import main
 from mobilenets.data import IMAGENET_MEAN
-from mobilenets.interop import (
+from mobilenets.interop.checkpoint import read_checkpoint
+from mobilenets.interop.weights import (
     from_source_state_dict,
     identify,
     import_checkpoint,
     load_weights,
     model_kwargs,
-    read_checkpoint,
     to_timm_state_dict,
     to_torchvision_state_dict,
 )

@@ -16,12 +16,14 @@ import torch
 from conftest import built_once
 from torch import nn
 
-from mobilenets import calibrate as cal
+from mobilenets.analysis.cost import LayerCost, profile_model
 from mobilenets.cli import main
-from mobilenets.cost import LayerCost, profile_model
 from mobilenets.deploy.runtime import create_session
 from mobilenets.errors import MobileNetError
-from mobilenets.latency import (
+from mobilenets.latency import calibration as calib
+from mobilenets.latency import graphs, machine, profiling
+from mobilenets.latency import samples as sampling
+from mobilenets.latency.model import (
     LATENCY_KINDS,
     MEMORY_ONLY_KINDS,
     WARM_KIND,
@@ -36,7 +38,7 @@ from mobilenets.latency import (
     pointwise_kind,
     predict_latency,
 )
-from mobilenets.measure.speedup import ConvShape, measure_separable_speedup, predicted_speedup
+from mobilenets.latency.speedup import ConvShape, measure_separable_speedup, predicted_speedup
 from mobilenets.models import create_model
 
 # A real calibration, kept small: one family at one width and resolution, 3 layers a kind.
@@ -49,16 +51,16 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> Calibration:
     xdist worker made its own before: half a minute each)."""
 
     def build(directory: Path) -> None:
-        (directory / "calibration.json").write_text(json.dumps(cal.calibrate(**SMALL).to_json()))
+        (directory / "calibration.json").write_text(json.dumps(calib.calibrate(**SMALL).to_json()))
 
-    return cal.read_calibration(
+    return machine.read_calibration(
         built_once(tmp_path_factory, "calibration", build) / "calibration.json"
     )
 
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv(cal.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(machine.CACHE_ENV, str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
@@ -124,7 +126,9 @@ def test_hardswish_is_a_fused_pass_priced_like_relu6(calibration: Calibration) -
     assert len(passes) == 19 and all(layer.seconds >= 0 for layer in passes)
     assert prediction.nodes == len(prediction.layers) - 19  # no kernel of their own
     assert calibration.kind_nodes["hardswish"] == 0  # measured: no node added in place
-    graph = cal.context_graph(next(s for s in cal.synthetic_samples() if s.kind == "hardswish"))
+    graph = graphs.context_graph(
+        next(s for s in sampling.synthetic_samples() if s.kind == "hardswish")
+    )
     assert [n.op_type for n in graph.graph.node if n.name == "layer"] == ["HardSwish"]
 
 
@@ -185,10 +189,10 @@ def test_fit_recovers_a_known_roofline() -> None:
     truth = Roofline(macs_per_s=5e10, bytes_per_s=2e10, overhead_s=3e-6)
     report = profile_model(create_model("mobilenet_v1", width_mult=0.5), 160)
     rows = [(r, k) for r, k in zip(report.layers, latency_kinds(report.layers), strict=True) if k]
-    samples = [cal.Sample(r, "depthwise 3x3") for r, k in rows if r.macs]
+    samples = [sampling.Sample(r, "depthwise 3x3") for r, k in rows if r.macs]
     samples = [replace(s, seconds=truth.seconds(s.macs, s.bytes)) for s in samples]
-    fitted = cal.fit_roofline(samples)
-    assert max(cal.relative_errors(fitted, samples)) < 0.01
+    fitted = calib.fit_roofline(samples)
+    assert max(calib.relative_errors(fitted, samples)) < 0.01
     assert fitted.macs_per_s == pytest.approx(truth.macs_per_s, rel=0.05)
     assert fitted.bytes_per_s == pytest.approx(truth.bytes_per_s, rel=0.05)
 
@@ -196,7 +200,7 @@ def test_fit_recovers_a_known_roofline() -> None:
 def test_a_ReLU6_too_small_to_see_is_priced_free_and_any_other_kind_refused() -> None:
     # a small calibration's ReLU6 passes can all add less than the timer resolves
     truth = Roofline(macs_per_s=5e10, bytes_per_s=2e10, overhead_s=3e-6)
-    convs = [s for s in cal.synthetic_samples() if s.kind == "standard K>=64"][:3]
+    convs = [s for s in sampling.synthetic_samples() if s.kind == "standard K>=64"][:3]
     samples = [
         replace(s, kind=kind, seconds=truth.seconds(s.macs, s.bytes))
         for kind in LATENCY_KINDS
@@ -204,7 +208,7 @@ def test_a_ReLU6_too_small_to_see_is_priced_free_and_any_other_kind_refused() ->
         for s in convs
     ]
     unseen = [replace(s, kind="relu6", seconds=-1e-7, nodes=0) for s in convs]
-    calibration = cal.fit_calibration(samples + unseen, 0.0, 0.0)
+    calibration = calib.fit_calibration(samples + unseen, 0.0, 0.0)
     free = calibration.rooflines["relu6"]
     assert free.seconds(10**6, 10**6) == 0.0 and free.bound(0, 10**6) == "memory"
     assert calibration.fit["relu6"]["samples"] == 3 and calibration.kind_nodes["relu6"] == 0
@@ -212,24 +216,24 @@ def test_a_ReLU6_too_small_to_see_is_priced_free_and_any_other_kind_refused() ->
     assert free.to_json()["bytes_per_s"] is None  # plain JSON: no Infinity in the cache
     assert Calibration.from_json(json.loads(json.dumps(calibration.to_json()))) == calibration
     with pytest.raises(MobileNetError, match="no fc layers were measured"):
-        cal.fit_calibration([s for s in samples if s.kind != "fc"] + unseen, 0.0, 0.0)
+        calib.fit_calibration([s for s in samples if s.kind != "fc"] + unseen, 0.0, 0.0)
 
 
 def test_a_fused_pass_is_fitted_without_a_call_cost_and_an_se_gate_pays_its_nodes(
     calibration: Calibration,
 ) -> None:
     # ReLU6's clamp runs inside its convolution: seconds = bytes / rate, noise either side of 0
-    maps = [s for s in cal.synthetic_samples() if s.kind == "relu6"]
+    maps = [s for s in sampling.synthetic_samples() if s.kind == "relu6"]
     noise = np.resize([0.4e-6, -0.4e-6], len(maps))
     timed = [replace(s, seconds=s.bytes / 5e10 + e) for s, e in zip(maps, noise, strict=True)]
-    pass_rate = cal.fit_fused_pass(timed)
+    pass_rate = calib.fit_fused_pass(timed)
     assert pass_rate.overhead_s == 0.0 and pass_rate.bytes_per_s == pytest.approx(5e10, rel=0.05)
     # a pass after a long convolution scatters more than it adds: it must not set the rate
     lost = replace(maps[-1], row=replace(maps[-1].row, output_shape=(1, 144, 112, 112)))
     lost = replace(lost, seconds=-300e-6, scatter_s=200e-6)
     steady = [replace(s, scatter_s=1e-6) for s in timed]
-    assert cal.fit_fused_pass([*steady, lost]).bytes_per_s == pytest.approx(5e10, rel=0.1)
-    assert cal.standard_error([1.0, 1.0, 5.0, 1.0]) == 0.0  # an outlier does not widen it
+    assert calib.fit_fused_pass([*steady, lost]).bytes_per_s == pytest.approx(5e10, rel=0.1)
+    assert profiling.standard_error([1.0, 1.0, 5.0, 1.0]) == 0.0  # an outlier does not widen it
     # an SE gate runs its pooling, its scale and two layout conversions: 4 nodes, 4 overheads
     report = profile_model(se_network(), 64, in_chans=3)
     gated = replace(calibration, kind_nodes={**calibration.kind_nodes, "se": 4})
@@ -247,17 +251,19 @@ def test_a_fused_pass_is_fitted_without_a_call_cost_and_an_se_gate_pays_its_node
 @pytest.mark.parametrize("kind", LATENCY_KINDS)
 def test_one_layer_graphs_compute_the_traced_shapes(kind: str, tmp_path: Path) -> None:
     # max pools from VGG, 5x5 depthwise and SiLU from EfficientNet
-    samples = cal.registry_samples(["mobilenet_v2", "vgg_small", "efficientnet_b0"], (0.5,), (96,))
+    samples = sampling.registry_samples(
+        ["mobilenet_v2", "vgg_small", "efficientnet_b0"], (0.5,), (96,)
+    )
     traced_kind = "fc" if kind == WARM_KIND else kind  # the same layers, timed warm
     sample = replace(next(s for s in samples if s.kind == traced_kind), kind=kind)
-    model = cal.layer_graph(sample)
+    model = graphs.layer_graph(sample)
     onnx.checker.check_model(model)
     path = tmp_path / "layer.onnx"
     onnx.save(model, str(path))
     x = np.zeros(sample.row.input_shape, dtype=np.float32)
     (y, *copies) = create_session(path).run(None, {"x": x})
     assert tuple(y.shape) == (sample.row.input_shape if kind == "se" else sample.row.output_shape)
-    assert len(copies) == cal.cold_copies(sample) - 1  # fc: its copies, each with its output
+    assert len(copies) == graphs.cold_copies(sample) - 1  # fc: its copies, each with its output
     if kind == "fc":
         assert copies  # a classifier's weights fit in cache: copies make them come from memory
     if kind == WARM_KIND:
@@ -267,27 +273,29 @@ def test_one_layer_graphs_compute_the_traced_shapes(kind: str, tmp_path: Path) -
 def test_samples_are_timed_kind_after_kind_in_turn() -> None:
     # a slow spell must not fall on every sample of one kind
     kinds = ["se", "se", "se", "fc", "fc", "silu"]
-    samples = [replace(s, kind=k) for s, k in zip(cal.synthetic_samples(), kinds, strict=False)]
-    order = cal.interleaved(samples)
+    samples = [
+        replace(s, kind=k) for s, k in zip(sampling.synthetic_samples(), kinds, strict=False)
+    ]
+    order = profiling.interleaved(samples)
     assert [samples[i].kind for i in order] == ["se", "fc", "silu", "se", "fc", "se"]
-    assert sorted(order) == list(range(6)) and cal.interleaved([]) == []
+    assert sorted(order) == list(range(6)) and profiling.interleaved([]) == []
     # a second pass begins each kind half way along, so the largest are timed elsewhere
-    assert cal.interleaved(samples, 0.5) == [1, 4, 5, 2, 3, 0]
+    assert profiling.interleaved(samples, 0.5) == [1, 4, 5, 2, 3, 0]
 
 
 def test_each_layer_keeps_its_fastest_round(monkeypatch: pytest.MonkeyPatch) -> None:
     # a slow spell in one pass over the samples must not set a layer's time
-    convs = [s for s in cal.synthetic_samples() if s.kind == "standard K>=64"][:2]
+    convs = [s for s in sampling.synthetic_samples() if s.kind == "standard K>=64"][:2]
     times = iter(
         [5e-6, 2e-6, 3e-6, 4e-6]
     )  # pass 1: first, second; pass 2 (begun half way): second, first
 
-    def profile(*args: object, **kwargs: object) -> cal.Profile:
+    def profile(*args: object, **kwargs: object) -> profiling.Profile:
         seconds = next(times)
-        return cal.Profile(math.nan, [("layer", "Conv", seconds)], (seconds,))
+        return profiling.Profile(math.nan, [("layer", "Conv", seconds)], (seconds,))
 
-    monkeypatch.setattr(cal, "profile_onnx", profile)
-    measured, passes = cal.measure_samples(convs, rounds=2, max_rounds=2)
+    monkeypatch.setattr(profiling, "profile_onnx", profile)
+    measured, passes = profiling.measure_samples(convs, rounds=2, max_rounds=2)
     assert passes == 2
     assert [s.seconds for s in measured] == [4e-6, 2e-6]
     assert [s.row for s in measured] == [s.row for s in convs]
@@ -295,17 +303,17 @@ def test_each_layer_keeps_its_fastest_round(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_passes_go_on_while_the_last_one_sped_layers_up(monkeypatch: pytest.MonkeyPatch) -> None:
     # a slow spell can outlast two passes: a third is made when the second sped layers up
-    convs = [s for s in cal.synthetic_samples() if s.kind == "standard K>=64"][:2]
+    convs = [s for s in sampling.synthetic_samples() if s.kind == "standard K>=64"][:2]
     times = iter([5e-6, 5e-6, 2e-6, 2e-6, 2.1e-6, 1.9e-6, 9e-6, 9e-6])
 
-    def profile(*args: object, **kwargs: object) -> cal.Profile:
+    def profile(*args: object, **kwargs: object) -> profiling.Profile:
         seconds = next(times)
-        return cal.Profile(math.nan, [("layer", "Conv", seconds)], (seconds,))
+        return profiling.Profile(math.nan, [("layer", "Conv", seconds)], (seconds,))
 
-    monkeypatch.setattr(cal, "profile_onnx", profile)
-    monkeypatch.setattr(cal, "OVERHEAD_EVERY", 2)
+    monkeypatch.setattr(profiling, "profile_onnx", profile)
+    monkeypatch.setattr(profiling, "OVERHEAD_EVERY", 2)
     splits = []
-    measured, passes = cal.measure_samples(
+    measured, passes = profiling.measure_samples(
         convs, rounds=2, max_rounds=4, between=lambda: splits.append(len(splits))
     )
     assert passes == 3  # the third sped nothing up by over 10%: settled
@@ -318,21 +326,21 @@ def test_an_in_place_sample_keeps_each_graphs_fastest_pass(
 ) -> None:
     # a spell over one pass of the largest gate once set the fitted rate of every gate; a
     # spell over the graph without the gate must not make the gate look free either
-    gate = next(s for s in cal.synthetic_samples() if s.kind == "se")
+    gate = next(s for s in sampling.synthetic_samples() if s.kind == "se")
     passes = iter(
         [((1300e-6, 1000e-6), [300e-6] * 3, [4, 4, 4]), ((1210e-6, 2900e-6), [0.0] * 3, [4, 5, 4])]
     )
-    monkeypatch.setattr(cal, "_in_context_pairs", lambda *args, **kwargs: next(passes))
-    (measured,), _ = cal.measure_samples([gate], rounds=2, max_rounds=2)
+    monkeypatch.setattr(profiling, "_in_context_pairs", lambda *args, **kwargs: next(passes))
+    (measured,), _ = profiling.measure_samples([gate], rounds=2, max_rounds=2)
     assert measured.seconds == pytest.approx(210e-6)  # 1210 with it, 1000 without
     assert measured.nodes == 4
     # a pass fused into a convolution hides in the scatter of fastest times: the median of
     # its pairs' differences over all passes
-    relu6 = next(s for s in cal.synthetic_samples() if s.kind == "relu6")
+    relu6 = next(s for s in sampling.synthetic_samples() if s.kind == "relu6")
     passes = iter(
         [((1.0, 1.0), [4e-6, 5e-6, 9e-6], [0] * 3), ((1.0, 1.0), [-1e-6, 3e-6, 6e-6], [0] * 3)]
     )
-    (measured,), _ = cal.measure_samples([relu6], rounds=2, max_rounds=2)
+    (measured,), _ = profiling.measure_samples([relu6], rounds=2, max_rounds=2)
     assert measured.seconds == pytest.approx(4.5e-6) and measured.nodes == 0
 
 
@@ -342,7 +350,7 @@ def test_calibration_fits_every_kind(calibration: Calibration) -> None:
         assert roof.bytes_per_s > 0 and roof.overhead_s >= 0
         assert math.isinf(roof.macs_per_s) == (kind in MEMORY_ONLY_KINDS)
         assert calibration.fit[kind]["samples"] >= 1
-    assert calibration.machine == cal.machine_fingerprint()
+    assert calibration.machine == machine.machine_fingerprint()
     assert Calibration.from_json(json.loads(json.dumps(calibration.to_json()))) == calibration
 
 
@@ -365,7 +373,7 @@ def test_prediction_prices_each_kernel_layer(calibration: Calibration) -> None:
 def test_cache_is_reused_and_a_stale_one_recalibrated(
     cache: Path, calibration: Calibration, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = cal.cache_path()
+    path = machine.cache_path()
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(replace(calibration, runtime_version="0.0.1").to_json()))
     # the measuring itself is the module's calibration (a real one); here, what is cached when
@@ -375,17 +383,17 @@ def test_cache_is_reused_and_a_stale_one_recalibrated(
         made.append(kwargs)
         return replace(calibration, created="just now")
 
-    monkeypatch.setattr(cal, "calibrate", measure)
+    monkeypatch.setattr(calib, "calibrate", measure)
     said: list[str] = []
-    fresh = cal.load_calibration(say=said.append, **SMALL)
+    fresh = calib.load_calibration(say=said.append, **SMALL)
     assert made == [SMALL] and fresh.created == "just now"
     assert "stale" in said[0] and "0.0.1" in said[0] and "recalibrating" in said[0]
     assert fresh.runtime_version != "0.0.1"
-    assert cal.read_calibration(path) == fresh
+    assert machine.read_calibration(path) == fresh
     said.clear()
-    assert cal.load_calibration(say=said.append) == fresh and not said  # cached: no message
-    monkeypatch.setattr(cal, "machine_fingerprint", lambda: "another CPU, 64 CPUs, riscv")
-    assert "another machine" in cal.stale_reason(fresh)
+    assert calib.load_calibration(say=said.append) == fresh and not said  # cached: no message
+    monkeypatch.setattr(machine, "machine_fingerprint", lambda: "another CPU, 64 CPUs, riscv")
+    assert "another machine" in machine.stale_reason(fresh)
 
 
 def test_broken_cache_file_is_one_line(cache: Path) -> None:
@@ -393,7 +401,7 @@ def test_broken_cache_file_is_one_line(cache: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_text('{"runtime": "onnxruntime"}')
     with pytest.raises(MobileNetError, match="is not a latency calibration"):
-        cal.read_calibration(path)
+        machine.read_calibration(path)
 
 
 @pytest.mark.parametrize(
@@ -406,7 +414,7 @@ def test_broken_cache_file_is_one_line(cache: Path) -> None:
 )
 def test_calibrate_rejects_bad_input(kwargs: dict, message: str) -> None:
     with pytest.raises(MobileNetError, match=message):
-        cal.calibrate(**kwargs)
+        calib.calibrate(**kwargs)
 
 
 # --------------------------------------------------------------------------- CLI, speed-up
@@ -415,7 +423,7 @@ def test_calibrate_rejects_bad_input(kwargs: dict, message: str) -> None:
 def test_cost_latency_column_and_calibrate_show(
     cache: Path, calibration: Calibration, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = cal.cache_path()
+    path = machine.cache_path()
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(calibration.to_json()))
     argv = ["cost", "mobilenet_v2", "--width-mult", "0.35", "--resolution", "96"]
@@ -469,7 +477,7 @@ def test_weight_cache_fit_recovers_a_known_size() -> None:
     weights = np.array([4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 64, 128], dtype=float) * 2**20
     share = np.clip((hi - weights) / (hi - lo), 0.0, 1.0)
     seconds = warm * share + cold * (1 - share)
-    fitted = cal.fit_weight_cache(weights, seconds)
+    fitted = profiling.fit_weight_cache(weights, seconds)
     assert fitted == pytest.approx((lo, hi, warm, cold), rel=0.1)
 
 
@@ -488,9 +496,9 @@ def test_stream_overlap_fit_recovers_a_known_exponent(calibration: Calibration) 
     warm = np.array([37e-6, 54e-6, 57e-6, 88e-6, 144e-6])
     stream = np.array([14e-6, 19e-6, 80e-6, 133e-6, 220e-6])
     cold = (warm**3 + stream**3) ** (1 / 3)
-    assert cal.fit_stream_overlap(warm, stream, cold) == pytest.approx(3.0, rel=0.1)
+    assert profiling.fit_stream_overlap(warm, stream, cold) == pytest.approx(3.0, rel=0.1)
     assert calibration.stream_overlap == 0.0 or calibration.stream_overlap >= 1.0  # measured
-    assert cal.fit_stream_overlap(warm, stream, np.maximum(warm, stream)) == 0.0  # full: max
+    assert profiling.fit_stream_overlap(warm, stream, np.maximum(warm, stream)) == 0.0  # full: max
     full = replace(calibration, stream_overlap=0.0)
     assert full.with_stream(2.0, 1.0) == 2.0
     partial = replace(calibration, stream_overlap=3.0)

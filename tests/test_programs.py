@@ -22,8 +22,8 @@ from mobilenets.cli import main
 from mobilenets.deploy.export import FORMATS, calibration_inputs, export
 from mobilenets.deploy.program import read_program_info
 from mobilenets.deploy.runtime import RUN_DIR_KEY, set_metadata
-from mobilenets.evaluate import evaluate_model, evaluate_program
-from mobilenets.predict import predict
+from mobilenets.evaluation.evaluate import evaluate_model, evaluate_program
+from mobilenets.evaluation.predict import predict
 from mobilenets.runs import load_run, load_run_data, read_run_info
 
 pytestmark = pytest.mark.forked  # ExecuTorch, LiteRT and OpenVINO stay out of the suite

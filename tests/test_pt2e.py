@@ -10,7 +10,7 @@ from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
     get_symmetric_quantization_config,
 )
 
-from mobilenets.deploy.pt2e import (
+from mobilenets.int8.pt2e import (
     CLAMPS,
     CONVOLUTIONS,
     LINEARS,

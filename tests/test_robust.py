@@ -26,12 +26,12 @@ from PIL import Image
 
 from mobilenets.cli import main
 from mobilenets.data.loader import FoldedBatchSampler
-from mobilenets.evaluate import evaluate
+from mobilenets.evaluation.evaluate import evaluate
+from mobilenets.evaluation.predict import find_images, predict
 from mobilenets.io import LOCK_FILE, DirectoryLock, atomic_write_text, host_name
-from mobilenets.predict import find_images, predict
-from mobilenets.recipe import TrainConfig
 from mobilenets.runs import read_run_info
-from mobilenets.train import STATE_FILE, SmallDataWarning, new_run_dir, train
+from mobilenets.train.loop import STATE_FILE, SmallDataWarning, new_run_dir, train
+from mobilenets.train.recipe import TrainConfig
 
 TINY = dict(model="mobilenet_v1", width_mult=0.25, resolution=16, quiet=True)
 
@@ -350,7 +350,7 @@ def test_an_interrupted_training_says_how_to_continue(
     def interrupt(self):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mobilenets.train._Trainer.run", interrupt)
+    monkeypatch.setattr("mobilenets.train.loop._Trainer.run", interrupt)
     assert main(["train", "--resume", str(run), "--epochs", "3", "--quiet"]) == 130
     err = capsys.readouterr().err
     assert err == (

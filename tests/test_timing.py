@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from mobilenets.analysis.timing import time_interleaved
 from mobilenets.errors import MobileNetError
-from mobilenets.measure.timing import time_interleaved
 
 
 def test_candidates_alternate_slice_by_slice() -> None:

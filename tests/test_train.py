@@ -22,11 +22,8 @@ from sklearn.datasets import load_digits
 from mobilenets.cli import main
 from mobilenets.errors import MobileNetError
 from mobilenets.models import MobileNetV2
-from mobilenets.optim import make_optimizer, parameter_groups, warmup_cosine
-from mobilenets.progress import TENSORBOARD_DIR, TRAIN_SCALARS
-from mobilenets.recipe import TrainConfig
 from mobilenets.runs import load_run, load_state_dict_file, read_run_info
-from mobilenets.train import (
+from mobilenets.train.loop import (
     CURVES_FILE,
     METRICS_FILE,
     STATE_FILE,
@@ -35,6 +32,9 @@ from mobilenets.train import (
     state_digest,
     train,
 )
+from mobilenets.train.optim import make_optimizer, parameter_groups, warmup_cosine
+from mobilenets.train.progress import TENSORBOARD_DIR, TRAIN_SCALARS
+from mobilenets.train.recipe import TrainConfig
 
 TINY = dict(model="mobilenet_v2", width_mult=0.35, resolution=16, batch_size=64, quiet=True)
 TIMING = ("images_per_s", "epoch_time_s")

@@ -1,13 +1,23 @@
-"""mobilenets: MobileNet V1 and V2 and the depthwise separable convolution, on PyTorch.
+"""mobilenets: MobileNets (V1-V4), EfficientNet and their dense heads on PyTorch, built on the
+depthwise separable convolution: exact costs, training, int8 and deployment to four runtimes.
 
 The public names below are imported on first use (PEP 562), not with the package: the
 ``mobilenets`` command imports this package too, and ``mobilenets --version`` must not wait
 for torch.
+
+Modules that moved into the packages by job (``mobilenets.cost`` is now
+``mobilenets.analysis.cost``) still import from their old paths for one release: the first
+import of an old path warns (``DeprecationWarning``) and gives a module whose names are those
+of the new one.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
+import warnings
+from importlib.machinery import ModuleSpec
 from typing import TYPE_CHECKING, Any
 
 from mobilenets.errors import MobileNetError
@@ -46,6 +56,88 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
+
+
+# old module path -> the modules that hold its names now (the first that has a name gives it)
+MOVED: dict[str, tuple[str, ...]] = {
+    "mobilenets.calibrate": tuple(
+        f"mobilenets.latency.{m}"
+        for m in ("calibration", "machine", "samples", "graphs", "profiling", "model")
+    ),
+    "mobilenets.choose": ("mobilenets.latency.choose",),
+    "mobilenets.compare_conversion": ("mobilenets.analysis.compare_conversion",),
+    "mobilenets.convert": ("mobilenets.analysis.convert",),
+    "mobilenets.cost": ("mobilenets.analysis.cost",),
+    "mobilenets.devices": ("mobilenets.train.devices",),
+    "mobilenets.distributed": ("mobilenets.train.distributed",),
+    "mobilenets.evaluate": ("mobilenets.evaluation.evaluate",),
+    "mobilenets.features": ("mobilenets.models.features",),
+    "mobilenets.imagenet": ("mobilenets.data.imagenet",),
+    "mobilenets.measure": (
+        "mobilenets.analysis.timing",
+        "mobilenets.analysis.memory",
+        "mobilenets.latency.speedup",
+    ),
+    "mobilenets.measure.memory": ("mobilenets.analysis.memory",),
+    "mobilenets.measure.speedup": ("mobilenets.latency.speedup",),
+    "mobilenets.measure.timing": ("mobilenets.analysis.timing",),
+    "mobilenets.metrics": ("mobilenets.train.metrics",),
+    "mobilenets.optim": ("mobilenets.train.optim",),
+    "mobilenets.predict": ("mobilenets.evaluation.predict",),
+    "mobilenets.progress": ("mobilenets.train.progress",),
+    "mobilenets.recipe": ("mobilenets.train.recipe",),
+    **{
+        f"mobilenets.deploy.{m}": (f"mobilenets.int8.{m}",)
+        for m in (
+            "adaround",
+            "bias_correction",
+            "equalize",
+            "fake_quant",
+            "fold",
+            "layerwise",
+            "prepare",
+            "pt2e",
+        )
+    },
+    "mobilenets.deploy.onnx_target": ("mobilenets.deploy.targets.onnx",),
+    **{
+        f"mobilenets.deploy.{m}": (f"mobilenets.deploy.targets.{m}",)
+        for m in ("executorch", "litert", "openvino")
+    },
+}
+
+
+class _OldPaths:
+    """Imports a moved module by its old path: one ``DeprecationWarning`` (the module is then
+    cached in ``sys.modules``), and a module that reads each name from the new homes."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
+        return ModuleSpec(name, self, is_package=True) if name in MOVED else None
+
+    def create_module(self, spec: ModuleSpec) -> types.ModuleType:
+        homes = MOVED[spec.name]
+        warnings.warn(
+            f"{spec.name} is now {' and '.join(homes)}; the old path goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        module = types.ModuleType(spec.name, f"Moved to {', '.join(homes)}.")
+
+        def forward(name: str) -> Any:
+            for home in homes:
+                new = importlib.import_module(home)
+                if hasattr(new, name):
+                    return getattr(new, name)
+            raise AttributeError(f"module {spec.name!r} has no attribute {name!r}")
+
+        module.__getattr__ = forward  # type: ignore[method-assign]
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass
+
+
+sys.meta_path.insert(0, _OldPaths())
 
 
 def __dir__() -> list[str]:

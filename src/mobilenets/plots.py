@@ -21,8 +21,8 @@ from matplotlib.ticker import MaxNLocator
 from mobilenets.io import atomic_path
 
 if TYPE_CHECKING:
-    from mobilenets.cost import CostReport, LayerCost
-    from mobilenets.measure.speedup import SpeedupMeasurement
+    from mobilenets.analysis.cost import CostReport, LayerCost
+    from mobilenets.latency.speedup import SpeedupMeasurement
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 120) -> None:

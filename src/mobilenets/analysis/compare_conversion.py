@@ -1,9 +1,9 @@
 """Does the conversion pay? Train a CNN and its separable conversion alike and compare them.
 
 ``vgg_small`` (standard 3x3 convolutions) and ``vgg_small_separable`` (the same network after
-:func:`~mobilenets.convert.to_separable`) are trained on the same data with the same recipe,
-seed and number of epochs by :func:`mobilenets.train.train`; the comparison reports each one's
-held-out top-1 accuracy, parameters and mult-adds.
+:func:`~mobilenets.analysis.convert.to_separable`) are trained on the same data with the same
+recipe, seed and number of epochs by :func:`mobilenets.train.loop.train`; the comparison reports
+each one's held-out top-1 accuracy, parameters and mult-adds.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mobilenets.convert import ReplacedConv, to_separable
-from mobilenets.cost import profile_model
+from mobilenets.analysis.convert import ReplacedConv, to_separable
+from mobilenets.analysis.cost import profile_model
 from mobilenets.errors import MobileNetError
 from mobilenets.models import create_model
 from mobilenets.runs import load_run, read_run_info
-from mobilenets.train import TrainConfig, holds_run, train
+from mobilenets.train.loop import TrainConfig, holds_run, train
 
 ORIGINAL, CONVERTED = "vgg_small", "vgg_small_separable"
 
@@ -89,7 +89,7 @@ def compare_conversion(
 ) -> ConversionComparison:
     """Train ``vgg_small`` and its separable conversion under ``out``/<model> and compare them.
 
-    Both runs use :class:`~mobilenets.train.TrainConfig`'s recipe with the same ``epochs``,
+    Both runs use :class:`~mobilenets.train.loop.TrainConfig`'s recipe with the same ``epochs``,
     ``seed`` and ``data`` (the embedded digits by default), so the only difference between
     them is the convolutions.
     """

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from torch import nn
 
-from mobilenets.cost import count_params
+from mobilenets.analysis.cost import count_params
 from mobilenets.errors import MobileNetError
 from mobilenets.layers import Activation, SeparableConv
 from mobilenets.models._common import init_weights

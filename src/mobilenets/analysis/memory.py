@@ -1,8 +1,8 @@
 """Measure the activation memory a real forward pass holds at its peak.
 
-The cost model (:mod:`mobilenets.cost`) predicts the peak from shapes; this module measures it,
-so the two can be held against each other. PyTorch has no peak-memory counter for CPU, and the
-profiler's allocator events on CPU come back unordered and partial, so we watch the tensors
+The cost model (:mod:`mobilenets.analysis.cost`) predicts the peak from shapes; this module
+measures it, so the two can be held against each other. PyTorch has no peak-memory counter for CPU,
+and the profiler's allocator events on CPU come back unordered and partial, so we watch the tensors
 themselves: a ``TorchDispatchMode`` sees every ATen operator a forward pass runs, records the
 storage of every tensor it returns, and drops a storage as soon as its last reference is gone
 (a weak reference to the storage expires). The sum over live storages just after each operator

@@ -81,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        # A training run says how to continue (mobilenets.train.RunInterrupted).
+        # A training run says how to continue (mobilenets.train.loop.RunInterrupted).
         detail = f"; {e}" if str(e) else ""
         print(f"error: interrupted{detail}", file=sys.stderr)
         return 130

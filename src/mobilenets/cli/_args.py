@@ -17,7 +17,7 @@ def add_moved_data(parser: argparse.ArgumentParser) -> None:
 
 def add_int8_steps(parser: argparse.ArgumentParser, lead: str = "") -> None:
     """``--equalize``, ``--bias-correct``, ``--adaround [STEPS]``: the float steps before
-    post-training int8 (``mobilenets.deploy.prepare``); ``lead`` starts each help line."""
+    post-training int8 (``mobilenets.int8.prepare``); ``lead`` starts each help line."""
     parser.add_argument(
         "--equalize",
         action="store_true",

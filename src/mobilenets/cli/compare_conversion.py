@@ -14,7 +14,7 @@ from mobilenets.cli._output import fmt_int, show, table
 from mobilenets.io import atomic_write_text
 
 if TYPE_CHECKING:
-    from mobilenets.compare_conversion import ConversionComparison
+    from mobilenets.analysis.compare_conversion import ConversionComparison
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from mobilenets.compare_conversion import compare_conversion
+    from mobilenets.analysis.compare_conversion import compare_conversion
 
     # With --json, stdout carries the JSON alone; the training log goes to stderr.
     log_to = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()

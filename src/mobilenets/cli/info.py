@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from mobilenets.cli._output import fmt_int, fmt_shape, show, table
 
 if TYPE_CHECKING:
-    from mobilenets.cost import CostReport
+    from mobilenets.analysis.cost import CostReport
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_models(args: argparse.Namespace) -> int:
     import torch
 
-    from mobilenets.cost import profile_model
+    from mobilenets.analysis.cost import profile_model
     from mobilenets.models import create_model, list_models
 
     rows = []
@@ -106,7 +106,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def _profile(name: str, args: argparse.Namespace) -> CostReport:
-    from mobilenets.cost import profile_model
+    from mobilenets.analysis.cost import profile_model
     from mobilenets.models import create_model
 
     # small_input and width_mult only when asked for: not every family takes them.
@@ -126,8 +126,8 @@ def run_cost(args: argparse.Namespace) -> int:
     other = _profile(args.compare, args) if args.compare else None
     latency = None
     if args.latency:
-        from mobilenets.calibrate import predict_cached
         from mobilenets.cli._output import console
+        from mobilenets.latency.calibration import predict_cached
 
         latency = predict_cached(
             report, threads=args.threads, say=None if args.json else console().print
@@ -147,7 +147,7 @@ def run_cost(args: argparse.Namespace) -> int:
         data["latency"] = latency.to_dict()
 
     def views() -> Iterator[Any]:
-        from mobilenets.cost import BYTES_PER_ELEMENT
+        from mobilenets.analysis.cost import BYTES_PER_ELEMENT
 
         yield _layer_table(report, args, latency)
         yield (
@@ -191,7 +191,7 @@ def _summary(report: CostReport) -> dict[str, object]:
 
 def _compare_table(name: str, report: CostReport, other_name: str, other: CostReport):
     """Totals and mult-adds per layer kind of two models, with their ratio."""
-    from mobilenets.cost import KINDS
+    from mobilenets.analysis.cost import KINDS
 
     a, b = _summary(report), _summary(other)
     rows = [

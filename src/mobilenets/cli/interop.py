@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from mobilenets.interop import import_checkpoint
+    from mobilenets.interop.weights import import_checkpoint
 
     info = import_checkpoint(
         args.file,
@@ -60,7 +60,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export_weights(args: argparse.Namespace) -> int:
-    from mobilenets.interop import export_weights
+    from mobilenets.interop.weights import export_weights
 
     state = export_weights(args.run_dir, args.to, args.out)
     console().print(f"wrote {len(state)} tensors with {args.to}'s names to {args.out}")

@@ -89,9 +89,10 @@ def _progress(quiet: bool):
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from mobilenets.calibrate import cache_path, calibrate, read_calibration, stale_reason
     from mobilenets.cli._output import console, print_json
     from mobilenets.io import atomic_write_json
+    from mobilenets.latency.calibration import calibrate
+    from mobilenets.latency.machine import cache_path, read_calibration, stale_reason
 
     path = cache_path(args.runtime, args.threads)
     if args.show:
@@ -165,9 +166,9 @@ def calibration_table(calibration):
 
 
 def run_choose(args: argparse.Namespace) -> int:
-    from mobilenets.choose import Budget, ChooseConfig, choice_markdown, choose, default_out
     from mobilenets.cli._output import console, print_json
     from mobilenets.io import atomic_write_text
+    from mobilenets.latency.choose import Budget, ChooseConfig, choice_markdown, choose, default_out
     from mobilenets.plots import pareto_figure, save_figure
 
     budget = Budget(args.latency_ms, args.macs, args.params, args.memory_mib)

@@ -146,7 +146,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from mobilenets.deploy.fake_quant import Int8Scheme
+    from mobilenets.int8.fake_quant import Int8Scheme
     from mobilenets.plots import save_figure
     from mobilenets.quant.sensitivity import count_layers, sensitivity_figure, sensitivity_report
 
@@ -279,8 +279,8 @@ def run_qat(args: argparse.Namespace) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     from rich.console import Console
 
-    from mobilenets.progress import TrainingDisplay
     from mobilenets.quant.qat import QATConfig, qat
+    from mobilenets.train.progress import TrainingDisplay
 
     config = QATConfig(
         epochs=args.epochs,

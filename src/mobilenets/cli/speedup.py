@@ -36,14 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_speedup(args: argparse.Namespace) -> int:
-    from mobilenets.measure.speedup import measure_separable_speedup, speedup_summary
+    from mobilenets.latency.speedup import measure_separable_speedup, speedup_summary
     from mobilenets.plots import save_figure, separable_speedup_figure
 
     chosen = {"memory_formats": args.formats, "modes": args.modes}
     calibration = None
     if not args.no_predict:
-        from mobilenets.calibrate import load_calibration
         from mobilenets.cli._output import console
+        from mobilenets.latency.calibration import load_calibration
 
         calibration = load_calibration(say=None if args.json else console().print)
     rows = measure_separable_speedup(

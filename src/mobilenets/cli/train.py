@@ -1,6 +1,7 @@
 """``mobilenets train``, ``evaluate`` and ``predict``: each parses its flags and calls one
-library function (:func:`mobilenets.train.train`, :func:`mobilenets.evaluate.evaluate`,
-:func:`mobilenets.predict.predict`)."""
+library function (:func:`mobilenets.train.loop.train`,
+:func:`mobilenets.evaluation.evaluate.evaluate`,
+:func:`mobilenets.evaluation.predict.predict`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mobilenets.cli._output import show, table
-from mobilenets.recipe import TrainConfig
+from mobilenets.train.recipe import TrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -90,7 +91,7 @@ def _flag_type(annotation: Any) -> type:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from mobilenets.train import train
+    from mobilenets.train.loop import train
 
     given = {
         f.name: getattr(args, f.name)
@@ -106,7 +107,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if names_a_file(args.run_dir):
         return run_evaluate_program(args)
-    from mobilenets.evaluate import evaluate
+    from mobilenets.evaluation.evaluate import evaluate
 
     result = evaluate(args.run_dir, data=args.data, batch_size=args.batch_size, plot=args.plot)
 
@@ -124,7 +125,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_evaluate_program(args: argparse.Namespace) -> int:
-    from mobilenets.evaluate import evaluate_program
+    from mobilenets.evaluation.evaluate import evaluate_program
 
     report = evaluate_program(args.run_dir, args.data, args.batch_size, args.plot)
     result, fp32 = report.result, report.fp32
@@ -161,7 +162,7 @@ def run_evaluate_program(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from mobilenets.predict import predict
+    from mobilenets.evaluation.predict import predict
 
     report = predict(args.run_dir, args.images, top_k=args.top_k)
     status = 1 if report.errors else 0

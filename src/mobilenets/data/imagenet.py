@@ -18,7 +18,7 @@ IMAGENET_NUM_CLASSES = 1000
 @functools.cache
 def imagenet_class_names() -> tuple[str, ...]:
     """The class names, index ``i`` naming output ``i``."""
-    text = files("mobilenets").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
+    text = files("mobilenets.data").joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
     return tuple(line for line in text.splitlines() if line)
 
 

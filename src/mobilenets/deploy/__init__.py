@@ -10,16 +10,17 @@ The path from a run directory to a file a device runs::
     export_onnx(run_dir)                RUN_DIR/model.onnx, any opset from 18
     quantize_onnx(run_dir, 256)         RUN_DIR/model.int8.onnx, top-1 before/after
 
-One module per target format (``onnx_target``, ``executorch``, ``litert``, ``openvino``), each a
-:class:`~mobilenets.deploy.target.Target` with its own runtime check; ``photos`` gives real
-images for models that record no data; ``mobilenets.deploy.bench`` times every runtime.
+One module per target format in ``targets`` (``onnx``, ``executorch``, ``litert``,
+``openvino``), each a :class:`~mobilenets.deploy.target.Target` with its own runtime check;
+``photos`` gives real images for models that record no data; ``mobilenets.deploy.bench`` times
+every runtime. The int8 algorithms an export applies are :mod:`mobilenets.int8`.
 The runtimes' packages are optional extras, imported only when their format is used.
 """
 
-from mobilenets.deploy.fold import count_batchnorms, fold_batchnorm, fold_conv_bn, unfold_into
 from mobilenets.deploy.onnx_export import ExportResult, export_model, export_onnx
 from mobilenets.deploy.quantize import QuantizeResult, quantize_model, quantize_onnx
 from mobilenets.deploy.runtime import create_session, load_onnx, run_info_of
+from mobilenets.int8.fold import count_batchnorms, fold_batchnorm, fold_conv_bn, unfold_into
 
 __all__ = [
     "ExportResult",

@@ -38,10 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.cost import count_params, profile_model
-from mobilenets.deploy import executorch
+from mobilenets.analysis.cost import count_params, profile_model
+from mobilenets.analysis.timing import time_interleaved
 from mobilenets.deploy.export import FORMATS, target_of
-from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.memory_probe import WARMUP_SHAPE, program_memory_bytes, warmup_model
 from mobilenets.deploy.runtime import (
     PRECISION_KEY,
@@ -53,8 +52,9 @@ from mobilenets.deploy.runtime import (
     run_info_of,
 )
 from mobilenets.deploy.target import Runner, Target
+from mobilenets.deploy.targets import executorch
 from mobilenets.errors import MobileNetError
-from mobilenets.measure.timing import time_interleaved
+from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.models import check_resolution, create_model, list_models
 from mobilenets.runs import RunInfo, load_run
 

@@ -24,15 +24,16 @@ from pathlib import Path
 
 import torch
 
-from mobilenets.deploy import executorch, litert, onnx_target, openvino
-from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.onnx_export import first_images
 from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops
-from mobilenets.deploy.prepare import Preparation, prepare_for_int8
 from mobilenets.deploy.quantize import DEFAULT_CALIBRATION, calibration_subset
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import Agreement, Target, check_program
+from mobilenets.deploy.targets import executorch, litert, openvino
+from mobilenets.deploy.targets import onnx as onnx_target
 from mobilenets.errors import MobileNetError
+from mobilenets.int8.fold import fold_batchnorm
+from mobilenets.int8.prepare import Preparation, prepare_for_int8
 from mobilenets.io import atomic_path, atomic_write_json
 from mobilenets.models import check_resolution
 from mobilenets.runs import META_FILE, RunInfo, load_run, load_run_data
@@ -154,7 +155,7 @@ def int8_options(target: Target, adaround: bool | int, wide_residuals: bool) -> 
     """The writer options an int8 file of ``target`` takes for what was asked.
 
     After AdaRound, min-max activation ranges where the writer would observe otherwise:
-    AdaRound rounded each weight for those ranges (:mod:`mobilenets.deploy.pt2e`). With
+    AdaRound rounded each weight for those ranges (:mod:`mobilenets.int8.pt2e`). With
     ``wide_residuals``, the residual sums kept wider than int8, or one line where the format
     cannot (LiteRT's converter quantizes a float addition again).
     """
@@ -193,7 +194,7 @@ def export(
     is instead of being calibrated, for a format that lowers such graphs (ExecuTorch).
     ``equalize`` rescales channels, ``adaround`` rounds the weights adaptively (True, or
     its steps per layer) and ``bias_correct`` corrects biases, on the calibration images
-    before int8 (:mod:`mobilenets.deploy.prepare`); the check still compares with the model
+    before int8 (:mod:`mobilenets.int8.prepare`); the check still compares with the model
     as trained. ``wide_residuals`` carries the residual stream wider than int8 where the
     format can (uint16 in onnxruntime, float additions in ExecuTorch and OpenVINO).
 

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.deploy.photos import photo_crops
 from mobilenets.deploy.runtime import (
     DEFAULT_PROVIDER,
@@ -40,6 +39,7 @@ from mobilenets.deploy.runtime import (
 )
 from mobilenets.deploy.target import quiet
 from mobilenets.errors import MobileNetError
+from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.io import atomic_path
 from mobilenets.models import check_resolution
 from mobilenets.runs import RunInfo, load_run, load_run_data

@@ -86,7 +86,7 @@ def program_metadata(path: Path, target: Target) -> dict[str, str]:
         return read_metadata_file(path)
     if target.suffix == ".onnx":
         return metadata(load_onnx(path, check=False))
-    from mobilenets.deploy.openvino import metadata_of
+    from mobilenets.deploy.targets.openvino import metadata_of
 
     try:
         with quiet():  # its frontends print why each could not read the file

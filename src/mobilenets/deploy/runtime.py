@@ -117,7 +117,7 @@ def available_providers() -> list[str]:
 
     OpenVINO is not among them: its onnxruntime plugin registers on any x86 CPU but lists no
     device on non-Intel ones, so ``mobilenets export --format openvino`` uses OpenVINO's own
-    runtime instead (:mod:`mobilenets.deploy.openvino`), which runs on both.
+    runtime instead (:mod:`mobilenets.deploy.targets.openvino`), which runs on both.
     """
     return list(ort.get_available_providers())
 

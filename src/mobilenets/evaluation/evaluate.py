@@ -1,5 +1,5 @@
 """How good a trained run is on the held-out split of its data: top-1, top-5, per-class
-accuracy and the confusion matrix (counted by :mod:`mobilenets.metrics`).
+accuracy and the confusion matrix (counted by :mod:`mobilenets.train.metrics`).
 
 An exported program (``.onnx``, ``.pte``, ``.tflite``, ``.xml``) is scored the same way, in
 its own runtime, on the held-out split of the run it records, beside the run's fp32 PyTorch
@@ -19,11 +19,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mobilenets.data import make_loader
-from mobilenets.devices import parse_device
 from mobilenets.errors import MobileNetError
-from mobilenets.metrics import Evaluation, tally_predictions
 from mobilenets.plots import confusion_matrix_figure, save_figure
 from mobilenets.runs import RunInfo, load_run, load_run_data
+from mobilenets.train.devices import parse_device
+from mobilenets.train.metrics import Evaluation, tally_predictions
 
 CONFUSION_FILE = "confusion_matrix.png"
 

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from mobilenets.data import IMAGE_EXTENSIONS, eval_transform, load_image
-from mobilenets.devices import parse_device
 from mobilenets.errors import MobileNetError
 from mobilenets.runs import RunInfo, load_run, names_a_file
+from mobilenets.train.devices import parse_device
 
 GLOB_CHARS = frozenset("*?[")
 

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilenets.deploy.fake_quant import FakeQuantModel, Int8Scheme, Switchable, weight_scale
-from mobilenets.deploy.fold import count_batchnorms
-from mobilenets.deploy.layerwise import layer_inputs, walk_stages
 from mobilenets.errors import MobileNetError
+from mobilenets.int8.fake_quant import FakeQuantModel, Int8Scheme, Switchable, weight_scale
+from mobilenets.int8.fold import count_batchnorms
+from mobilenets.int8.layerwise import layer_inputs, walk_stages
 
 DEFAULT_ITERATIONS = 500
 PIXELS_PER_STEP = 8 * 28 * 28

@@ -11,7 +11,7 @@ the corrected biases, including the quantizers that have no such step (onnxrunti
 for ExecuTorch and LiteRT).
 
 The correction is empirical and sequential, as in NNCF's full bias correction: the network
-is simulated in int8 (:mod:`mobilenets.deploy.fake_quant`) one stage at a time, and each layer's
+is simulated in int8 (:mod:`mobilenets.int8.fake_quant`) one stage at a time, and each layer's
 bias is corrected for the shift measured on the calibration images. When the shift is
 measured, every layer before the layer is quantized and already corrected. So each
 correction also removes the shift that the layers before it left uncorrected, such as the
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mobilenets.deploy.fake_quant import FakeQuantModel, Int8Scheme
-from mobilenets.deploy.fold import count_batchnorms
-from mobilenets.deploy.layerwise import channel_means, walk_stages
 from mobilenets.errors import MobileNetError
+from mobilenets.int8.fake_quant import FakeQuantModel, Int8Scheme
+from mobilenets.int8.fold import count_batchnorms
+from mobilenets.int8.layerwise import channel_means, walk_stages
 
 
 @dataclass

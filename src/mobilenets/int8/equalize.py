@@ -17,7 +17,7 @@ activations' calibrated ranges:
   range *before* the activation past the widest one's: XNNPACK's own quantizer marking
   (ExecuTorch, LiteRT) does not fuse ReLU6 and rounds the convolution's output too, and
   scaled past that its range grew and the logits lost 5 dB in both. Our PT2E flow now
-  fuses it (:mod:`mobilenets.deploy.pt2e`); lifting the bound then scaled 12 more channels
+  fuses it (:mod:`mobilenets.int8.pt2e`); lifting the bound then scaled 12 more channels
   and moved each runtime's logit SQNR by 0.2 dB at most. Both layers are quantized per
   output channel, so their weights lose nothing; the activation between them
   gains up to ``log2(s_c)`` bits in channel ``c``. Into a pointwise layer the division would
@@ -32,7 +32,7 @@ activations' calibrated ranges:
   each of the four runtimes on torchvision's V2 (benchmarks/results/
   deploy_int8_quality_alpha.md). AdaRound recovers much of what the readers' weights lose.
 
-The model must be BN-folded first (:func:`~mobilenets.deploy.fold.fold_batchnorm`): its
+The model must be BN-folded first (:func:`~mobilenets.int8.fold.fold_batchnorm`): its
 convolutions then carry the biases that are scaled. Outputs stay equal to float rounding
 on the calibration images, and beyond them wherever no channel passes ``margin`` times its
 calibrated maximum.
@@ -47,8 +47,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mobilenets.deploy.fold import count_batchnorms
 from mobilenets.errors import MobileNetError
+from mobilenets.int8.fold import count_batchnorms
 from mobilenets.layers import ConvBNAct, DepthwiseSeparableConv, InvertedResidual
 
 DEFAULT_MARGIN = 2.0  # headroom left above a ReLU6 channel's calibrated maximum

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilenets.deploy.fold import fold_batchnorm
 from mobilenets.errors import MobileNetError
+from mobilenets.int8.fold import fold_batchnorm
 
 # The kinds a figure colours: the roles of a layer in a MobileNet block.
 KINDS = ("conv", "depthwise", "expand", "project", "pointwise", "se", "linear")

@@ -3,7 +3,7 @@
 Bias correction and AdaRound change one layer at a time. Each change is measured with the
 layers before it already quantized and already changed, and against the float network
 unchanged. So both walks keep two copies of the network: the simulated one
-(:class:`~mobilenets.deploy.fake_quant.FakeQuantModel`), which the caller changes, and a float
+(:class:`~mobilenets.int8.fake_quant.FakeQuantModel`), which the caller changes, and a float
 reference. They also keep both inputs of the current stage, cached once for the calibration
 images. A layer then costs a pass over its own stage, not over the whole network.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mobilenets.deploy.fake_quant import FakeQuantModel, Switchable
+from mobilenets.int8.fake_quant import FakeQuantModel, Switchable
 
 
 @dataclass

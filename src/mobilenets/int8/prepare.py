@@ -2,10 +2,10 @@
 
 Each step changes the BN-folded float model so that a runtime's own quantizer, calibrating
 it afterwards, loses less; none needs the runtime to know about it. Equalization rescales
-channels (:mod:`mobilenets.deploy.equalize`). AdaRound then puts the weights on the int8
-grid, each rounded up or down as its layer's output needs (:mod:`mobilenets.deploy.adaround`).
+channels (:mod:`mobilenets.int8.equalize`). AdaRound then puts the weights on the int8
+grid, each rounded up or down as its layer's output needs (:mod:`mobilenets.int8.adaround`).
 Bias correction cancels the int8 shift of each layer's mean output
-(:mod:`mobilenets.deploy.bias_correction`). Each step measures the model that the steps
+(:mod:`mobilenets.int8.bias_correction`). Each step measures the model that the steps
 before it left, so the correction comes last: it measures the shifts of the weights and
 ranges that will be quantized.
 """
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mobilenets.deploy.adaround import DEFAULT_ITERATIONS
-from mobilenets.deploy.adaround import adaround as round_adaptively
-from mobilenets.deploy.bias_correction import bias_correct as correct_biases
-from mobilenets.deploy.equalize import equalize as equalize_channels
+from mobilenets.int8.adaround import DEFAULT_ITERATIONS
+from mobilenets.int8.adaround import adaround as round_adaptively
+from mobilenets.int8.bias_correction import bias_correct as correct_biases
+from mobilenets.int8.equalize import equalize as equalize_channels
 
 
 @dataclass

@@ -6,8 +6,8 @@ The MobileNet papers turn two dials, width alpha and resolution rho (V1 Tables 6
 
 1. **Enumerate** every registered family over widths and resolutions, built as training
    would build it for the data (classes, channels, small-input stride), and price each with
-   :func:`~mobilenets.cost.profile_model` (mult-adds, parameters, peak activation memory) and
-   the latency model (:mod:`mobilenets.latency`).
+   :func:`~mobilenets.analysis.cost.profile_model` (mult-adds, parameters, peak activation memory)
+   and the latency model (:mod:`mobilenets.latency.model`).
 2. **Prune** what cannot fit: the counted budgets exactly, latency with a margin for the
    model's error, so that a candidate the model misjudges is still measured.
 3. **Measure** the frontier: per family, the fitting candidates that no other fitting one of
@@ -40,24 +40,20 @@ from typing import Any
 
 import numpy as np
 
-from mobilenets.calibrate import (
-    DEFAULT_RUNTIME,
-    RUNTIMES,
-    check_runtime,
-    load_calibration,
-    takes_width,
-)
-from mobilenets.cost import profile_model
+from mobilenets.analysis.cost import profile_model
+from mobilenets.analysis.timing import time_interleaved
 from mobilenets.data import load_data
 from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.deploy.runtime import create_session
 from mobilenets.errors import MobileNetError
 from mobilenets.io import atomic_path, atomic_write_json
-from mobilenets.latency import Calibration, predict_latency
-from mobilenets.measure.timing import time_interleaved
+from mobilenets.latency.calibration import load_calibration
+from mobilenets.latency.machine import DEFAULT_RUNTIME, RUNTIMES, check_runtime
+from mobilenets.latency.model import Calibration, predict_latency
+from mobilenets.latency.samples import takes_width
 from mobilenets.models import create_model, list_models
 from mobilenets.runs import read_run_info
-from mobilenets.train import TrainConfig, holds_run, model_kwargs, train
+from mobilenets.train.loop import TrainConfig, holds_run, model_kwargs, train
 
 WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.4)
 RESOLUTIONS = (96, 128, 160, 192, 224)
@@ -213,7 +209,7 @@ def enumerate_candidates(
     in_chans: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Candidate]:
-    """Every family x width x resolution, built as :func:`mobilenets.train.train` would build
+    """Every family x width x resolution, built as :func:`mobilenets.train.loop.train` would build
     it for this data, with its counted costs and predicted latency. Combinations a family
     refuses (a resolution below its total stride) are left out."""
     families = list(list_models() if config.families is None else config.families)

@@ -16,10 +16,10 @@ dimension: small K means little reuse of each loaded value), standard ones by th
 gate, fully connected layers (matrix-vector products, bound by loading their weights) and
 pooling (global average pooling and max pooling apart: the runtime runs the first on the plain
 layout after converting back to it, the second in its blocked one).
-:mod:`mobilenets.calibrate` measures the rates once per machine and runtime.
+:mod:`mobilenets.latency.calibration` measures the rates once per machine and runtime.
 
-The layers come from :func:`mobilenets.cost.profile_model`; BatchNorm and most activations get
-no time of their own because deployed graphs fold and fuse them into the convolution before
+The layers come from :func:`mobilenets.analysis.cost.profile_model`; BatchNorm and most activations
+get no time of their own because deployed graphs fold and fuse them into the convolution before
 them. SiLU is the exception: onnxruntime runs it as a kernel of its own (``QuickGelu``), priced
 as the ``silu`` kind. ReLU6 and HardSwish are fused but not free: the kernel makes one more
 pass over its output, priced as the ``relu6`` and ``hardswish`` kinds with no node of their own.
@@ -36,7 +36,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from mobilenets.cost import CostReport, LayerCost, bytes_per_element
+from mobilenets.analysis.cost import CostReport, LayerCost, bytes_per_element
 from mobilenets.errors import MobileNetError
 
 CALIBRATION_FORMAT = 14  # bump when the kinds, the fitted quantities or their measuring change
@@ -118,7 +118,7 @@ def _is_vector(shape: tuple[int, ...]) -> bool:
 
 def _is_se_squeeze(layers: Sequence[LayerCost], i: int) -> bool:
     """Whether the global pooling at ``layers[i]`` is a squeeze-and-excitation gate, for
-    networks whose gate :func:`~mobilenets.cost.profile_model` does not name ``se``.
+    networks whose gate :func:`~mobilenets.analysis.cost.profile_model` does not name ``se``.
 
     The gate pools the feature map to one value per channel, passes it through small layers on
     that 1x1 map, and multiplies the feature map by the result, so the first layer after the

@@ -12,8 +12,8 @@ choose their memory format and kernels, see :mod:`mobilenets.layers`); and the *
 ``nn.Conv2d`` as PyTorch runs them by default, the baseline our layers must beat. BatchNorm and
 activations are left out on both sides, as they are in the mult-add count.
 
-Given a latency calibration (:mod:`mobilenets.latency`), each row also carries the speed-up the
-per-layer roofline predicts: the depthwise layer priced on its own (memory-bound) roof and the
+Given a latency calibration (:mod:`mobilenets.latency.model`), each row also carries the speed-up
+the per-layer roofline predicts: the depthwise layer priced on its own (memory-bound) roof and the
 pointwise one on its K's, so the gap between counted and real speed-up is explained layer by
 layer. The calibration is onnxruntime's, the timings PyTorch's: the prediction says how far the
 hardware lets the saving go, not what PyTorch's kernels make of it.
@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mobilenets.cost import profile_model, separable_cost_ratio
+from mobilenets.analysis.cost import profile_model, separable_cost_ratio
+from mobilenets.analysis.timing import time_interleaved
 from mobilenets.errors import MobileNetError
-from mobilenets.latency import DEPTHWISE_KINDS, Calibration, predict_latency
+from mobilenets.latency.model import DEPTHWISE_KINDS, Calibration, predict_latency
 from mobilenets.layers import DepthwiseConv, PointwiseConv
-from mobilenets.measure.timing import time_interleaved
 
 
 @dataclass(frozen=True)

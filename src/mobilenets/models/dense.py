@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from mobilenets.errors import MobileNetError
-from mobilenets.features import FeatureInfo, trunk_levels
 from mobilenets.layers import InvertedResidual, same_padding
 from mobilenets.models._builder import Row
+from mobilenets.models.features import FeatureInfo, trunk_levels
 
 
 class Tap(NamedTuple):
@@ -47,7 +47,7 @@ class Tap(NamedTuple):
 def trunk_layers(model: nn.Module) -> list[FeatureInfo]:
     """Every trunk layer with its output channels and the total stride after it.
 
-    Checked by :func:`~mobilenets.features.trunk_levels` first, so a model without a trunk of
+    Checked by :func:`~mobilenets.models.features.trunk_levels` first, so a model without a trunk of
     declared strides gets the same one-line error as ``features_only``.
     """
     trunk_levels(model)
@@ -151,7 +151,7 @@ class TappedTrunk(nn.Module):
     """A head's base: the trunk layers up to the deepest tap, run once, returning the taps.
 
     Layers after the deepest tap are dropped (and with them the classifier), as in
-    :class:`~mobilenets.features.FeatureExtractor`; the layer names are the classifier's.
+    :class:`~mobilenets.models.features.FeatureExtractor`; the layer names are the classifier's.
     """
 
     def _init_trunk(self, model: nn.Module, taps: Sequence[Tap]) -> None:

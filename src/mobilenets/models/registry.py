@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from mobilenets.errors import MobileNetError
-from mobilenets.features import FeatureExtractor
+from mobilenets.models.features import FeatureExtractor
 
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -65,8 +65,8 @@ def create_model(
 ) -> nn.Module:
     """Build the model registered as ``name`` with constructor keywords ``kwargs``.
 
-    With ``features_only`` the result is a :class:`~mobilenets.features.FeatureExtractor` over
-    the model's trunk, returning the feature maps of the levels in ``out_indices`` (default:
+    With ``features_only`` the result is a :class:`~mobilenets.models.features.FeatureExtractor`
+    over the model's trunk, returning the feature maps of the levels in ``out_indices`` (default:
     all), for detection and segmentation heads.
     """
     factory = get_model_factory(name)

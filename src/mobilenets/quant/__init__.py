@@ -4,7 +4,7 @@ training.
     sensitivity_report(run_dir)     which layers lose accuracy (SQNR per layer, ranked)
 """
 
-from mobilenets.deploy.fake_quant import FakeQuantModel, Int8Scheme
+from mobilenets.int8.fake_quant import FakeQuantModel, Int8Scheme
 from mobilenets.quant.sensitivity import SensitivityReport, sensitivity_report
 
 __all__ = ["FakeQuantModel", "Int8Scheme", "SensitivityReport", "sensitivity_report"]

@@ -6,7 +6,7 @@ layer under a logit SQNR when it alone is int8 (``below_sqnr``), or, with
 on that share of held-out images, or, with ``frontier``, the most agreeing of several counts
 within the latency budget (every count measured: the trade-off curve itself). The search is
 cheap where it can be and exact where it counts. PyTorch's fake quantization
-(:mod:`mobilenets.deploy.fake_quant`) predicts the agreement with the top k layers in float, for
+(:mod:`mobilenets.int8.fake_quant`) predicts the agreement with the top k layers in float, for
 k = 0, 1, ...; the runtime then quantizes and measures from the predicted k up, since the
 runtime's int8 (fused kernels, quantized residual additions) is not the simulation's. Each
 candidate's latency is timed against the all-int8 file, interleaved: a float layer between int8
@@ -30,20 +30,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobilenets.analysis.timing import time_interleaved
 from mobilenets.deploy.export import (
     calibration_inputs,
     held_out_inputs,
     int8_options,
     target_of,
 )
-from mobilenets.deploy.fake_quant import FakeQuantModel
-from mobilenets.deploy.fold import fold_batchnorm
-from mobilenets.deploy.prepare import prepare_for_int8
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import Agreement, Target, agreement, pytorch_logits, run_batches
 from mobilenets.errors import MobileNetError
+from mobilenets.int8.fake_quant import FakeQuantModel
+from mobilenets.int8.fold import fold_batchnorm
+from mobilenets.int8.prepare import prepare_for_int8
 from mobilenets.io import atomic_path
-from mobilenets.measure.timing import time_interleaved
 from mobilenets.quant.sensitivity import measure_sensitivity, rank_key
 from mobilenets.runs import load_run
 
@@ -126,7 +126,7 @@ def simulated_agreement(
 class _Bench:
     """Writes candidates with one target and measures them against the float model
     (``folded``); the int8 files are made from ``written``, the same function rescaled by
-    :func:`~mobilenets.deploy.prepare.prepare_for_int8` when asked."""
+    :func:`~mobilenets.int8.prepare.prepare_for_int8` when asked."""
 
     def __init__(
         self,
@@ -238,7 +238,7 @@ def quantize_mixed(
     (each count is measured in the runtime and kept in ``tried``). Nothing is written when
     the target is not reached or no count fits the budget; the error says the best agreement
     that was. ``equalize``, ``adaround`` (True, or its steps per layer) and ``bias_correct``
-    change the float model first (:mod:`mobilenets.deploy.prepare`), for the sensitivity
+    change the float model first (:mod:`mobilenets.int8.prepare`), for the sensitivity
     ranking and the files alike;
     ``wide_residuals`` keeps the residual sums wider than int8 in every int8 file, the
     all-int8 baseline included.

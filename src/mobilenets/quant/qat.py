@@ -65,17 +65,17 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
 
 from mobilenets.data import make_loader
 from mobilenets.deploy.export import held_out_inputs
-from mobilenets.deploy.fold import fold_batchnorm, unfold_into
 from mobilenets.deploy.photos import photo_crops
 from mobilenets.deploy.target import Agreement, agreement, pytorch_logits
-from mobilenets.devices import pick_threads
 from mobilenets.errors import MobileNetError
+from mobilenets.int8.fold import fold_batchnorm, unfold_into
 from mobilenets.io import atomic_path
-from mobilenets.metrics import tally_predictions
-from mobilenets.optim import parameter_groups, warmup_cosine
-from mobilenets.progress import QAT_SCALARS, ScalarLog
 from mobilenets.runs import META_FILE, RunInfo, load_run, load_run_data, save_run
-from mobilenets.train import STATE_FILE, holds_run, seed_epoch
+from mobilenets.train.devices import pick_threads
+from mobilenets.train.loop import STATE_FILE, holds_run, seed_epoch
+from mobilenets.train.metrics import tally_predictions
+from mobilenets.train.optim import parameter_groups, warmup_cosine
+from mobilenets.train.progress import QAT_SCALARS, ScalarLog
 
 QAT_KEY = "qat"
 OPTIMIZERS = ("sgd", "adam")
@@ -317,7 +317,7 @@ def qat(
     directory, default ``<source>-qat``); with ``resume``, continue ``out`` where it stopped.
     ``stop_after_epoch`` ends early, as a killed run would; ``on_batch(epoch, step, steps,
     loss)`` follows each epoch's batches (progress). ``threads`` intra-op threads (default:
-    :func:`~mobilenets.devices.pick_threads`, as ``train`` picks them).
+    :func:`~mobilenets.train.devices.pick_threads`, as ``train`` picks them).
 
     With labels, each epoch records the fake-quantized graph's held-out top-1 and that of
     the float weights the run directory holds (``float_top1``, what ``evaluate`` gives), so

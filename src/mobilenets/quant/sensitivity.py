@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from mobilenets.deploy.export import calibration_inputs, held_out_inputs
-from mobilenets.deploy.fake_quant import KINDS, PER_CHANNEL, FakeQuantModel, Int8Scheme, sqnr_db
 from mobilenets.deploy.target import agreement
+from mobilenets.int8.fake_quant import KINDS, PER_CHANNEL, FakeQuantModel, Int8Scheme, sqnr_db
 from mobilenets.plots import Figure
 from mobilenets.runs import load_run
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from mobilenets.devices import parse_device
+from mobilenets.train.devices import parse_device
 
 
 @dataclass

@@ -64,16 +64,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from mobilenets.data import NAMED_SOURCES, VAL_FRACTION, DataBundle, load_data, make_loader
-from mobilenets.devices import pick_threads
-from mobilenets.distributed import Processes
 from mobilenets.errors import MobileNetError
 from mobilenets.io import LOCK_FILE, DirectoryLock, atomic_path, atomic_write_text
-from mobilenets.metrics import Evaluation, Tally, tally_predictions
 from mobilenets.models import check_resolution, create_model, get_model_factory
-from mobilenets.optim import make_optimizer, warmup_cosine
 from mobilenets.plots import save_figure, training_curves_figure
-from mobilenets.progress import TRAIN_SCALARS, ScalarLog, TrainingDisplay
-from mobilenets.recipe import DEFAULT_MODEL, DEFAULT_WIDTH_MULT, RUNTIME_FIELDS, TrainConfig
 from mobilenets.runs import (
     META_FILE,
     WEIGHTS_FILE,
@@ -84,6 +78,12 @@ from mobilenets.runs import (
     read_run_info,
     save_run,
 )
+from mobilenets.train.devices import pick_threads
+from mobilenets.train.distributed import Processes
+from mobilenets.train.metrics import Evaluation, Tally, tally_predictions
+from mobilenets.train.optim import make_optimizer, warmup_cosine
+from mobilenets.train.progress import TRAIN_SCALARS, ScalarLog, TrainingDisplay
+from mobilenets.train.recipe import DEFAULT_MODEL, DEFAULT_WIDTH_MULT, RUNTIME_FIELDS, TrainConfig
 
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mobilenets.errors import MobileNetError
-from mobilenets.recipe import TrainConfig
+from mobilenets.train.recipe import TrainConfig
 
 
 def parameter_groups(

@@ -24,8 +24,8 @@ from rich.progress import (
 
 if TYPE_CHECKING:
     from mobilenets.data import DataBundle
-    from mobilenets.distributed import Processes
-    from mobilenets.recipe import TrainConfig
+    from mobilenets.train.distributed import Processes
+    from mobilenets.train.recipe import TrainConfig
 
 
 class TrainingDisplay:

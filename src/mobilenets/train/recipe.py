@@ -79,7 +79,7 @@ class TrainConfig:
     over 98.5% held-out top-1 in a few minutes on two CPU cores."""
 
     # model, width_mult and resolution left None are --init's run's, else the defaults
-    # (mobilenet_v2, 0.5, the dataset's): see mobilenets.train.inherit_init
+    # (mobilenet_v2, 0.5, the dataset's): see mobilenets.train.loop.inherit_init
     model: str | None = _opt(
         None,
         "a registered model, see `mobilenets models` (default: --init's, else mobilenet_v2)",
@@ -144,7 +144,7 @@ class TrainConfig:
     quiet: bool = _opt(False, "no progress bars (the per-epoch lines still print)")
     num_workers: int | None = _opt(None, "data loader processes", flag="--workers")
     device: str | None = _opt(None, "cpu, cuda, cuda:1 ... (default: a GPU when present)")
-    # None: one per core that other processes leave idle (mobilenets.devices.pick_threads),
+    # None: one per core that other processes leave idle (mobilenets.train.devices.pick_threads),
     # a resumed run the count it ran with; the same seed and thread count give the same run
     threads: int | None = _opt(
         None,

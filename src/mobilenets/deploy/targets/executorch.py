@@ -4,7 +4,7 @@ fp32: ``torch.export`` captures the BN-folded model, ``to_edge_transform_and_low
 subgraph XNNPACK supports (here all of it: conv, hardtanh, add, mean, linear) to the XNNPACK
 delegate, and ``to_executorch`` plans the activations' memory ahead of time into one buffer.
 
-int8: the PT2E flow (:mod:`mobilenets.deploy.pt2e`): ``prepare_pt2e`` inserts observers where
+int8: the PT2E flow (:mod:`mobilenets.int8.pt2e`): ``prepare_pt2e`` inserts observers where
 ``XNNPACKQuantizer`` says XNNPACK has int8 kernels (and each convolution -> ReLU6 pair, which
 it leaves unfused, is made one), the calibration batches run through, and ``convert_pt2e``
 replaces observers with quantize/dequantize pairs that the XNNPACK partitioner fuses into int8
@@ -62,7 +62,7 @@ def quantize_pt2e(
         get_symmetric_quantization_config,
     )
 
-    from mobilenets.deploy.pt2e import activation_config, calibrated_pt2e  # torchao: an extra
+    from mobilenets.int8.pt2e import activation_config, calibrated_pt2e  # torchao: an extra
 
     config = get_symmetric_quantization_config(is_per_channel=True)
     quantizer = XNNPACKQuantizer().set_global(activation_config(config, observer))

@@ -7,7 +7,7 @@ NHWC inside; the converter inserts the layout transposes at the input and output
 takes NCHW images like every other target.
 
 int8: the converter's own PT2E quantizer (``litert_torch.quantize.pt2e_quantizer``), in the same
-flow as ExecuTorch's (:mod:`mobilenets.deploy.pt2e`, ReLU6 fused into its convolution):
+flow as ExecuTorch's (:mod:`mobilenets.int8.pt2e`, ReLU6 fused into its convolution):
 weights int8 symmetric per channel, activations int8 per tensor from a histogram observer,
 lowered to TFLite's int8 kernels.
 
@@ -65,7 +65,7 @@ def write(
     from litert_torch.quantize import pt2e_quantizer
     from litert_torch.quantize.quant_config import QuantConfig
 
-    from mobilenets.deploy.pt2e import activation_config, calibrated_pt2e  # torchao: an extra
+    from mobilenets.int8.pt2e import activation_config, calibrated_pt2e  # torchao: an extra
 
     try:
         quant_config = None
