@@ -94,67 +94,47 @@ LEVERS = {
         ),
     ],
     "openvino": [
-        (
-            "PERFORMANCE preset (symmetric activations)",
-            {"preset": "performance", "fast_bias_correction": True},
-        ),
-        (
-            "MIXED preset (asymmetric activations), fast bias correction",
-            {"preset": "mixed", "fast_bias_correction": True},
-        ),
-        (
-            "MIXED, classifier (MatMul) in fp32",
-            {"preset": "mixed", "fp32_types": ["MatMul"], "fast_bias_correction": True},
-        ),
-        ("MIXED, full bias correction (our default)", {"preset": "mixed"}),
+        ("MIXED, full bias correction (our default)", {}),
         (
             "MIXED, full bias correction, residual additions in float (wide residuals)",
-            {"preset": "mixed", **WIDE},
-        ),
-        (
-            "MIXED, fast bias correction, channels equalized first",
-            {"preset": "mixed", "fast_bias_correction": True, "equalize": True},
+            {**WIDE},
         ),
         (
             "MIXED, full bias correction, channels equalized first",
-            {"preset": "mixed", "equalize": True},
+            {"equalize": True},
         ),
         (
             "MIXED, full bias correction, channels equalized first, residual additions in float "
             "(wide residuals)",
-            {"preset": "mixed", "equalize": True, **WIDE},
+            {"equalize": True, **WIDE},
         ),
         (
             "MIXED, full bias correction, channels equalized and biases corrected first",
-            {"preset": "mixed", "equalize": True, "bias_correct": True},
+            {"equalize": True, "bias_correct": True},
         ),
         (
             "MIXED, full bias correction, channels equalized and weights adaptively rounded first",
-            {"preset": "mixed", "equalize": True, "adaround": True},
+            {"equalize": True, "adaround": True},
         ),
         (
             "MIXED, full bias correction, channels equalized and weights adaptively rounded "
             "first, residual additions in float (wide residuals)",
-            {"preset": "mixed", "equalize": True, "adaround": True, **WIDE},
+            {"equalize": True, "adaround": True, **WIDE},
         ),
         (
             "MIXED, full bias correction, channels equalized and weights adaptively rounded "
             "(1000 steps) first",
-            {"preset": "mixed", "equalize": True, "adaround": 1000},
+            {"equalize": True, "adaround": 1000},
         ),
         (
             "MIXED, full bias correction, channels equalized and weights adaptively rounded "
             "(1000 steps) first, residual additions in float (wide residuals)",
-            {"preset": "mixed", "equalize": True, "adaround": 1000, **WIDE},
+            {"equalize": True, "adaround": 1000, **WIDE},
         ),
     ],
     # float layers (mixed precision, pt2e.FloatModules) are quantize-mixed's to measure
     "executorch": [
         ("per channel, histogram observer (default: ReLU6 fused into its convolution)", {}),
-        (
-            "per channel, histogram observer, ReLU6 unfused (the quantizer's own marking)",
-            {"fuse_relu6": False},
-        ),
         ("per channel, histogram observer, channels equalized first", {"equalize": True}),
         (
             "per channel, histogram observer, residual additions in float (wide residuals)",
@@ -180,11 +160,6 @@ LEVERS = {
             {"equalize": True, "adaround": True, "observer": "minmax"},
         ),
         (
-            "per channel, histogram observer, ReLU6 unfused, channels equalized and weights "
-            "adaptively rounded first",
-            {"equalize": True, "adaround": True, "fuse_relu6": False},
-        ),
-        (
             "per channel, min-max observer, channels equalized and weights adaptively rounded "
             "first, residual additions in float (wide residuals)",
             {"equalize": True, "adaround": True, "observer": "minmax", **WIDE},
@@ -202,10 +177,6 @@ LEVERS = {
     ],
     "litert": [
         ("per channel, histogram observer (default: ReLU6 fused into its convolution)", {}),
-        (
-            "per channel, histogram observer, ReLU6 unfused (the quantizer's own marking)",
-            {"fuse_relu6": False},
-        ),
         ("per channel, histogram observer, channels equalized first", {"equalize": True}),
         (
             "per channel, histogram observer, channels equalized and biases corrected first",
@@ -220,11 +191,6 @@ LEVERS = {
             "per channel, min-max observer, channels equalized and weights adaptively rounded "
             "first (what export does with AdaRound)",
             {"equalize": True, "adaround": True, "observer": "minmax"},
-        ),
-        (
-            "per channel, histogram observer, ReLU6 unfused, channels equalized and weights "
-            "adaptively rounded first",
-            {"equalize": True, "adaround": True, "fuse_relu6": False},
         ),
         # no wide residuals: the converter quantizes an addition left in float again
         (

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from mobilenets.deploy.export import calibration_inputs, held_out_inputs, target_of
+from mobilenets.deploy.export import target_of
+from mobilenets.deploy.images import calibration_inputs, held_out_inputs
 from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.deploy.quantize import quantize_model
 from mobilenets.deploy.runtime import create_session, onnx_metadata, run_session

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mobilenets.analysis.cost import profile_model
 from mobilenets.deploy.onnx_export import write_onnx
+from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.latency.calibration import load_calibration
 from mobilenets.latency.machine import DEFAULT_RUNTIME, RUNTIMES
 from mobilenets.latency.model import CONVOLUTION_KINDS, predict_latency
@@ -66,7 +67,7 @@ def main() -> None:
         prediction = predict_latency(profile_model(model, size), calibration)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
-            write_onnx(model, path, (3, size, size), {})
+            write_onnx(fold_batchnorm(model), path, (3, size, size), {})
             profiles = [
                 profile_onnx(path, RUNTIMES[DEFAULT_RUNTIME], args.threads, 0.3)
                 for _ in range(args.rounds)

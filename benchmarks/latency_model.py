@@ -34,6 +34,7 @@ from mobilenets.analysis.cost import profile_model
 from mobilenets.cli._output import fmt_percent
 from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.errors import MobileNetError
+from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.latency.calibration import load_calibration
 from mobilenets.latency.machine import DEFAULT_RUNTIME, RUNTIMES, cache_path
 from mobilenets.latency.model import LatencyPrediction, predict_latency
@@ -131,7 +132,7 @@ def build(name: str, width: float) -> torch.nn.Module:
 def export(name: str, width: float, resolution: int, path: Path) -> Path:
     """deploy's export of one model (run in a worker process: exports are the slow part)."""
     model = build(name, width)
-    write_onnx(model, path, (3, resolution, resolution), {})
+    write_onnx(fold_batchnorm(model), path, (3, resolution, resolution), {})
     return path
 
 

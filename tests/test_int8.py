@@ -19,7 +19,8 @@ import torch
 from conftest import check_one_line_error, copy_run
 
 from mobilenets.cli import main
-from mobilenets.deploy.export import export, held_out_inputs
+from mobilenets.deploy.export import export
+from mobilenets.deploy.images import held_out_inputs
 from mobilenets.deploy.target import agreement, pytorch_logits, run_batches
 from mobilenets.deploy.targets import executorch
 from mobilenets.errors import MobileNetError

@@ -19,7 +19,8 @@ import torch
 from conftest import built_once
 
 from mobilenets.cli import main
-from mobilenets.deploy.export import FORMATS, calibration_inputs, export
+from mobilenets.deploy.export import FORMATS, export
+from mobilenets.deploy.images import calibration_inputs
 from mobilenets.deploy.program import read_program_info
 from mobilenets.deploy.runtime import RUN_DIR_KEY, set_metadata
 from mobilenets.evaluation.evaluate import evaluate_model, evaluate_program

@@ -373,7 +373,7 @@ def test_without_a_terminal_training_prints_lines_within_an_epoch(tmp_path: Path
 def test_quantize_calibrates_on_all_there_is_when_asked_for_more() -> None:
     from torch.utils.data import TensorDataset
 
-    from mobilenets.deploy.quantize import calibration_subset
+    from mobilenets.deploy.images import calibration_subset
 
     sixteen = TensorDataset(torch.zeros(16, 3, 8, 8), torch.zeros(16, dtype=torch.long))
     with pytest.warns(UserWarning, match="calibrating on all 16 images"):

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from mobilenets.errors import MobileNetError
-from mobilenets.layers import InvertedResidual, SqueezeExcitation, StochasticDepth
+from mobilenets.layers import InvertedResidual, SqueezeExcitation, StochasticDepth, is_depthwise
 from mobilenets.models import check_resolution
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ def layer_kind(module: nn.Module) -> str:
     (Squeeze-and-excitation's 1x1 convolutions are pointwise by shape; :func:`profile_model`
     names them ``se`` from where they sit.)"""
     if isinstance(module, nn.Conv2d):
-        if module.groups > 1 and module.groups == module.in_channels == module.out_channels:
+        if is_depthwise(module):
             return "depthwise"
         if module.groups > 1:
             return "grouped"

@@ -12,6 +12,7 @@ from contextlib import nullcontext
 
 from mobilenets.cli._args import add_int8_steps, add_moved_data, add_run_dir
 from mobilenets.cli._output import console, print_json, table
+from mobilenets.int8 import DEFAULT_CALIBRATION
 
 FORMATS = "onnx, executorch, litert or openvino"
 
@@ -30,7 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="post-training int8, calibrated on the run's training images",
     )
     p.add_argument(
-        "--calibration", type=int, metavar="N", help="training images to calibrate int8 on (256)"
+        "--calibration",
+        type=int,
+        metavar="N",
+        help=f"training images to calibrate int8 on ({DEFAULT_CALIBRATION})",
     )
     p.add_argument(
         "--verify-images", type=int, metavar="N", help="held-out images to check on (256)"
@@ -57,7 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", help="a run directory or an ONNX file written by `export`")
     p.add_argument(
-        "--calibration", type=int, metavar="N", help="training images to calibrate on (256)"
+        "--calibration",
+        type=int,
+        metavar="N",
+        help=f"training images to calibrate on ({DEFAULT_CALIBRATION})",
     )
     p.add_argument("--out", help="output file (default <fp32 file>.int8.onnx)")
     p.add_argument(
@@ -175,7 +182,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from mobilenets.deploy.quantize import DEFAULT_CALIBRATION, quantize_onnx
+    from mobilenets.deploy.quantize import quantize_onnx
 
     calibration = DEFAULT_CALIBRATION if args.calibration is None else args.calibration
     # No bar without a terminal: rich would leave a blank line on stderr where it stood.

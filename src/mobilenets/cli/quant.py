@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mobilenets.cli._args import add_int8_steps, add_moved_data, add_run_dir
 from mobilenets.cli._output import console, print_json, table
+from mobilenets.int8 import DEFAULT_CALIBRATION
 
 SENSITIVITY_FIGURE = "int8_sensitivity.png"
 
@@ -21,7 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_dir(p)
     p.add_argument("--images", type=int, default=32, help="held-out images (default 32)")
     p.add_argument(
-        "--calibration", type=int, default=256, metavar="N", help="calibration images (256)"
+        "--calibration",
+        type=int,
+        default=DEFAULT_CALIBRATION,
+        metavar="N",
+        help=f"calibration images ({DEFAULT_CALIBRATION})",
     )
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
     p.add_argument("--symmetric-activations", action="store_true", help="int8 around 0, not uint8")
@@ -72,7 +77,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-float", type=int, default=8, help="most float layers tried (default 8)")
     p.add_argument("--images", type=int, default=300, help="held-out images (default 300)")
-    p.add_argument("--calibration", type=int, default=256, help="calibration images (256)")
+    p.add_argument(
+        "--calibration",
+        type=int,
+        default=DEFAULT_CALIBRATION,
+        help=f"calibration images ({DEFAULT_CALIBRATION})",
+    )
     p.add_argument("--out", help="output file (default RUN_DIR/model.mixed.onnx)")
     add_int8_steps(p)
     p.add_argument(

@@ -24,19 +24,18 @@ from pathlib import Path
 
 import torch
 
-from mobilenets.deploy.onnx_export import first_images
-from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops
-from mobilenets.deploy.quantize import DEFAULT_CALIBRATION, calibration_subset
+from mobilenets.deploy.images import calibration_inputs, held_out_inputs
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import Agreement, Target, check_program
 from mobilenets.deploy.targets import executorch, litert, openvino
 from mobilenets.deploy.targets import onnx as onnx_target
 from mobilenets.errors import MobileNetError
+from mobilenets.int8 import DEFAULT_CALIBRATION
 from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.int8.prepare import Preparation, prepare_for_int8
 from mobilenets.io import atomic_path, atomic_write_json
 from mobilenets.models import check_resolution
-from mobilenets.runs import META_FILE, RunInfo, load_run, load_run_data
+from mobilenets.runs import META_FILE, load_run
 
 FORMATS: dict[str, Target] = {
     "onnx": onnx_target.TARGET,
@@ -45,7 +44,6 @@ FORMATS: dict[str, Target] = {
     "openvino": openvino.TARGET,
 }
 VERIFY_IMAGES = 256
-CHECK_BATCH = 32
 
 
 @dataclass
@@ -123,34 +121,6 @@ def default_path(
     return Path(run_dir) / f"model{'.int8' + precision if int8 else ''}{target.suffix}"
 
 
-def held_out_inputs(
-    info: RunInfo, data: str | os.PathLike[str] | None, n: int
-) -> tuple[list[torch.Tensor], str]:
-    """Up to ``n`` held-out images in batches, and what they are."""
-    if data is None and info.data is None:
-        crops = photo_crops(n, info.input_size[1], info.mean, info.std, seed=EVALUATION_SEED)
-        return list(
-            crops.split(CHECK_BATCH)
-        ), f"random crops of the bundled photos (seed {EVALUATION_SEED})"
-    return first_images(load_run_data(info, data).test, n, CHECK_BATCH), "held-out images"
-
-
-def calibration_inputs(
-    info: RunInfo, data: str | os.PathLike[str] | None, n: int
-) -> tuple[list[torch.Tensor], str]:
-    """``n`` training images (seeded draw) in batches, and what they are."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise MobileNetError(f"calibration count must be a positive integer, got {n!r}")
-    if data is None and info.data is None:
-        crops = photo_crops(n, info.input_size[1], info.mean, info.std, seed=CALIBRATION_SEED)
-        return list(
-            crops.split(CHECK_BATCH)
-        ), f"random crops of the bundled photos (seed {CALIBRATION_SEED})"
-    bundle = load_run_data(info, data)
-    train = bundle.train_raw if bundle.train_raw is not None else bundle.train
-    return first_images(calibration_subset(train, n), n, CHECK_BATCH), "training images"
-
-
 def int8_options(target: Target, adaround: bool | int, wide_residuals: bool) -> dict[str, object]:
     """The writer options an int8 file of ``target`` takes for what was asked.
 
@@ -160,10 +130,10 @@ def int8_options(target: Target, adaround: bool | int, wide_residuals: bool) -> 
     cannot (LiteRT's converter quantizes a float addition again).
     """
     options: dict[str, object] = {}
-    if adaround and target.takes("observer"):
+    if adaround and target.can.observer:
         options["observer"] = "minmax"
     if wide_residuals:
-        if not target.takes("wide_residuals"):
+        if not target.can.wide_residuals:
             raise MobileNetError(
                 f"{target.name} cannot keep the residual additions wider than int8 "
                 "(its converter quantizes them again); leave out --wide-residuals"
@@ -220,7 +190,7 @@ def export(
     out = Path(out)
     if out.suffix != target.suffix:
         raise MobileNetError(f"a {target.name} file must end in {target.suffix}, got {out.name}")
-    if quantized is not None and not (int8 and target.lowers_pt2e):
+    if quantized is not None and not (int8 and target.can.lowers_pt2e):
         raise MobileNetError(
             f"a QAT run's own int8 ranges ship only as an int8 program of a format that lowers "
             f"PT2E graphs (executorch), not as {'int8' if int8 else 'fp32'} {fmt}"

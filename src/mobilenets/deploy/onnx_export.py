@@ -22,14 +22,13 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
+from mobilenets.deploy.images import first_images
 from mobilenets.deploy.photos import photo_crops
 from mobilenets.deploy.runtime import (
     DEFAULT_PROVIDER,
     INPUT_NAME,
     OUTPUT_NAME,
-    batches,
     check_provider,
     create_session,
     load_onnx,
@@ -91,7 +90,9 @@ def write_onnx(
     metadata: dict[str, str],
     opset: int = DEFAULT_OPSET,
 ) -> Path:
-    """Fold ``model``'s BatchNorms and write it to ``path`` with a dynamic batch axis.
+    """Write ``model`` to ``path`` with a dynamic batch axis, as it is: BatchNorm is folded
+    by the caller (:func:`~mobilenets.int8.fold.fold_batchnorm`), once, before the writer and
+    the check see the same model.
 
     Writes directly to ``path``: callers go through ``atomic_path`` and check the file before
     it gets its final name. Height and width are fixed at ``input_size`` so that onnxruntime
@@ -101,14 +102,13 @@ def write_onnx(
     channels, height, width = input_size
     for size in (height, width):
         check_resolution(model, size)
-    folded = fold_batchnorm(model)
     # An example batch of 2: a batch of 1 would let torch.export specialise the axis to 1.
     example = torch.randn(2, channels, height, width)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with quiet():
         try:
             program = torch.onnx.export(
-                folded,
+                model,
                 (example,),
                 dynamo=True,
                 input_names=[INPUT_NAME],
@@ -186,7 +186,9 @@ def export_model(
     check_provider(provider)
     out = Path(out)
     with atomic_path(out) as tmp:
-        write_onnx(model, tmp, tuple(info.input_size), onnx_metadata(info, "fp32"), opset)
+        write_onnx(
+            fold_batchnorm(model), tmp, tuple(info.input_size), onnx_metadata(info, "fp32"), opset
+        )
         load_onnx(tmp)  # the checker, before anything runs it
         error = compare_with_torch(tmp, model, inputs, provider)
     return ExportResult(
@@ -221,15 +223,3 @@ def export_onnx(
         return replace(result, checked_on="random crops of the bundled photos")
     inputs = first_images(load_run_data(info, data).test, verify_images)
     return export_model(model, info, out, inputs, opset, provider)
-
-
-def first_images(dataset: Dataset, n: int, batch_size: int = 64) -> list[torch.Tensor]:
-    """The first ``n`` images in batches, the last one partial so that two batch sizes go
-    through the dynamic axis; decoding stops there (an image folder's split can be large)."""
-    kept, count = [], 0
-    for images, _ in batches(dataset, batch_size):
-        if count >= n:
-            break
-        kept.append(images[: n - count])
-        count += len(kept[-1])
-    return kept

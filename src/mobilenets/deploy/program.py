@@ -137,4 +137,4 @@ def load_program(
     records."""
     info = read_program_info(path)
     runner = info.target.load(info.path, threads)
-    return ProgramModule(runner, FIXED_BATCH if info.target.batch_fixed else None), info
+    return ProgramModule(runner, FIXED_BATCH if info.target.can.fixed_batch else None), info

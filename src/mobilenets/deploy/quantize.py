@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,13 +42,13 @@ from onnxruntime.quantization import (
     quant_pre_process,
     quantize_static,
 )
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
+from mobilenets.deploy.images import batches, calibration_subset
 from mobilenets.deploy.onnx_export import ONNX_FILE, export_onnx
 from mobilenets.deploy.runtime import (
     DEFAULT_PROVIDER,
     PRECISION_KEY,
-    batches,
     check_provider,
     create_session,
     load_onnx,
@@ -59,10 +58,10 @@ from mobilenets.deploy.runtime import (
     top1_accuracy,
 )
 from mobilenets.errors import MobileNetError
+from mobilenets.int8 import DEFAULT_CALIBRATION
 from mobilenets.io import atomic_path
 from mobilenets.runs import WEIGHTS_FILE, load_run_data, read_run_info
 
-DEFAULT_CALIBRATION = 256
 CALIBRATION_BATCH = 32
 OnBatch = Callable[[int], object] | None
 FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
@@ -132,21 +131,6 @@ class ImageReader(CalibrationDataReader):
         if self.on_batch is not None:
             self.on_batch(len(images[0]))
         return {self.input_name: images[0].numpy()}
-
-
-def calibration_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
-    """``n`` images drawn without replacement, seeded, so every class is likely represented."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise MobileNetError(f"calibration count must be a positive integer, got {n!r}")
-    if n > len(dataset):  # a small data set calibrates on all of it
-        warnings.warn(
-            f"calibration count {n} is larger than the training data: calibrating on all "
-            f"{len(dataset)} images",
-            stacklevel=2,
-        )
-        n = len(dataset)
-    order = np.random.default_rng(seed).permutation(len(dataset))[:n]
-    return Subset(dataset, sorted(order.tolist()))
 
 
 def nodes_of_layers(model: onnx.ModelProto, layers: Sequence[str]) -> list[str]:

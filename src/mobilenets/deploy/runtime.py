@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,9 @@ import onnx
 import onnxruntime as ort
 import torch
 from google.protobuf.message import DecodeError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from mobilenets.deploy.images import batches
 from mobilenets.errors import MobileNetError
 from mobilenets.runs import RunInfo
 
@@ -203,11 +203,6 @@ def run_session(session: ort.InferenceSession, images: torch.Tensor | np.ndarray
     array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
     name = session.get_inputs()[0].name
     return session.run(None, {name: np.ascontiguousarray(array, dtype=np.float32)})[0]
-
-
-def batches(dataset: Dataset, batch_size: int = 64) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    """The dataset in order, in batches: evaluation and calibration see the same images."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
 def top1_accuracy(session: ort.InferenceSession, dataset: Dataset, batch_size: int = 64) -> float:

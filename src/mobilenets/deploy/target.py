@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import inspect
 import io
 import json
 import logging
@@ -57,6 +56,21 @@ def input_array(images: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a format's writer can do beyond fp32 and plain int8, declared as data: the pipeline
+    and the workflows read these, and a writer takes the matching keyword only where one is
+    true."""
+
+    mixed_precision: bool = True  # ``fp32_modules``: named layers kept in float in an int8 file
+    wide_residuals: bool = False  # ``wide_residuals``: the residual sums kept wider than int8
+    lowers_pt2e: bool = False  # writes a graph that already holds quantize/dequantize pairs
+    #                            (PT2E's ``convert_pt2e``), so a QAT graph's ranges can ship
+    observer: bool = False  # ``observer="minmax"``: activation ranges min-max (after AdaRound)
+    float_file: bool = False  # ``float_file``: quantizes a float file written once beforehand
+    fixed_batch: bool = False  # the program takes exactly the example's batch size
+
+
+@dataclass(frozen=True)
 class Target:
     """One deployment format and the runtime that runs it.
 
@@ -65,7 +79,8 @@ class Target:
     without a dynamic batch axis fix it); ``calibration`` is None for fp32, else the batches
     of training images int8 ranges are measured on. ``load(path, threads)`` returns a
     :data:`Runner` on the format's own runtime. ``modules`` are the importable packages the
-    runtime needs, ``extra`` the pip extra that installs them.
+    runtime needs, ``extra`` the pip extra that installs them; ``can`` says what else its
+    writer does (:class:`Capabilities`).
     """
 
     name: str
@@ -77,15 +92,12 @@ class Target:
         [nn.Module, Path, torch.Tensor, list[torch.Tensor] | None, dict[str, str]], None
     ]
     load: Callable[[Path, int | None], Runner]
-    batch_fixed: bool = False  # the program takes exactly the example's batch size
     sidecars: tuple[str, ...] = ()  # other files beside the main one (".bin" for OpenVINO IR)
     quantization: str = ""  # how int8 is made, for the run's record
-    # ``write`` lowers a graph that already holds quantize/dequantize pairs (PT2E's
-    # ``convert_pt2e``) as it is, so a QAT graph's own ranges can be shipped
-    lowers_pt2e: bool = False
     # The format has no place for free-form properties: ``write`` puts the metadata in
     # ``<file>.json`` beside the program (:func:`write_metadata_file`), one of its files
     metadata_file: bool = False
+    can: Capabilities = Capabilities()
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.modules)
@@ -100,10 +112,6 @@ class Target:
                 f'(install it with pip install "mobilenets[{self.extra}]")'
             )
         return self
-
-    def takes(self, option: str) -> bool:
-        """Whether ``write`` takes the keyword ``option`` (``fp32_modules``, ``observer``)."""
-        return option in inspect.signature(self.write).parameters
 
     def files(self, path: str | os.PathLike[str]) -> list[Path]:
         """The main file and its sidecars (its weights, its metadata file), which move with it."""
@@ -208,7 +216,7 @@ def check_program(
     fp32 logits differ by more than the tolerance or whose int8 top-1 mostly disagrees."""
     runner = target.load(path, None)
     expected = pytorch_logits(model, inputs)
-    got = run_batches(runner, inputs, example_batch if target.batch_fixed else None)
+    got = run_batches(runner, inputs, example_batch if target.can.fixed_batch else None)
     result = agreement(expected, got)
     if not int8 and not result.max_rel_error <= FP32_TOLERANCE:
         raise MobileNetError(

@@ -12,3 +12,8 @@
 
 The workflows that use them (sensitivity, mixed precision, QAT) are :mod:`mobilenets.quant`.
 """
+
+# Training images that int8 activation ranges are measured on, for every format and workflow
+# (export --int8, quantize, sensitivity, quantize-mixed). This package's own module, free of
+# torch, so that the command line reads it when it builds its help.
+DEFAULT_CALIBRATION = 256

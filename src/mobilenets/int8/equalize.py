@@ -49,7 +49,7 @@ from torch import nn
 
 from mobilenets.errors import MobileNetError
 from mobilenets.int8.fold import count_batchnorms
-from mobilenets.layers import ConvBNAct, DepthwiseSeparableConv, InvertedResidual
+from mobilenets.layers import ConvBNAct, DepthwiseSeparableConv, InvertedResidual, is_depthwise
 
 DEFAULT_MARGIN = 2.0  # headroom left above a ReLU6 channel's calibrated maximum
 DEFAULT_ALPHA = 0.5  # stream: how much of a channel's range moves into its readers' weights
@@ -97,10 +97,6 @@ def _clip(module: ConvBNAct) -> float | None:
     return None
 
 
-def _is_depthwise(conv: nn.Conv2d) -> bool:
-    return conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
-
-
 def _first_conv(block: nn.Module) -> nn.Conv2d | None:
     """The convolution that reads a block's input, where that is the only thing that does
     (with no residual around it); ``None`` for blocks this module does not know."""
@@ -123,7 +119,7 @@ def _pairs(features: nn.Sequential) -> list[_Pair]:
         last = block.pointwise if isinstance(block, DepthwiseSeparableConv) else block
         if isinstance(last, ConvBNAct) and i + 1 < len(blocks):
             reader = _first_conv(blocks[i + 1])
-            if reader is not None and _is_depthwise(reader):
+            if reader is not None and is_depthwise(reader):
                 pairs.append(_Pair(last, reader))
     return [p for p in pairs if _clip(p.producer) is not None and p.producer.conv.bias is not None]
 
@@ -177,7 +173,7 @@ def _reader_columns(readers: list[nn.Conv2d]) -> torch.Tensor:
     columns = []
     for conv in readers:
         w = conv.weight.detach().abs()
-        if _is_depthwise(conv):
+        if is_depthwise(conv):
             columns.append(torch.ones(w.shape[0]))  # per-channel scales absorb it exactly
         else:
             rows = w.flatten(1).amax(1).clamp_min(_TINY).view(-1, 1, 1, 1)
@@ -192,7 +188,7 @@ def _scale_out(conv: nn.Conv2d, s: torch.Tensor) -> None:
 
 def _scale_in(conv: nn.Conv2d, s: torch.Tensor) -> None:
     """Multiply what ``conv`` does with input channel ``c`` by ``s_c``."""
-    if _is_depthwise(conv):
+    if is_depthwise(conv):
         conv.weight.mul_(s.view(-1, 1, 1, 1))
     else:
         conv.weight.mul_(s.view(1, -1, 1, 1))

@@ -32,6 +32,7 @@ from torch import nn
 
 from mobilenets.errors import MobileNetError
 from mobilenets.int8.fold import fold_batchnorm
+from mobilenets.layers import is_depthwise
 
 # The kinds a figure colours: the roles of a layer in a MobileNet block.
 KINDS = ("conv", "depthwise", "expand", "project", "pointwise", "se", "linear")
@@ -59,7 +60,7 @@ def layer_kind(name: str, module: nn.Module) -> str:
     if isinstance(module, nn.Linear):
         return "linear"
     parts = name.split(".")
-    if module.groups > 1 and module.groups == module.in_channels:
+    if is_depthwise(module):
         return "depthwise"
     for kind in ("expand", "project", "se"):
         if kind in parts:

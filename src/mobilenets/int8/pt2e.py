@@ -256,21 +256,18 @@ def calibrated_pt2e(
     calibration: list[torch.Tensor],
     quantizer: Quantizer,
     fold_quantize: bool = True,
-    fuse_relu6: bool = True,
     float_residuals: bool = False,
     fp32_modules: Sequence[str] = (),
 ) -> GraphModule:
-    """Capture ``model``, let ``quantizer`` (with ReLU6 fused unless ``fuse_relu6`` is off,
-    which benchmarks/deploy_int8_quality.py measures, and the residual additions in float
-    with ``float_residuals``, and the layers of ``fp32_modules`` in float) mark what runs
-    int8, observe activation ranges on ``calibration``, and convert to quantize/dequantize
-    pairs."""
+    """Capture ``model``, let ``quantizer`` (with ReLU6 fused into the convolution before it,
+    the residual additions in float with ``float_residuals``, and the layers of
+    ``fp32_modules`` in float) mark what runs int8, observe activation ranges on
+    ``calibration``, and convert to quantize/dequantize pairs."""
     first: list[Quantizer] = [FloatModules(fp32_modules)] if fp32_modules else []
     if float_residuals:
         first.append(FloatResiduals())
-    if fuse_relu6:  # the runtime's quantizer has its global config set by now
-        first.append(ConvClampQuantizer(quantizer.global_config))
-    marking = ComposableQuantizer([*first, quantizer]) if first else quantizer
+    first.append(ConvClampQuantizer(quantizer.global_config))  # its global config is set
+    marking = ComposableQuantizer([*first, quantizer])
     prepared = prepare_pt2e(capture_any_batch(model, example), marking)
     with torch.no_grad():
         for images in calibration:

@@ -46,6 +46,7 @@ from mobilenets.data import load_data
 from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.deploy.runtime import create_session
 from mobilenets.errors import MobileNetError
+from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.io import atomic_path, atomic_write_json
 from mobilenets.latency.calibration import load_calibration
 from mobilenets.latency.machine import DEFAULT_RUNTIME, RUNTIMES, check_runtime
@@ -338,7 +339,7 @@ def measure_candidates(
             kwargs = model_kwargs(recipe, num_classes, in_chans, c.resolution)
             model = create_model(c.model, **kwargs).eval()
             with atomic_path(path) as tmp:
-                write_onnx(model, tmp, (in_chans, c.resolution, c.resolution), {})
+                write_onnx(fold_batchnorm(model), tmp, (in_chans, c.resolution, c.resolution), {})
         if progress is not None:
             progress(i + 1, len(candidates))
         sessions[c.key] = create_session(path, config.threads or None, RUNTIMES[config.runtime])

@@ -31,15 +31,12 @@ import torch
 from torch import nn
 
 from mobilenets.analysis.timing import time_interleaved
-from mobilenets.deploy.export import (
-    calibration_inputs,
-    held_out_inputs,
-    int8_options,
-    target_of,
-)
+from mobilenets.deploy.export import int8_options, target_of
+from mobilenets.deploy.images import calibration_inputs, held_out_inputs
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import Agreement, Target, agreement, pytorch_logits, run_batches
 from mobilenets.errors import MobileNetError
+from mobilenets.int8 import DEFAULT_CALIBRATION
 from mobilenets.int8.fake_quant import FakeQuantModel
 from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.int8.prepare import prepare_for_int8
@@ -49,7 +46,6 @@ from mobilenets.runs import load_run
 
 DEFAULT_IMAGES = 300
 DEFAULT_REPORT_IMAGES = 32
-DEFAULT_CALIBRATION = 256
 DEFAULT_MAX_LATENCY_COST = 0.15
 DEFAULT_MAX_FLOAT = 8
 TIMING_ROUNDS = 20
@@ -145,7 +141,7 @@ class _Bench:
         self.example = inputs[0][:1]
         self.reference = pytorch_logits(folded, inputs)
         self.fp32 = self.write(None)
-        if target.takes("float_file"):  # ONNX: every candidate quantizes one float file
+        if target.can.float_file:  # ONNX: every candidate quantizes one float file
             shared = self.fp32
             if written is not folded:
                 shared = folder / f"written{target.suffix}"
@@ -174,7 +170,7 @@ class _Bench:
 
     def check(self, path: Path) -> Agreement:
         runner = self.target.load(path, None)
-        batch = len(self.example) if self.target.batch_fixed else None
+        batch = len(self.example) if self.target.can.fixed_batch else None
         return agreement(self.reference, run_batches(runner, self.inputs, batch))
 
     def latency_ms(self, *paths: Path) -> list[float]:
@@ -257,6 +253,8 @@ def quantize_mixed(
         raise MobileNetError(f"--frontier needs counts >= 0, got {list(frontier)}")
     say = on_message or (lambda _: None)
     target = target_of(fmt)
+    if not target.can.mixed_precision:
+        raise MobileNetError(f"{target.name} cannot keep layers in float in an int8 file")
     options = int8_options(target, adaround, wide_residuals)
     model, info = load_run(run_dir)
     out = Path(run_dir) / f"model.mixed{target.suffix}" if out is None else Path(out)

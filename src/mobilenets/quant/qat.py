@@ -64,7 +64,7 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
 )
 
 from mobilenets.data import make_loader
-from mobilenets.deploy.export import held_out_inputs
+from mobilenets.deploy.images import held_out_inputs
 from mobilenets.deploy.photos import photo_crops
 from mobilenets.deploy.target import Agreement, agreement, pytorch_logits
 from mobilenets.errors import MobileNetError

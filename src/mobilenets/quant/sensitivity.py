@@ -34,14 +34,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.export import calibration_inputs, held_out_inputs
+from mobilenets.deploy.images import calibration_inputs, held_out_inputs
 from mobilenets.deploy.target import agreement
+from mobilenets.int8 import DEFAULT_CALIBRATION
 from mobilenets.int8.fake_quant import KINDS, PER_CHANNEL, FakeQuantModel, Int8Scheme, sqnr_db
 from mobilenets.plots import Figure
 from mobilenets.runs import load_run
 
 DEFAULT_IMAGES = 32
-DEFAULT_CALIBRATION = 256
 OnStep = Callable[[], object] | None
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from mobilenets.deploy.target import (
+    Capabilities,
     Runner,
     Target,
     first_line,
@@ -47,7 +48,6 @@ def quantize_pt2e(
     model: nn.Module,
     example: torch.Tensor,
     calibration: list[torch.Tensor],
-    fuse_relu6: bool = True,
     observer: str = "histogram",
     wide_residuals: bool = False,
     fp32_modules: Sequence[str] = (),
@@ -71,7 +71,6 @@ def quantize_pt2e(
         example,
         calibration,
         quantizer,
-        fuse_relu6=fuse_relu6,
         float_residuals=wide_residuals,
         fp32_modules=fp32_modules,
     )
@@ -84,15 +83,13 @@ def write(
     example: torch.Tensor,
     calibration: list[torch.Tensor] | None,
     metadata: dict[str, str],
-    fuse_relu6: bool = True,
     observer: str = "histogram",
     wide_residuals: bool = False,
     fp32_modules: Sequence[str] = (),
 ) -> None:
     """Lower ``model`` (int8 when ``calibration`` is given) to an XNNPACK-delegated ExecuTorch
-    program at ``path``; ``fuse_relu6=False`` keeps XNNPACKQuantizer's own marking (measured);
-    ``observer="minmax"`` observes activation ranges min-max, as AdaRound assumed;
-    ``wide_residuals`` adds the residual streams in float (XNNPACK has no int16 addition);
+    program at ``path``; ``observer="minmax"`` observes activation ranges min-max, as AdaRound
+    assumed; ``wide_residuals`` adds the residual streams in float (XNNPACK has no int16 addition);
     ``fp32_modules`` run in float (mixed precision).
 
     A ``.pte`` holds no free-form properties: ``metadata`` goes to ``<path>.json`` beside it.
@@ -106,7 +103,6 @@ def write(
                 model,
                 example,
                 calibration,
-                fuse_relu6=fuse_relu6,
                 observer=observer,
                 wide_residuals=wide_residuals,
                 fp32_modules=fp32_modules,
@@ -164,8 +160,7 @@ TARGET = Target(
     runtime="ExecuTorch (XNNPACK)",
     write=write,
     load=load,
-    batch_fixed=True,
     quantization=QUANTIZATION,
-    lowers_pt2e=True,
     metadata_file=True,
+    can=Capabilities(wide_residuals=True, lowers_pt2e=True, observer=True, fixed_batch=True),
 )

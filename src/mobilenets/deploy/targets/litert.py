@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from mobilenets.deploy.target import (
+    Capabilities,
     Runner,
     Target,
     first_line,
@@ -47,12 +48,10 @@ def write(
     example: torch.Tensor,
     calibration: list[torch.Tensor] | None,
     metadata: dict[str, str],
-    fuse_relu6: bool = True,
     observer: str = "histogram",
     fp32_modules: Sequence[str] = (),
 ) -> None:
     """Convert ``model`` (int8 when ``calibration`` is given) to a ``.tflite`` at ``path``;
-    ``fuse_relu6=False`` keeps the PT2E quantizer's own marking (measured);
     ``observer="minmax"`` observes activation ranges min-max, as AdaRound assumed.
 
     Every layer the quantizer matches runs int8 but those of ``fp32_modules``, which
@@ -80,7 +79,6 @@ def write(
                 calibration,
                 quantizer,
                 fold_quantize=False,
-                fuse_relu6=fuse_relu6,
                 fp32_modules=fp32_modules,
             )
             quant_config = QuantConfig(pt2e_quantizer=quantizer)
@@ -137,7 +135,7 @@ TARGET = Target(
     runtime="LiteRT interpreter (XNNPACK)",
     write=write,
     load=load,
-    batch_fixed=True,
     quantization=QUANTIZATION,
     metadata_file=True,
+    can=Capabilities(observer=True, fixed_batch=True),
 )

@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.deploy.quantize import quantize_model
 from mobilenets.deploy.runtime import PRECISION_KEY, create_session, run_session
-from mobilenets.deploy.target import Runner, Target
+from mobilenets.deploy.target import Capabilities, Runner, Target
 
 QUANTIZATION = (
     "onnxruntime static QDQ: weights int8 symmetric per channel, activations uint8 per tensor "
@@ -76,4 +76,5 @@ TARGET = Target(
     write=write,
     load=load,
     quantization=QUANTIZATION,
+    can=Capabilities(wide_residuals=True, float_file=True),
 )

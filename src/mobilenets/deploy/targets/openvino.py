@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.target import Runner, Target, first_line, input_array
+from mobilenets.deploy.target import Capabilities, Runner, Target, first_line, input_array
 from mobilenets.errors import MobileNetError
 
 RT_INFO_SECTION = "mobilenets"
@@ -79,34 +79,22 @@ def quantize_nncf(
     ov_model,
     calibration: list[torch.Tensor],
     fp32_modules: Sequence[str] = (),
-    preset: str = "mixed",
-    fast_bias_correction: bool = False,
-    fp32_types: Sequence[str] = (),
     wide_residuals: bool = False,
 ):
     """``ov_model`` with int8 FakeQuantize nodes, ranges from ``calibration``.
 
     ``fp32_modules`` (PyTorch module names: ``classifier.fc``) stay in float, which is mixed
-    precision (:mod:`mobilenets.quant.mixed`). ``preset`` "performance" makes activations
-    symmetric, "mixed" asymmetric; ``fast_bias_correction=True`` corrects each layer's bias
-    from that layer alone (faster, 4.7 points less agreement on V2); ``fp32_types`` keeps
-    every node of those OpenVINO types (``MatMul``: the classifier) in float;
-    ``wide_residuals`` the residual additions (:func:`residual_adds`), so the stream from
-    block to block is summed in float and rounded only where a convolution reads it.
+    precision (:mod:`mobilenets.quant.mixed`); ``wide_residuals`` the residual additions
+    (:func:`residual_adds`), so the stream from block to block is summed in float and rounded only
+    where a convolution reads it.
     """
     import nncf
 
-    presets = {
-        "mixed": nncf.QuantizationPreset.MIXED,
-        "performance": nncf.QuantizationPreset.PERFORMANCE,
-    }
-    if preset not in presets:
-        raise MobileNetError(f"unknown NNCF preset {preset!r}; choose from {', '.join(presets)}")
     ignored = None
     names = residual_adds(ov_model) if wide_residuals else []
-    if fp32_modules or fp32_types or names:
+    if fp32_modules or names:
         patterns = [module_pattern(name) for name in fp32_modules]
-        ignored = nncf.IgnoredScope(names=names, types=list(fp32_types), patterns=patterns)
+        ignored = nncf.IgnoredScope(names=names, patterns=patterns)
     dataset = nncf.Dataset([images.numpy() for images in calibration])
     # NNCF draws its own progress bars ("Statistics collection", "Applying Bias correction")
     # on stdout, where `--json` output goes and where the export's own line follows: they are
@@ -120,9 +108,9 @@ def quantize_nncf(
             return nncf.quantize(
                 ov_model,
                 dataset,
-                preset=presets[preset],
+                preset=nncf.QuantizationPreset.MIXED,
                 subset_size=len(calibration),  # NNCF counts the dataset's items: here, batches
-                fast_bias_correction=fast_bias_correction,
+                fast_bias_correction=False,
                 ignored_scope=ignored,
             )
         except nncf.ValidationError as e:  # an ignored module that matches no node
@@ -139,12 +127,10 @@ def write(
     metadata: dict[str, str],
     fp32_modules: Sequence[str] = (),
     wide_residuals: bool = False,
-    **nncf_options: object,
 ) -> None:
     """Convert ``model`` (int8 when ``calibration`` is given, with the modules named in
-    ``fp32_modules`` and, with ``wide_residuals``, the residual additions left in float, and
-    ``nncf_options`` for :func:`quantize_nncf`) and save the IR at ``path`` (``.xml``) and
-    beside it (``.bin``)."""
+    ``fp32_modules`` and, with ``wide_residuals``, the residual additions left in float) and save
+    the IR at ``path`` (``.xml``) and beside it (``.bin``)."""
     import openvino as ov
 
     ov_model = convert(model, example)
@@ -156,7 +142,6 @@ def write(
                 calibration,
                 fp32_modules,
                 wide_residuals=wide_residuals,
-                **nncf_options,
             )
     for key, value in metadata.items():
         ov_model.set_rt_info(value, [RT_INFO_SECTION, key])
@@ -207,4 +192,5 @@ TARGET = Target(
     load=load,
     sidecars=(".bin",),
     quantization=QUANTIZATION,
+    can=Capabilities(wide_residuals=True),
 )

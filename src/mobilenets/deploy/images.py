@@ -1,0 +1,83 @@
+"""The images an export is checked and calibrated on, for every format and workflow.
+
+Held-out images check a program against PyTorch; training images (a seeded draw) calibrate
+int8 ranges. A run that records no data set (imported weights) uses random crops of the
+bundled photographs instead (:mod:`mobilenets.deploy.photos`), drawn with one seed for
+checking and another for calibrating.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops
+from mobilenets.errors import MobileNetError
+from mobilenets.runs import RunInfo, load_run_data
+
+CHECK_BATCH = 32
+
+
+def batches(dataset: Dataset, batch_size: int = 64) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """The dataset in order, in batches: evaluation and calibration see the same images."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def first_images(dataset: Dataset, n: int, batch_size: int = 64) -> list[torch.Tensor]:
+    """The first ``n`` images in batches, the last one partial so that two batch sizes go
+    through the dynamic axis; decoding stops there (an image folder's split can be large)."""
+    kept, count = [], 0
+    for images, _ in batches(dataset, batch_size):
+        if count >= n:
+            break
+        kept.append(images[: n - count])
+        count += len(kept[-1])
+    return kept
+
+
+def calibration_subset(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
+    """``n`` images drawn without replacement, seeded, so every class is likely represented."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise MobileNetError(f"calibration count must be a positive integer, got {n!r}")
+    if n > len(dataset):  # a small data set calibrates on all of it
+        warnings.warn(
+            f"calibration count {n} is larger than the training data: calibrating on all "
+            f"{len(dataset)} images",
+            stacklevel=2,
+        )
+        n = len(dataset)
+    order = np.random.default_rng(seed).permutation(len(dataset))[:n]
+    return Subset(dataset, sorted(order.tolist()))
+
+
+def held_out_inputs(
+    info: RunInfo, data: str | os.PathLike[str] | None, n: int
+) -> tuple[list[torch.Tensor], str]:
+    """Up to ``n`` held-out images in batches, and what they are."""
+    if data is None and info.data is None:
+        crops = photo_crops(n, info.input_size[1], info.mean, info.std, seed=EVALUATION_SEED)
+        return list(
+            crops.split(CHECK_BATCH)
+        ), f"random crops of the bundled photos (seed {EVALUATION_SEED})"
+    return first_images(load_run_data(info, data).test, n, CHECK_BATCH), "held-out images"
+
+
+def calibration_inputs(
+    info: RunInfo, data: str | os.PathLike[str] | None, n: int
+) -> tuple[list[torch.Tensor], str]:
+    """``n`` training images (seeded draw) in batches, and what they are."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise MobileNetError(f"calibration count must be a positive integer, got {n!r}")
+    if data is None and info.data is None:
+        crops = photo_crops(n, info.input_size[1], info.mean, info.std, seed=CALIBRATION_SEED)
+        return list(
+            crops.split(CHECK_BATCH)
+        ), f"random crops of the bundled photos (seed {CALIBRATION_SEED})"
+    bundle = load_run_data(info, data)
+    train = bundle.train_raw if bundle.train_raw is not None else bundle.train
+    return first_images(calibration_subset(train, n), n, CHECK_BATCH), "training images"
