@@ -50,7 +50,8 @@ from mobilenets.deploy.runtime import (
 )
 from mobilenets.models import create_model
 from mobilenets.runs import RunInfo, load_run, load_run_data
-from mobilenets.train.loop import TrainConfig, train
+from mobilenets.train.loop import train
+from mobilenets.train.recipe import TrainConfig
 
 from stamp import write_results
 

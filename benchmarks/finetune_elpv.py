@@ -39,7 +39,7 @@ import torch
 
 from mobilenets.data import elpv_table, load_data, make_loader
 from mobilenets.runs import load_run, read_run_info
-from mobilenets.train.loop import METRICS_FILE
+from mobilenets.train.run_dir import METRICS_FILE
 
 from stamp import write_results
 

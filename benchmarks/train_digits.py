@@ -32,7 +32,7 @@ import torch
 
 from mobilenets.plots import save_figure
 from mobilenets.runs import read_run_info
-from mobilenets.train.loop import METRICS_FILE
+from mobilenets.train.run_dir import METRICS_FILE
 
 from stamp import write_results
 

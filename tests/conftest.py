@@ -135,7 +135,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session")
 def trained_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small V1 trained well enough on the digits (16 px) to recognise most of them."""
-    from mobilenets.train.loop import TrainConfig, train
+    from mobilenets.train.loop import train
+    from mobilenets.train.recipe import TrainConfig
 
     config = TrainConfig(
         model="mobilenet_v1",
@@ -155,7 +156,8 @@ def trained_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small V2 trained for three epochs on the digits at 16 px."""
-    from mobilenets.train.loop import TrainConfig, train
+    from mobilenets.train.loop import train
+    from mobilenets.train.recipe import TrainConfig
 
     config = TrainConfig(
         model="mobilenet_v2",

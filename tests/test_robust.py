@@ -30,8 +30,9 @@ from mobilenets.evaluation.evaluate import evaluate
 from mobilenets.evaluation.predict import find_images, predict
 from mobilenets.io import LOCK_FILE, DirectoryLock, atomic_write_text, host_name
 from mobilenets.runs import read_run_info
-from mobilenets.train.loop import STATE_FILE, SmallDataWarning, new_run_dir, train
+from mobilenets.train.loop import SmallDataWarning, train
 from mobilenets.train.recipe import TrainConfig
+from mobilenets.train.run_dir import STATE_FILE, new_run_dir
 
 TINY = dict(model="mobilenet_v1", width_mult=0.25, resolution=16, quiet=True)
 

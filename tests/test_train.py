@@ -23,18 +23,12 @@ from mobilenets.cli import main
 from mobilenets.errors import MobileNetError
 from mobilenets.models import MobileNetV2
 from mobilenets.runs import load_run, load_state_dict_file, read_run_info
-from mobilenets.train.loop import (
-    CURVES_FILE,
-    METRICS_FILE,
-    STATE_FILE,
-    inherit_init,
-    model_kwargs,
-    state_digest,
-    train,
-)
+from mobilenets.train.finetune import inherit_init
+from mobilenets.train.loop import model_kwargs, state_digest, train
 from mobilenets.train.optim import make_optimizer, parameter_groups, warmup_cosine
 from mobilenets.train.progress import TENSORBOARD_DIR, TRAIN_SCALARS
 from mobilenets.train.recipe import TrainConfig
+from mobilenets.train.run_dir import CURVES_FILE, METRICS_FILE, STATE_FILE
 
 TINY = dict(model="mobilenet_v2", width_mult=0.35, resolution=16, batch_size=64, quiet=True)
 TIMING = ("images_per_s", "epoch_time_s")

@@ -70,14 +70,10 @@ def same_padding(kernel_size: int, dilation: int = 1) -> int:
 
 
 def is_depthwise(conv: nn.Module) -> bool:
-    """Whether ``conv`` is a depthwise convolution: one filter per channel, each output channel
-    reading its own input channel alone (``groups == in_channels == out_channels > 1``), whatever
-    class built it. The one test that costing, int8 and equalization ask."""
-    return (
-        isinstance(conv, nn.Conv2d)
-        and conv.groups > 1
-        and conv.groups == conv.in_channels == conv.out_channels
-    )
+    """One filter per channel, whatever class built it (``groups == in == out > 1``): the one
+    test costing, int8 and equalization ask."""
+    depthwise = isinstance(conv, nn.Conv2d) and conv.groups > 1
+    return depthwise and conv.groups == conv.in_channels == conv.out_channels
 
 
 class DepthwiseConv(nn.Conv2d):

@@ -16,7 +16,9 @@ from mobilenets.analysis.cost import profile_model
 from mobilenets.errors import MobileNetError
 from mobilenets.models import create_model
 from mobilenets.runs import load_run, read_run_info
-from mobilenets.train.loop import TrainConfig, holds_run, train
+from mobilenets.train.loop import train
+from mobilenets.train.recipe import TrainConfig
+from mobilenets.train.run_dir import holds_run
 
 ORIGINAL, CONVERTED = "vgg_small", "vgg_small_separable"
 
@@ -89,7 +91,7 @@ def compare_conversion(
 ) -> ConversionComparison:
     """Train ``vgg_small`` and its separable conversion under ``out``/<model> and compare them.
 
-    Both runs use :class:`~mobilenets.train.loop.TrainConfig`'s recipe with the same ``epochs``,
+    Both runs use :class:`~mobilenets.train.recipe.TrainConfig`'s recipe with the same ``epochs``,
     ``seed`` and ``data`` (the embedded digits by default), so the only difference between
     them is the convolutions.
     """

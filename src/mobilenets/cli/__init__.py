@@ -40,7 +40,8 @@ class ArgumentParser(argparse.ArgumentParser):
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="mobilenets",
-        description="MobileNet V1/V2: costs, training, evaluation and deployment.",
+        description="MobileNets (V1-V4), EfficientNet and their dense heads: costs, training, "
+        "int8, evaluation and deployment to four runtimes.",
     )
     parser.add_argument("--version", action="version", version=f"mobilenets {__version__}")
     subparsers = parser.add_subparsers(

@@ -18,6 +18,12 @@ FORMATS = "onnx, executorch, litert or openvino"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _add_export(subparsers)
+    _add_quantize(subparsers)
+    _add_bench(subparsers)
+
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
         help="export a run (BN folded) to ONNX, ExecuTorch, LiteRT or OpenVINO, fp32 or int8, "
@@ -55,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a line")
     p.set_defaults(func=run_export)
 
+
+def _add_quantize(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "quantize",
         help="ONNX int8 in detail (encodings, calibration methods): fp32 vs int8 top-1",
@@ -91,6 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_quantize)
 
+
+def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench",
         help="latency and memory of PyTorch and every installed runtime, fp32 and int8",

@@ -15,6 +15,12 @@ SENSITIVITY_FIGURE = "int8_sensitivity.png"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _add_sensitivity(subparsers)
+    _add_quantize_mixed(subparsers)
+    _add_qat(subparsers)
+
+
+def _add_sensitivity(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "sensitivity",
         help="int8 sensitivity per layer: SQNR with it alone quantized and with all but it",
@@ -38,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_sensitivity)
 
+
+def _add_quantize_mixed(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "quantize-mixed",
         help="int8 with the most sensitive layers in float, by count, by name or to a target",
@@ -95,6 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run_mixed)
 
+
+def _add_qat(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "qat",
         help="quantization-aware training (pt2e): fine-tune a float run with int8 simulated",

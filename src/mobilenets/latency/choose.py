@@ -54,7 +54,9 @@ from mobilenets.latency.model import Calibration, predict_latency
 from mobilenets.latency.samples import takes_width
 from mobilenets.models import create_model, list_models
 from mobilenets.runs import read_run_info
-from mobilenets.train.loop import TrainConfig, holds_run, model_kwargs, train
+from mobilenets.train.loop import model_kwargs, train
+from mobilenets.train.recipe import TrainConfig
+from mobilenets.train.run_dir import holds_run
 
 WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.4)
 RESOLUTIONS = (96, 128, 160, 192, 224)

@@ -72,10 +72,11 @@ from mobilenets.int8.fold import fold_batchnorm, unfold_into
 from mobilenets.io import atomic_path
 from mobilenets.runs import META_FILE, RunInfo, load_run, load_run_data, save_run
 from mobilenets.train.devices import pick_threads
-from mobilenets.train.loop import STATE_FILE, holds_run, seed_epoch
+from mobilenets.train.loop import seed_epoch
 from mobilenets.train.metrics import tally_predictions
 from mobilenets.train.optim import parameter_groups, warmup_cosine
 from mobilenets.train.progress import QAT_SCALARS, ScalarLog
+from mobilenets.train.run_dir import STATE_FILE, holds_run
 
 QAT_KEY = "qat"
 OPTIMIZERS = ("sgd", "adam")

@@ -2,12 +2,13 @@
 (:mod:`~mobilenets.train.recipe`, torch-free: the command line is generated from it), the
 optimizer and schedule (:mod:`~mobilenets.train.optim`), processes under ``torchrun``
 (:mod:`~mobilenets.train.distributed`), devices and threads (:mod:`~mobilenets.train.devices`),
-accuracy tallies (:mod:`~mobilenets.train.metrics`) and the console
-(:mod:`~mobilenets.train.progress`).
+accuracy tallies (:mod:`~mobilenets.train.metrics`), the console
+(:mod:`~mobilenets.train.progress`), the run directory (:mod:`~mobilenets.train.run_dir`) and
+starting from another run's weights (:mod:`~mobilenets.train.finetune`).
 
-``mobilenets.train.train`` and the loop's other names are read from
-:mod:`~mobilenets.train.loop` on first use (PEP 562): building the command line imports
-:mod:`~mobilenets.train.recipe` through this package, and must not import torch.
+``mobilenets.train.train`` and the other names of the loop, the run directory, fine-tuning and
+the recipe are read from those modules on first use (PEP 562): building the command line
+imports :mod:`~mobilenets.train.recipe` through this package, and must not import torch.
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+_PARTS = ("loop", "run_dir", "finetune", "recipe")
+
 
 def __getattr__(name: str) -> Any:
-    if name.startswith("__"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module("mobilenets.train.loop"), name)
+    if not name.startswith("__"):
+        for part in _PARTS:
+            module = importlib.import_module(f"{__name__}.{part}")
+            if hasattr(module, name):
+                return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -49,7 +49,6 @@ import contextlib
 import dataclasses
 import hashlib
 import inspect
-import json
 import math
 import time
 import warnings
@@ -63,31 +62,40 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from mobilenets.data import NAMED_SOURCES, VAL_FRACTION, DataBundle, load_data, make_loader
+from mobilenets.data import VAL_FRACTION, DataBundle, load_data, make_loader
 from mobilenets.errors import MobileNetError
-from mobilenets.io import LOCK_FILE, DirectoryLock, atomic_path, atomic_write_text
+from mobilenets.io import DirectoryLock, atomic_path
 from mobilenets.models import check_resolution, create_model, get_model_factory
-from mobilenets.plots import save_figure, training_curves_figure
 from mobilenets.runs import (
-    META_FILE,
-    WEIGHTS_FILE,
     DataRecord,
     RunInfo,
-    load_state_dict_file,
     load_weights_into,
     read_run_info,
     save_run,
 )
 from mobilenets.train.devices import pick_threads
 from mobilenets.train.distributed import Processes
+from mobilenets.train.finetune import (
+    freeze_features,
+    inherit_init,
+    init_origin,
+    init_run_info,
+    load_init_weights,
+)
 from mobilenets.train.metrics import Evaluation, Tally, tally_predictions
 from mobilenets.train.optim import make_optimizer, warmup_cosine
 from mobilenets.train.progress import TRAIN_SCALARS, ScalarLog, TrainingDisplay
-from mobilenets.train.recipe import DEFAULT_MODEL, DEFAULT_WIDTH_MULT, RUNTIME_FIELDS, TrainConfig
+from mobilenets.train.recipe import DEFAULT_MODEL, DEFAULT_WIDTH_MULT, TrainConfig
+from mobilenets.train.run_dir import (
+    STATE_FILE,
+    check_new_run_dir,
+    data_source,
+    new_run_dir,
+    read_train_state,
+    resumed_config,
+    write_metrics,
+)
 
-STATE_FILE = "train_state.pt"
-METRICS_FILE = "metrics.jsonl"
-CURVES_FILE = "curves.png"
 # The held-out split is the same whatever the training seed, as a fixed test set should be:
 # runs with different seeds are then compared on the same images.
 SPLIT_SEED = 0
@@ -129,105 +137,6 @@ def state_digest(model: nn.Module) -> str:
 # --------------------------------------------------------------------------- weights
 
 
-def load_init_weights(
-    model: nn.Module, source: str, model_name: str | None = None, kwargs: dict | None = None
-) -> None:
-    """Start from the weights of a run directory or a safetensors file.
-
-    A classifier trained for another number of classes is kept freshly initialised (transfer
-    learning); any other mismatch (another architecture or width) is an error, which for a run
-    directory says which ``--model``/``--width-mult`` its weights need.
-    """
-    path = Path(source)
-    file = path / "model.safetensors" if path.is_dir() else path
-    state = load_state_dict_file(file)
-    own = model.state_dict()
-    for name, tensor in own.items():
-        if name.startswith("classifier.") and name in state and state[name].shape != tensor.shape:
-            state[name] = tensor
-    try:
-        load_weights_into(model, state, str(file))
-    except MobileNetError as e:
-        hint = _init_hint(path, model_name, kwargs or {}) if path.is_dir() else ""
-        raise MobileNetError(f"{e}{hint}") from None
-
-
-def _init_hint(run_dir: Path, model_name: str | None, kwargs: dict) -> str:
-    """What to pass so the model fits the weights of ``run_dir``, from its record."""
-    try:
-        info = read_run_info(run_dir)
-    except MobileNetError:
-        return ""
-    flags, what = [], []
-    if model_name is not None and info.model != model_name:
-        flags.append(f"--model {info.model}")
-        what.append(info.model)
-    width = info.model_kwargs.get("width_mult")
-    if width is not None and kwargs.get("width_mult") not in (None, width):
-        flags.append(f"--width-mult {width}")
-        what.append(f"width {width}")
-    if not flags:
-        return ""
-    return f"; the weights are {' '.join(what)}: pass {' '.join(flags)}"
-
-
-def freeze_features(model: nn.Module) -> None:
-    """Train only ``model.classifier``: the trunk's weights stop learning and its BatchNorm
-    statistics stop moving (they are put in eval mode at every epoch)."""
-    if not isinstance(getattr(model, "features", None), nn.Module):
-        raise MobileNetError(f"{type(model).__name__} has no .features to freeze")
-    for p in model.features.parameters():
-        p.requires_grad_(False)
-
-
-def init_run_info(init: str | None) -> RunInfo | None:
-    """The record of the run directory ``init`` names, or None for a weights file (or a
-    directory without a record: loading its weights says what is wrong)."""
-    if init is None or not (Path(init) / META_FILE).is_file():
-        return None
-    return read_run_info(Path(init))
-
-
-def inherit_init(config: TrainConfig, init: RunInfo | None) -> TrainConfig:
-    """``config`` with the architecture the caller left open (``model``, ``width_mult``,
-    ``resolution`` None) taken from the run it starts from, ``init``: fine-tuning
-    ``--init runs/imagenet-v2`` builds that run's model at its width and input size, not
-    the digits defaults. What the caller set stays; without an ``init`` run the defaults
-    apply (mobilenet_v2, width 0.5, the dataset's resolution)."""
-    changes: dict[str, Any] = {}
-    if config.model is None:
-        changes["model"] = init.model if init is not None else DEFAULT_MODEL
-    model = changes.get("model", config.model)
-    if config.width_mult is None:
-        width = None
-        if init is not None and init.model == model:
-            width = init.model_kwargs.get("width_mult")
-            if width is None:  # recorded without one: the constructor's own default
-                param = inspect.signature(get_model_factory(model)).parameters.get("width_mult")
-                if param is not None and param.default is not inspect.Parameter.empty:
-                    width = param.default
-        changes["width_mult"] = DEFAULT_WIDTH_MULT if width is None else float(width)
-    if config.resolution is None and init is not None:
-        changes["resolution"] = init.resolution
-    return dataclasses.replace(config, **changes)
-
-
-def init_origin(init: str | None, info: RunInfo | None) -> dict[str, Any] | None:
-    """Where the weights ``init`` names came from, for the run's record: the run directory or
-    file, and from its record the model, the data it was trained on, the checkpoint it was
-    imported from and what it was itself started from."""
-    if init is None:
-        return None
-    origin: dict[str, Any] = {"path": str(Path(init).expanduser().resolve())}
-    if info is not None:
-        origin["model"] = info.model
-        origin["width_mult"] = info.model_kwargs.get("width_mult")
-        origin["data"] = None if info.data is None else info.data.name
-        origin["imported_from"] = None if info.imported_from is None else vars(info.imported_from)
-        origin["init_from"] = info.init_from
-    return origin
-
-
 def class_weights(dataset: Any, num_classes: int) -> torch.Tensor:
     """``n / (k n_c)`` per class c of the training split (1 for a class it lacks): the
     weighted cross-entropy then counts every class as much in total, whatever its share."""
@@ -243,112 +152,6 @@ def class_weights(dataset: Any, num_classes: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- run directory
-
-
-def new_run_dir(config: TrainConfig) -> Path:
-    """``config.out`` if given (it must not already hold a run), else the first free name of
-    ``runs/<model>``, ``runs/<model>-2``, ... so a second run never overwrites the first. A
-    directory another run has locked (started, nothing written yet) is not free either: two
-    runs started at once without ``--out`` take two names."""
-    if config.out is not None:
-        out = Path(config.out)
-        check_new_run_dir(out)
-        return out
-    base = Path("runs") / config.model
-    out, n = base, 1
-    while holds_run(out) or (out / LOCK_FILE).exists():
-        n += 1
-        out = base.with_name(f"{base.name}-{n}")
-    return out
-
-
-def check_new_run_dir(out: Path) -> None:
-    if holds_run(out):
-        raise MobileNetError(
-            f"{out} already holds a run; continue it with --resume {out} or pick another --out"
-        )
-
-
-def holds_run(path: Path) -> bool:
-    return (path / META_FILE).exists() or (path / STATE_FILE).exists()
-
-
-def read_train_state(run_dir: Path) -> dict[str, Any]:
-    """The state a run continues from; refuses a run whose weights or state are missing or
-    unreadable (the published weights are checked too: a resumed run rewrites them)."""
-    weights = run_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise MobileNetError(f"cannot resume {run_dir}: {WEIGHTS_FILE} is missing")
-    try:
-        load_state_dict_file(weights)
-    except MobileNetError as e:
-        raise MobileNetError(f"cannot resume {run_dir}: {e}") from None
-    path = run_dir / STATE_FILE
-    if not path.is_file():
-        raise MobileNetError(f"cannot resume {run_dir}: {STATE_FILE} is missing")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file can fail in many ways
-        raise MobileNetError(f"cannot resume {run_dir}: {path} is unreadable ({e})") from None
-
-
-def resumed_config(config: TrainConfig, epochs_given: bool = False) -> TrainConfig:
-    """The recipe recorded in the run ``config.resume``, with the caller's runtime fields.
-
-    ``epochs_given``: the caller set ``config.epochs`` on purpose; a number larger than the
-    recorded one extends the run (a finished run included), recomputing the schedule.
-    """
-    run_dir = Path(config.resume)
-    defaults = TrainConfig().recipe()
-    changed = [
-        k
-        for k, v in config.recipe().items()
-        if v != defaults[k] and not (k == "epochs" and epochs_given)
-    ]
-    if changed:
-        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-        raise MobileNetError(
-            f"a resumed run keeps the settings it was started with; drop {flags} "
-            "(only --epochs may grow)"
-        )
-    info = read_run_info(run_dir)
-    recipe = info.train_config
-    if not isinstance(recipe, dict):
-        raise MobileNetError(f"cannot resume {run_dir}: it was not written by mobilenets train")
-    recorded = int(recipe.get("epochs", 0))
-    epochs = config.epochs if epochs_given and config.epochs is not None else recorded
-    if epochs < recorded or (epochs_given and info.epoch is not None and epochs <= info.epoch):
-        raise MobileNetError(
-            f"cannot resume {run_dir} with --epochs {epochs}: it is at epoch {info.epoch} of "
-            f"{recorded}; --epochs can only grow past both"
-        )
-    if info.finished and epochs == recorded:
-        raise MobileNetError(
-            f"{run_dir} is finished ({info.epoch} of {recorded} epochs); nothing to resume "
-            f"(train longer with --resume {run_dir} --epochs N for N > {recorded}, or fine-tune "
-            f"it with --init {run_dir})"
-        )
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    runtime = {k: getattr(config, k) for k in RUNTIME_FIELDS}
-    merged = TrainConfig(**{k: v for k, v in recipe.items() if k in known}, **runtime)
-    merged.recipe_name = merged.recipe_name or "scratch"  # recorded before recipes had names
-    merged.epochs = epochs
-    merged.out = str(run_dir)
-    return merged
-
-
-def data_source(data: str | None) -> str | None:
-    """The data as the run records it: a directory as an absolute path, so evaluating the run
-    from another working directory finds the same files."""
-    if data is None or data in NAMED_SOURCES:
-        return data
-    return str(Path(data).expanduser().resolve())
-
-
-def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    """``metrics.jsonl`` and ``curves.png`` of ``history``."""
-    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in history))
-    save_figure(training_curves_figure(history), run_dir / CURVES_FILE)
 
 
 # --------------------------------------------------------------------------- the loop

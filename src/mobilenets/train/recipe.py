@@ -79,7 +79,7 @@ class TrainConfig:
     over 98.5% held-out top-1 in a few minutes on two CPU cores."""
 
     # model, width_mult and resolution left None are --init's run's, else the defaults
-    # (mobilenet_v2, 0.5, the dataset's): see mobilenets.train.loop.inherit_init
+    # (mobilenet_v2, 0.5, the dataset's): see mobilenets.train.finetune
     model: str | None = _opt(
         None,
         "a registered model, see `mobilenets models` (default: --init's, else mobilenet_v2)",
