@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from mobilenets.deploy.images import calibration_inputs, held_out_inputs
 from mobilenets.deploy.runtime import onnx_metadata
@@ -142,6 +143,72 @@ def int8_options(target: Target, adaround: bool | int, wide_residuals: bool) -> 
     return options
 
 
+def check_asked(
+    target: Target, out: Path, int8: bool, qat: bool, asked: dict[str, bool | int]
+) -> None:
+    """One line for an export that cannot be made as asked: a file name of another format, a
+    QAT graph for a format that cannot lower one, a post-training step without ``--int8``."""
+    if out.suffix != target.suffix:
+        raise MobileNetError(f"a {target.name} file must end in {target.suffix}, got {out.name}")
+    if qat and not (int8 and target.can.lowers_pt2e):
+        raise MobileNetError(
+            f"a QAT run's own int8 ranges ship only as an int8 program of a format that lowers "
+            f"PT2E graphs (executorch), not as {'int8' if int8 else 'fp32'} "
+            f"{target.name.lower()}"
+        )
+    post_training = not int8 or qat
+    steps = {"equalization": "equalize", "AdaRound": "adaround", "bias correction": "bias_correct"}
+    for step, key in steps.items():
+        if asked[key] and post_training:
+            raise MobileNetError(f"{step} is a step of post-training int8: use it with --int8")
+    if asked["wide_residuals"] and post_training:
+        raise MobileNetError("wide residuals are a choice of post-training int8: use --int8")
+
+
+def write_checked(
+    target: Target,
+    out: Path,
+    written: nn.Module,
+    folded: nn.Module,
+    inputs: list[torch.Tensor],
+    calibration: list[torch.Tensor] | None,
+    metadata: dict[str, str],
+    options: dict[str, object],
+    int8: bool,
+) -> tuple[Agreement, bool]:
+    """Write ``written`` into a staging folder beside ``out``, check it against ``folded`` on
+    ``inputs``, then give every file its final name (each renamed atomically, the main file
+    last); the check, and whether a file of that name was replaced."""
+    example = inputs[0][:1]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        staged = Path(tmp) / out.name
+        replaced = out.exists()
+        target.write(written, staged, example, calibration, metadata, **options)
+        check = check_program(target, staged, folded, inputs, int8, len(example))
+        with contextlib.ExitStack() as stack:  # commits in reverse: the main file last
+            for source, dest in zip(target.files(staged), target.files(out), strict=True):
+                os.replace(source, stack.enter_context(atomic_path(dest)))
+    return check, replaced
+
+
+def quantization_of(
+    target: Target,
+    int8: bool,
+    quantized: tuple[nn.Module, str] | None,
+    options: dict[str, object],
+) -> str | None:
+    """How the file's int8 was made, for the report and the run's record (None for fp32)."""
+    if not int8:
+        return None
+    quantization = quantized[1] if quantized else target.quantization
+    if "observer" in options:
+        quantization = f"{quantization}; activation ranges min-max, as AdaRound rounded for"
+    if options.get("wide_residuals"):
+        quantization = f"{quantization}; residual additions wider than int8"
+    return quantization
+
+
 def export(
     run_dir: str | os.PathLike[str],
     fmt: str = "onnx",
@@ -168,9 +235,8 @@ def export(
     as trained. ``wide_residuals`` carries the residual stream wider than int8 where the
     format can (uint16 in onnxruntime, float additions in ExecuTorch and OpenVINO).
 
-    Nothing is written unless the check passes; then the files get their final names (each
-    renamed atomically, the main file last) and, with ``record``, the check is added to the
-    run's ``model.json``.
+    Nothing is written unless the check passes (:func:`write_checked`); with ``record`` the
+    check is added to the run's ``model.json``.
     """
     target = target_of(fmt)
     if isinstance(verify_images, bool) or not isinstance(verify_images, int) or verify_images < 1:
@@ -179,56 +245,25 @@ def export(
     model, info = load_run(run_dir)
     for size in info.input_size[1:]:
         check_resolution(model, size)
+    steps = (equalize, adaround, bias_correct, wide_residuals)
+    asked = dict(zip(STEP_NAMES, steps, strict=True))  # in STEP_NAMES' order
     if out is None:
-        asked = {
-            "equalize": equalize,
-            "adaround": adaround,
-            "bias_correct": bias_correct,
-            "wide_residuals": wide_residuals,
-        }
         out = default_path(run_dir, target, int8, [k for k, v in asked.items() if v])
     out = Path(out)
-    if out.suffix != target.suffix:
-        raise MobileNetError(f"a {target.name} file must end in {target.suffix}, got {out.name}")
-    if quantized is not None and not (int8 and target.can.lowers_pt2e):
-        raise MobileNetError(
-            f"a QAT run's own int8 ranges ship only as an int8 program of a format that lowers "
-            f"PT2E graphs (executorch), not as {'int8' if int8 else 'fp32'} {fmt}"
-        )
-    steps = {"equalization": equalize, "AdaRound": adaround, "bias correction": bias_correct}
-    for step, asked in steps.items():
-        if asked and (not int8 or quantized is not None):
-            raise MobileNetError(f"{step} is a step of post-training int8: use it with --int8")
-    if wide_residuals and (not int8 or quantized is not None):
-        raise MobileNetError("wide residuals are a choice of post-training int8: use --int8")
+    check_asked(target, out, int8, quantized is not None, asked)
     options = int8_options(target, adaround, wide_residuals)
     inputs, checked_on = held_out_inputs(info, data, verify_images)
-    if quantized is None:
-        cal, calibrated_on = calibration_inputs(info, data, calibration) if int8 else (None, None)
-    else:
-        cal, calibrated_on = None, None
     folded = fold_batchnorm(model)
-    if quantized is None:
+    written = quantized[0] if quantized else folded
+    cal, calibrated_on, prepared = None, None, Preparation()
+    if int8 and quantized is None:
+        cal, calibrated_on = calibration_inputs(info, data, calibration)
         written, prepared = prepare_for_int8(folded, cal, equalize, bias_correct, adaround)
-    else:
-        written, prepared = quantized[0], Preparation()
-    example = inputs[0][:1]
     precision = "int8" if int8 else "fp32"
-    quantization = (quantized[1] if quantized else target.quantization) if int8 else None
-    if "observer" in options:
-        quantization = f"{quantization}; activation ranges min-max, as AdaRound rounded for"
-    if wide_residuals:
-        quantization = f"{quantization}; residual additions wider than int8"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        staged = Path(tmp) / out.name
-        replaced = out.exists()
-        metadata = onnx_metadata(info, precision, run_dir)
-        target.write(written, staged, example, cal, metadata, **options)
-        check = check_program(target, staged, folded, inputs, int8, len(example))
-        with contextlib.ExitStack() as stack:  # commits in reverse: the main file last
-            for source, dest in zip(target.files(staged), target.files(out), strict=True):
-                os.replace(source, stack.enter_context(atomic_path(dest)))
+    metadata = onnx_metadata(info, precision, run_dir)
+    check, replaced = write_checked(
+        target, out, written, folded, inputs, cal, metadata, options, int8
+    )
     files = target.files(out)
     report = ExportReport(
         format=fmt,
@@ -239,7 +274,7 @@ def export(
         runtime=target.runtime,
         checked_on=checked_on,
         check=check,
-        quantization=quantization,
+        quantization=quantization_of(target, int8, quantized, options),
         calibration_images=sum(len(b) for b in cal) if cal else 0,
         calibrated_on=calibrated_on,
         **asdict(prepared),
