@@ -26,7 +26,7 @@ size and resolution, in bytes for fp32, fp16 or int8 activations.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -374,6 +374,78 @@ def _block_names(model: nn.Module) -> set[str]:
     return {name for name, _ in model.named_children()}
 
 
+class _Tracer:
+    """Forward hooks that note every leaf layer's cost and every block's peak memory."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers: list[LayerCost] = []
+        self.blocks: list[BlockMemory] = []
+        self.modules: dict[str, nn.Module] = {}
+        self.live = _LiveTensors()
+        self.block_names = _block_names(model)
+        self.block_peak: dict[str, int] = {}
+        self.se_members = {
+            f"{prefix}.{child}" if prefix else child
+            for prefix, m in model.named_modules()
+            if isinstance(m, SqueezeExcitation)
+            for child, _ in m.named_children()
+        }
+
+    def attach(self, model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+        """Hook every module: a leaf gets a row, a block its peak; the handles to remove."""
+        handles = []
+        for name, module in model.named_modules():
+            handles.append(module.register_forward_pre_hook(self.enter))
+            if next(module.children(), None) is None:
+                self.modules[name] = module
+                handles.append(module.register_forward_hook(self.leaf(name)))
+            else:
+                handles.append(module.register_forward_hook(self.leave(name)))
+        return handles
+
+    def enter(self, module: nn.Module, inputs: tuple) -> None:
+        self.live.enter(inputs)
+
+    def exit_and_note(self, name: str, output: object) -> int:
+        alive = self.live.exit(output)
+        for block in self.block_names:
+            if name == block or name.startswith(block + "."):
+                self.block_peak[block] = max(self.block_peak.get(block, 0), alive)
+        return alive
+
+    def leave(self, name: str) -> Callable[[nn.Module, tuple, object], None]:
+        def record(module: nn.Module, inputs: tuple, output: object) -> None:
+            self.exit_and_note(name, output)
+            if name in self.block_names and isinstance(output, torch.Tensor):
+                first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else output
+                shapes = tuple(first.shape), tuple(output.shape)
+                self.blocks.append(BlockMemory(name, *shapes, self.block_peak[name]))
+
+        return record
+
+    def leaf(self, name: str) -> Callable[[nn.Module, tuple, object], None]:
+        def record(module: nn.Module, inputs: tuple, output: object) -> None:
+            alive = self.exit_and_note(name, output)
+            if not isinstance(output, torch.Tensor):
+                return
+            first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else output
+            self.layers.append(
+                LayerCost(
+                    name=name,
+                    kind="se" if name in self.se_members else layer_kind(module),
+                    input_shape=tuple(first.shape),
+                    output_shape=tuple(output.shape),
+                    macs=_layer_macs(module, output),
+                    params=sum(p.numel() for p in module.parameters(recurse=False)),
+                    activations=output.numel(),
+                    live_activations=alive,
+                    op=type(module).__name__,
+                )
+            )
+
+        return record
+
+
 def profile_model(
     model: nn.Module,
     resolution: int | tuple[int, int] = 224,
@@ -399,70 +471,8 @@ def profile_model(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = torch.zeros(batch_size, in_chans, h, w, device=device)
 
-    layers: list[LayerCost] = []
-    blocks: list[BlockMemory] = []
-    modules: dict[str, nn.Module] = {}
-    live = _LiveTensors()
-    block_names = _block_names(model)
-    block_peak: dict[str, int] = {}
-    se_members = {
-        f"{prefix}.{child}" if prefix else child
-        for prefix, m in model.named_modules()
-        if isinstance(m, SqueezeExcitation)
-        for child, _ in m.named_children()
-    }
-
-    def enter(module: nn.Module, inputs: tuple) -> None:
-        live.enter(inputs)
-
-    def exit_and_note(name: str, output: object) -> int:
-        alive = live.exit(output)
-        for block in block_names:
-            if name == block or name.startswith(block + "."):
-                block_peak[block] = max(block_peak.get(block, 0), alive)
-        return alive
-
-    def leave(name: str):
-        def record(module: nn.Module, inputs: tuple, output: object) -> None:
-            exit_and_note(name, output)
-            if name in block_names and isinstance(output, torch.Tensor):
-                first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else output
-                blocks.append(
-                    BlockMemory(name, tuple(first.shape), tuple(output.shape), block_peak[name])
-                )
-
-        return record
-
-    def hook(name: str):
-        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            alive = exit_and_note(name, output)
-            if not isinstance(output, torch.Tensor):
-                return
-            first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else output
-            layers.append(
-                LayerCost(
-                    name=name,
-                    kind="se" if name in se_members else layer_kind(module),
-                    input_shape=tuple(first.shape),
-                    output_shape=tuple(output.shape),
-                    macs=_layer_macs(module, output),
-                    params=sum(p.numel() for p in module.parameters(recurse=False)),
-                    activations=output.numel(),
-                    live_activations=alive,
-                    op=type(module).__name__,
-                )
-            )
-
-        return record
-
-    handles = []
-    for name, module in model.named_modules():
-        handles.append(module.register_forward_pre_hook(enter))
-        if next(module.children(), None) is None:
-            modules[name] = module
-            handles.append(module.register_forward_hook(hook(name)))
-        else:
-            handles.append(module.register_forward_hook(leave(name)))
+    tracer = _Tracer(model)
+    handles = tracer.attach(model)
     was_training = model.training
     splits = _unsplit(model)
     try:
@@ -477,10 +487,10 @@ def profile_model(
             handle.remove()
     return CostReport(
         input_shape=tuple(x.shape),
-        layers=layers,
-        pairs=_find_pairs(layers, modules),
+        layers=tracer.layers,
+        pairs=_find_pairs(tracer.layers, tracer.modules),
         total_params=count_params(model),
-        blocks=blocks,
+        blocks=tracer.blocks,
     )
 
 
