@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.analysis.cost import count_params, profile_model
+from mobilenets.analysis.cost import CostReport, count_params, profile_model
 from mobilenets.analysis.timing import time_interleaved
 from mobilenets.deploy.export import FORMATS, target_of
 from mobilenets.deploy.memory_probe import WARMUP_SHAPE, program_memory_bytes, warmup_model
@@ -245,6 +245,63 @@ def engine_name(target: Target, precision: str) -> str:
     return f"{runtime} {precision}"
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """What the memory model needs: the cost report, the folded weights, the batch."""
+
+    cost: CostReport
+    weights: int
+    batch: int
+
+    def modelled_bytes(self, precision: str) -> int:
+        """Activations at their peak plus the weights, in ``precision``."""
+        per_weight = 1 if precision == "int8" else 4
+        return self.cost.peak_activation_bytes(precision) * self.batch + self.weights * per_weight
+
+
+Memories = dict[str, tuple[int | None, int | None, int, int | None]]
+
+
+def _runtime_engines(
+    targets: Sequence[Target],
+    folded: nn.Module,
+    x: torch.Tensor,
+    info: RunInfo,
+    threads: int,
+    memory: bool,
+    sizes: Sizes,
+    folder: str,
+    engines: dict[str, Callable[[], object]],
+) -> Memories:
+    """Write ``folded`` with every target in fp32 and int8 (calibrated on random inputs) into
+    ``folder``, add a call of each program to ``engines``, and return each one's memory:
+    measured, planned (ExecuTorch), modelled and at start-up."""
+    channels, resolution = x.shape[1], x.shape[-1]
+    calibration = [torch.randn(CALIBRATION_INPUTS, channels, resolution, resolution)]
+    memories: Memories = {}
+    for target in targets:
+        fmt = next(f for f, t in FORMATS.items() if t is target)
+        start_up = Path(folder) / f"warmup{target.suffix}"
+        if memory:
+            example = torch.zeros(WARMUP_SHAPE)
+            target.write(warmup_model(), start_up, example, None, onnx_metadata(info, "fp32"))
+        for precision in ("fp32", "int8"):
+            path = Path(folder) / f"model.{precision}{target.suffix}"
+            cal = calibration if precision == "int8" else None
+            target.write(folded, path, x, cal, onnx_metadata(info, precision))
+            name = engine_name(target, precision)
+            engines[name] = _loaded(target, path, x, threads)
+            used = (
+                program_memory_bytes(fmt, path, start_up, tuple(x.shape), threads)
+                if memory
+                else {"bytes": None, "startup_bytes": None}
+            )
+            planned = executorch.planned_memory_bytes(path) if target.suffix == ".pte" else None
+            modelled = sizes.modelled_bytes(precision)
+            memories[name] = (used["bytes"], planned, modelled, used["startup_bytes"])
+    return memories
+
+
 def benchmark(
     source: str | os.PathLike[str],
     resolution: int | None = None,
@@ -285,40 +342,12 @@ def benchmark(
     info.input_size = (channels, resolution, resolution)
     cost = profile_model(model, resolution)
     folded = fold_batchnorm(model)
-    weights = count_params(folded)
     x = torch.randn(batch, channels, resolution, resolution)
-    calibration = [torch.randn(CALIBRATION_INPUTS, channels, resolution, resolution)]
 
     engines = _torch_engines(model, x)
-    memories: dict[str, tuple[int | None, int | None, int, int | None]] = {}
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
-        for target in targets:
-            fmt = next(f for f, t in FORMATS.items() if t is target)
-            start_up = Path(tmp) / f"warmup{target.suffix}"
-            if memory:
-                example = torch.zeros(WARMUP_SHAPE)
-                target.write(warmup_model(), start_up, example, None, onnx_metadata(info, "fp32"))
-            for precision in ("fp32", "int8"):
-                path = Path(tmp) / f"model.{precision}{target.suffix}"
-                target.write(
-                    folded,
-                    path,
-                    x,
-                    calibration if precision == "int8" else None,
-                    onnx_metadata(info, precision),
-                )
-                name = engine_name(target, precision)
-                engines[name] = _loaded(target, path, x, threads)
-                used = (
-                    program_memory_bytes(fmt, path, start_up, tuple(x.shape), threads)
-                    if memory
-                    else {"bytes": None, "startup_bytes": None}
-                )
-                planned = executorch.planned_memory_bytes(path) if target.suffix == ".pte" else None
-                modelled = cost.peak_activation_bytes(precision) * batch + weights * (
-                    1 if precision == "int8" else 4
-                )
-                memories[name] = (used["bytes"], planned, modelled, used["startup_bytes"])
+        sizes = Sizes(cost, count_params(folded), batch)
+        memories = _runtime_engines(targets, folded, x, info, threads, memory, sizes, tmp, engines)
         with torch_threads(threads), torch.inference_mode():
             times = measure(engines, warmup, iterations, rounds)
     report = BenchReport(
