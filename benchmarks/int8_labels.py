@@ -14,7 +14,9 @@ make one section each, in the order given (the real task first)::
 
 Writes benchmarks/results/<results>.md: per run, top-1, top-5 and the change from PyTorch
 fp32 per runtime and precision, the lowest per-class accuracy, and per-class accuracy side
-by side. The elpv cells are CC BY-NC-SA 4.0 (the optional extra ``elpv``).
+by side. ``--variant onnx:equalize+calibration=1024`` adds an int8 export with other
+settings (the levers for a runtime that misses the target). The elpv cells are
+CC BY-NC-SA 4.0 (the optional extra ``elpv``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,23 @@ def points(a: float, b: float) -> str:
     return f"{100 * (a - b):+.2f}"
 
 
+LEVERS = ("equalize", "bias_correct", "wide_residuals")
+
+
+def lever_options(levers: str, calibration: int) -> dict[str, object]:
+    """``export`` keywords of a variant's levers, e.g. ``equalize+calibration=1024``."""
+    options: dict[str, object] = {"calibration": calibration}
+    for lever in filter(None, levers.split("+")):
+        name, _, value = lever.partition("=")
+        if name == "calibration":
+            options["calibration"] = int(value)
+        elif name in LEVERS and not value:
+            options[name] = True
+        else:
+            raise SystemExit(f"unknown lever {lever!r}: {', '.join(LEVERS)}, calibration=N")
+    return options
+
+
 def measure(run_dir: Path, formats: list[str], args: argparse.Namespace) -> list[str]:
     """The section of one run: every format exported in fp32 and int8 and scored."""
     model, info = load_run(run_dir)
@@ -47,25 +66,31 @@ def measure(run_dir: Path, formats: list[str], args: argparse.Namespace) -> list
     start = time.perf_counter()
     pytorch = evaluate_model(model, bundle.test, info.class_names)
     rows: list[tuple[str, str, Evaluation, float, float]] = []  # format, precision, ...
+    jobs = [(fmt, int8, "") for fmt in formats for int8 in (False, True)]
+    for variant in args.variant:
+        fmt, _, levers = variant.partition(":")
+        jobs.append((fmt, True, levers))
     with tempfile.TemporaryDirectory(prefix="int8-labels-") as tmp:
-        for fmt in formats:
-            for int8 in (False, True):
-                out = default_path(tmp, FORMATS[fmt], int8)
-                began = time.perf_counter()
-                export(
-                    run_dir,
-                    fmt,
-                    int8=int8,
-                    out=out,
-                    calibration=args.calibration,
-                    verify_images=args.verify_images,
-                    record=False,
-                )
-                exported = time.perf_counter() - began
-                report = evaluate_program(out, fp32=False)
-                seconds = time.perf_counter() - began - exported
-                rows.append((fmt, report.precision, report.result, exported, seconds))
-                print(f"{fmt} {report.precision}: top-1 {report.result.top1:.2%}", flush=True)
+        for n, (fmt, int8, levers) in enumerate(jobs):
+            options = lever_options(levers, args.calibration)
+            out = Path(tmp) / str(n) / default_path(tmp, FORMATS[fmt], int8).name
+            out.parent.mkdir()
+            began = time.perf_counter()
+            export(
+                run_dir,
+                fmt,
+                int8=int8,
+                out=out,
+                verify_images=args.verify_images,
+                record=False,
+                **options,
+            )
+            exported = time.perf_counter() - began
+            report = evaluate_program(out, fp32=False)
+            seconds = time.perf_counter() - began - exported
+            precision = report.precision + (f" + {levers}" if levers else "")
+            rows.append((fmt, precision, report.result, exported, seconds))
+            print(f"{fmt} {precision}: top-1 {report.result.top1:.2%}", flush=True)
     wall = time.perf_counter() - start
 
     def top5(e: Evaluation) -> str:
@@ -132,6 +157,14 @@ def main() -> None:
     parser.add_argument("--verify-images", type=int, default=VERIFY_IMAGES)
     parser.add_argument("--results", default="int8_labels")
     parser.add_argument("--note", type=Path, help="a Markdown file appended to the results")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="FORMAT:LEVERS",
+        help="another int8 export to score, e.g. onnx:equalize+calibration=1024 (levers: "
+        f"{', '.join(LEVERS)}, calibration=N; joined by +)",
+    )
     args = parser.parse_args()
     formats = args.formats or [f for f, t in FORMATS.items() if t.installed()]
     lines = [
