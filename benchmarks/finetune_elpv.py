@@ -136,6 +136,13 @@ def comparison(runs: list[Path], reference: dict[str, object]) -> list[str]:
     ]
 
 
+def time_verdict(wall: float, finished: bool) -> str:
+    """Whether the time target is met; a partial run's time says nothing of the whole."""
+    if wall >= TARGET_MINUTES * 60:
+        return "not met"
+    return "met" if finished else "unknown: a partial run"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--init", type=Path, help="an imported ImageNet run (default: fetch)")
@@ -146,6 +153,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="keep the run here (default: a temporary one)")
     parser.add_argument("--compare", type=Path, nargs="+", default=[], metavar="RUN")
     parser.add_argument("--note", type=Path, help="a Markdown file appended to the results")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="report the run in --out as it is, finished or not, without training",
+    )
     parser.add_argument("train_args", nargs="*", help="more `mobilenets train` flags, after --")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,7 +173,7 @@ def main() -> None:
         finished = (out / "model.json").is_file() and read_run_info(out).finished
         resumed = (out / "train_state.pt").is_file()
         start = time.perf_counter()
-        if not finished:
+        if not finished and not args.report_only:
             argv = [sys.executable, "-m", "mobilenets", *command[1:]]
             if resumed:  # a stopped run: continue it with the recipe it recorded
                 argv = [sys.executable, "-m", "mobilenets", "train", "--resume", str(out)]
@@ -170,7 +182,8 @@ def main() -> None:
         wall = time.perf_counter() - start
         info = read_run_info(out)
         history = history_of(out)
-        if resumed or finished:  # not one command from start to end: its epochs' sum
+        wall_of_command = not (resumed or finished or args.report_only)
+        if not wall_of_command:  # not one command from start to end: its epochs' sum
             wall = sum(h["epoch_time_s"] for h in history)
         top1 = per_type_top1(out)
         reference = settings(out)
@@ -203,13 +216,18 @@ def main() -> None:
         "(p=...: the cells of each defect probability, scored on the two-class answer, "
         "defective for p >= 0.5.)",
         "",
-        f"Wall time {'(sum of the epochs) ' if resumed or finished else 'of the command'}: "
+        *(
+            [f"**Stopped after epoch {info.epoch} of {recipe['epochs']}** (a partial run).", ""]
+            if not info.finished
+            else []
+        ),
+        f"Wall time {'of the command' if wall_of_command else '(sum of the epochs)'}: "
         f"{wall / 60:.1f} min, "
         f"{sum(h['images_per_s'] for h in history[1:]) / max(1, len(history) - 1):.1f} "
         "training images/s in the epochs that train the trunk. Targets (set for the default "
         f"recipe at 224 px): top-1 >= {TARGET_TOP1:.2%} "
         f"({'met' if top1['all'] >= TARGET_TOP1 else 'not met'}), under {TARGET_MINUTES} min "
-        f"({'met' if wall < TARGET_MINUTES * 60 else 'not met'}).",
+        f"({time_verdict(wall, info.finished)}).",
         "",
     ]
     if args.compare:
