@@ -108,6 +108,8 @@ def settings(run_dir: Path) -> dict[str, object]:
     info = read_run_info(run_dir)
     recipe = {k: info.train_config.get(k) for k in SETTINGS}
     recipe["resolution"] = info.resolution
+    if recipe["freeze_bn"] is None:  # recorded before the setting existed: it was off
+        recipe["freeze_bn"] = False
     return recipe
 
 
