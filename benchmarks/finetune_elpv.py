@@ -19,8 +19,14 @@ arguments after ``--`` go to ``mobilenets train`` as they are (another recipe, s
     .venv/bin/python benchmarks/finetune_elpv.py --epochs 2 --resolution 128 \\
         --results finetune_elpv_short
 
+``--out DIR`` keeps the run in DIR (for ``int8_labels.py``); a DIR that holds an unfinished
+run is resumed (the same command again after a stop), a finished one is reported as it is
+(the wall time is then the sum of its epochs). ``--compare RUN ...`` adds a table of other
+runs on elpv (the recipe alternatives, trained with ``mobilenets train --data elpv --init
+...``), each with the settings in which it differs from the reported run.
+
 Writes benchmarks/results/<results>.md: the per-epoch training loss and held-out top-1, the
-final top-1 per cell type, and the wall time.
+final top-1 per cell type and per defect probability, the wall time, and the comparison.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mobilenets.data import elpv_table, load_data, make_loader
@@ -48,6 +55,7 @@ RESULTS = Path(__file__).parent / "results"
 PAPER = {"VGG-19 fine-tuned (Deitsch et al. 2019)": 0.8842, "SVM, hand-crafted features": 0.8244}
 MAJORITY = 1803 / 2624  # always "functional"
 TARGET_TOP1, TARGET_MINUTES = 0.8842, 60
+LEVELS = ("p=0", "p=1/3", "p=2/3", "p=1")
 
 
 def imagenet_run(directory: Path) -> Path:
@@ -59,7 +67,8 @@ def imagenet_run(directory: Path) -> Path:
 
 
 def per_type_top1(run_dir: Path) -> dict[str, float]:
-    """Held-out top-1 over all cells and per cell type (mono, poly), in the run's order."""
+    """Held-out top-1 over all cells, per cell type (mono, poly) and per defect probability
+    (0, 1/3, 2/3, 1: how often the two-class answer is right at each level)."""
     info = read_run_info(run_dir)
     model, _ = load_run(run_dir)
     bundle = load_data("elpv", info.resolution, augment=False)
@@ -74,7 +83,66 @@ def per_type_top1(run_dir: Path) -> dict[str, float]:
     out = {"all": float(correct.mean())}
     for kind in ("mono", "poly"):
         out[kind] = float(correct[types == kind].mean())
+    probabilities = table.probabilities[test]
+    for level, name in zip((0, 1 / 3, 2 / 3, 1), LEVELS, strict=True):
+        out[name] = float(correct[np.isclose(probabilities, level)].mean())
     return out
+
+
+SETTINGS = (
+    "resolution",
+    "epochs",
+    "optimizer",
+    "lr",
+    "trunk_lr",
+    "freeze_epochs",
+    "freeze_bn",
+    "class_weights",
+    "weight_decay",
+    "augment",
+    "label_smoothing",
+)
+
+
+def settings(run_dir: Path) -> dict[str, object]:
+    info = read_run_info(run_dir)
+    recipe = {k: info.train_config.get(k) for k in SETTINGS}
+    recipe["resolution"] = info.resolution
+    if recipe["freeze_bn"] is None:  # recorded before the setting existed: it was off
+        recipe["freeze_bn"] = False
+    return recipe
+
+
+def history_of(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+
+
+def comparison(runs: list[Path], reference: dict[str, object]) -> list[str]:
+    """One row per run: what differs from ``reference``, held-out top-1 per epoch, the last."""
+    rows = []
+    for run in runs:
+        own, history = settings(run), history_of(run)
+        differs = [f"{k} {own[k]}" for k in SETTINGS if own[k] != reference[k]]
+        per_epoch = " / ".join(f"{100 * h['test_top1']:.1f}" for h in history)
+        speed = sum(h["images_per_s"] for h in history[1:]) / max(1, len(history) - 1)
+        rows.append(
+            f"| {run.name} | {', '.join(differs) or 'as reported'} | {per_epoch} | "
+            f"{history[-1]['test_top1']:.2%} | {max(h['test_top1'] for h in history):.2%} | "
+            f"{speed:.0f} |"
+        )
+    return [
+        "| run | settings that differ from the reported run | held-out top-1 per epoch (%) | "
+        "last | best | train img/s |",
+        "|---|---|---|---:|---:|---:|",
+        *rows,
+    ]
+
+
+def time_verdict(wall: float, finished: bool) -> str:
+    """Whether the time target is met; a partial run's time says nothing of the whole."""
+    if wall >= TARGET_MINUTES * 60:
+        return "not met"
+    return "met" if finished else "unknown: a partial run"
 
 
 def main() -> None:
@@ -84,25 +152,43 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, help="default: the run's, 224")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", default="finetune_elpv")
+    parser.add_argument("--out", type=Path, help="keep the run here (default: a temporary one)")
+    parser.add_argument("--compare", type=Path, nargs="+", default=[], metavar="RUN")
+    parser.add_argument("--note", type=Path, help="a Markdown file appended to the results")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="report the run in --out as it is, finished or not, without training",
+    )
     parser.add_argument("train_args", nargs="*", help="more `mobilenets train` flags, after --")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         init = args.init or imagenet_run(Path(tmp) / "imagenet-v2")
-        out = Path(tmp) / "elpv"
+        out = args.out or Path(tmp) / "elpv"
         command = ["mobilenets", "train", "--data", "elpv", "--init", str(init), "--out", str(out)]
         if args.epochs is not None:
             command += ["--epochs", str(args.epochs)]
         if args.resolution is not None:
             command += ["--resolution", str(args.resolution)]
-        command += [*args.train_args, "--quiet"]
+        command += [*args.train_args, "--threads", str(args.threads), "--quiet"]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        finished = (out / "model.json").is_file() and read_run_info(out).finished
+        resumed = (out / "train_state.pt").is_file()
         start = time.perf_counter()
-        argv = [sys.executable, "-m", "mobilenets", *command[1:]]
-        subprocess.run(argv, check=True, env=env)
+        if not finished and not args.report_only:
+            argv = [sys.executable, "-m", "mobilenets", *command[1:]]
+            if resumed:  # a stopped run: continue it with the recipe it recorded
+                argv = [sys.executable, "-m", "mobilenets", "train", "--resume", str(out)]
+                argv += ["--threads", str(args.threads), "--quiet"]
+            subprocess.run(argv, check=True, env=env)
         wall = time.perf_counter() - start
         info = read_run_info(out)
-        history = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+        history = history_of(out)
+        wall_of_command = not (resumed or finished or args.report_only)
+        if not wall_of_command:  # not one command from start to end: its epochs' sum
+            wall = sum(h["epoch_time_s"] for h in history)
         top1 = per_type_top1(out)
+        reference = settings(out)
     recipe = info.train_config
     lines = [
         "# Fine-tuning ImageNet MobileNetV2 on elpv (the paper's protocol)",
@@ -121,18 +207,40 @@ def main() -> None:
             for h in history
         ),
         "",
-        "| held-out top-1 | all | mono | poly |",
-        "|---|---|---|---|",
-        f"| this run | {top1['all']:.2%} | {top1['mono']:.2%} | {top1['poly']:.2%} |",
-        *(f"| {name} | {value:.2%} | | |" for name, value in PAPER.items()),
-        f"| always 'functional' | {MAJORITY:.2%} | | |",
+        "| held-out top-1 | all | mono | poly | " + " | ".join(LEVELS) + " |",
+        "|---|---|---|---|" + "---|" * len(LEVELS),
+        f"| this run | {top1['all']:.2%} | {top1['mono']:.2%} | {top1['poly']:.2%} | "
+        + " | ".join(f"{top1[level]:.2%}" for level in LEVELS)
+        + " |",
+        *(f"| {name} | {value:.2%} | | |" + " |" * len(LEVELS) for name, value in PAPER.items()),
+        f"| always 'functional' | {MAJORITY:.2%} | | |" + " |" * len(LEVELS),
         "",
-        f"Wall time of the command: {wall / 60:.1f} min. Targets (set for the default "
+        "(p=...: the cells of each defect probability, scored on the two-class answer, "
+        "defective for p >= 0.5.)",
+        "",
+        *(
+            [f"**Stopped after epoch {info.epoch} of {recipe['epochs']}** (a partial run).", ""]
+            if not info.finished
+            else []
+        ),
+        f"Wall time {'of the command' if wall_of_command else '(sum of the epochs)'}: "
+        f"{wall / 60:.1f} min, "
+        f"{sum(h['images_per_s'] for h in history[1:]) / max(1, len(history) - 1):.1f} "
+        "training images/s in the epochs that train the trunk. Targets (set for the default "
         f"recipe at 224 px): top-1 >= {TARGET_TOP1:.2%} "
         f"({'met' if top1['all'] >= TARGET_TOP1 else 'not met'}), under {TARGET_MINUTES} min "
-        f"({'met' if wall < TARGET_MINUTES * 60 else 'not met'}).",
+        f"({time_verdict(wall, info.finished)}).",
         "",
     ]
+    if args.compare:
+        lines += [
+            "## The recipe's alternatives",
+            "",
+            *comparison(args.compare, reference),
+            "",
+        ]
+    if args.note:
+        lines += [args.note.read_text().rstrip(), ""]
     path = RESULTS / f"{args.results}.md"
     write_results(path, "\n".join(lines), command=shlex.join(sys.argv))
     print("\n".join(lines))

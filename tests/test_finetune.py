@@ -129,6 +129,26 @@ def test_init_fine_tunes_a_new_head_then_the_trunk_and_records_where_from(
     assert info.finished and info.epoch == 2
 
 
+def test_freeze_bn_keeps_the_batchnorm_statistics_while_the_trunk_trains(
+    imported: Path, tmp_path: Path
+) -> None:
+    """`--freeze-bn`: every BatchNorm layer keeps the running statistics it started with (the
+    imported ones), while the trunk's weights, BatchNorm scales and shifts included, train."""
+    folder = digit_folder(tmp_path / "three")
+    out = tmp_path / "tuned"
+    config = TrainConfig(
+        data=str(folder), init=str(imported), epochs=2, batch_size=16, freeze_bn=True
+    )
+    train(replace(config, out=str(out), quiet=True))
+    before = load_state_dict_file(imported / "model.safetensors")
+    after = load_state_dict_file(out / "model.safetensors")
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    scales = [k for k in before if k.startswith("features.") and k.endswith("bn.weight")]
+    assert scales and not all(torch.equal(before[k], after[k]) for k in scales)
+    assert read_run_info(out).train_config["freeze_bn"] is True
+
+
 def test_without_init_the_scratch_recipe_fills_what_is_not_given() -> None:
     scratch = TrainConfig().with_recipe()
     assert (scratch.recipe_name, scratch.lr, scratch.epochs, scratch.freeze_epochs) == (

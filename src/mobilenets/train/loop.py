@@ -475,6 +475,10 @@ class _Trainer:
         self.ddp.train()
         if self.trunk_frozen:
             self.model.features.eval()
+        if config.freeze_bn:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, images
         start = time.perf_counter()
         for step, (images, labels) in enumerate(self.train_loader, start=1):

@@ -44,6 +44,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "freeze_epochs": 0,
         "trunk_lr": 1.0,
         "class_weights": False,
+        "freeze_bn": False,
     },
     "finetune": {
         "epochs": 8,
@@ -54,6 +55,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "freeze_epochs": 1,
         "trunk_lr": 0.1,
         "class_weights": True,
+        "freeze_bn": False,
     },
 }
 # Fields that say how to run, not what to train: a resumed run takes them from the caller.
@@ -126,6 +128,11 @@ class TrainConfig:
     )
     class_weights: bool | None = _opt(
         None, "weigh each class's loss by n / (k n_c) (scratch off, finetune on)"
+    )
+    freeze_bn: bool | None = _opt(
+        None,
+        "keep every BatchNorm layer's running statistics as they start (layers in eval mode; "
+        "their scale and shift still train) (scratch off, finetune off)",
     )
     augment: bool = _opt(True, "augment the train split")
     # NHWC: 1-6% faster on CPU (benchmarks/train_throughput.py)
