@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 from mobilenets.deploy.export import FORMATS, VERIFY_IMAGES, default_path, export
-from mobilenets.deploy.quantize import DEFAULT_CALIBRATION
 from mobilenets.evaluation.evaluate import evaluate_model, evaluate_program
+from mobilenets.int8 import DEFAULT_CALIBRATION
 from mobilenets.runs import load_run, load_run_data
 from mobilenets.train.metrics import Evaluation
 
