@@ -114,7 +114,7 @@ def test_float_modules_leave_their_layers_unquantized() -> None:
     """The named convolution and the classifier keep their float weights; every other layer
     reads dequantized int8 weights, in the graph the ExecuTorch writer lowers for mixed
     precision (``quantize-mixed --format executorch``). An unknown name is one line."""
-    from mobilenets.deploy.executorch import quantize_pt2e
+    from mobilenets.deploy.targets.executorch import quantize_pt2e
 
     model = folded_random()
     batches = uniform_batches(2, SIZE)
