@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shlex
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,18 @@ os.register_at_fork(after_in_child=_one_intra_op_thread)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # --------------------------------------------------------------------------- trained runs
+
+
+TRAINED_RUNS = frozenset({"trained_v1", "trained_v2", "imagenet_run"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs a trained or imported run is slow: the fast lane (``-m "not slow"``)
+    trains nothing and loads no runtime. Tests that train or lower a program without such a
+    fixture carry ``@pytest.mark.slow`` themselves."""
+    for item in items:
+        if TRAINED_RUNS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -171,6 +184,55 @@ def trained_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
         built_once(tmp_path_factory, "v2", lambda d: train(replace(config, out=str(d / "run"))))
         / "run"
     )
+
+
+@dataclass(frozen=True)
+class Exported:
+    """One program ``mobilenets export --json`` wrote from a copy of :func:`trained_v2`: the
+    copy (its ``model.json`` records the export), the program and the command's report."""
+
+    run: Path
+    path: Path
+    report: dict
+
+
+# what the shared programs are checked on: enough images for agreement to mean something
+EXPORT_CHECK = {
+    False: ["--verify-images", "96"],
+    True: ["--calibration", "64", "--verify-images", "128"],
+}
+
+
+@pytest.fixture(scope="session")
+def exported(
+    trained_v2: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, bool], Exported]:
+    """``exported(fmt, int8)``: :func:`trained_v2` exported to ``fmt`` by the command line,
+    once per session for every test that reads a program (lowering an ExecuTorch or LiteRT
+    program takes tens of seconds). Tests read it and write nothing into it."""
+    from mobilenets.cli import main
+    from mobilenets.deploy.export import FORMATS
+
+    def get(fmt: str, int8: bool) -> Exported:
+        suffix = FORMATS[fmt].suffix
+        name = f"model.int8{suffix}" if int8 else f"model{suffix}"
+
+        def build(directory: Path) -> None:
+            run = copy_run(trained_v2, directory / "run")
+            argv = ["export", str(run), "--format", fmt, "--out", str(directory / name)]
+            argv += ["--int8"] * int8 + EXPORT_CHECK[int8] + ["--json"]
+            report = io.StringIO()
+            with contextlib.redirect_stdout(report):
+                assert main(argv) == 0
+            (directory / "report.json").write_text(report.getvalue())
+
+        directory = built_once(
+            tmp_path_factory, f"export-{fmt}-{'int8' if int8 else 'fp32'}", build
+        )
+        report = json.loads((directory / "report.json").read_text())
+        return Exported(directory / "run", directory / name, report)
+
+    return get
 
 
 # --------------------------------------------------------------------------- helpers

@@ -17,7 +17,7 @@ from conftest import check_one_line_error, copy_run
 
 from mobilenets.cli import main
 from mobilenets.deploy import target as target_module
-from mobilenets.deploy.export import FORMATS, default_path, export
+from mobilenets.deploy.export import FORMATS, default_path
 from mobilenets.deploy.target import agreement
 from mobilenets.errors import MobileNetError
 from mobilenets.runs import read_run_info
@@ -37,35 +37,35 @@ def listing(directory: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
-def test_fp32_export_matches_pytorch_in_its_own_runtime(
-    fmt: str, run: Path, tmp_path: Path, capsys
-) -> None:
-    target = FORMATS[fmt]
-    out = tmp_path / f"model{target.suffix}"
-    argv = ["export", str(run), "--format", fmt, "--out", str(out), "--verify-images", "96"]
-    assert main([*argv, "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+def test_fp32_export_matches_pytorch_in_its_own_runtime(fmt: str, exported) -> None:
+    target, program = FORMATS[fmt], exported(fmt, False)
+    report = program.report
     assert report["max_rel_error"] <= 1e-4 and report["top1_agreement"] == 1.0
     assert report["images"] == 96 and report["checked_on"] == "held-out images"
-    assert listing(tmp_path) == {p.name for p in target.files(out)}  # no temporary left
-    assert report["size_bytes"] == sum(p.stat().st_size for p in target.files(out))
-    recorded = read_run_info(run).metrics["exports"][f"{fmt}-fp32"]
+    # the program and its companions, no temporary left
+    assert listing(program.path.parent) - {"run", "report.json", ".built"} == {
+        p.name for p in target.files(program.path)
+    }
+    assert report["size_bytes"] == sum(p.stat().st_size for p in target.files(program.path))
+    recorded = read_run_info(program.run).metrics["exports"][f"{fmt}-fp32"]
     assert recorded["max_rel_error"] == report["max_rel_error"]
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
-def test_int8_export_reports_agreement_and_sqnr(fmt: str, run: Path, tmp_path: Path) -> None:
-    target = FORMATS[fmt]
-    fp32 = export(run, fmt, out=tmp_path / f"m{target.suffix}", verify_images=64, record=False)
-    out = tmp_path / f"m.int8{target.suffix}"
-    int8 = export(run, fmt, int8=True, out=out, calibration=64, verify_images=128)
-    c = int8.check
-    assert c.images == 128 and int8.calibration_images == 64
-    assert c.top1_agreement >= 0.8 and 5 < c.sqnr_db < 60  # quantized, and still the model
-    assert int8.size_bytes < fp32.size_bytes
-    recorded = read_run_info(run).metrics["exports"][f"{fmt}-int8"]
-    assert recorded["top1_agreement"] == c.top1_agreement and recorded["sqnr_db"] == c.sqnr_db
-    assert recorded["quantization"] == target.quantization
+def test_int8_export_reports_agreement_and_sqnr(fmt: str, exported) -> None:
+    target, program = FORMATS[fmt], exported(fmt, True)
+    report = program.report
+    assert report["images"] == 128 and report["calibration_images"] == 64
+    # quantized, and still the model
+    assert report["top1_agreement"] >= 0.8 and 5 < report["sqnr_db"] < 60
+    assert report["size_bytes"] < exported(fmt, False).report["size_bytes"]
+    assert listing(program.path.parent) - {"run", "report.json", ".built"} == {
+        p.name for p in target.files(program.path)
+    }
+    recorded = read_run_info(program.run).metrics["exports"][f"{fmt}-int8"]
+    assert recorded["top1_agreement"] == report["top1_agreement"]
+    assert recorded["sqnr_db"] == report["sqnr_db"]
+    assert recorded["quantization"] == target.quantization == report["quantization"]
 
 
 def test_an_equalized_int8_export_says_what_it_rescaled(run: Path, tmp_path: Path, capsys):
@@ -262,13 +262,15 @@ def test_openvino_mixed_precision_keeps_the_named_modules_in_float(
     check_one_line_error(argv, "no quantizable layer", capsys)
 
 
-@pytest.mark.parametrize("fmt", ["executorch", "litert"])
+@pytest.mark.parametrize("fmt", ["litert"])
 def test_pt2e_mixed_precision_keeps_the_named_modules_in_float(
     fmt: str, run: Path, tmp_path: Path, capsys
 ) -> None:
     """Neither XNNPACK's quantizer nor litert-torch's can leave a module in float by name;
     pt2e.FloatModules does it for both. In the LiteRT file the named layers read float32
-    weights and every other layer int8; a name that is no layer is one line."""
+    weights and every other layer int8; a name that is no layer is one line. (ExecuTorch's
+    writer quantizes with the same FloatModules: test_pt2e checks its graph, and
+    ``test_int8_export_reports_agreement_and_sqnr`` its lowering.)"""
     out = tmp_path / f"mixed{FORMATS[fmt].suffix}"
     keep = ["features.0.conv", "classifier.fc"]
     argv = ["quantize-mixed", str(run), "--format", fmt, "--fp32", *keep]
@@ -333,15 +335,12 @@ def test_bench_times_every_runtime_in_fp32_and_int8(capsys) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", list(FORMATS))
-def test_every_runner_takes_any_array_layout(fmt: str, run: Path, tmp_path: Path) -> None:
+def test_every_runner_takes_any_array_layout(fmt: str, exported) -> None:
     """CHW crops made from HWC pixels (``np.asarray(img).transpose(2, 0, 1)``), stacked or
     sliced, are strided views, and float64 is numpy's default: each runner gives them the
     logits of the same images laid out contiguously in float32 (ExecuTorch read the raw
     buffer as if it were contiguous, and agreed with itself on 0% of them)."""
-    target = FORMATS[fmt]
-    out = tmp_path / f"m{target.suffix}"
-    export(run, fmt, out=out, verify_images=8, record=False)
-    runner = target.load(out, None)
+    runner = FORMATS[fmt].load(exported(fmt, False).path, None)
     rng = np.random.default_rng(0)
     hwc = rng.standard_normal((4, RESOLUTION, RESOLUTION, 3)).astype(np.float32)
     chw = hwc.transpose(0, 3, 1, 2)  # a view: strides of the HWC array

@@ -7,7 +7,9 @@ one-line errors), not ImageNet accuracy (benchmarks/results/int8_imagenet.md).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import shutil
@@ -16,7 +18,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import check_one_line_error, copy_run
+from conftest import built_once, check_one_line_error, copy_run
 
 from mobilenets.cli import main
 from mobilenets.deploy.export import export
@@ -202,41 +204,57 @@ def test_unknown_layer_names(run: Path, capsys) -> None:
     check_one_line_error(argv, "no quantizable layer named features.99.conv", capsys)
 
 
-def test_qat_resumes_to_the_same_weights_and_refuses_another_config(run: Path, tmp_path, capsys):
-    common = ["--epochs", "2", "--freeze-bn-after", "1", "--freeze-observers-after", "1"]
-    common += ["--batch-size", "128"]  # fewer steps: what is tested is the resume, not the fit
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert main(["qat", str(run), "--out", str(straight), *common, "--json"]) == 0
-    capsys.readouterr()
-    assert main(["qat", str(run), "--out", str(resumed), *common, "--stop-after-epoch", "1"]) == 0
+QAT_ARGS = ["--epochs", "2", "--freeze-bn-after", "1", "--freeze-observers-after", "1"]
+QAT_ARGS += ["--batch-size", "128"]  # fewer steps: what is tested is the record, not the fit
+
+
+@pytest.fixture
+def qat_run(run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """``qat`` of the module's run, two epochs straight through, once per session (the tests
+    here run forked), and its ``--json`` result."""
+
+    def build(directory: Path) -> None:
+        result = io.StringIO()
+        with contextlib.redirect_stdout(result):
+            assert (
+                main(["qat", str(run), "--out", str(directory / "qat"), *QAT_ARGS, "--json"]) == 0
+            )
+        (directory / "result.json").write_text(result.getvalue())
+
+    directory = built_once(tmp_path_factory, "qat", build)
+    return directory / "qat", json.loads((directory / "result.json").read_text())
+
+
+def test_qat_resumes_to_the_same_weights_and_refuses_another_config(
+    run: Path, qat_run: tuple[Path, dict], tmp_path: Path, capsys
+) -> None:
+    resumed = tmp_path / "resumed"
+    argv = ["qat", str(run), "--out", str(resumed), *QAT_ARGS]
+    assert main([*argv, "--stop-after-epoch", "1"]) == 0
     capsys.readouterr()  # the epoch lines
     check_one_line_error(
-        ["qat", str(run), "--out", str(resumed), *common, "--resume", "--per-tensor"],
-        "resume it with the same config",
-        capsys,
+        [*argv, "--resume", "--per-tensor"], "resume it with the same config", capsys
     )
-    assert main(["qat", str(run), "--out", str(resumed), *common, "--resume", "--json"]) == 0
+    assert main([*argv, "--resume", "--json"]) == 0
     history = json.loads(capsys.readouterr().out)["history"]
     assert [r["epoch"] for r in history] == [1, 2]
-    a, info = load_run(straight)
+    a, info = load_run(qat_run[0])
     b, _ = load_run(resumed)
     assert state_digest(a) == state_digest(b)
     assert info.train_config["qat"]["per_channel"] is True and info.epoch == 2 and info.finished
 
 
 def test_a_qat_run_scores_what_its_fake_quantized_graph_and_its_source_score(
-    run: Path, tmp_path: Path, capsys
+    run: Path, qat_run: tuple[Path, dict], tmp_path: Path
 ) -> None:
     """What a QAT run directory holds is the network that was fine-tuned: its float weights
     score within 0.3 points of the fake-quantized graph and no lower than 0.3 points under
     the float run it started from, on the held-out digits (a run fine-tuned with the former
     recipe was saved at 50.7% while its graph scored 96.7%). Every epoch records the score
     ``evaluate`` gives."""
-    out = tmp_path / "qat"
-    assert main(["qat", str(run), "--out", str(out), "--epochs", "2", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    out, result = qat_run
     last = result["history"][-1]
-    top1 = evaluate(out).top1
+    top1 = evaluate(out, plot=tmp_path / "cm.png").top1  # the figure outside the shared run
     assert top1 == pytest.approx(last["float_top1"], abs=1e-6)  # one tally, float32 or not
     assert abs(top1 - last["fake_quant_top1"]) <= 0.003, (top1, last)
     # the fixture's run is 3 epochs short of converged, so fine-tuning may still raise it

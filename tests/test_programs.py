@@ -2,24 +2,22 @@
 labelled held-out split beside the run's fp32 weights, ``predict`` classifies images with it,
 and ``export --int8`` calibrates on training images only.
 
-Programs come from the suite's small digits V2 (16 px, :func:`conftest.trained_v2`), exported
-with 16 calibration and 16 check images into a folder of their own, so the run directory is
-left as it was (``record=False``).
+Programs are the session's int8 exports of the suite's small digits V2 (16 px,
+:func:`conftest.exported`), each with the copy of the run it was exported from.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import onnx
 import pytest
 import torch
-from conftest import built_once
+from conftest import check_one_line_error
 
 from mobilenets.cli import main
-from mobilenets.deploy.export import FORMATS, export
+from mobilenets.deploy.export import FORMATS
 from mobilenets.deploy.images import calibration_inputs
 from mobilenets.deploy.program import read_program_info
 from mobilenets.deploy.runtime import RUN_DIR_KEY, set_metadata
@@ -30,40 +28,19 @@ from mobilenets.runs import load_run, load_run_data, read_run_info
 pytestmark = pytest.mark.forked  # ExecuTorch, LiteRT and OpenVINO stay out of the suite
 
 
-def program(factory: pytest.TempPathFactory, run: Path, fmt: str) -> Path:
-    """``run`` exported to ``fmt`` in int8 once per session, in a folder beside the run."""
-    target = FORMATS[fmt]
-
-    def build(directory: Path) -> None:
-        out = directory / f"model.int8{target.suffix}"
-        export(run, fmt, int8=True, out=out, calibration=16, verify_images=16, record=False)
-
-    return built_once(factory, f"program-{fmt}", build) / f"model.int8{target.suffix}"
-
-
-def check_one_line_error(argv: list[str], message: str, capsys) -> None:
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", list(FORMATS))
-def test_evaluate_scores_a_program_in_its_runtime_beside_the_fp32_run(
-    fmt, trained_v2, tmp_path_factory, digit_pngs
-):
-    path = program(tmp_path_factory, trained_v2, fmt)
+def test_evaluate_scores_a_program_in_its_runtime_beside_the_fp32_run(fmt, exported, digit_pngs):
+    run_dir, path = exported(fmt, True).run, exported(fmt, True).path
     info = read_program_info(path)
     assert info.precision == "int8" and info.class_names == [str(d) for d in range(10)]
-    assert info.run_dir() == trained_v2.resolve()  # recorded at export: not the program's folder
+    assert info.run_dir() == run_dir.resolve()  # recorded at export: not the program's folder
     report = evaluate_program(path)
-    model, run = load_run(trained_v2)
+    model, run = load_run(run_dir)
     test = load_run_data(run).test
     assert report.result.num_images == len(test)  # the whole labelled held-out split
     assert report.runtime == FORMATS[fmt].runtime and report.precision == "int8"
-    assert report.fp32 is not None and report.run_dir == str(trained_v2.resolve())
+    assert report.fp32 is not None and report.run_dir == str(run_dir.resolve())
     assert report.fp32.top1 == evaluate_model(model, test, run.class_names).top1
     assert abs(report.top1_change) < 0.1  # int8 of the same model, not another one
     assert sum(map(sum, report.result.confusion)) == len(test)
@@ -71,16 +48,14 @@ def test_evaluate_scores_a_program_in_its_runtime_beside_the_fp32_run(
     rows = predict(path, [p for p, _ in digit_pngs]).predictions
     assert len(rows) == len(digit_pngs) and all(r.error is None for r in rows)
     right = sum(r.classes[0] == str(label) for r, (_, label) in zip(rows, digit_pngs, strict=True))
-    fp32_rows = predict(trained_v2, [p for p, _ in digit_pngs]).predictions
+    fp32_rows = predict(run_dir, [p for p, _ in digit_pngs]).predictions
     agree = sum(a.classes[0] == b.classes[0] for a, b in zip(rows, fp32_rows, strict=True))
     assert right >= 12 and agree >= 16  # the run's preprocessing, in the program's runtime
 
 
 @pytest.mark.slow
-def test_the_cli_evaluates_and_predicts_with_a_program(
-    trained_v2, tmp_path_factory, tmp_path, digit_pngs, capsys
-):
-    path = program(tmp_path_factory, trained_v2, "onnx")
+def test_the_cli_evaluates_and_predicts_with_a_program(exported, tmp_path, digit_pngs, capsys):
+    run, path = exported("onnx", True).run, exported("onnx", True).path
     assert main(["evaluate", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["precision"] == "int8" and report["fp32"]["num_images"] == report["num_images"]
@@ -102,16 +77,14 @@ def test_the_cli_evaluates_and_predicts_with_a_program(
     assert "no fp32 score: the run directory" in capsys.readouterr().out
     # a run directory whose weights are gone: scored alone, the note says what is missing
     (tmp_path / "gone").mkdir()
-    shutil.copy(trained_v2 / "model.json", tmp_path / "gone")
+    shutil.copy(run / "model.json", tmp_path / "gone")
     report = evaluate_program(moved)
     assert report.fp32 is None and "model.safetensors is missing" in report.fp32_note
 
 
 @pytest.mark.slow
-def test_a_program_refuses_data_of_other_classes(
-    trained_v2, tmp_path_factory, tmp_path, digit_pngs, capsys
-):
-    path = program(tmp_path_factory, trained_v2, "onnx")
+def test_a_program_refuses_data_of_other_classes(exported, tmp_path, digit_pngs, capsys):
+    path = exported("onnx", True).path
     for name, (png, _) in zip(["a", "a", "b", "b"], digit_pngs, strict=False):
         (tmp_path / "other" / name).mkdir(parents=True, exist_ok=True)
         shutil.copy(png, tmp_path / "other" / name)
