@@ -55,67 +55,71 @@ def run_speedup(args: argparse.Namespace) -> int:
     if args.plot:
         save_figure(separable_speedup_figure(rows), args.plot)
 
-    def views() -> Iterator[Any]:
-        yield (
-            table(
-                "Standard 3x3 convolution against depthwise + pointwise (best of the timed calls; "
-                "speed-up: standard time / separable time; predicted: the latency model, "
-                "onnxruntime rates)",
-                [
-                    "shape",
-                    "batch",
-                    "format",
-                    "pass",
-                    "standard ms",
-                    "separable ms",
-                    "plain sep. ms",
-                    "analytic speed-up",
-                    "predicted speed-up",
-                    "measured speed-up",
-                    "measured / analytic",
-                    "plain / analytic",
-                ],
-                [
-                    [
-                        str(r.shape),
-                        str(r.batch_size),
-                        r.memory_format,
-                        r.mode,
-                        f"{r.standard_ms:.3f}",
-                        f"{r.separable_ms:.3f}",
-                        f"{r.plain_separable_ms:.3f}",
-                        f"{r.analytic:.2f}x",
-                        "-" if r.predicted is None else f"{r.predicted:.2f}x",
-                        f"{r.measured:.2f}x",
-                        f"{r.ratio:.2f}",
-                        f"{r.plain_ratio:.2f}",
-                    ]
-                    for r in rows
-                ],
-                right=8,
-                key=4,
-            )
-        )
-        yield (
-            table(
-                "Geometric mean of measured / analytic speed-up over the shapes",
-                ["batch", "format", "pass", "ours (ratio)", "plain PyTorch (ratio)"],
-                [
-                    [
-                        str(s["batch_size"]),
-                        s["memory_format"],
-                        s["mode"],
-                        f"{s['ours']:.2f}",
-                        f"{s['plain']:.2f}",
-                    ]
-                    for s in speedup_summary(rows)
-                ],
-                right=2,
-            )
-        )
-        if args.plot:
-            yield f"written: {args.plot}"
+    summary = speedup_summary(rows)
+    data = {"rows": [r.to_dict() for r in rows], "summary": summary}
+    return show(args.json, data, speedup_views(rows, summary, args.plot))
 
-    return show(
-        args.json, {"rows": [r.to_dict() for r in rows], "summary": speedup_summary(rows)}, views()
+
+def speedup_views(
+    rows: list[Any], summary: list[dict[str, Any]], plot: str | None
+) -> Iterator[Any]:
+    """The measured rows and their geometric means, as tables."""
+    yield (
+        table(
+            "Standard 3x3 convolution against depthwise + pointwise (best of the timed calls; "
+            "speed-up: standard time / separable time; predicted: the latency model, "
+            "onnxruntime rates)",
+            [
+                "shape",
+                "batch",
+                "format",
+                "pass",
+                "standard ms",
+                "separable ms",
+                "plain sep. ms",
+                "analytic speed-up",
+                "predicted speed-up",
+                "measured speed-up",
+                "measured / analytic",
+                "plain / analytic",
+            ],
+            [
+                [
+                    str(r.shape),
+                    str(r.batch_size),
+                    r.memory_format,
+                    r.mode,
+                    f"{r.standard_ms:.3f}",
+                    f"{r.separable_ms:.3f}",
+                    f"{r.plain_separable_ms:.3f}",
+                    f"{r.analytic:.2f}x",
+                    "-" if r.predicted is None else f"{r.predicted:.2f}x",
+                    f"{r.measured:.2f}x",
+                    f"{r.ratio:.2f}",
+                    f"{r.plain_ratio:.2f}",
+                ]
+                for r in rows
+            ],
+            right=8,
+            key=4,
+        )
     )
+    yield (
+        table(
+            "Geometric mean of measured / analytic speed-up over the shapes",
+            ["batch", "format", "pass", "ours (ratio)", "plain PyTorch (ratio)"],
+            [
+                [
+                    str(s["batch_size"]),
+                    s["memory_format"],
+                    s["mode"],
+                    f"{s['ours']:.2f}",
+                    f"{s['plain']:.2f}",
+                ]
+                for s in summary
+            ],
+            right=2,
+        )
+    )
+    if plot:
+        yield f"written: {plot}"

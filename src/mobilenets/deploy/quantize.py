@@ -193,6 +193,21 @@ def depthwise_nodes(model: onnx.ModelProto) -> list[str]:
     return names
 
 
+def pre_process(fp32_path: Path, prepared: Path, wide_residuals: bool) -> onnx.ModelProto:
+    """Shape inference and onnxruntime's basic graph optimizations, as onnxruntime recommends
+    before quantizing (the quantizer needs every tensor's shape to quantize Add and Gemm too),
+    written to ``prepared``; opset 21 for a uint16 residual stream."""
+    quant_pre_process(str(fp32_path), str(prepared))
+    graph = onnx.load(str(prepared))
+    if wide_residuals and opset_of(graph) < UINT16_OPSET:
+        # 16-bit QuantizeLinear needs opset 21. onnxruntime would convert too, but says so
+        # through the root logger, which configures logging for the whole process.
+        graph = onnx.version_converter.convert_version(graph, UINT16_OPSET)
+        graph = onnx.shape_inference.infer_shapes(graph)
+        onnx.save(graph, str(prepared))
+    return graph
+
+
 def quantize_model(
     fp32_path: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -226,17 +241,8 @@ def quantize_model(
         raise MobileNetError("a uint16 residual stream needs the qdq format (no 16-bit QOperator)")
     source = load_onnx(fp32_path)
     with tempfile.TemporaryDirectory(prefix="mobilenets-quant-") as tmp:
-        # Shape inference and onnxruntime's basic graph optimizations first, as onnxruntime
-        # recommends: the quantizer needs every tensor's shape to quantize Add and Gemm too.
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))
-        graph = onnx.load(str(prepared))
-        if wide_residuals and opset_of(graph) < UINT16_OPSET:
-            # 16-bit QuantizeLinear needs opset 21. onnxruntime would convert too, but says so
-            # through the root logger, which configures logging for the whole process.
-            graph = onnx.version_converter.convert_version(graph, UINT16_OPSET)
-            graph = onnx.shape_inference.infer_shapes(graph)
-            onnx.save(graph, str(prepared))
+        graph = pre_process(Path(fp32_path), prepared, wide_residuals)
         excluded = depthwise_nodes(graph) if fp32_depthwise else []
         excluded += nodes_of_layers(graph, fp32_modules)
         input_name = source.graph.input[0].name
@@ -271,8 +277,7 @@ def quantize_model(
         f"{', depthwise in fp32' if fp32_depthwise else ''}"
         f"{f', {len(fp32_modules)} layers in fp32' if fp32_modules else ''}"
         f"{', residual stream uint16' if wide_residuals else ''}, "
-        f"{calibrate_method} calibration "
-        f"on {len(calibration)} training images"
+        f"{calibrate_method} calibration on {len(calibration)} training images"
     )
     set_metadata(quantized, props)
     onnx.save(quantized, str(out))

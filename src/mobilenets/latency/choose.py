@@ -444,6 +444,35 @@ def _load_state(out: Path, config: ChooseConfig) -> dict[str, Candidate]:
     return {c.key: c for c in done}
 
 
+def train_within_budget(
+    fitting: list[Candidate],
+    config: ChooseConfig,
+    started: float,
+    say: Callable[[str], None],
+    save: Callable[[], None],
+) -> list[str]:
+    """Short-train the largest fitting candidates (up to ``config.max_train``) while the time
+    budget allows, each estimated from the last one's seconds per mult-add; the notes say who
+    was left out."""
+    notes = []
+    order = sorted(fitting, key=lambda c: -c.macs)[: config.max_train]
+    last_s, last_macs = None, None
+    for c in order:
+        if c.accuracy is not None and c.epochs_trained >= config.epochs:
+            continue
+        elapsed = time.monotonic() - started
+        estimate = 0.0 if last_s is None else last_s * c.macs / last_macs
+        if elapsed + estimate > config.time_budget_s:
+            notes.append(f"time budget reached: {c.label} was not trained")
+            continue
+        say(f"training {c.label} for {config.epochs} epochs")
+        t0 = time.monotonic()
+        train_candidate(c, config)
+        last_s, last_macs = time.monotonic() - t0, c.macs
+        save()
+    return notes
+
+
 def choose(
     budget: Budget,
     config: ChooseConfig,
@@ -470,6 +499,10 @@ def choose(
     if not possible:
         raise MobileNetError(nothing_fits(budget, candidates))
     done = _load_state(out, config)
+
+    def save(measured: list[Candidate]) -> None:
+        _save_state(out, config, budget, measured)
+
     to_measure: list[Candidate] = []
     remaining = possible
     for _ in range(MEASURE_ROUNDS):
@@ -485,7 +518,7 @@ def choose(
         if pending:
             say(f"measuring {len(pending)} candidates in {config.runtime} (export, then timing)")
             measure_candidates(pending, config, in_chans, num_classes, step("exporting"))
-            _save_state(out, config, budget, to_measure)
+            save(to_measure)
         remaining = descend(remaining, to_measure, budget)
     notes = []
     fitting = [c for c in to_measure if budget.fits(c)]
@@ -496,21 +529,7 @@ def choose(
             f"{fastest.label}, takes {fastest.measured_ms:.2f} ms in {config.runtime}"
         )
     if config.epochs:
-        order = sorted(fitting, key=lambda c: -c.macs)[: config.max_train]
-        last_s, last_macs = None, None
-        for c in order:
-            if c.accuracy is not None and c.epochs_trained >= config.epochs:
-                continue
-            elapsed = time.monotonic() - started
-            estimate = 0.0 if last_s is None else last_s * c.macs / last_macs
-            if elapsed + estimate > config.time_budget_s:
-                notes.append(f"time budget reached: {c.label} was not trained")
-                continue
-            say(f"training {c.label} for {config.epochs} epochs")
-            t0 = time.monotonic()
-            train_candidate(c, config)
-            last_s, last_macs = time.monotonic() - t0, c.macs
-            _save_state(out, config, budget, to_measure)
+        notes += train_within_budget(fitting, config, started, say, lambda: save(to_measure))
     scored = [c for c in fitting if c.accuracy is not None] if config.epochs else fitting
     if not scored:
         raise MobileNetError("no candidate was trained within the time budget; raise it")
