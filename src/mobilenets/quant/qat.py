@@ -69,14 +69,14 @@ from mobilenets.deploy.photos import photo_crops
 from mobilenets.deploy.target import Agreement, agreement, pytorch_logits
 from mobilenets.errors import MobileNetError
 from mobilenets.int8.fold import fold_batchnorm, unfold_into
-from mobilenets.io import atomic_path
+from mobilenets.io import DirectoryLock
 from mobilenets.runs import META_FILE, RunInfo, load_run, load_run_data, save_run
 from mobilenets.train.devices import pick_threads
 from mobilenets.train.loop import seed_epoch
 from mobilenets.train.metrics import tally_predictions
-from mobilenets.train.optim import parameter_groups, warmup_cosine
+from mobilenets.train.optim import build_optimizer, parameter_groups, warmup_cosine
 from mobilenets.train.progress import QAT_SCALARS, ScalarLog
-from mobilenets.train.run_dir import STATE_FILE, holds_run
+from mobilenets.train.run_dir import STATE_FILE, holds_run, write_state
 
 QAT_KEY = "qat"
 OPTIMIZERS = ("sgd", "adam")
@@ -351,10 +351,8 @@ def _qat(
     model, info = load_run(source)
     if (info.train_config or {}).get(QAT_KEY):
         raise MobileNetError(f"{source} is already quantization-aware trained; start from float")
-    state = None
-    if resume:
-        state = _read_state(out, config)
-    elif holds_run(out):
+    state = _read_state(out, config) if resume else None
+    if not resume and holds_run(out):
         raise MobileNetError(f"{out} already holds a run; continue it with --resume")
     on_photos = data is None and info.data is None
     if on_photos and not config.distill:
@@ -362,93 +360,151 @@ def _qat(
             f"{source} records no training data (imported weights?): pass --data with labelled "
             "images of its classes, or --distill to match the float model on photo crops"
         )
-    teacher = copy.deepcopy(model).eval() if config.distill else None
-    test_loader = None
-    if on_photos:
-        loader = _photo_loader(info, config, 1)
-    else:
-        bundle = load_run_data(info, data)
-        train_set = bundle.train_raw if bundle.train_raw is not None else bundle.train
-        loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
-        test_loader = make_loader(bundle.test, 256, shuffle=False, seed=config.seed)
-    source_top1 = None if test_loader is None else _top1(model, test_loader, info)
-    reference = _Reference(teacher, held_out_inputs(info, data, HELD_OUT)[0]) if teacher else None
-    example = next(iter(loader))[0]
-    torch.manual_seed(config.seed)
-    graph = prepare(trained_form(model, config), example, config)
-    if config.distill:
-        without_dropout(graph)  # the float model's logits are the target, not a noisy copy
-    groups = parameter_groups(graph, config.weight_decay)
-    if config.optimizer == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(groups, lr=config.lr)
-    else:
-        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    steps = config.epochs * len(loader)
-    scheduler = warmup_cosine(optimizer, 0, steps)
-    history: list[dict[str, Any]] = []
-    start_epoch = 1
-    if state is not None:
-        graph.load_state_dict(state["graph"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"]) + 1
-    criterion = nn.CrossEntropyLoss()
-    scalars = ScalarLog(out, start_epoch, QAT_SCALARS, True)
-    for epoch in range(start_epoch, config.epochs + 1):
-        began = time.perf_counter()
-        _freeze(graph, config, epoch)
-        seed_epoch(config.seed, epoch, 0)
+    with DirectoryLock(out, "QAT run"):  # one writer per run directory, as train takes
+        if not resume and holds_run(out):  # another run may have finished here since we looked
+            raise MobileNetError(f"{out} already holds a run; continue it with --resume")
+        run = _QATRun(source, out, model, info, config, data, on_photos)
+        return run.train(state, on_epoch, stop_after_epoch, on_batch)
+
+
+class _QATRun:
+    """One QAT run: the prepared graph, its data, its optimizer and schedule, its epochs."""
+
+    def __init__(
+        self,
+        source: Path,
+        out: Path,
+        model: nn.Module,
+        info: RunInfo,
+        config: QATConfig,
+        data: str | os.PathLike[str] | None,
+        on_photos: bool,
+    ) -> None:
+        self.source, self.out, self.model, self.info, self.config = source, out, model, info, config
+        self.on_photos = on_photos
+        self.teacher = copy.deepcopy(model).eval() if config.distill else None
+        self.test_loader = None
         if on_photos:
-            loader = _photo_loader(info, config, epoch)
+            self.loader = _photo_loader(info, config, 1)
         else:
-            loader.sampler.set_epoch(epoch)
-        total, seen = 0.0, 0
-        steps = len(loader)
-        for step, (images, labels) in enumerate(loader, start=1):
-            if teacher is None:
-                loss = criterion(graph(images), labels)
-            else:
-                with torch.no_grad():
-                    target = teacher(images)
-                loss = nn.functional.mse_loss(graph(images), target)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise MobileNetError(f"QAT loss became {value} at epoch {epoch}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += value * len(labels)
-            seen += len(labels)
-            if on_batch is not None:
-                on_batch(epoch, step, steps, total / seen)
+            bundle = load_run_data(info, data)
+            train_set = bundle.train_raw if bundle.train_raw is not None else bundle.train
+            self.loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
+            self.test_loader = make_loader(bundle.test, 256, shuffle=False, seed=config.seed)
+        self.source_top1 = (
+            None if self.test_loader is None else _top1(model, self.test_loader, info)
+        )
+        held_out = held_out_inputs(info, data, HELD_OUT)[0] if self.teacher else None
+        self.reference = _Reference(self.teacher, held_out) if self.teacher else None
+        example = next(iter(self.loader))[0]
+        torch.manual_seed(config.seed)
+        self.graph = prepare(trained_form(model, config), example, config)
+        if config.distill:
+            without_dropout(self.graph)  # the float model's logits are the target, not a copy
+        groups = parameter_groups(self.graph, config.weight_decay)
+        # torchvision's QAT recipe: plain momentum, no Nesterov
+        self.optimizer = build_optimizer(
+            config.optimizer, groups, config.lr, config.momentum, nesterov=False
+        )
+        self.scheduler = warmup_cosine(self.optimizer, 0, config.epochs * len(self.loader))
+
+    def train(
+        self,
+        state: dict[str, Any] | None,
+        on_epoch: Callable[[dict[str, Any]], object] | None,
+        stop_after_epoch: int | None,
+        on_batch: Callable[[int, int, int, float], object] | None,
+    ) -> QATResult:
+        history: list[dict[str, Any]] = []
+        start_epoch = 1
+        if state is not None:
+            self.graph.load_state_dict(state["graph"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            history = list(state["history"])
+            start_epoch = int(state["epoch"]) + 1
+        scalars = ScalarLog(self.out, start_epoch, QAT_SCALARS, True)
+        for epoch in range(start_epoch, self.config.epochs + 1):
+            history.append(self.epoch(epoch, on_batch))
+            self.checkpoint(history)
+            scalars.epoch(history[-1])
+            if on_epoch is not None:
+                on_epoch(history[-1])
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                break
+        scalars.close()
+        return QATResult(self.out, str(self.source), history, self.source_top1)
+
+    def epoch(
+        self, epoch: int, on_batch: Callable[[int, int, int, float], object] | None
+    ) -> dict[str, Any]:
+        """Train one epoch and measure it: the record ``metrics.jsonl`` and the history keep."""
+        began = time.perf_counter()
+        _freeze(self.graph, self.config, epoch)
+        seed_epoch(self.config.seed, epoch, 0)
+        if self.on_photos:
+            self.loader = _photo_loader(self.info, self.config, epoch)
+        else:
+            self.loader.sampler.set_epoch(epoch)
+        total, seen = self.steps(epoch, on_batch)
         train_time = time.perf_counter() - began
         # A copy is evaluated: switching the training graph to eval and back rewrites its
         # BatchNorm and dropout nodes into a graph that trains differently, and a resumed run
         # (whose graph was never switched) would then not continue the same training.
-        evaluated = evaluation_copy(graph)
+        evaluated = evaluation_copy(self.graph)
         record: dict[str, Any] = {"epoch": epoch, "loss": total / seen}
-        if test_loader is not None:
-            record["fake_quant_top1"] = _top1(evaluated, test_loader, info)
-            saved = float_weights(graph, copy.deepcopy(model), config)
-            record["float_top1"] = _top1(saved.eval(), test_loader, info)
-        if reference is not None:
-            match = reference.compare(evaluated)
+        if self.test_loader is not None:
+            record["fake_quant_top1"] = _top1(evaluated, self.test_loader, self.info)
+            saved = float_weights(self.graph, copy.deepcopy(self.model), self.config)
+            record["float_top1"] = _top1(saved.eval(), self.test_loader, self.info)
+        if self.reference is not None:
+            match = self.reference.compare(evaluated)
             record["fake_quant_agreement"] = match.top1_agreement
             record["fake_quant_sqnr_db"] = match.sqnr_db
-        record["lr"] = scheduler.get_last_lr()[0]
+        record["lr"] = self.scheduler.get_last_lr()[0]
         record["images_per_s"] = seen / train_time
         record["seconds"] = time.perf_counter() - began
-        history.append(record)
-        _checkpoint(out, graph, model, info, source, config, optimizer, scheduler, history)
-        scalars.epoch(record)
-        if on_epoch is not None:
-            on_epoch(record)
-        if stop_after_epoch is not None and epoch >= stop_after_epoch:
-            break
-    scalars.close()
-    return QATResult(out, str(source), history, source_top1)
+        return record
+
+    def steps(
+        self, epoch: int, on_batch: Callable[[int, int, int, float], object] | None
+    ) -> tuple[float, int]:
+        """One pass over the loader; the summed loss and the images seen."""
+        criterion = nn.CrossEntropyLoss()
+        total, seen = 0.0, 0
+        steps = len(self.loader)
+        for step, (images, labels) in enumerate(self.loader, start=1):
+            if self.teacher is None:
+                loss = criterion(self.graph(images), labels)
+            else:
+                with torch.no_grad():
+                    target = self.teacher(images)
+                loss = nn.functional.mse_loss(self.graph(images), target)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise MobileNetError(f"QAT loss became {value} at epoch {epoch}; lower --lr")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            total += value * len(labels)
+            seen += len(labels)
+            if on_batch is not None:
+                on_batch(epoch, step, steps, total / seen)
+        return total, seen
+
+    def checkpoint(self, history: list[dict[str, Any]]) -> None:
+        _checkpoint(
+            self.out,
+            self.graph,
+            self.model,
+            self.info,
+            self.source,
+            self.config,
+            self.optimizer,
+            self.scheduler,
+            history,
+        )
 
 
 def _top1(model: nn.Module, loader: DataLoader, info: RunInfo) -> float:
@@ -535,5 +591,4 @@ def _checkpoint(
         "scheduler": scheduler.state_dict(),
         "history": history,
     }
-    with atomic_path(out / STATE_FILE) as tmp:
-        torch.save(state, tmp)
+    write_state(out, state)

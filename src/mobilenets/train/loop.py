@@ -64,7 +64,7 @@ from torch.utils.data import DistributedSampler
 
 from mobilenets.data import VAL_FRACTION, DataBundle, load_data, make_loader
 from mobilenets.errors import MobileNetError
-from mobilenets.io import DirectoryLock, atomic_path
+from mobilenets.io import DirectoryLock
 from mobilenets.models import check_resolution, create_model, get_model_factory
 from mobilenets.runs import (
     DataRecord,
@@ -94,6 +94,7 @@ from mobilenets.train.run_dir import (
     read_train_state,
     resumed_config,
     write_metrics,
+    write_state,
 )
 
 # The held-out split is the same whatever the training seed, as a fixed test set should be:
@@ -417,8 +418,7 @@ class _Trainer:
             "history": self.history,
             "init_from": self.init_from,
         }
-        with atomic_path(self.run_dir / STATE_FILE) as tmp, open(tmp, "wb") as f:
-            torch.save(state, f)  # through a Python file: a full disk raises an OSError
+        write_state(self.run_dir, state)
         write_metrics(self.run_dir, self.history)
 
     # ---------------------------------------------------------------- epochs

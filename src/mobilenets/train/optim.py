@@ -49,13 +49,25 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     parameters, the trunk at ``config.trunk_lr`` times the learning rate."""
     config = config.with_recipe()
     groups = parameter_groups(model, config.weight_decay, config.lr, config.trunk_lr)
-    if config.optimizer == "rmsprop":
+    return build_optimizer(config.optimizer, groups, config.lr, config.momentum)
+
+
+def build_optimizer(
+    name: str, groups: list[dict[str, Any]], lr: float, momentum: float, nesterov: bool = True
+) -> torch.optim.Optimizer:
+    """The optimizer called ``name`` over parameter ``groups``: what ``train`` and ``qat``
+    both build their optimizer with."""
+    if name == "rmsprop":
         # The papers' RMSprop (decay 0.9, momentum 0.9). TensorFlow adds epsilon inside the
         # square root, torch outside: 1e-3 here is roughly TF's 1e-6 for typical gradients.
-        return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=1e-3, momentum=0.9)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+        return torch.optim.RMSprop(groups, lr=lr, alpha=0.9, eps=1e-3, momentum=0.9)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if name != "sgd":
+        raise MobileNetError(f"unknown optimizer {name!r}; choose from sgd, rmsprop, adamw, adam")
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
 
 
 def warmup_cosine(

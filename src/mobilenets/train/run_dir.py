@@ -14,7 +14,7 @@ import torch
 
 from mobilenets.data import NAMED_SOURCES
 from mobilenets.errors import MobileNetError
-from mobilenets.io import LOCK_FILE, atomic_write_text
+from mobilenets.io import LOCK_FILE, atomic_path, atomic_write_text
 from mobilenets.plots import save_figure, training_curves_figure
 from mobilenets.runs import (
     META_FILE,
@@ -127,6 +127,14 @@ def data_source(data: str | None) -> str | None:
     if data is None or data in NAMED_SOURCES:
         return data
     return str(Path(data).expanduser().resolve())
+
+
+def write_state(run_dir: Path, state: dict[str, Any]) -> None:
+    """``train_state.pt``, atomically and through a Python file object, so that a full disk
+    raises an OSError instead of leaving a truncated file behind (``torch.save`` to a path
+    writes through its own C++ stream)."""
+    with atomic_path(run_dir / STATE_FILE) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
