@@ -57,15 +57,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # --------------------------------------------------------------------------- trained runs
 
 
-TRAINED_RUNS = frozenset({"trained_v1", "trained_v2", "imagenet_run"})
+SLOW_FIXTURES = frozenset({"trained_v1", "trained_v2", "exported"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that needs a trained or imported run is slow: the fast lane (``-m "not slow"``)
-    trains nothing and loads no runtime. Tests that train or lower a program without such a
-    fixture carry ``@pytest.mark.slow`` themselves."""
+    """A test that needs a fixture which trains, imports or lowers is slow: the fast lane
+    (``-m "not slow"``) trains nothing and loads no runtime. Such fixtures are conftest's
+    :data:`SLOW_FIXTURES` and those a test module names in its own ``SLOW_FIXTURES``; a test
+    that trains or lowers by itself carries ``@pytest.mark.slow``."""
     for item in items:
-        if TRAINED_RUNS & set(getattr(item, "fixturenames", ())):
+        slow = SLOW_FIXTURES | getattr(getattr(item, "module", None), "SLOW_FIXTURES", set())
+        if slow & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 

@@ -12,6 +12,8 @@ from mobilenets.int8.adaround import adaround
 from mobilenets.int8.fake_quant import fake_quant_weight
 from mobilenets.models import create_model
 
+SLOW_FIXTURES = {"rounded"}  # they train, import or time: conftest marks their tests slow
+
 
 @pytest.fixture(scope="module")
 def rounded() -> tuple[torch.nn.Module, torch.nn.Module, list[torch.Tensor], object]:

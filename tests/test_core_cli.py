@@ -27,6 +27,7 @@ def test_cost_json_and_compare_standard(capsys: pytest.CaptureFixture[str]) -> N
     assert "1/n_c'+1/f^2" in out and "all pairs" in out
 
 
+@pytest.mark.slow
 def test_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--json"]) == 0
     rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)["models"]}

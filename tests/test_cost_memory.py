@@ -103,6 +103,7 @@ def test_measure_rejects_non_modules() -> None:
         measure_peak_activation_bytes("mobilenet_v2", torch.zeros(1))  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_cost_cli_shows_the_peak_and_draws_the_figure(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -283,6 +283,7 @@ def test_load_image_applies_exif_orientation(tmp_path):
     assert load_image(path).size == (20, 40)
 
 
+@pytest.mark.slow
 def test_image_folder_loader_same_batches_with_and_without_workers(folder):
     bundle = load_data(folder, resolution=16)
     restored = pickle.loads(pickle.dumps(bundle.train))

@@ -290,6 +290,7 @@ def test_bench_times_every_engine_side_by_side(run: Path, capsys) -> None:
         assert t["images_per_s"] == pytest.approx(1000 / t["median_ms"])
 
 
+@pytest.mark.slow
 def test_bench_without_memory_starts_no_probe(capsys) -> None:
     argv = ["bench", "mobilenet_v1", "--width-mult", "0.25", "--resolution", "32", "--json"]
     argv += ["--format", "onnx", "--iterations", "2", "--warmup", "0", "--no-memory"]
@@ -363,6 +364,7 @@ def test_a_missing_provider_and_a_bad_opset(run: Path, tmp_path: Path, capsys) -
     assert listing(tmp_path) == set()
 
 
+@pytest.mark.slow
 def test_an_imported_run_exports_checked_on_photos(tmp_path: Path, capsys) -> None:
     """Weights imported from torchvision record no data set: the export check still runs, on
     crops of the bundled photographs, and evaluation asks for --data rather than guessing."""

@@ -32,6 +32,8 @@ from mobilenets.runs import load_run
 from mobilenets.train.loop import train
 from mobilenets.train.recipe import TrainConfig
 
+SLOW_FIXTURES = {"v3_run"}  # they train, import or time: conftest marks their tests slow
+
 # name -> a tiny model of the family (10 classes, total stride 8 for 32 px inputs)
 TINY = {
     "mobilenet_v3_large": lambda: create_model(
@@ -118,6 +120,7 @@ def onnx_ops(path: Path) -> collections.Counter[str]:
     return collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TINY))
 def test_onnx_export_agrees_with_pytorch_in_onnxruntime(name: str, tmp_path: Path) -> None:
     model = randomize_batchnorm(TINY[name]())

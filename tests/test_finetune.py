@@ -23,6 +23,8 @@ from mobilenets.train.loop import class_weights, train
 from mobilenets.train.optim import make_optimizer
 from mobilenets.train.recipe import TrainConfig
 
+SLOW_FIXTURES = {"imported"}  # they train, import or time: conftest marks their tests slow
+
 
 def test_elpv_split_is_the_papers_protocol() -> None:
     """1,968 cells to train on and 656 to test on (Deitsch et al. 2019), both halves holding

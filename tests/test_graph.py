@@ -19,6 +19,7 @@ def _small(name: str) -> nn.Module:
     return mobilenets.create_model(name, **kwargs).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", mobilenets.list_models())
 def test_torch_export_captures_every_layer_as_a_convolution(name: str) -> None:
     model = _small(name)

@@ -250,6 +250,7 @@ def test_export_captures_the_heads_as_convolutions() -> None:
     )
 
 
+@pytest.mark.slow
 def test_cost_and_models_commands_count_the_heads(capsys: pytest.CaptureFixture[str]) -> None:
     from mobilenets.cli import main
 

@@ -271,6 +271,7 @@ def test_a_model_without_features_is_refused() -> None:
         FakeQuantModel(torch.nn.Linear(3, 2), Int8Scheme())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small", "mobilenetv4_conv_small"])
 def test_qat_simulates_int8_in_every_convolution(name: str) -> None:
     """Each convolution's input and weight pass through fake quantization, whatever class

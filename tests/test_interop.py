@@ -343,6 +343,7 @@ def bad_files(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
     [

@@ -41,6 +41,8 @@ from mobilenets.latency.model import (
 from mobilenets.latency.speedup import ConvShape, measure_separable_speedup, predicted_speedup
 from mobilenets.models import create_model
 
+SLOW_FIXTURES = {"calibration"}  # they train, import or time: conftest marks their tests slow
+
 # A real calibration, kept small: one family at one width and resolution, 3 layers a kind.
 SMALL = dict(models=["mobilenet_v2"], widths=(0.35,), resolutions=(96,), per_kind=3, budget_s=0.005)
 

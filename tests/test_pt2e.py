@@ -23,7 +23,7 @@ from mobilenets.int8.pt2e import (
     residual_adds,
 )
 
-pytestmark = pytest.mark.forked  # XNNPACK's threads stay out of the suite's process
+pytestmark = [pytest.mark.forked, pytest.mark.slow]  # PT2E captures; XNNPACK stays forked
 QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
 SIZE = 32
 
@@ -64,15 +64,16 @@ def test_the_int8_tensor_after_relu6_is_rounded_on_the_clamped_range() -> None:
 
 def test_min_max_ranges_span_what_calibration_saw() -> None:
     """With ``observer="minmax"`` (what AdaRound rounded for), the model's input is rounded on
-    exactly the calibration images' range; the histogram observer clips it."""
+    exactly the calibration images' range; the histogram observer clips it. Checked in the
+    graph the ExecuTorch writer lowers (``export --format executorch --int8 --adaround``)."""
+    from mobilenets.deploy.targets.executorch import quantize_pt2e
+
     model = folded_random()
     batches = uniform_batches(2, SIZE)
     low, high = float(torch.cat(batches).min()), float(torch.cat(batches).max())
     scales = {}
     for observer in OBSERVERS:
-        config = activation_config(get_symmetric_quantization_config(is_per_channel=True), observer)
-        quantizer = XNNPACKQuantizer().set_global(config)
-        converted = calibrated_pt2e(model, batches[0][:1], batches, quantizer)
+        converted = quantize_pt2e(model, batches[0][:1], batches, observer=observer)
         first = next(n for n in converted.graph.nodes if n.target == QUANTIZE)
         scales[observer] = first.args[1]
     assert scales["minmax"] == pytest.approx((high - low) / 255, rel=1e-5)

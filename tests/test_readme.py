@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -70,6 +72,7 @@ def test_every_readme_and_docs_command_is_one_the_cli_takes() -> None:
         assert args.command is not None, (path.name, argv)
 
 
+@pytest.mark.slow
 def test_the_tour_runs_as_written_at_80_columns(tmp_path, monkeypatch, capsys) -> None:
     """The first block's commands, run for real in an 80-column terminal: no number is cut."""
     from mobilenets.cli import main

@@ -34,6 +34,8 @@ from mobilenets.train.loop import SmallDataWarning, train
 from mobilenets.train.recipe import TrainConfig
 from mobilenets.train.run_dir import STATE_FILE, new_run_dir
 
+SLOW_FIXTURES = {"one_epoch_run"}  # they train, import or time: conftest marks their tests slow
+
 TINY = dict(model="mobilenet_v1", width_mult=0.25, resolution=16, quiet=True)
 
 
@@ -225,6 +227,7 @@ def image_folder(root: Path, per_class: int, classes: int = 3) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["one image per class", "a batch plus one"])
 def test_tiny_data_sets_train_with_a_warning(tmp_path: Path, layout: str) -> None:
     data = tmp_path / "data"
@@ -361,6 +364,7 @@ def test_an_interrupted_training_says_how_to_continue(
     assert not (run / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_without_a_terminal_training_prints_lines_within_an_epoch(tmp_path: Path, capsys) -> None:
     argv = ["train", "--model", "mobilenet_v1", "--width-mult", "0.25", "--resolution", "16"]
     argv += ["--epochs", "1", "--batch-size", "256", "--out", str(tmp_path / "run")]

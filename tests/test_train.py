@@ -30,6 +30,8 @@ from mobilenets.train.progress import TENSORBOARD_DIR, TRAIN_SCALARS
 from mobilenets.train.recipe import TrainConfig
 from mobilenets.train.run_dir import CURVES_FILE, METRICS_FILE, STATE_FILE
 
+SLOW_FIXTURES = {"finished_run"}  # they train, import or time: conftest marks their tests slow
+
 TINY = dict(model="mobilenet_v2", width_mult=0.35, resolution=16, batch_size=64, quiet=True)
 TIMING = ("images_per_s", "epoch_time_s")
 
@@ -188,6 +190,7 @@ class BlowsUpInEpoch2(MobileNetV2):
         return logits
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "nan"
     with pytest.raises(MobileNetError, match=r"loss became nan at epoch 2.*epoch 1 .* is kept"):
@@ -244,6 +247,7 @@ def digit_folder(root: Path, classes: tuple[int, ...] = (0, 1, 2), per_class: in
     return root
 
 
+@pytest.mark.slow
 def test_init_replaces_a_classifier_of_another_class_count_and_freezes_features(
     finished_run: Path, tmp_path: Path
 ) -> None:
@@ -273,6 +277,7 @@ def test_init_from_another_architecture_is_refused(finished_run: Path, tmp_path:
     assert not (tmp_path / "v1" / "model.json").exists()
 
 
+@pytest.mark.slow
 def test_init_takes_the_runs_model_width_and_input_size_unless_told(
     finished_run: Path, tmp_path: Path
 ) -> None:
