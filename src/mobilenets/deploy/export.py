@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenets.deploy.images import calibration_inputs, held_out_inputs
+from mobilenets.deploy.images import VERIFY_IMAGES, calibration_inputs, held_out_inputs
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import Agreement, Target, check_program
 from mobilenets.deploy.targets import executorch, litert, openvino
@@ -44,7 +44,6 @@ FORMATS: dict[str, Target] = {
     "litert": litert.TARGET,
     "openvino": openvino.TARGET,
 }
-VERIFY_IMAGES = 256
 
 
 @dataclass

@@ -21,6 +21,7 @@ from mobilenets.errors import MobileNetError
 from mobilenets.runs import RunInfo, load_run_data
 
 CHECK_BATCH = 32
+VERIFY_IMAGES = 256  # held-out images an export is checked on
 
 
 def batches(dataset: Dataset, batch_size: int = 64) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:

@@ -18,13 +18,11 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from mobilenets.deploy.images import first_images
-from mobilenets.deploy.photos import photo_crops
+from mobilenets.deploy.images import VERIFY_IMAGES, held_out_inputs
 from mobilenets.deploy.runtime import (
     DEFAULT_PROVIDER,
     INPUT_NAME,
@@ -35,19 +33,25 @@ from mobilenets.deploy.runtime import (
     onnx_metadata,
     run_session,
     set_metadata,
+    short_provider_name,
 )
-from mobilenets.deploy.target import quiet
+from mobilenets.deploy.target import (
+    FP32_TOLERANCE,
+    agreement,
+    pytorch_logits,
+    quiet,
+    run_batches,
+)
 from mobilenets.errors import MobileNetError
 from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.io import atomic_path
 from mobilenets.models import check_resolution
-from mobilenets.runs import RunInfo, load_run, load_run_data
+from mobilenets.runs import RunInfo, load_run
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18
 MAX_OPSET = onnx.defs.onnx_opset_version()
-EXPORT_TOLERANCE = 1e-4
-VERIFY_IMAGES = 256
+EXPORT_TOLERANCE = FP32_TOLERANCE  # one tolerance for every fp32 program
 ONNX_FILE = "model.onnx"
 
 
@@ -142,31 +146,21 @@ def compare_with_torch(
     provider: str = DEFAULT_PROVIDER,
     tolerance: float = EXPORT_TOLERANCE,
 ) -> float:
-    """Run ``path`` in onnxruntime and ``model`` in PyTorch on ``inputs`` (a list of batches).
-
-    Returns the largest difference relative to the largest PyTorch logit, and raises when it
-    exceeds ``tolerance``: a file that computes something else must never be shipped.
-    """
+    """Run ``path`` in onnxruntime and ``model`` in PyTorch on ``inputs`` (a list of batches):
+    the largest difference relative to the largest PyTorch logit, measured as every export's
+    check measures it (:func:`~mobilenets.deploy.target.agreement`); a file above
+    ``tolerance`` computes something else and is refused."""
     session = create_session(path, provider=provider)
-    model = model.eval()
-    worst, scale = 0.0, 0.0
-    with torch.no_grad():
-        for batch in inputs:
-            expected = model(batch).numpy()
-            got = run_session(session, batch)
-            if got.shape != expected.shape:
-                raise MobileNetError(
-                    f"onnxruntime output has shape {got.shape}, PyTorch {expected.shape}"
-                )
-            worst = max(worst, float(np.abs(got - expected).max()))
-            scale = max(scale, float(np.abs(expected).max()))
-    rel = worst / max(scale, 1e-12)
-    if not np.isfinite(rel) or rel > tolerance:
+    expected = pytorch_logits(model.eval(), inputs)
+    got = run_batches(lambda images: run_session(session, images), inputs, None)
+    error = agreement(expected, got).max_rel_error
+    if not error <= tolerance:
         raise MobileNetError(
-            f"the exported model differs from PyTorch by {rel:.2e} (relative to the largest "
-            f"logit), more than {tolerance:.0e}: not writing {path}"
+            f"the ONNX program differs from PyTorch by {error:.2e} (relative to the largest "
+            f"logit) in onnxruntime ({short_provider_name(provider)}), more than "
+            f"{tolerance:.0e}: not writing {Path(path).name}"
         )
-    return rel
+    return error
 
 
 def export_model(
@@ -208,18 +202,15 @@ def export_onnx(
     provider: str = DEFAULT_PROVIDER,
     verify_images: int = VERIFY_IMAGES,
 ) -> ExportResult:
-    """Export a run directory to ONNX (default ``RUN_DIR/model.onnx``), checked in onnxruntime
-    against PyTorch on up to ``verify_images`` held-out images of the run's data."""
+    """Export a run directory to ONNX (default ``RUN_DIR/model.onnx``) in any opset from 18,
+    checked in onnxruntime (on ``provider``) against PyTorch on the images every export is
+    checked on (:func:`~mobilenets.deploy.images.held_out_inputs`); ``export(run_dir)``
+    writes the same file and records its check in the run."""
     check_opset(opset)
     check_provider(provider)
     model, info = load_run(run_dir)
     out = Path(run_dir) / ONNX_FILE if out is None else Path(out)
-    if data is None and info.data is None:
-        # Imported weights record no data set: check on crops of the bundled photographs
-        # rather than refuse; --data gives the real test split.
-        crops = photo_crops(verify_images, info.input_size[1], info.mean, info.std)
-        inputs = [crops[: len(crops) // 2 or 1], crops[len(crops) // 2 or 1 :]]  # two batches
-        result = export_model(model, info, out, [b for b in inputs if len(b)], opset, provider)
-        return replace(result, checked_on="random crops of the bundled photos")
-    inputs = first_images(load_run_data(info, data).test, verify_images)
-    return export_model(model, info, out, inputs, opset, provider)
+    # a run that records no data set (imported weights) is checked on the bundled photos
+    inputs, checked_on = held_out_inputs(info, data, verify_images)
+    result = export_model(model, info, out, inputs, opset, provider)
+    return replace(result, checked_on=checked_on)
