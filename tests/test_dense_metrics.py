@@ -4,6 +4,7 @@ computed by hand."""
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -83,3 +84,11 @@ def test_confusion_matrix_accumulates_logits_and_skips_absent_classes() -> None:
         matrix.update(torch.tensor([[[1]]]), torch.tensor([[[7]]]))
     with raises_one_line("do not match masks"):
         matrix.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 3, 3))
+
+
+def test_map_without_pycocotools_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pycocotools", None)
+    monkeypatch.setitem(sys.modules, "pycocotools.coco", None)
+    target = _target([[0, 0, 10, 10]], [1])
+    with raises_one_line(r"pip install 'mobilenets\[detection\]'"):
+        coco_map([_prediction([[0, 0, 10, 10]], [0.9], [1])], [target])

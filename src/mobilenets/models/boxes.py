@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 # torchvision's SSD BoxCoder weights: 1 / SSD's variances (0.1, 0.1, 0.2, 0.2).
@@ -95,13 +96,14 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     (torchvision's rule). The IoU matrix is computed once; the greedy pass is sequential by
     nature and walks it row by row.
     """
-    order = scores.argsort(descending=True, stable=True)
-    overlaps = box_iou(boxes[order], boxes[order]) > iou_threshold
-    keep = torch.ones(len(order), dtype=torch.bool)
-    for i in range(len(order)):
+    order = scores.detach().cpu().argsort(descending=True, stable=True)
+    sorted_boxes = boxes.detach().cpu()[order]
+    overlaps = (box_iou(sorted_boxes, sorted_boxes) > iou_threshold).numpy()
+    keep = np.ones(len(order), dtype=bool)
+    for i in range(len(order)):  # numpy: a step costs a microsecond, a torch op several
         if keep[i]:
             keep[i + 1 :] &= ~overlaps[i, i + 1 :]
-    return order[keep]
+    return order[torch.from_numpy(keep)].to(boxes.device)
 
 
 def batched_nms(
@@ -113,6 +115,6 @@ def batched_nms(
     overlap, then one :func:`nms` runs (torchvision's trick): one IoU matrix for all labels.
     """
     if boxes.numel() == 0:
-        return torch.empty(0, dtype=torch.long)
+        return torch.empty(0, dtype=torch.long, device=boxes.device)
     shift = labels.to(boxes.dtype)[:, None] * (boxes.max() - boxes.min() + 1)
     return nms(boxes + shift, scores, iou_threshold)
