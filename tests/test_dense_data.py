@@ -85,23 +85,23 @@ def test_canvases_are_a_function_of_the_seed(digits) -> None:
 
 def test_canvas_datasets_give_model_inputs_and_targets(digits) -> None:
     c = draw_canvases(*digits, seed=0)
-    detection = canvas_datasets("detection", c, 64, (0.1,) * 3, (0.2,) * 3)
+    detection = canvas_datasets("detection", c, 80, (0.1,) * 3, (0.2,) * 3)
     x, target = detection[(0, 7)]
-    assert x.shape == (3, 64, 64)
-    assert torch.allclose(target["boxes"], c.boxes[0] / 2)  # 128 -> 64
+    assert x.shape == (3, 80, 80)
+    assert torch.allclose(target["boxes"], c.boxes[0] / 2)  # 160 -> 80
     images, targets = detection.collate_fn([detection[i] for i in range(3)])
-    assert images.shape == (3, 3, 64, 64) and len(targets) == 3
-    x, mask = canvas_datasets("segmentation", c, 128, (0.1,) * 3, (0.2,) * 3)[0]
+    assert images.shape == (3, 3, 80, 80) and len(targets) == 3
+    x, mask = canvas_datasets("segmentation", c, 160, (0.1,) * 3, (0.2,) * 3)[0]
     assert mask.dtype == torch.int64 and torch.equal(mask, c.masks[0])
 
 
 @pytest.mark.slow
 def test_digit_canvases_bundle_holds_out_unseen_handwriting() -> None:
     bundle = load_dense_data("segmentation", "digits", seed=0)
-    assert bundle.class_names == CANVAS_CLASSES and bundle.input_size == (3, 128, 128)
+    assert bundle.class_names == CANVAS_CLASSES and bundle.input_size == (3, 160, 160)
     assert 1100 < len(bundle.train) < 1200 and 130 < len(bundle.test) < 160
     x, mask = bundle.test[0]
-    assert x.shape == (3, 128, 128) and mask.shape == (128, 128)
+    assert x.shape == (3, 160, 160) and mask.shape == (160, 160)
 
 
 # --------------------------------------------------------------------------- transforms

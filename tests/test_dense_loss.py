@@ -116,13 +116,16 @@ def test_hard_negatives_are_three_per_positive_and_the_hardest() -> None:
     assert out.bbox_regression == 0  # the matched box is its default box: offsets 0
 
 
+SIZE = 64  # small inputs: a few steps must take seconds; the masks stay at 160 (upsampled to)
+
+
 @pytest.fixture(scope="module")
 def canvas_batch() -> tuple[torch.Tensor, list[dict], torch.Tensor]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
     canvases = draw_canvases(d.images[:12], d.target[:12], seed=0)
-    detection = canvas_datasets("detection", canvases, 128, (0.1,) * 3, (0.2,) * 3)
+    detection = canvas_datasets("detection", canvases, SIZE, (0.1,) * 3, (0.2,) * 3)
     images, targets = detection.collate_fn([detection[i] for i in range(4)])
     return images, targets, canvases.masks[:4]
 
@@ -142,21 +145,21 @@ def _steps(
     return losses
 
 
-@pytest.mark.slow  # 8 steps of SSDLite: about 10 s on an idle core
+@pytest.mark.slow  # a few seconds on an idle core
 def test_multibox_loss_falls_on_one_canvas_batch(canvas_batch) -> None:
     images, targets, _ = canvas_batch
     torch.manual_seed(0)
     model = create_model("ssdlite_mobilenet_v3_small", num_classes=11)
-    criterion = MultiboxLoss(model.default_boxes(128))
+    criterion = MultiboxLoss(model.default_boxes(SIZE))
     losses = _steps(model, lambda: criterion(*model(images), targets).total)
     assert losses[-1] < 0.7 * losses[0], losses
     model.eval()
     with torch.no_grad():
-        detections = postprocess_detections(*model(images), criterion.defaults, (128, 128))
+        detections = postprocess_detections(*model(images), criterion.defaults, (SIZE, SIZE))
     assert len(detections) == 4
     for d in detections:
         assert d.boxes.shape[1] == 4 and (d.labels >= 1).all() and (d.labels <= 10).all()
-        assert (d.boxes >= 0).all() and (d.boxes <= 128).all()
+        assert (d.boxes >= 0).all() and (d.boxes <= SIZE).all()
         assert (d.scores[:-1] >= d.scores[1:]).all()
 
 
