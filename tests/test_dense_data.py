@@ -23,6 +23,7 @@ from mobilenets.data.dense_transforms import (
     hflip_boxes,
     resize_boxes,
 )
+from mobilenets.data.loader import make_loader
 from mobilenets.data.mask_folders import read_mask_folder
 
 
@@ -93,6 +94,14 @@ def test_canvas_datasets_give_model_inputs_and_targets(digits) -> None:
     assert images.shape == (3, 3, 80, 80) and len(targets) == 3
     x, mask = canvas_datasets("segmentation", c, 160, (0.1,) * 3, (0.2,) * 3)[0]
     assert mask.dtype == torch.int64 and torch.equal(mask, c.masks[0])
+
+
+def test_make_loader_batches_detection_items_with_their_collate(digits) -> None:
+    dataset = canvas_datasets("detection", draw_canvases(*digits, seed=0), 32, (0.1,), (0.2,))
+    first, again = (next(iter(make_loader(dataset, 3, shuffle=True, seed=5))) for _ in range(2))
+    images, targets = first
+    assert images.shape == (3, 1, 32, 32) and len(targets) == 3
+    assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(targets, again[1], strict=True))
 
 
 @pytest.mark.slow
