@@ -9,9 +9,14 @@ import sys
 import pytest
 import torch
 from conftest import raises_one_line
+from torch import nn
 
-from mobilenets.evaluation.detection_metrics import DetectionMeter, coco_map
-from mobilenets.evaluation.segmentation_metrics import ConfusionMatrix, segmentation_metrics
+from mobilenets.evaluation.detection_metrics import DetectionMeter, coco_map, evaluate_detector
+from mobilenets.evaluation.segmentation_metrics import (
+    ConfusionMatrix,
+    evaluate_segmenter,
+    segmentation_metrics,
+)
 
 
 def _target(boxes: list[list[float]], labels: list[int]) -> dict[str, torch.Tensor]:
@@ -92,3 +97,31 @@ def test_map_without_pycocotools_is_one_line(monkeypatch: pytest.MonkeyPatch) ->
     target = _target([[0, 0, 10, 10]], [1])
     with raises_one_line(r"pip install 'mobilenets\[detection\]'"):
         coco_map([_prediction([[0, 0, 10, 10]], [0.9], [1])], [target])
+
+
+class _Oracle(nn.Module):
+    """A detector whose first default box is the object, scored as class 2, the second
+    background: what a perfect SSDLite outputs."""
+
+    def default_boxes(self, size: tuple[int, int]) -> torch.Tensor:
+        return torch.tensor([[2.0, 3.0, 12.0, 9.0], [0.0, 0.0, 16.0, 16.0]])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.full((len(x), 2, 3), -10.0)
+        logits[:, 0, 2] = logits[:, 1, 0] = 10.0
+        return logits, torch.zeros(len(x), 2, 4)
+
+
+def test_evaluate_runs_a_model_over_a_loader() -> None:
+    targets = [_target([[2, 3, 12, 9]], [2])] * 2
+    assert evaluate_detector(_Oracle(), [(torch.zeros(2, 3, 16, 16), targets)]) == pytest.approx(
+        {"map": 1.0, "map_50": 1.0, "map_75": 1.0}
+    )
+    masks = torch.tensor([[[0, 1], [1, 255]]])
+    images = masks[:, None].float().clamp(max=1)
+    segmenter = nn.Conv2d(1, 2, 1)  # class 1 where the pixel is 1: logits (-x, x) + bias
+    with torch.no_grad():
+        segmenter.weight.copy_(torch.tensor([[[[-10.0]]], [[[10.0]]]]))
+        segmenter.bias.copy_(torch.tensor([5.0, -5.0]))
+    result = evaluate_segmenter(segmenter, [(images, masks)], num_classes=2)
+    assert result == {"miou": 1.0, "pixel_accuracy": 1.0}

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
+from torch import nn
 
 from mobilenets.errors import MobileNetError
+from mobilenets.models.multibox import Detections, postprocess_detections
 
 
 def _pycocotools() -> tuple[type, type]:
@@ -48,10 +50,15 @@ class DetectionMeter:
         self.labels: set[int] = set()
 
     def update(
-        self, predictions: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
+        self,
+        predictions: Mapping[str, torch.Tensor] | Detections,
+        target: Mapping[str, torch.Tensor],
     ) -> None:
-        """Add one image: ``predictions`` with ``boxes``, ``scores``, ``labels``; ``target``
+        """Add one image: ``predictions`` with ``boxes``, ``scores``, ``labels`` (a dict or
+        the :class:`~mobilenets.models.multibox.Detections` of post-processing); ``target``
         with ``boxes`` and ``labels``."""
+        if isinstance(predictions, Detections):
+            predictions = predictions._asdict()
         image_id = len(self.images) + 1
         self.images.append({"id": image_id})
         labels = target["labels"].tolist()
@@ -99,10 +106,36 @@ class DetectionMeter:
 
 
 def coco_map(
-    predictions: list[Mapping[str, torch.Tensor]], targets: list[Mapping[str, torch.Tensor]]
+    predictions: list[Mapping[str, torch.Tensor] | Detections],
+    targets: list[Mapping[str, torch.Tensor]],
 ) -> dict[str, float]:
     """COCO mAP of per-image ``predictions`` against ``targets`` (see :class:`DetectionMeter`)."""
     meter = DetectionMeter()
     for prediction, target in zip(predictions, targets, strict=True):
         meter.update(prediction, target)
+    return meter.compute()
+
+
+@torch.no_grad()
+def evaluate_detector(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, list[dict[str, torch.Tensor]]]],
+    device: torch.device | str = "cpu",
+    **postprocess: float,
+) -> dict[str, float]:
+    """COCO mAP of an SSDLite (anything with ``default_boxes(size)`` and SSDLite's outputs)
+    on a detection loader, in eval mode; ``postprocess`` overrides
+    :func:`~mobilenets.models.multibox.postprocess_detections`' thresholds."""
+    model.eval()
+    meter, defaults = DetectionMeter(), None
+    for images, targets in loader:
+        images = images.to(device)
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        if defaults is None:
+            defaults = model.default_boxes(size).to(device)
+        outputs = model(images)
+        for detections, target in zip(
+            postprocess_detections(*outputs, defaults, size, **postprocess), targets, strict=True
+        ):
+            meter.update(detections, target)
     return meter.compute()

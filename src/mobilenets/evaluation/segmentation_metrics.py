@@ -10,9 +10,13 @@ rather than averaging per image weighs every pixel alike.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
+from torch import nn
 
 from mobilenets.errors import MobileNetError
+from mobilenets.models.segmentation_loss import upsample_logits
 
 IGNORE_INDEX = 255
 
@@ -68,4 +72,21 @@ def segmentation_metrics(
     """mIoU and pixel accuracy of one batch of predictions (ids or logits) against masks."""
     matrix = ConfusionMatrix(num_classes)
     matrix.update(predicted, target)
+    return matrix.compute()
+
+
+@torch.no_grad()
+def evaluate_segmenter(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """mIoU and pixel accuracy of a segmenter on a loader of (images, masks), in eval mode;
+    logits are resized to the masks' size when they differ."""
+    model.eval()
+    matrix = ConfusionMatrix(num_classes)
+    for images, masks in loader:
+        logits = model(images.to(device))
+        matrix.update(upsample_logits(logits, masks.shape[-2:]).argmax(1), masks)
     return matrix.compute()
