@@ -171,12 +171,13 @@ def main() -> None:
         "# int8 on real labels: each runtime's default `export --int8` on the held-out split",
         "",
     ]
-    for run_dir in args.run_dirs:
-        lines += measure(run_dir, formats, args)
-    if args.note:
-        lines += [args.note.read_text().rstrip(), ""]
     path = RESULTS / f"{args.results}.md"
-    write_results(path, "\n".join(lines))
+    note = [args.note.read_text().rstrip(), ""] if args.note else []
+    for n, run_dir in enumerate(args.run_dirs, start=1):
+        lines += measure(run_dir, formats, args)
+        # written after every run, so a stopped benchmark keeps the sections it finished
+        left = [f"(Stopped here: {len(args.run_dirs) - n} run(s) not measured.)", ""]
+        write_results(path, "\n".join(lines + (left if n < len(args.run_dirs) else []) + note))
     print("\n".join(lines))
     print(f"written to {path}")
 

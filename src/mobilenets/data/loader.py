@@ -99,7 +99,8 @@ def make_loader(
     bottleneck there; this machine class has 2 cores). ``sampler`` (e.g. a
     ``DistributedSampler``) supplies the indices instead of ``shuffle``. ``fold_single``
     keeps the last partial batch but never a batch of one image (:class:`FoldedBatchSampler`).
-    The seeded sampler is ``loader.batch_sampler.sampler`` either way.
+    The seeded sampler is ``loader.batch_sampler.sampler`` either way. A dataset with a
+    ``collate_fn`` (detection: each image has its own number of boxes) batches with it.
 
     Workers start from a fork server, not by forking this process: a process that has loaded
     a runtime with threads of its own (LiteRT's JAX, OpenVINO's TBB, ExecuTorch's pool) can
@@ -117,6 +118,7 @@ def make_loader(
         dataset,
         **batching,
         num_workers=num_workers,
+        collate_fn=getattr(dataset, "collate_fn", None),
         persistent_workers=num_workers > 0,
         multiprocessing_context=_worker_start() if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
