@@ -16,8 +16,8 @@ in a fresh process, so the wall time includes starting Python and decoding the c
 arguments after ``--`` go to ``mobilenets train`` as they are (another recipe, say)::
 
     flock /tmp/mobilenets-cpu.lock .venv/bin/python benchmarks/finetune_elpv.py
-    .venv/bin/python benchmarks/finetune_elpv.py --epochs 2 --resolution 128 \\
-        --results finetune_elpv_short
+    .venv/bin/python benchmarks/finetune_elpv.py --out /tmp/elpv/final --threads 1 \\
+        --compare /tmp/elpv/e0-default /tmp/elpv/e3-nofreeze   # runs trained beforehand
 
 ``--out DIR`` keeps the run in DIR (for ``int8_labels.py``); a DIR that holds an unfinished
 run is resumed (the same command again after a stop), a finished one is reported as it is

@@ -235,6 +235,11 @@ def test_training_skips_and_counts_bad_boxes_and_images(tmp_path: Path) -> None:
     assert len(coco.skipped) == 2 and "zero area" in coco.skipped[1]
 
 
+def test_a_wrong_images_folder_is_one_line_even_when_skipping(tmp_path: Path) -> None:
+    with raises_one_line("none of its 2 images is usable: image id 1: image file .* not found"):
+        read_coco(_coco(tmp_path), tmp_path / "elsewhere", strict=False)
+
+
 def test_coco_folder_splits_into_a_bundle(tmp_path: Path) -> None:
     _coco(tmp_path)
     bundle = load_dense_data("detection", tmp_path, resolution=32, seed=0)

@@ -166,6 +166,8 @@ def read_coco(
         entry["boxes"].append(box)
         entry["labels"].append(label_of[ann["category_id"]])
     kept = [entry for entry in images.values() if entry]
+    if images and not kept:  # every image skipped: the folder is wrong, not some files
+        raise MobileNetError(f"{path}: none of its {len(images)} images is usable: {skipped[0]}")
     return CocoDetections(
         paths=[str(root / e["img"]["file_name"]) for e in kept],
         image_ids=[e["img"]["id"] for e in kept],
