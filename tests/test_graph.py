@@ -19,8 +19,12 @@ def _small(name: str) -> nn.Module:
     return mobilenets.create_model(name, **kwargs).eval()
 
 
+# EfficientNet-B1..B3 are B0's table scaled in depth and width: the same kinds of layer
+SCALED = {"efficientnet_b1", "efficientnet_b2", "efficientnet_b3"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", mobilenets.list_models())
+@pytest.mark.parametrize("name", [n for n in mobilenets.list_models() if n not in SCALED])
 def test_torch_export_captures_every_layer_as_a_convolution(name: str) -> None:
     model = _small(name)
     convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
