@@ -69,6 +69,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         slow = SLOW_FIXTURES | getattr(getattr(item, "module", None), "SLOW_FIXTURES", set())
         if slow & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    # the longest tests start first: started late, the suite's end waits for them alone
+    items.sort(key=lambda item: getattr(item, "originalname", item.name) not in LONGEST)
+
+
+# over a minute each on two cores; both in forked modules, so moving them keeps no module's
+# fixtures from being shared
+LONGEST = frozenset(
+    {
+        "test_bench_times_every_runtime_in_fp32_and_int8",
+        "test_xnnpack_qat_ships_the_ranges_it_trained_with",
+    }
+)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
