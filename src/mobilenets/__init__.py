@@ -17,6 +17,7 @@ import importlib
 import sys
 import types
 import warnings
+from collections.abc import Callable
 from importlib.machinery import ModuleSpec
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,22 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
+
+
+def names_from(owner: str, homes: tuple[str, ...], dunders: bool = False) -> Callable[[str], Any]:
+    """A PEP 562 ``__getattr__`` for ``owner`` that reads a name from the first of ``homes``
+    (module paths, imported on first use) that has it. Without ``dunders``, names such as
+    ``__wrapped__`` that tools probe for are refused without importing anything."""
+
+    def getattr_(name: str) -> Any:
+        if dunders or not name.startswith("__"):
+            for home in homes:
+                module = importlib.import_module(home)
+                if hasattr(module, name):
+                    return getattr(module, name)
+        raise AttributeError(f"module {owner!r} has no attribute {name!r}")
+
+    return getattr_
 
 
 # old module path -> the modules that hold its names now (the first that has a name gives it)
@@ -122,15 +139,8 @@ class _OldPaths:
             stacklevel=2,
         )
         module = types.ModuleType(spec.name, f"Moved to {', '.join(homes)}.")
-
-        def forward(name: str) -> Any:
-            for home in homes:
-                new = importlib.import_module(home)
-                if hasattr(new, name):
-                    return getattr(new, name)
-            raise AttributeError(f"module {spec.name!r} has no attribute {name!r}")
-
-        module.__getattr__ = forward  # type: ignore[method-assign]
+        # dunders too: ``from old.path import *`` reads the new home's ``__all__``
+        module.__getattr__ = names_from(spec.name, homes, dunders=True)  # type: ignore[method-assign]
         return module
 
     def exec_module(self, module: types.ModuleType) -> None:

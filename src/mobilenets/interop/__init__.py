@@ -12,16 +12,8 @@ them on first use (PEP 562).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mobilenets import names_from
 
-_PARTS = ("weights", "names", "checkpoint")
-
-
-def __getattr__(name: str) -> Any:
-    if not name.startswith("__"):
-        for part in _PARTS:
-            module = importlib.import_module(f"{__name__}.{part}")
-            if hasattr(module, name):
-                return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = names_from(
+    __name__, tuple(f"{__name__}.{part}" for part in ("weights", "names", "checkpoint"))
+)

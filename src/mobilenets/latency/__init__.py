@@ -18,11 +18,6 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mobilenets import names_from
 
-
-def __getattr__(name: str) -> Any:
-    if name.startswith("__"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module("mobilenets.latency.model"), name)
+__getattr__ = names_from(__name__, ("mobilenets.latency.model",))

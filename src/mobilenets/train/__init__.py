@@ -13,16 +13,8 @@ imports :mod:`~mobilenets.train.recipe` through this package, and must not impor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mobilenets import names_from
 
-_PARTS = ("loop", "run_dir", "finetune", "recipe")
-
-
-def __getattr__(name: str) -> Any:
-    if not name.startswith("__"):
-        for part in _PARTS:
-            module = importlib.import_module(f"{__name__}.{part}")
-            if hasattr(module, name):
-                return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = names_from(
+    __name__, tuple(f"{__name__}.{part}" for part in ("loop", "run_dir", "finetune", "recipe"))
+)
