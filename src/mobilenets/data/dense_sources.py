@@ -29,7 +29,7 @@ from mobilenets.data.dense_datasets import DetectionDataset, SegmentationDataset
 from mobilenets.data.dense_transforms import DetectionTransform, SegmentationTransform
 from mobilenets.data.mask_folders import MaskFolder, read_mask_folder
 from mobilenets.data.sources import DataBundle, SkippedImagesWarning
-from mobilenets.data.splits import VAL_FRACTION
+from mobilenets.data.splits import VAL_FRACTION, stratified_split
 from mobilenets.data.transforms import IMAGENET_MEAN, IMAGENET_STD, channel_stats
 from mobilenets.errors import MobileNetError
 
@@ -91,14 +91,12 @@ def load_dense_data(
 
 
 def _split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """A seeded split of ``n`` items (no labels to stratify by): at least one on each side."""
-    if not 0.0 < val_fraction < 1.0:
-        raise MobileNetError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    """A seeded split of ``n`` items (no labels to stratify by: one class to
+    :func:`stratified_split`), at least one on each side."""
     if n < 2:
         raise MobileNetError(f"a split needs at least 2 images, found {n}")
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = min(max(round(n * val_fraction), 1), n - 1)
-    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+    train, val = stratified_split(np.zeros(n, dtype=np.int64), val_fraction, seed)
+    return train.tolist(), val.tolist()
 
 
 class _Detections:
