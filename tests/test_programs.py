@@ -31,7 +31,8 @@ pytestmark = pytest.mark.forked  # ExecuTorch, LiteRT and OpenVINO stay out of t
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_evaluate_scores_a_program_in_its_runtime_beside_the_fp32_run(fmt, exported, digit_pngs):
-    run_dir, path = exported(fmt, True).run, exported(fmt, True).path
+    program = exported(fmt, True)
+    run_dir, path = program.run, program.path
     info = read_program_info(path)
     assert info.precision == "int8" and info.class_names == [str(d) for d in range(10)]
     assert info.run_dir() == run_dir.resolve()  # recorded at export: not the program's folder
@@ -55,7 +56,8 @@ def test_evaluate_scores_a_program_in_its_runtime_beside_the_fp32_run(fmt, expor
 
 @pytest.mark.slow
 def test_the_cli_evaluates_and_predicts_with_a_program(exported, tmp_path, digit_pngs, capsys):
-    run, path = exported("onnx", True).run, exported("onnx", True).path
+    program = exported("onnx", True)
+    run, path = program.run, program.path
     assert main(["evaluate", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["precision"] == "int8" and report["fp32"]["num_images"] == report["num_images"]
