@@ -45,9 +45,7 @@ only rank 0 prints and writes files.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import inspect
 import math
 import time
@@ -55,7 +53,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -64,12 +61,10 @@ from torch.utils.data import DistributedSampler
 
 from mobilenets.data import VAL_FRACTION, DataBundle, load_data, make_loader
 from mobilenets.errors import MobileNetError
-from mobilenets.io import DirectoryLock
 from mobilenets.models import check_resolution, create_model, get_model_factory
 from mobilenets.runs import (
     DataRecord,
     RunInfo,
-    load_weights_into,
     read_run_info,
     save_run,
 )
@@ -82,19 +77,23 @@ from mobilenets.train.finetune import (
     init_run_info,
     load_init_weights,
 )
-from mobilenets.train.metrics import Evaluation, Tally, tally_predictions
 from mobilenets.train.optim import make_optimizer, warmup_cosine
-from mobilenets.train.progress import TRAIN_SCALARS, ScalarLog, TrainingDisplay
+from mobilenets.train.progress import TRAIN_SCALARS, TrainingDisplay
 from mobilenets.train.recipe import DEFAULT_MODEL, DEFAULT_WIDTH_MULT, TrainConfig
 from mobilenets.train.run_dir import (
     STATE_FILE,
-    check_new_run_dir,
     data_source,
     new_run_dir,
     read_train_state,
     resumed_config,
-    write_metrics,
-    write_state,
+)
+from mobilenets.train.task import Classification
+from mobilenets.train.trainer import (  # noqa: F401 (seed_epoch, state_digest: names of the loop)
+    NonFiniteLossError,
+    Trainer,
+    run_lock,
+    seed_epoch,
+    state_digest,
 )
 
 # The held-out split is the same whatever the training seed, as a fixed test set should be:
@@ -121,20 +120,6 @@ def model_kwargs(config: TrainConfig, num_classes: int, in_chans: int, resolutio
     return {k: v for k, v in wanted.items() if k in accepted}
 
 
-def seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    """Reseed torch (dropout) from (seed, epoch, rank), so resuming at an epoch replays it."""
-    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
-
-
-def state_digest(model: nn.Module) -> str:
-    """SHA-256 of a state dict's names and bytes: equal digests, bit-identical weights."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- weights
 
 
@@ -150,9 +135,6 @@ def class_weights(dataset: Any, num_classes: int) -> torch.Tensor:
     counts = torch.bincount(labels, minlength=num_classes).double()
     weights = len(labels) / (num_classes * counts.clamp_min(1))
     return torch.where(counts > 0, weights, torch.ones_like(weights)).float()
-
-
-# --------------------------------------------------------------------------- run directory
 
 
 # --------------------------------------------------------------------------- the loop
@@ -174,10 +156,6 @@ class RunInterrupted(KeyboardInterrupt):
 
 class SmallDataWarning(UserWarning):
     """The data is smaller than the recipe assumed (a batch larger than the training split)."""
-
-
-class NonFiniteLossError(MobileNetError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def train(
@@ -211,10 +189,8 @@ def train(
         config = dataclasses.replace(config, threads=threads)
         if procs.is_main and procs.device.type == "cpu":
             print(f"{threads} CPU thread{'s' if threads > 1 else ''}: {why}")
-        lock = DirectoryLock(run_dir, "training run") if procs.is_main else None
-        with lock or contextlib.nullcontext():
-            if config.resume is None:  # another run may have finished here since we looked
-                check_new_run_dir(run_dir)
+        # a fresh run checks again: another may have finished here since we looked
+        with run_lock(run_dir, "training run", config.resume is None, procs.is_main):
             return _Trainer(config, procs, model, run_dir).run()
     except KeyboardInterrupt:
         raise RunInterrupted(run_dir) from None
@@ -232,18 +208,18 @@ def _resumed_threads(config: TrainConfig) -> int | None:
     return recorded if isinstance(recorded, int) and recorded > 0 else None
 
 
-class _Trainer:
-    """One training run: set up in ``__init__``, epochs in ``run``."""
+class _Trainer(Trainer):
+    """One classification run: set up here, epochs in :class:`Trainer`."""
 
     def __init__(
         self, config: TrainConfig, procs: Processes, model: nn.Module | None, run_dir: Path
     ) -> None:
-        self.config, self.procs, self.run_dir = config, procs, run_dir
         if config.batch_size % procs.world_size:
             raise MobileNetError(
                 f"batch size {config.batch_size} does not split evenly across "
                 f"{procs.world_size} processes"
             )
+        self.config = config
         self.batch_size = config.batch_size // procs.world_size  # per process
         self.bundle: DataBundle = load_data(
             config.data,
@@ -256,18 +232,31 @@ class _Trainer:
         num_classes = len(self.bundle.class_names)
         self.kwargs = model_kwargs(config, num_classes, channels, resolution)
         torch.manual_seed(config.seed)  # the initial weights
-        self.model = create_model(config.model, **self.kwargs) if model is None else model
-        check_resolution(self.model, resolution)
+        model = create_model(config.model, **self.kwargs) if model is None else model
+        check_resolution(model, resolution)
         self.init_from = None
         if config.init is not None and config.resume is None:
-            load_init_weights(self.model, config.init, config.model, self.kwargs)
+            load_init_weights(model, config.init, config.model, self.kwargs)
             self.init_from = init_origin(config.init, init_run_info(config.init))
         if config.freeze_features:
-            freeze_features(self.model)
-        if config.freeze_epochs and not isinstance(
-            getattr(self.model, "features", None), nn.Module
-        ):
-            raise MobileNetError(f"{type(self.model).__name__} has no .features to freeze")
+            freeze_features(model)
+        if config.freeze_epochs and not isinstance(getattr(model, "features", None), nn.Module):
+            raise MobileNetError(f"{type(model).__name__} has no .features to freeze")
+        weight = None
+        if config.class_weights:
+            weight = class_weights(self.bundle.train, num_classes).to(procs.device)
+        criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+        super().__init__(
+            run_dir,
+            Classification(self.bundle.class_names, criterion),
+            procs,
+            config.epochs,
+            config.seed,
+            TrainingDisplay(quiet=config.quiet, is_main=procs.is_main),
+            TRAIN_SCALARS,
+            config.stop_after_epoch,
+        )
+        self.model = model
         self.memory_format = (
             torch.channels_last if config.channels_last else torch.contiguous_format
         )
@@ -292,21 +281,12 @@ class _Trainer:
             round(config.warmup_epochs * self.steps_per_epoch),
             config.epochs * self.steps_per_epoch,
         )
-        amp = procs.device.type == "cuda"
-        self.autocast = dict(device_type=procs.device.type, dtype=torch.float16, enabled=amp)
-        self.scaler = torch.amp.GradScaler(procs.device.type, enabled=amp)
-        weight = None
-        if config.class_weights:
-            weight = class_weights(self.bundle.train, num_classes).to(procs.device)
-        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
-        self.start_epoch, self.history = 0, []
         if config.resume is not None:
             state = read_train_state(self.run_dir)
-            self._restore(state)
+            self.resume(state)
             self.init_from = state.get("init_from")
         # After the restore: DDP starts every replica from rank 0's weights.
         self.ddp, self.trunk_frozen = self.model, None
-        self.display = TrainingDisplay(quiet=config.quiet, is_main=procs.is_main)
 
     def _set_trunk_frozen(self, frozen: bool) -> None:
         """Freeze or unfreeze the trunk (``freeze_epochs``; ``freeze_features`` keeps it
@@ -365,18 +345,6 @@ class _Trainer:
 
     # ---------------------------------------------------------------- checkpoints
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        try:
-            load_weights_into(self.model, state["model"], str(self.run_dir / STATE_FILE))
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            self.start_epoch, self.history = int(state["epoch"]), list(state["history"])
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise MobileNetError(
-                f"cannot resume {self.run_dir}: {STATE_FILE} does not fit this run ({e})"
-            ) from None
-
     def _run_info(self, epoch: int) -> RunInfo:
         bundle, last = self.bundle, self.history[-1]
         return RunInfo(
@@ -401,125 +369,36 @@ class _Trainer:
             init_from=self.init_from,
         )
 
-    def _checkpoint(self, epoch: int, replica_digests: list[str] | None = None) -> None:
-        """Publish the model, then the state to continue from (see the module docstring)."""
-        if not self.procs.is_main:
-            return
+    def publish(self, epoch: int, replica_digests: list[str] | None) -> None:
         info = self._run_info(epoch)
         if replica_digests is not None:
             info.replica_sha256 = replica_digests
         save_run(self.run_dir, self.model, info)
-        state = {
-            "epoch": epoch,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "history": self.history,
-            "init_from": self.init_from,
-        }
-        write_state(self.run_dir, state)
-        write_metrics(self.run_dir, self.history)
+
+    def state_extra(self) -> dict[str, Any]:
+        return {"init_from": self.init_from}
+
+    def banner(self) -> str:
+        return self.display.banner(
+            self.config, self.bundle, self.procs, self.start_epoch, self.run_dir
+        )
+
+    def epoch_line(self, record: dict[str, Any]) -> str:
+        return self.display.epoch_line(record, self.config.epochs)
 
     # ---------------------------------------------------------------- epochs
 
-    def run(self) -> Path:
-        config = self.config
-        last = (
-            config.epochs
-            if config.stop_after_epoch is None
-            else min(config.epochs, config.stop_after_epoch)
-        )
-        self.display.print(
-            self.display.banner(config, self.bundle, self.procs, self.start_epoch, self.run_dir)
-        )
-        scalars = ScalarLog(self.run_dir, self.start_epoch + 1, TRAIN_SCALARS, self.procs.is_main)
-        with self.display.progress() as progress, contextlib.closing(scalars):
-            epochs_bar = progress.add_task(
-                "epochs", total=config.epochs, completed=self.start_epoch
-            )
-            batches_bar = progress.add_task("batches", total=self.steps_per_epoch)
-            every = self.display.batch_interval(self.steps_per_epoch)
-            for epoch in range(self.start_epoch + 1, last + 1):
-                progress.reset(batches_bar)
-
-                def on_batch(step: int, sums: torch.Tensor, epoch: int = epoch) -> None:
-                    progress.advance(batches_bar)
-                    if self.display.batch_lines and step % every == 0:
-                        loss = float(sums[0] / sums[2])  # the epoch's mean so far
-                        self.display.print(
-                            self.display.batch_line(
-                                epoch, config.epochs, step, self.steps_per_epoch, loss
-                            )
-                        )
-
-                record = self._epoch(epoch, on_batch)
-                self.history.append(record)
-                digests = (
-                    self.procs.gather(state_digest(self.model))
-                    if (epoch == config.epochs and self.procs.distributed)
-                    else None
-                )
-                self._checkpoint(epoch, digests)
-                scalars.epoch(record)
-                progress.advance(epochs_bar)
-                progress.console.print(self.display.epoch_line(record, config.epochs))
-        self.display.print(f"run saved to {self.run_dir}")
-        return self.run_dir
-
-    def _epoch(self, epoch: int, on_batch) -> dict[str, Any]:
-        config, procs, device = self.config, self.procs, self.procs.device
-        seed_epoch(config.seed, epoch, procs.rank)
+    def begin_epoch(self, epoch: int) -> torch.utils.data.DataLoader:
         self.train_loader.batch_sampler.sampler.set_epoch(epoch)
-        self._set_trunk_frozen(epoch <= config.freeze_epochs)
+        self._set_trunk_frozen(epoch <= self.config.freeze_epochs)
         self.ddp.train()
         if self.trunk_frozen:
             self.model.features.eval()
-        if config.freeze_bn:
+        if self.config.freeze_bn:
             for module in self.model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, images
-        start = time.perf_counter()
-        for step, (images, labels) in enumerate(self.train_loader, start=1):
-            images = images.to(device, non_blocking=True, memory_format=self.memory_format)
-            labels = labels.to(device, non_blocking=True)
-            with torch.autocast(**self.autocast):
-                logits = self.ddp(images)
-                loss = self.criterion(logits, labels)
-            correct = (logits.argmax(1) == labels).sum().double()
-            n = torch.tensor(len(labels), dtype=torch.float64, device=device)
-            batch = torch.stack([loss.detach().double() * n, correct, n])  # loss, correct, n
-            if procs.distributed:
-                dist.all_reduce(batch)  # every rank sees the same loss, so all stop together
-            if not math.isfinite(float(batch[0])):  # before the step: the weights stay good
-                raise NonFiniteLossError(
-                    f"loss became {float(batch[0] / batch[2])} at epoch {epoch}, step {step}; "
-                    f"stopped, {self._kept()} (try a lower --lr)"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            sums += batch
-            on_batch(step, sums)
-        train_time = time.perf_counter() - start
-        self._average_batchnorm_statistics()
-        tally = tally_predictions(
-            self.model,
-            self.test_loader,
-            len(self.bundle.class_names),
-            device,
-            channels_last=config.channels_last,
-        )
-        tally.all_reduce()
-        return self._record(epoch, sums, tally, train_time, time.perf_counter() - start)
-
-    def _kept(self) -> str:
-        if self.history:
-            return f"the checkpoint of epoch {self.history[-1]['epoch']} in {self.run_dir} is kept"
-        return "no checkpoint was written"
+        return self.train_loader
 
     def _average_batchnorm_statistics(self) -> None:
         """Average the replicas' BatchNorm running statistics, which each rank updates from
@@ -531,18 +410,17 @@ class _Trainer:
                 dist.all_reduce(buffer)
                 buffer /= self.procs.world_size
 
-    def _record(self, epoch: int, sums, tally: Tally, train_time: float, epoch_time: float):
-        test = Evaluation.from_tally(tally, self.bundle.class_names)
-        loss, correct, images = sums.tolist()
+    def measure(self, epoch: int, sums: torch.Tensor, train_time: float, began: float) -> dict:
+        self._average_batchnorm_statistics()
+        test = self.task.evaluate(
+            self.model, self.test_loader, self.procs.device, self.config.channels_last
+        )
         return {
             "epoch": epoch,
-            "train_loss": loss / images,
-            "train_top1": correct / images,
-            "test_loss": test.loss,
-            "test_top1": test.top1,
-            "test_top5": test.top5,
+            **self.task.train_metrics(sums),
+            **test,
             "lr": self.scheduler.get_last_lr()[0],
-            "images_per_s": images / train_time,
-            "epoch_time_s": epoch_time,
+            "images_per_s": sums[-1].item() / train_time,
+            "epoch_time_s": time.perf_counter() - began,
             "threads": torch.get_num_threads(),
         }

@@ -31,9 +31,11 @@ if TYPE_CHECKING:
 class TrainingDisplay:
     """The console of one training run."""
 
-    def __init__(self, quiet: bool, is_main: bool) -> None:
+    def __init__(self, quiet: bool, is_main: bool, stderr: bool = False) -> None:
+        """``is_main`` False prints nothing; ``stderr`` prints there (stdout kept for a
+        command's ``--json``)."""
         self.quiet, self.is_main = quiet, is_main
-        self.console = Console(highlight=False, soft_wrap=True, quiet=not is_main)
+        self.console = Console(highlight=False, soft_wrap=True, quiet=not is_main, stderr=stderr)
 
     def print(self, text: str) -> None:
         self.console.print(text)

@@ -137,7 +137,9 @@ def write_state(run_dir: Path, state: dict[str, Any]) -> None:
         torch.save(state, f)
 
 
-def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    """``metrics.jsonl`` and ``curves.png`` of ``history``."""
+def write_metrics(run_dir: Path, history: list[dict[str, Any]], curves: bool = True) -> None:
+    """``metrics.jsonl`` and (with ``curves``: a classification record) ``curves.png`` of
+    ``history``."""
     atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in history))
-    save_figure(training_curves_figure(history), run_dir / CURVES_FILE)
+    if curves:
+        save_figure(training_curves_figure(history), run_dir / CURVES_FILE)
