@@ -32,7 +32,7 @@ from mobilenets.deploy import (
     run_info_of,
     unfold_into,
 )
-from mobilenets.deploy.onnx_export import compare_with_torch
+from mobilenets.deploy.compat import compare_with_torch
 from mobilenets.deploy.quantize import opset_of, quantize_model, residual_stream_overrides
 from mobilenets.deploy.runtime import check_provider, run_session, top1_accuracy
 from mobilenets.errors import MobileNetError
@@ -164,7 +164,7 @@ def test_a_failed_check_leaves_no_file(
     def refuse(*args: object, **kwargs: object) -> float:
         raise MobileNetError("the exported model differs from PyTorch")
 
-    monkeypatch.setattr("mobilenets.deploy.onnx_export.compare_with_torch", refuse)
+    monkeypatch.setattr("mobilenets.deploy.export.check_program", refuse)
     with pytest.raises(MobileNetError):
         export_onnx(run, tmp_path / "model.onnx")
     assert listing(tmp_path) == set()
@@ -176,23 +176,26 @@ def test_a_failed_check_leaves_no_file(
 def test_quantize_gives_a_smaller_int8_model_that_predicts_like_fp32(
     exported: Path, tmp_path: Path, digits
 ) -> None:
+    """``quantize_onnx`` of an exported file: the export pipeline on the run it came from,
+    its report the export's (top-1 agreement with PyTorch on the held-out images)."""
     out = tmp_path / "model.int8.onnx"
     result = quantize_onnx(exported, calibration=128, out=out)
+    assert result.precision == "int8" and result.path == out and result.calibration_images == 128
 
     model = load_onnx(out)
     ops = {node.op_type for node in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     props = {p.key: p.value for p in model.metadata_props}
     assert props["mobilenets.precision"] == "int8" and "class_names" in props
-    assert result.int8_bytes < result.fp32_bytes / 2  # tiny model: scales weigh relatively more
-    assert result.test_images == len(digits.test)
+    assert result.size_bytes < exported.stat().st_size / 2  # tiny: scales weigh relatively more
+    assert result.check.images == min(256, len(digits.test))
 
     fp32 = create_session(exported)
     int8 = create_session(out)
     images = torch.stack([digits.test[i][0] for i in range(200)])
     agree = (run_session(fp32, images).argmax(1) == run_session(int8, images).argmax(1)).mean()
     assert agree > 0.9
-    assert abs(result.int8_top1 - result.fp32_top1) < 0.1
+    assert result.check.top1_agreement > 0.9
 
 
 def test_wide_residuals_keep_the_stream_in_uint16_and_the_convolutions_in_uint8(
@@ -252,15 +255,41 @@ def test_histogram_calibration_takes_a_count_that_is_no_multiple_of_the_batch(
     for method in ("entropy", "percentile"):
         out = tmp_path / f"{method}.onnx"
         result = quantize_onnx(exported, calibration=40, out=out, calibrate_method=method)
-        assert out.is_file() and result.int8_top1 > 0.5
+        assert out.is_file() and result.check.top1_agreement > 0.5
+        assert result.extra["calibrate_method"] == method
 
 
-def test_quantize_cli_from_a_run_directory(run: Path, exported: Path, capsys) -> None:
+def test_quantize_is_export_int8_onnx(run: Path, exported: Path, tmp_path: Path, capsys) -> None:
+    """``quantize RUN`` is ``export RUN --format onnx --int8``: the same file name, the same
+    report; its ONNX choices are export's flags too, named in the default file name."""
     assert main(["quantize", str(run), "--calibration", "64", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["path"] == str(run / "model.int8.onnx") and (run / "model.int8.onnx").is_file()
-    assert result["fp32_path"] == str(exported)  # up to date: reused, not exported again
-    assert result["size_ratio"] > 2
+    assert result["format"] == "onnx" and result["precision"] == "int8"
+    assert result["calibration_images"] == 64 and result["top1_agreement"] > 0.9
+    assert result["size_bytes"] < exported.stat().st_size / 2
+    argv = ["--calibration", "32", "--verify-images", "32", "--per-tensor", "--json"]
+    assert main(["export", str(run), "--int8", *argv]) == 0
+    exported_report = json.loads(capsys.readouterr().out)
+    assert main(["quantize", str(run), *argv]) == 0
+    quantized_report = json.loads(capsys.readouterr().out)
+    assert exported_report["path"] == str(run / "model.int8-pertensor.onnx")
+    assert {k for k in exported_report if k != "seconds"} == set(quantized_report) - {"seconds"}
+    assert exported_report["per_channel"] is False
+    assert exported_report["top1_agreement"] == quantized_report["top1_agreement"]
+    check_one_line_error(
+        ["export", str(run), "--per-tensor", "--out", str(tmp_path / "m.onnx")],
+        "--per-tensor is a choice of post-training int8",
+        capsys,
+    )
+    check_one_line_error(
+        ["export", str(run), "--format", "openvino", "--opset", "20"],
+        "--opset is not an option of OpenVINO export",
+        capsys,
+    )
+    argv = ["quantize", str(run), "--quant-format", "qoperator", "--wide-residuals"]
+    check_one_line_error(argv, "needs the qdq format", capsys)
+    assert listing(tmp_path) == set()
 
 
 # --------------------------------------------------------------------------- bench
@@ -369,7 +398,7 @@ def test_an_imported_run_exports_checked_on_photos(tmp_path: Path, capsys) -> No
     capsys.readouterr()
     result = export_onnx(run_dir, tmp_path / "imported.onnx", verify_images=16)
     assert result.checked_on.startswith("random crops of the bundled photos")
-    assert result.max_rel_error <= 1e-4
+    assert result.check.max_rel_error <= 1e-4
     check_one_line_error(["evaluate", str(run_dir)], "pass --data", capsys)
 
 

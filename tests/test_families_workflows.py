@@ -18,7 +18,8 @@ from torch import nn
 
 from mobilenets import create_model
 from mobilenets.cli import main
-from mobilenets.deploy.onnx_export import EXPORT_TOLERANCE, compare_with_torch, write_onnx
+from mobilenets.deploy.compat import compare_with_torch
+from mobilenets.deploy.targets.onnx import EXPORT_TOLERANCE, write_onnx
 from mobilenets.evaluation.evaluate import evaluate
 from mobilenets.int8.fold import count_batchnorms, fold_batchnorm
 from mobilenets.layers import SqueezeExcitation

@@ -117,6 +117,7 @@ MOVED: dict[str, tuple[str, ...]] = {
         )
     },
     "mobilenets.deploy.onnx_target": ("mobilenets.deploy.targets.onnx",),
+    "mobilenets.deploy.onnx_export": ("mobilenets.deploy.targets.onnx", "mobilenets.deploy.compat"),
     **{
         f"mobilenets.deploy.{m}": (f"mobilenets.deploy.targets.{m}",)
         for m in ("executorch", "litert", "openvino")

@@ -1,5 +1,6 @@
 """``mobilenets export``, ``quantize`` and ``bench``: from a run directory to a program checked
 and timed in the runtime that ships it (onnxruntime, OpenVINO, ExecuTorch, LiteRT).
+``quantize`` is ``export --format onnx --int8`` under its old name, with the same flags.
 
 The library modules are imported inside each command: the runtimes are heavy to import and
 most commands need none of them."""
@@ -7,8 +8,6 @@ most commands need none of them."""
 from __future__ import annotations
 
 import argparse
-import sys
-from contextlib import nullcontext
 
 from mobilenets.cli._args import add_int8_steps, add_moved_data, add_run_dir
 from mobilenets.cli._output import console, print_json, table
@@ -27,7 +26,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export",
         help="export a run (BN folded) to ONNX, ExecuTorch, LiteRT or OpenVINO, fp32 or int8, "
-        "checked in that runtime against PyTorch",
+        "checked in that runtime against PyTorch (classifiers, detectors, segmenters)",
     )
     add_run_dir(p)
     p.add_argument("--format", default="onnx", help=f"{FORMATS} (default onnx)")
@@ -36,6 +35,23 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="post-training int8, calibrated on the run's training images",
     )
+    _add_export_flags(p, "with --int8: ")
+    p.set_defaults(func=run_export)
+
+
+def _add_quantize(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "quantize",
+        help="the same as `export --format onnx --int8` (onnxruntime's int8 choices exposed)",
+    )
+    p.add_argument("source", help="a run directory or an fp32 ONNX file written by `export`")
+    _add_export_flags(p, "")
+    p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)  # no bar to hide
+    p.set_defaults(func=run_quantize, format="onnx", int8=True)
+
+
+def _add_export_flags(p: argparse.ArgumentParser, lead: str) -> None:
+    """What ``export`` and its alias ``quantize`` both take."""
     p.add_argument(
         "--calibration",
         type=int,
@@ -45,12 +61,35 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--verify-images", type=int, metavar="N", help="held-out images to check on (256)"
     )
-    add_int8_steps(p, "with --int8: ")
+    add_int8_steps(p, lead)
     p.add_argument(
         "--wide-residuals",
         action="store_true",
-        help="with --int8: keep the residual additions wider than int8 (uint16 in onnxruntime, "
+        help=f"{lead}keep the residual additions wider than int8 (uint16 in onnxruntime, "
         "float in ExecuTorch and OpenVINO); not LiteRT",
+    )
+    onnx = p.add_argument_group("ONNX only")
+    onnx.add_argument("--opset", type=int, help="ONNX opset, 18 or newer (default 18)")
+    onnx.add_argument(
+        "--provider", help="onnxruntime execution provider the check runs on (default cpu)"
+    )
+    onnx.add_argument(
+        "--per-tensor",
+        dest="per_channel",
+        action="store_const",
+        const=False,
+        help=f"{lead}one weight scale per tensor instead of per output channel",
+    )
+    onnx.add_argument(
+        "--fp32-depthwise",
+        action="store_const",
+        const=True,
+        help=f"{lead}leave depthwise convolutions in fp32",
+    )
+    onnx.add_argument("--quant-format", help=f"{lead}encoding: qdq (default) or qoperator")
+    onnx.add_argument(
+        "--calibrate-method",
+        help=f"{lead}range estimate: minmax (default), entropy or percentile",
     )
     p.add_argument(
         "--out",
@@ -59,45 +98,6 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     )
     add_moved_data(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a line")
-    p.set_defaults(func=run_export)
-
-
-def _add_quantize(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "quantize",
-        help="ONNX int8 in detail (encodings, calibration methods): fp32 vs int8 top-1",
-    )
-    p.add_argument("source", help="a run directory or an ONNX file written by `export`")
-    p.add_argument(
-        "--calibration",
-        type=int,
-        metavar="N",
-        help=f"training images to calibrate on ({DEFAULT_CALIBRATION})",
-    )
-    p.add_argument("--out", help="output file (default <fp32 file>.int8.onnx)")
-    p.add_argument(
-        "--per-tensor",
-        action="store_true",
-        help="one weight scale per tensor instead of per output channel",
-    )
-    p.add_argument(
-        "--fp32-depthwise", action="store_true", help="leave depthwise convolutions in fp32"
-    )
-    p.add_argument(
-        "--wide-residuals",
-        action="store_true",
-        help="keep the residual stream in uint16, converted to uint8 for the convolutions",
-    )
-    p.add_argument("--quant-format", default="qdq", help="ONNX encoding: qdq or qoperator")
-    p.add_argument(
-        "--calibrate-method",
-        default="minmax",
-        help="range estimate: minmax, entropy or percentile",
-    )
-    _add_data_and_provider(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=run_quantize)
 
 
 def _add_bench(subparsers: argparse._SubParsersAction) -> None:
@@ -128,9 +128,15 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_bench)
 
 
-def _add_data_and_provider(p: argparse.ArgumentParser) -> None:
-    add_moved_data(p)
-    p.add_argument("--provider", default="cpu", help="onnxruntime execution provider (default cpu)")
+# export's keywords for the ONNX options (None: not given)
+ONNX_OPTIONS = (
+    "opset",
+    "provider",
+    "per_channel",
+    "fp32_depthwise",
+    "quant_format",
+    "calibrate_method",
+)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -146,6 +152,7 @@ def run_export(args: argparse.Namespace) -> int:
             from mobilenets.quant.qat import SHIPPED_QUANTIZATION, int8_graph
 
             quantized = (int8_graph(args.run_dir), SHIPPED_QUANTIZATION)
+    options = {key: getattr(args, key) for key in ONNX_OPTIONS}
     report = export(
         args.run_dir,
         args.format,
@@ -157,11 +164,18 @@ def run_export(args: argparse.Namespace) -> int:
         bias_correct=args.bias_correct,
         adaround=args.adaround,
         wide_residuals=args.wide_residuals,
+        **options,
         **{k: v for k, v in counts.items() if v is not None},
     )
     if args.json:
         print_json(report.to_dict())
         return 0
+    console().print(export_line(report))
+    return 0
+
+
+def export_line(report) -> str:
+    """The line an export prints: what it wrote and how its runtime compared with PyTorch."""
     c = report.check
     if report.precision == "fp32":
         verdict = f"matches PyTorch to {c.max_rel_error:.1e} (relative)"
@@ -176,75 +190,26 @@ def run_export(args: argparse.Namespace) -> int:
                 how += f"; {step}"
         if report.wide_residuals:
             how += "; residual additions wider than int8"
-        verdict = (
-            f"agrees with PyTorch fp32 on {c.top1_agreement:.1%} of top-1, logit SQNR "
-            f"{c.sqnr_db:.1f} dB ({how})"
-        )
+        verdict = f"agrees with PyTorch fp32 on {c.top1_agreement:.1%} of {c.measure}"
+        if c.box_iou is not None:
+            verdict += f" (matched boxes: IoU {c.box_iou:.3f}, score {c.score_difference:.3f} off)"
+        verdict += f", SQNR {c.sqnr_db:.1f} dB ({how})"
     replaced = ", replacing the file that was there" if report.replaced else ""
-    console().print(
+    return (
         f"wrote {report.path} ({report.size_bytes / 2**20:.2f} MiB, {report.precision}, BN "
         f"folded{replaced}); {report.runtime} {verdict} on {c.images} {report.checked_on}"
     )
-    return 0
 
 
 def run_quantize(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    """``quantize SOURCE``: ``export --format onnx --int8`` of the run (or of the run an fp32
+    ONNX file was exported from, the int8 file beside it)."""
+    from mobilenets.deploy.compat import quantize_source
 
-    from mobilenets.deploy.quantize import quantize_onnx
-
-    calibration = DEFAULT_CALIBRATION if args.calibration is None else args.calibration
-    # No bar without a terminal: rich would leave a blank line on stderr where it stood.
-    quiet = args.quiet or args.json or not sys.stderr.isatty()
-    bar = (
-        nullcontext(None)
-        if quiet
-        else Progress(
-            TextColumn("calibrating"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-    )
-    with bar as progress:
-        task = None if progress is None else progress.add_task("", total=calibration)
-        result = quantize_onnx(
-            args.source,
-            calibration=calibration,
-            out=args.out,
-            data=args.data,
-            per_channel=not args.per_tensor,
-            quant_format=args.quant_format,
-            fp32_depthwise=args.fp32_depthwise,
-            calibrate_method=args.calibrate_method,
-            provider=args.provider,
-            wide_residuals=args.wide_residuals,
-            on_batch=None if progress is None else lambda n: progress.advance(task, n),
-        )
-    if args.json:
-        print_json(result.to_dict())
-        return 0
-    console().print(_quantize_table(result))
-    return 0
-
-
-def _quantize_table(r):
-    change = 100 * (r.int8_top1 - r.fp32_top1)  # not -top1_drop: no "-0.00" when equal
-    return table(
-        f"int8 ({r.quant_format}, weights {'per channel' if r.per_channel else 'per tensor'}"
-        f"{', depthwise fp32' if r.fp32_depthwise else ''}"
-        f"{', residual stream uint16' if r.wide_residuals else ''}), calibrated on "
-        f"{r.calibration_images} training images; top-1 on {r.test_images} held-out images",
-        ["model", "file", "size", "top-1"],
-        [
-            ["fp32", str(r.fp32_path), f"{r.fp32_bytes / 2**20:.2f} MiB", f"{r.fp32_top1:.2%}"],
-            ["int8", str(r.path), f"{r.int8_bytes / 2**20:.2f} MiB", f"{r.int8_top1:.2%}"],
-            ["", "", f"{r.size_ratio:.2f}x smaller", f"{change:+.2f} points"],
-        ],
-        right=2,
-    )
+    args.run_dir, default = quantize_source(args.source)
+    if args.out is None and default is not None:
+        args.out = str(default)
+    return run_export(args)
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -10,6 +10,12 @@ An imported run (torchvision or timm ImageNet weights) records no data set: it i
 calibrated on random crops of the photographs bundled with installed wheels
 (:mod:`mobilenets.deploy.photos`), the calibration crops drawn with another seed than the
 checked ones.
+
+This is the only export path: ``mobilenets quantize`` is ``export --format onnx --int8`` under
+another name, and a format's own options (ONNX's ``opset``, ``provider`` and onnxruntime's
+quantizer choices) pass through it as keywords its target declares
+(:attr:`~mobilenets.deploy.target.Capabilities.write_options`, ``load_options``).
+Detectors and segmenters go the same way (:mod:`mobilenets.deploy.heads`).
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mobilenets.deploy.heads import comparison, graph_of
 from mobilenets.deploy.images import VERIFY_IMAGES, calibration_inputs, held_out_inputs
 from mobilenets.deploy.runtime import onnx_metadata
-from mobilenets.deploy.target import Agreement, Target, check_program
+from mobilenets.deploy.target import Agreement, Compare, Target, agreement, check_program
 from mobilenets.deploy.targets import executorch, litert, openvino
 from mobilenets.deploy.targets import onnx as onnx_target
 from mobilenets.errors import MobileNetError
@@ -36,7 +43,7 @@ from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.int8.prepare import Preparation, prepare_for_int8
 from mobilenets.io import atomic_path, atomic_write_json
 from mobilenets.models import check_resolution
-from mobilenets.runs import META_FILE, load_run
+from mobilenets.runs import META_FILE, RunInfo, load_run
 
 FORMATS: dict[str, Target] = {
     "onnx": onnx_target.TARGET,
@@ -79,6 +86,7 @@ class ExportReport:
             "runtime": self.runtime,
             "checked_on": self.checked_on,
             **self.check.to_dict(),
+            **self.extra,
             "quantization": self.quantization,
             "calibration_images": self.calibration_images,
             "calibrated_on": self.calibrated_on,
@@ -107,16 +115,64 @@ STEP_NAMES = {
 }
 
 
+# The flag of each format option, for messages; the int8-only ones, and the name a choice
+# other than the default adds to a default int8 file name.
+OPTION_FLAGS = {
+    "opset": "--opset",
+    "provider": "--provider",
+    "per_channel": "--per-tensor",
+    "quant_format": "--quant-format",
+    "fp32_depthwise": "--fp32-depthwise",
+    "calibrate_method": "--calibrate-method",
+}
+INT8_OPTIONS = ("per_channel", "quant_format", "fp32_depthwise", "calibrate_method")
+
+
+def option_names(options: dict[str, object]) -> list[str]:
+    """``per_channel=False, calibrate_method="percentile"`` -> ``["pertensor", "percentile"]``."""
+    names = ["pertensor"] if options.get("per_channel") is False else []
+    names += ["fp32dw"] if options.get("fp32_depthwise") else []
+    for key, default in (("quant_format", "qdq"), ("calibrate_method", "minmax")):
+        if options.get(key, default) != default:
+            names.append(str(options[key]))
+    return names
+
+
+def split_options(
+    target: Target, int8: bool, options: dict[str, object], wide_residuals: bool = False
+) -> tuple[dict[str, object], dict[str, object]]:
+    """The format options asked for (None: not asked), as the writer's and the loader's
+    keywords; one line for an option the format does not take or an int8 choice without
+    ``int8``."""
+    asked = {k: v for k, v in options.items() if v is not None}
+    for key in asked:
+        flag = OPTION_FLAGS.get(key, key)
+        if key not in (*target.can.write_options, *target.can.load_options):
+            raise MobileNetError(f"{flag} is not an option of {target.name} export")
+        if key in INT8_OPTIONS and not int8:
+            raise MobileNetError(f"{flag} is a choice of post-training int8: use it with --int8")
+    if target.check_options is not None:
+        target.check_options({**asked, "wide_residuals": wide_residuals})
+    write = {k: v for k, v in asked.items() if k in target.can.write_options}
+    return write, {k: v for k, v in asked.items() if k in target.can.load_options}
+
+
 def default_path(
-    run_dir: str | os.PathLike[str], target: Target, int8: bool, steps: Sequence[str] = ()
+    run_dir: str | os.PathLike[str],
+    target: Target,
+    int8: bool,
+    steps: Sequence[str] = (),
+    options: dict[str, object] | None = None,
 ) -> Path:
     """``RUN_DIR/model.pte``, ``RUN_DIR/model.int8.pte``, and with post-training steps
-    (keys of :data:`STEP_NAMES`) their names: ``model.int8-equalized-wide.onnx``. So files
+    (keys of :data:`STEP_NAMES`) and format options other than the defaults their names:
+    ``model.int8-equalized-wide.onnx``, ``model.int8-pertensor-percentile.onnx``. So files
     made with different steps sit side by side instead of replacing each other."""
     unknown = set(steps) - set(STEP_NAMES)
     if unknown:
         raise ValueError(f"unknown int8 steps {sorted(unknown)}")
     names = [name for step, name in STEP_NAMES.items() if step in steps]
+    names += option_names(options or {})
     precision = "".join(f"-{n}" for n in names) if int8 else ""
     return Path(run_dir) / f"model{'.int8' + precision if int8 else ''}{target.suffix}"
 
@@ -164,27 +220,49 @@ def check_asked(
         raise MobileNetError("wide residuals are a choice of post-training int8: use --int8")
 
 
+@dataclass
+class Program:
+    """What one export writes and checks: ``written`` (the graph the file holds) against
+    ``folded`` (PyTorch's, BatchNorm folded) on ``inputs``, compared as ``compare`` says
+    (logits, decoded detections or masks: :mod:`mobilenets.deploy.heads`)."""
+
+    written: nn.Module
+    folded: nn.Module
+    inputs: list[torch.Tensor]
+    calibration: list[torch.Tensor] | None
+    metadata: dict[str, str]
+    compare: Compare = agreement
+
+
 def write_checked(
     target: Target,
     out: Path,
-    written: nn.Module,
-    folded: nn.Module,
-    inputs: list[torch.Tensor],
-    calibration: list[torch.Tensor] | None,
-    metadata: dict[str, str],
+    program: Program,
     options: dict[str, object],
+    load_options: dict[str, object],
     int8: bool,
 ) -> tuple[Agreement, bool]:
-    """Write ``written`` into a staging folder beside ``out``, check it against ``folded`` on
-    ``inputs``, then give every file its final name (each renamed atomically, the main file
-    last); the check, and whether a file of that name was replaced."""
-    example = inputs[0][:1]
+    """Write ``program`` into a staging folder beside ``out``, check it in the target's runtime,
+    then give every file its final name (each renamed atomically, the main file last); the
+    check, and whether a file of that name was replaced."""
+    example = program.inputs[0][:1]
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         staged = Path(tmp) / out.name
         replaced = out.exists()
-        target.write(written, staged, example, calibration, metadata, **options)
-        check = check_program(target, staged, folded, inputs, int8, len(example))
+        target.write(
+            program.written, staged, example, program.calibration, program.metadata, **options
+        )
+        check = check_program(
+            target,
+            staged,
+            program.folded,
+            program.inputs,
+            int8,
+            len(example),
+            load_options,
+            compare=program.compare,
+        )
         with contextlib.ExitStack() as stack:  # commits in reverse: the main file last
             for source, dest in zip(target.files(staged), target.files(out), strict=True):
                 os.replace(source, stack.enter_context(atomic_path(dest)))
@@ -208,6 +286,12 @@ def quantization_of(
     return quantization
 
 
+def check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MobileNetError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def export(
     run_dir: str | os.PathLike[str],
     fmt: str = "onnx",
@@ -222,35 +306,33 @@ def export(
     bias_correct: bool = False,
     adaround: bool | int = False,
     wide_residuals: bool = False,
+    **format_options: object,
 ) -> ExportReport:
     """Export a run directory to ``fmt`` (int8 if asked), checked in that format's runtime.
 
-    ``quantized`` is an int8 graph that already carries its ranges, and how it was quantized
-    (a QAT run's trained ranges, :func:`mobilenets.quant.qat.int8_graph`): it is written as it
-    is instead of being calibrated, for a format that lowers such graphs (ExecuTorch).
-    ``equalize`` rescales channels, ``adaround`` rounds the weights adaptively (True, or
-    its steps per layer) and ``bias_correct`` corrects biases, on the calibration images
-    before int8 (:mod:`mobilenets.int8.prepare`); the check still compares with the model
-    as trained. ``wide_residuals`` carries the residual stream wider than int8 where the
-    format can (uint16 in onnxruntime, float additions in ExecuTorch and OpenVINO).
-
-    Nothing is written unless the check passes (:func:`write_checked`); with ``record`` the
-    check is added to the run's ``model.json``.
+    ``quantized``: an int8 graph with its ranges (a QAT run's, :func:`mobilenets.quant.qat.
+    int8_graph`) and how it was made, written as it is (ExecuTorch). ``equalize``,
+    ``adaround`` (True, or steps per layer), ``bias_correct``: float steps on the calibration
+    images before int8 (:mod:`mobilenets.int8.prepare`). ``wide_residuals``: residual sums
+    wider than int8 where the format can. ``format_options``: the format's own (ONNX:
+    ``opset``, ``provider``, ``per_channel``, ``quant_format``, ``fp32_depthwise``,
+    ``calibrate_method``), None meaning not asked. Nothing is written unless the check passes
+    (:func:`write_checked`); with ``record`` it is added to the run's ``model.json``.
     """
     target = target_of(fmt)
-    if isinstance(verify_images, bool) or not isinstance(verify_images, int) or verify_images < 1:
-        raise MobileNetError(f"verify_images must be a positive integer, got {verify_images!r}")
+    check_count("verify_images", verify_images)
     start = time.perf_counter()
     model, info = load_run(run_dir)
     for size in info.input_size[1:]:
         check_resolution(model, size)
-    steps = (equalize, adaround, bias_correct, wide_residuals)
-    asked = dict(zip(STEP_NAMES, steps, strict=True))  # in STEP_NAMES' order
+    asked = dict(zip(STEP_NAMES, (equalize, adaround, bias_correct, wide_residuals), strict=True))
+    write_options, load_options = split_options(target, int8, format_options, wide_residuals)
     if out is None:
-        out = default_path(run_dir, target, int8, [k for k, v in asked.items() if v])
+        names = [k for k, v in asked.items() if v]
+        out = default_path(run_dir, target, int8, names, write_options)
     out = Path(out)
     check_asked(target, out, int8, quantized is not None, asked)
-    options = int8_options(target, adaround, wide_residuals)
+    options = {**int8_options(target, adaround, wide_residuals), **write_options}
     inputs, checked_on = held_out_inputs(info, data, verify_images)
     folded = fold_batchnorm(model)
     written = quantized[0] if quantized else folded
@@ -259,10 +341,15 @@ def export(
         cal, calibrated_on = calibration_inputs(info, data, calibration)
         written, prepared = prepare_for_int8(folded, cal, equalize, bias_correct, adaround)
     precision = "int8" if int8 else "fp32"
-    metadata = onnx_metadata(info, precision, run_dir)
-    check, replaced = write_checked(
-        target, out, written, folded, inputs, cal, metadata, options, int8
+    program = Program(
+        graph_of(written),
+        graph_of(folded),
+        inputs,
+        cal,
+        onnx_metadata(info, precision, run_dir),
+        comparison(folded, info),
     )
+    check, replaced = write_checked(target, out, program, options, load_options, int8)
     files = target.files(out)
     report = ExportReport(
         format=fmt,
@@ -270,7 +357,7 @@ def export(
         path=out,
         files=files,
         size_bytes=sum(f.stat().st_size for f in files),
-        runtime=target.runtime,
+        runtime=runtime_of(target, load_options),
         checked_on=checked_on,
         check=check,
         quantization=quantization_of(target, int8, quantized, options),
@@ -280,9 +367,25 @@ def export(
         wide_residuals=wide_residuals,
         replaced=replaced,
         seconds=time.perf_counter() - start,
+        extra={**write_options, **load_options},
     )
     if record:
-        exports = info.metrics.setdefault("exports", {})
-        exports[f"{fmt}-{precision}"] = report.to_dict()
-        atomic_write_json(Path(run_dir) / META_FILE, info.to_json())
+        record_export(run_dir, info, report)
     return report
+
+
+def record_export(run_dir: str | os.PathLike[str], info: RunInfo, report: ExportReport) -> None:
+    """Add ``report`` to the run's ``model.json``, under ``metrics["exports"]``."""
+    exports = info.metrics.setdefault("exports", {})
+    exports[f"{report.format}-{report.precision}"] = report.to_dict()
+    atomic_write_json(Path(run_dir) / META_FILE, info.to_json())
+
+
+def runtime_of(target: Target, load_options: dict[str, object]) -> str:
+    """The runtime's name for the report: ``onnxruntime (CUDA)`` where another provider ran it."""
+    provider = load_options.get("provider")
+    if provider is None:
+        return target.runtime
+    from mobilenets.deploy.runtime import check_provider, short_provider_name
+
+    return f"{target.runtime.split(' (')[0]} ({short_provider_name(check_provider(str(provider)))})"

@@ -1,4 +1,8 @@
-"""Static int8 quantization with onnxruntime, calibrated on the training data.
+"""The ONNX target's int8: onnxruntime's static quantizer, calibrated on the training data.
+
+:mod:`mobilenets.deploy.targets.onnx` writes an int8 file through :func:`quantize_model`;
+``mobilenets export --format onnx --int8`` (and its alias ``mobilenets quantize``) checks it
+like every other program.
 
 Static quantization fixes every activation's scale ahead of time from the ranges seen on
 ``calibration`` training images (onnxruntime's MinMax calibrator), so inference runs integer
@@ -29,7 +33,6 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,23 +47,9 @@ from onnxruntime.quantization import (
 )
 from torch.utils.data import Dataset
 
-from mobilenets.deploy.images import batches, calibration_subset
-from mobilenets.deploy.onnx_export import ONNX_FILE, export_onnx
-from mobilenets.deploy.runtime import (
-    DEFAULT_PROVIDER,
-    PRECISION_KEY,
-    check_provider,
-    create_session,
-    load_onnx,
-    metadata,
-    run_info_of,
-    set_metadata,
-    top1_accuracy,
-)
+from mobilenets.deploy.images import batches
+from mobilenets.deploy.runtime import PRECISION_KEY, load_onnx, metadata, set_metadata
 from mobilenets.errors import MobileNetError
-from mobilenets.int8 import DEFAULT_CALIBRATION
-from mobilenets.io import atomic_path
-from mobilenets.runs import WEIGHTS_FILE, load_run_data, read_run_info
 
 CALIBRATION_BATCH = 32
 OnBatch = Callable[[int], object] | None
@@ -73,41 +62,20 @@ CALIBRATORS = {
 }
 
 
-@dataclass
-class QuantizeResult:
-    """The int8 file, its size against the fp32 one, and both models' held-out top-1."""
-
-    path: Path
-    fp32_path: Path
-    fp32_bytes: int
-    int8_bytes: int
-    fp32_top1: float
-    int8_top1: float
-    test_images: int
-    calibration_images: int
-    per_channel: bool
-    quant_format: str
-    fp32_depthwise: bool
-    wide_residuals: bool = False
-
-    @property
-    def size_ratio(self) -> float:
-        return self.fp32_bytes / self.int8_bytes
-
-    @property
-    def top1_drop(self) -> float:
-        """Accuracy lost to quantization, in percentage points."""
-        return 100 * (self.fp32_top1 - self.int8_top1)
-
-    def to_dict(self) -> dict[str, object]:
-        data = asdict(self)
-        data.update(
-            path=str(self.path),
-            fp32_path=str(self.fp32_path),
-            size_ratio=self.size_ratio,
-            top1_drop=self.top1_drop,
+def check_quantizer_options(options: dict[str, object]) -> None:
+    """One line for quantizer choices that do not exist or do not go together, before anything
+    is exported: an unknown encoding or calibration method, a uint16 residual stream in
+    QOperator (which has no 16-bit operators)."""
+    quant_format = options.get("quant_format", "qdq")
+    method = options.get("calibrate_method", "minmax")
+    if quant_format not in FORMATS:
+        raise MobileNetError(f"unknown format {quant_format!r}; choose from {', '.join(FORMATS)}")
+    if method not in CALIBRATORS:
+        raise MobileNetError(
+            f"unknown calibration method {method!r}; choose from {', '.join(CALIBRATORS)}"
         )
-        return data
+    if options.get("wide_residuals") and quant_format != "qdq":
+        raise MobileNetError("a uint16 residual stream needs the qdq format (no 16-bit QOperator)")
 
 
 class ImageReader(CalibrationDataReader):
@@ -231,14 +199,13 @@ def quantize_model(
     the residual stream in uint16 (:func:`residual_stream_overrides`). Metadata is carried
     over, or ``properties`` replace it, and marked int8.
     """
-    if quant_format not in FORMATS:
-        raise MobileNetError(f"unknown format {quant_format!r}; choose from {', '.join(FORMATS)}")
-    if calibrate_method not in CALIBRATORS:
-        raise MobileNetError(
-            f"unknown calibration method {calibrate_method!r}; choose from {', '.join(CALIBRATORS)}"
-        )
-    if wide_residuals and quant_format != "qdq":
-        raise MobileNetError("a uint16 residual stream needs the qdq format (no 16-bit QOperator)")
+    check_quantizer_options(
+        {
+            "quant_format": quant_format,
+            "calibrate_method": calibrate_method,
+            "wide_residuals": wide_residuals,
+        }
+    )
     source = load_onnx(fp32_path)
     with tempfile.TemporaryDirectory(prefix="mobilenets-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -282,96 +249,3 @@ def quantize_model(
     set_metadata(quantized, props)
     onnx.save(quantized, str(out))
     return Path(out)
-
-
-def fp32_onnx_of(
-    source: str | os.PathLike[str],
-    data: str | os.PathLike[str] | None = None,
-    provider: str = DEFAULT_PROVIDER,
-) -> Path:
-    """The fp32 ONNX file of ``source``: the file itself, or a run directory's ``model.onnx``,
-    exported (and checked) first when it is missing or older than the run's weights."""
-    source = Path(source)
-    if not source.is_dir():
-        return source
-    read_run_info(source)
-    weights, onnx_file = source / WEIGHTS_FILE, source / ONNX_FILE
-    if not weights.is_file():
-        raise MobileNetError(f"{source} is not a complete run: {WEIGHTS_FILE} is missing")
-    if not onnx_file.is_file() or onnx_file.stat().st_mtime < weights.stat().st_mtime:
-        export_onnx(source, onnx_file, data=data, provider=provider)
-    return onnx_file
-
-
-def default_int8_path(fp32_path: Path) -> Path:
-    """``model.onnx`` -> ``model.int8.onnx``, beside it."""
-    return fp32_path.with_name(f"{fp32_path.stem}.int8.onnx")
-
-
-def quantize_onnx(
-    source: str | os.PathLike[str],
-    calibration: int = DEFAULT_CALIBRATION,
-    out: str | os.PathLike[str] | None = None,
-    data: str | os.PathLike[str] | None = None,
-    per_channel: bool = True,
-    quant_format: str = "qdq",
-    fp32_depthwise: bool = False,
-    calibrate_method: str = "minmax",
-    provider: str = DEFAULT_PROVIDER,
-    on_batch: OnBatch = None,
-    wide_residuals: bool = False,
-) -> QuantizeResult:
-    """Quantize a run directory or an exported ONNX file to int8, calibrated on
-    ``calibration`` training images, and compare fp32 and int8 top-1 on the held-out split.
-
-    The data comes from the run's record (or ``data``); the int8 file goes to
-    ``out`` (default ``<name>.int8.onnx`` beside the fp32 file), written atomically.
-    ``on_batch(n)`` is called as calibration consumes each batch of n images.
-    """
-    check_provider(provider)
-    source = Path(source)
-    if not source.exists():
-        raise MobileNetError(f"{source} does not exist (expected a run directory or ONNX file)")
-    if source.is_file():
-        model = load_onnx(source)
-        if metadata(model).get(PRECISION_KEY) == "int8":
-            raise MobileNetError(f"{source} is already quantized to int8")
-        info = run_info_of(model, source)
-    else:
-        info = read_run_info(source)
-    if isinstance(calibration, bool) or not isinstance(calibration, int) or calibration < 1:
-        raise MobileNetError(f"calibration count must be a positive integer, got {calibration!r}")
-    bundle = load_run_data(info, data)
-    train = bundle.train_raw if bundle.train_raw is not None else bundle.train
-    subset = calibration_subset(train, calibration)
-
-    fp32_path = fp32_onnx_of(source, data, provider)
-    out = default_int8_path(fp32_path) if out is None else Path(out)
-    with atomic_path(out) as tmp:
-        quantize_model(
-            fp32_path,
-            tmp,
-            subset,
-            per_channel,
-            quant_format,
-            fp32_depthwise,
-            calibrate_method,
-            on_batch,
-            wide_residuals=wide_residuals,
-        )
-        int8_top1 = top1_accuracy(create_session(tmp, provider=provider), bundle.test)
-    fp32_top1 = top1_accuracy(create_session(fp32_path, provider=provider), bundle.test)
-    return QuantizeResult(
-        path=out,
-        fp32_path=fp32_path,
-        fp32_bytes=fp32_path.stat().st_size,
-        int8_bytes=out.stat().st_size,
-        fp32_top1=fp32_top1,
-        int8_top1=int8_top1,
-        test_images=len(bundle.test),
-        calibration_images=len(subset),
-        per_channel=per_channel,
-        quant_format=quant_format,
-        fp32_depthwise=fp32_depthwise,
-        wide_residuals=wide_residuals,
-    )

@@ -68,19 +68,34 @@ class Capabilities:
     observer: bool = False  # ``observer="minmax"``: activation ranges min-max (after AdaRound)
     float_file: bool = False  # ``float_file``: quantizes a float file written once beforehand
     fixed_batch: bool = False  # the program takes exactly the example's batch size
+    # the format's own keywords: ``write`` takes these (ONNX: ``opset`` and onnxruntime's
+    # quantizer choices), ``load`` these (ONNX: ``provider``); the pipeline refuses any other
+    write_options: tuple[str, ...] = ()
+    load_options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a writer writes: ``model`` (BatchNorm already folded, eval mode); ``example``, a
+    batch whose shape the program takes (formats without a dynamic batch axis fix it);
+    ``calibration``, None for fp32, else the batches of training images int8 ranges are
+    measured on; ``metadata``, the run's description the program carries."""
+
+    model: nn.Module
+    example: torch.Tensor
+    calibration: list[torch.Tensor] | None
+    metadata: dict[str, str]
 
 
 @dataclass(frozen=True)
 class Target:
     """One deployment format and the runtime that runs it.
 
-    ``write(model, path, example, calibration)`` writes ``model`` (BatchNorm already folded,
-    eval mode) to ``path``; ``example`` is a batch whose shape the program takes (formats
-    without a dynamic batch axis fix it); ``calibration`` is None for fp32, else the batches
-    of training images int8 ranges are measured on. ``load(path, threads)`` returns a
-    :data:`Runner` on the format's own runtime. ``modules`` are the importable packages the
-    runtime needs, ``extra`` the pip extra that installs them; ``can`` says what else its
-    writer does (:class:`Capabilities`).
+    ``writer(job, path, **options)`` writes a :class:`Job` to ``path`` (:meth:`write` takes
+    its parts); ``load(path, threads, **load_options)`` returns a :data:`Runner` on the
+    format's own runtime. ``modules`` are the importable packages the runtime needs, ``extra``
+    the pip extra that installs them; ``can`` says what else its writer does
+    (:class:`Capabilities`).
     """
 
     name: str
@@ -88,16 +103,29 @@ class Target:
     extra: str
     modules: tuple[str, ...]
     runtime: str  # the runtime's name, as the check's message says it
-    write: Callable[
-        [nn.Module, Path, torch.Tensor, list[torch.Tensor] | None, dict[str, str]], None
-    ]
-    load: Callable[[Path, int | None], Runner]
+    writer: Callable[..., None]  # (job, path, **options)
+    load: Callable[..., Runner]  # (path, threads, **load_options)
     sidecars: tuple[str, ...] = ()  # other files beside the main one (".bin" for OpenVINO IR)
     quantization: str = ""  # how int8 is made, for the run's record
     # The format has no place for free-form properties: ``write`` puts the metadata in
     # ``<file>.json`` beside the program (:func:`write_metadata_file`), one of its files
     metadata_file: bool = False
     can: Capabilities = Capabilities()
+    # one line for format options that cannot work together, before anything is written
+    check_options: Callable[[dict[str, object]], None] | None = None
+
+    def write(
+        self,
+        model: nn.Module,
+        path: str | os.PathLike[str],
+        example: torch.Tensor,
+        calibration: list[torch.Tensor] | None,
+        metadata: dict[str, str],
+        **options: object,
+    ) -> None:
+        """Write ``model`` (int8 when ``calibration`` is given) to ``path``, with the
+        writer's ``options`` (``fp32_modules``, ``wide_residuals``, the format's own)."""
+        self.writer(Job(model, example, calibration, metadata), Path(path), **options)
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.modules)
@@ -150,20 +178,40 @@ def read_metadata_file(path: str | os.PathLike[str]) -> dict[str, str]:
 
 @dataclass
 class Agreement:
-    """How closely a runtime's logits follow PyTorch's on the checked images."""
+    """How closely a runtime's outputs follow PyTorch's on the checked images.
+
+    For a classifier ``top1_agreement`` is the share of images whose highest logit is the same
+    class; for a segmenter the share of pixels whose class is the same (``measure`` "pixels");
+    for a detector the share of PyTorch's decoded detections the runtime's match (same class,
+    IoU >= 0.5; ``measure`` "detections"), with the matched boxes' mean IoU and mean score
+    difference (:mod:`mobilenets.deploy.heads`).
+    """
 
     images: int
-    max_rel_error: float  # max |runtime - PyTorch| / max |PyTorch|
-    top1_agreement: float  # share of images whose highest logit is the same class
-    sqnr_db: float  # 10 log10(signal / error) over all logits
+    max_rel_error: float  # max |runtime - PyTorch| / max |PyTorch|, over the raw outputs
+    top1_agreement: float
+    sqnr_db: float  # 10 log10(signal / error) over all raw outputs
+    measure: str = "top-1"
+    box_iou: float | None = None
+    score_difference: float | None = None
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {
+    def to_dict(self) -> dict[str, object]:
+        data: dict[str, object] = {
             "images": self.images,
             "max_rel_error": self.max_rel_error,
             "top1_agreement": self.top1_agreement,
             "sqnr_db": self.sqnr_db,
         }
+        if self.measure != "top-1":
+            data["measure"] = self.measure
+        for key in ("box_iou", "score_difference"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        return data
+
+
+# compares PyTorch's outputs (first) with a runtime's (second)
+Compare = Callable[[np.ndarray, np.ndarray], Agreement]
 
 
 def agreement(expected: np.ndarray, got: np.ndarray) -> Agreement:
@@ -211,23 +259,30 @@ def check_program(
     inputs: Sequence[torch.Tensor],
     int8: bool,
     example_batch: int,
+    load_options: dict[str, object] | None = None,
+    tolerance: float | None = None,
+    compare: Compare | None = None,
 ) -> Agreement:
-    """Run ``path`` in its runtime and ``model`` in PyTorch on ``inputs``; refuse a file whose
-    fp32 logits differ by more than the tolerance or whose int8 top-1 mostly disagrees."""
-    runner = target.load(path, None)
+    """Run ``path`` in its runtime (loaded with the format's ``load_options``) and ``model`` in
+    PyTorch on ``inputs``, compared by ``compare`` (default :func:`agreement`); refuse a file
+    whose fp32 outputs differ by more than ``tolerance`` or whose int8 top-1 (pixels,
+    detections) mostly disagrees."""
+    tolerance = FP32_TOLERANCE if tolerance is None else tolerance
+    runner = target.load(path, None, **(load_options or {}))
     expected = pytorch_logits(model, inputs)
     got = run_batches(runner, inputs, example_batch if target.can.fixed_batch else None)
-    result = agreement(expected, got)
-    if not int8 and not result.max_rel_error <= FP32_TOLERANCE:
+    result = (compare or agreement)(expected, got)
+    if not int8 and not result.max_rel_error <= tolerance:
         raise MobileNetError(
             f"the {target.name} program differs from PyTorch by {result.max_rel_error:.2e} "
             f"(relative to the largest logit) in {target.runtime}, more than "
-            f"{FP32_TOLERANCE:.0e}: not writing {path.name}"
+            f"{tolerance:.0e}: not writing {path.name}"
         )
     if int8 and not result.top1_agreement >= MIN_INT8_AGREEMENT:
         raise MobileNetError(
             f"the int8 {target.name} program agrees with PyTorch on only "
-            f"{result.top1_agreement:.0%} of {result.images} images in {target.runtime} "
+            f"{result.top1_agreement:.0%} of {result.measure} on {result.images} images in "
+            f"{target.runtime} "
             f"(SQNR {result.sqnr_db:.1f} dB): not writing {path.name}"
         )
     return result

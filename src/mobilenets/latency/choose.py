@@ -43,8 +43,8 @@ import numpy as np
 from mobilenets.analysis.cost import profile_model
 from mobilenets.analysis.timing import time_interleaved
 from mobilenets.data import load_data
-from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.deploy.runtime import create_session
+from mobilenets.deploy.targets.onnx import write_onnx
 from mobilenets.errors import MobileNetError
 from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.io import atomic_path, atomic_write_json

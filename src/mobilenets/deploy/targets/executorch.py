@@ -28,6 +28,7 @@ from torch import nn
 
 from mobilenets.deploy.target import (
     Capabilities,
+    Job,
     Runner,
     Target,
     first_line,
@@ -77,43 +78,41 @@ def quantize_pt2e(
 
 
 @quiet()
-def write(
-    model: nn.Module,
+def write_program(
+    job: Job,
     path: Path,
-    example: torch.Tensor,
-    calibration: list[torch.Tensor] | None,
-    metadata: dict[str, str],
     observer: str = "histogram",
     wide_residuals: bool = False,
     fp32_modules: Sequence[str] = (),
 ) -> None:
-    """Lower ``model`` (int8 when ``calibration`` is given) to an XNNPACK-delegated ExecuTorch
-    program at ``path``; ``observer="minmax"`` observes activation ranges min-max, as AdaRound
-    assumed; ``wide_residuals`` adds the residual streams in float (XNNPACK has no int16 addition);
-    ``fp32_modules`` run in float (mixed precision).
+    """Lower ``job.model`` (int8 when ``job.calibration`` is given) to an XNNPACK-delegated
+    ExecuTorch program at ``path``; ``observer="minmax"`` observes activation ranges min-max,
+    as AdaRound assumed; ``wide_residuals`` adds the residual streams in float (XNNPACK has no
+    int16 addition); ``fp32_modules`` run in float (mixed precision).
 
     A ``.pte`` holds no free-form properties: ``metadata`` goes to ``<path>.json`` beside it.
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    model = job.model
     try:
-        if calibration is not None:
+        if job.calibration is not None:
             model = quantize_pt2e(
                 model,
-                example,
-                calibration,
+                job.example,
+                job.calibration,
                 observer=observer,
                 wide_residuals=wide_residuals,
                 fp32_modules=fp32_modules,
             )
-        program = torch.export.export(model, (example,))
+        program = torch.export.export(model, (job.example,))
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         buffer = lowered.to_executorch().buffer
     except Exception as e:  # export and lowering raise many types; the first line says which
         raise MobileNetError(f"ExecuTorch cannot lower this model: {first_line(e)}") from e
     Path(path).write_bytes(buffer)
-    write_metadata_file(path, metadata)
+    write_metadata_file(path, job.metadata)
 
 
 @quiet()
@@ -152,15 +151,8 @@ def planned_memory_bytes(path: Path) -> int:
     return sum(program.execution_plan[0].non_const_buffer_sizes)
 
 
-TARGET = Target(
-    name="ExecuTorch",
-    suffix=".pte",
-    extra="executorch",
-    modules=("executorch", "torchao"),
-    runtime="ExecuTorch (XNNPACK)",
-    write=write,
-    load=load,
-    quantization=QUANTIZATION,
-    metadata_file=True,
+TARGET = Target("ExecuTorch", ".pte", "executorch", ("executorch", "torchao"),
+    "ExecuTorch (XNNPACK)", write_program, load, quantization=QUANTIZATION, metadata_file=True,
     can=Capabilities(wide_residuals=True, lowers_pt2e=True, observer=True, fixed_batch=True),
-)
+)  # fmt: skip
+write = TARGET.write  # write(model, path, example, calibration, metadata, **options)

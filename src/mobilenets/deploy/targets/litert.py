@@ -21,18 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
-from mobilenets.deploy.target import (
-    Capabilities,
-    Runner,
-    Target,
-    first_line,
-    input_array,
-    quiet,
-    write_metadata_file,
-)
+from mobilenets.deploy import target as runtimes  # the helpers every runtime's code uses
+from mobilenets.deploy.target import Capabilities, Job, Runner, Target
 from mobilenets.errors import MobileNetError
 
 QUANTIZATION = (
@@ -41,18 +32,12 @@ QUANTIZATION = (
 )
 
 
-@quiet()
-def write(
-    model: nn.Module,
-    path: Path,
-    example: torch.Tensor,
-    calibration: list[torch.Tensor] | None,
-    metadata: dict[str, str],
-    observer: str = "histogram",
-    fp32_modules: Sequence[str] = (),
+@runtimes.quiet()
+def write_program(
+    job: Job, path: Path, observer: str = "histogram", fp32_modules: Sequence[str] = ()
 ) -> None:
-    """Convert ``model`` (int8 when ``calibration`` is given) to a ``.tflite`` at ``path``;
-    ``observer="minmax"`` observes activation ranges min-max, as AdaRound assumed.
+    """Convert ``job.model`` (int8 when ``job.calibration`` is given) to a ``.tflite`` at
+    ``path``; ``observer="minmax"`` observes activation ranges min-max, as AdaRound assumed.
 
     Every layer the quantizer matches runs int8 but those of ``fp32_modules``, which
     ``pt2e.FloatModules`` leaves in float (the quantizer's own ``set_module_name(name, None)``
@@ -66,9 +51,10 @@ def write(
 
     from mobilenets.int8.pt2e import activation_config, calibrated_pt2e  # torchao: an extra
 
+    model, example = job.model, job.example
     try:
         quant_config = None
-        if calibration is not None:
+        if job.calibration is not None:
             config = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
             quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
                 activation_config(config, observer)
@@ -76,7 +62,7 @@ def write(
             model = calibrated_pt2e(
                 model,
                 example,
-                calibration,
+                job.calibration,
                 quantizer,
                 fold_quantize=False,
                 fp32_modules=fp32_modules,
@@ -85,11 +71,11 @@ def write(
         edge_model = litert_torch.convert(model, (example,), quant_config=quant_config)
         edge_model.export(str(path))
     except Exception as e:  # the converter raises many types; the first line says which
-        raise MobileNetError(f"LiteRT cannot convert this model: {first_line(e)}") from e
-    write_metadata_file(path, metadata)
+        raise MobileNetError(f"LiteRT cannot convert this model: {runtimes.first_line(e)}") from e
+    runtimes.write_metadata_file(path, job.metadata)
 
 
-@quiet()
+@runtimes.quiet()
 def load(path: Path, threads: int | None = None) -> Runner:
     """Run ``path`` in the LiteRT interpreter (XNNPACK delegate) on ``threads`` threads."""
     from ai_edge_litert.interpreter import Interpreter
@@ -98,11 +84,11 @@ def load(path: Path, threads: int | None = None) -> Runner:
         interpreter = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
         interpreter.allocate_tensors()
     except Exception as e:  # ValueError or RuntimeError with the interpreter's message
-        raise MobileNetError(f"LiteRT cannot load {path}: {first_line(e)}") from None
+        raise MobileNetError(f"LiteRT cannot load {path}: {runtimes.first_line(e)}") from None
     source, sink = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
 
     def run(images: np.ndarray) -> np.ndarray:
-        interpreter.set_tensor(source["index"], _to_tensor(input_array(images), source))
+        interpreter.set_tensor(source["index"], _to_tensor(runtimes.input_array(images), source))
         interpreter.invoke()
         return _from_tensor(interpreter.get_tensor(sink["index"]), sink)
 
@@ -127,15 +113,8 @@ def _from_tensor(values: np.ndarray, detail: dict) -> np.ndarray:
     return (values.astype(np.float32) - zero_point) * scale
 
 
-TARGET = Target(
-    name="LiteRT",
-    suffix=".tflite",
-    extra="litert",
-    modules=("litert_torch", "ai_edge_litert", "torchao"),
-    runtime="LiteRT interpreter (XNNPACK)",
-    write=write,
-    load=load,
-    quantization=QUANTIZATION,
-    metadata_file=True,
-    can=Capabilities(observer=True, fixed_batch=True),
-)
+TARGET = Target("LiteRT", ".tflite", "litert", ("litert_torch", "ai_edge_litert", "torchao"),
+    "LiteRT interpreter (XNNPACK)", write_program, load, quantization=QUANTIZATION,
+    metadata_file=True, can=Capabilities(observer=True, fixed_batch=True),
+)  # fmt: skip
+write = TARGET.write  # write(model, path, example, calibration, metadata, **options)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobilenets.deploy.target import Capabilities, Runner, Target, first_line, input_array
+from mobilenets.deploy.target import Capabilities, Job, Runner, Target, first_line, input_array
 from mobilenets.errors import MobileNetError
 
 RT_INFO_SECTION = "mobilenets"
@@ -119,31 +119,22 @@ def quantize_nncf(
             logger.setLevel(level)
 
 
-def write(
-    model: nn.Module,
-    path: Path,
-    example: torch.Tensor,
-    calibration: list[torch.Tensor] | None,
-    metadata: dict[str, str],
-    fp32_modules: Sequence[str] = (),
-    wide_residuals: bool = False,
+def write_program(
+    job: Job, path: Path, fp32_modules: Sequence[str] = (), wide_residuals: bool = False
 ) -> None:
-    """Convert ``model`` (int8 when ``calibration`` is given, with the modules named in
+    """Convert ``job.model`` (int8 when ``job.calibration`` is given, with the modules named in
     ``fp32_modules`` and, with ``wide_residuals``, the residual additions left in float) and save
     the IR at ``path`` (``.xml``) and beside it (``.bin``)."""
     import openvino as ov
 
-    ov_model = convert(model, example)
-    if calibration is not None:
+    ov_model = convert(job.model, job.example)
+    if job.calibration is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ov_model = quantize_nncf(
-                ov_model,
-                calibration,
-                fp32_modules,
-                wide_residuals=wide_residuals,
+                ov_model, job.calibration, fp32_modules, wide_residuals=wide_residuals
             )
-    for key, value in metadata.items():
+    for key, value in job.metadata.items():
         ov_model.set_rt_info(value, [RT_INFO_SECTION, key])
     ov.save_model(ov_model, str(path), compress_to_fp16=False)
 
@@ -182,15 +173,8 @@ def metadata_of(path: Path) -> dict[str, str]:
     return {key: section[key].astype(str) for key in section}  # str() names the type
 
 
-TARGET = Target(
-    name="OpenVINO",
-    suffix=".xml",
-    extra="openvino",
-    modules=("openvino", "nncf"),
-    runtime="OpenVINO (CPU plugin)",
-    write=write,
-    load=load,
-    sidecars=(".bin",),
-    quantization=QUANTIZATION,
+TARGET = Target("OpenVINO", ".xml", "openvino", ("openvino", "nncf"), "OpenVINO (CPU plugin)",
+    write_program, load, sidecars=(".bin",), quantization=QUANTIZATION,
     can=Capabilities(wide_residuals=True),
-)
+)  # fmt: skip
+write = TARGET.write  # write(model, path, example, calibration, metadata, **options)
