@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -249,3 +250,25 @@ def quantize_model(
     set_metadata(quantized, props)
     onnx.save(quantized, str(out))
     return Path(out)
+
+
+_MOVED_HERE = ("quantize_onnx", "QuantizeResult")
+_warned: set[str] = set()
+
+
+def __getattr__(name: str) -> object:
+    """``quantize_onnx`` and ``QuantizeResult`` lived here; the export pipeline has them now
+    (:mod:`mobilenets.deploy.compat`). The old name works and warns once."""
+    if name not in _MOVED_HERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _warned:
+        _warned.add(name)
+        warnings.warn(
+            f"{__name__}.{name} is now mobilenets.deploy.{name} (the export pipeline); "
+            "the old path goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    from mobilenets.deploy import compat
+
+    return getattr(compat, name)
