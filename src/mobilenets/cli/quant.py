@@ -297,10 +297,7 @@ def run_qat(args: argparse.Namespace) -> int:
     # torch one about an enum torchao registers: noise on the user's terminal, not problems.
     for name in ("torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    from rich.console import Console
-
     from mobilenets.quant.qat import QATConfig, qat
-    from mobilenets.train.progress import TrainingDisplay
 
     config = QATConfig(
         epochs=args.epochs,
@@ -315,48 +312,16 @@ def run_qat(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         scheme=args.scheme,
     )
-    err = Console(stderr=True, highlight=False)
-    display = TrainingDisplay(quiet=args.json, is_main=True)
-    bars = display.progress()
-    task = None
-
-    def on_batch(epoch: int, step: int, steps: int, loss: float) -> None:
-        nonlocal task
-        if display.batch_lines:  # no terminal: a line every few batches says it is alive
-            if step % display.batch_interval(steps) == 0 or step == steps:
-                err.print(display.batch_line(epoch, config.epochs, step, steps, loss))
-            return
-        if task is None:
-            task = bars.add_task("batches", total=steps)
-        bars.update(task, completed=step, total=steps)  # step 1 of the next epoch resets it
-
-    def on_epoch(r: dict) -> None:
-        measured = []
-        if "fake_quant_top1" in r:
-            measured.append(f"fake-quantized top-1 {r['fake_quant_top1']:.2%}")
-            measured.append(f"float weights {r['float_top1']:.2%}")
-        if "fake_quant_agreement" in r:
-            measured.append(
-                f"agreement with float {r['fake_quant_agreement']:.2%}, "
-                f"logit SQNR {r['fake_quant_sqnr_db']:.1f} dB"
-            )
-        err.print(
-            f"epoch {r['epoch']}: loss {r['loss']:.4f}, {', '.join(measured)} "
-            f"({r['seconds']:.0f} s)"
-        )
-
-    with bars:
-        result = qat(
-            args.run_dir,
-            out=args.out,
-            config=config,
-            resume=args.resume,
-            data=args.data,
-            on_epoch=None if args.json else on_epoch,
-            stop_after_epoch=args.stop_after_epoch,
-            on_batch=None if args.json else on_batch,
-            threads=args.threads,
-        )
+    result = qat(
+        args.run_dir,
+        out=args.out,
+        config=config,
+        resume=args.resume,
+        data=args.data,
+        stop_after_epoch=args.stop_after_epoch,
+        threads=args.threads,
+        progress=not args.json,
+    )
     if args.json:
         print_json(result.to_dict())
         return 0

@@ -42,7 +42,6 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -69,14 +68,14 @@ from mobilenets.deploy.photos import photo_crops
 from mobilenets.deploy.target import Agreement, agreement, pytorch_logits
 from mobilenets.errors import MobileNetError
 from mobilenets.int8.fold import fold_batchnorm, unfold_into
-from mobilenets.io import DirectoryLock
 from mobilenets.runs import META_FILE, RunInfo, load_run, load_run_data, save_run
 from mobilenets.train.devices import pick_threads
-from mobilenets.train.loop import seed_epoch
-from mobilenets.train.metrics import tally_predictions
+from mobilenets.train.distributed import Processes
 from mobilenets.train.optim import build_optimizer, parameter_groups, warmup_cosine
-from mobilenets.train.progress import QAT_SCALARS, ScalarLog
-from mobilenets.train.run_dir import STATE_FILE, holds_run, write_state
+from mobilenets.train.progress import QAT_SCALARS, TrainingDisplay
+from mobilenets.train.run_dir import STATE_FILE, holds_run, read_train_state
+from mobilenets.train.task import Classification, Distillation, mean_loss
+from mobilenets.train.trainer import OnBatch, OnEpoch, Trainer, run_lock
 
 QAT_KEY = "qat"
 OPTIMIZERS = ("sgd", "adam")
@@ -297,7 +296,7 @@ def int8_graph(run_dir: str | os.PathLike[str]) -> torch.fx.GraphModule:
     state = _read_state(run_dir, config, finished_ok=True)
     example = torch.zeros(1, *info.input_size)
     graph = prepare(trained_form(model, config), example, config)
-    graph.load_state_dict(state["graph"])
+    graph.load_state_dict(state["model"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return convert_pt2e(evaluation_copy(graph))
@@ -309,41 +308,27 @@ def qat(
     config: QATConfig | None = None,
     resume: bool = False,
     data: str | os.PathLike[str] | None = None,
-    on_epoch: Callable[[dict[str, Any]], object] | None = None,
+    on_epoch: OnEpoch = None,
     stop_after_epoch: int | None = None,
-    on_batch: Callable[[int, int, int, float], object] | None = None,
+    on_batch: OnBatch = None,
     threads: int | None = None,
+    progress: bool = False,
 ) -> QATResult:
     """Fine-tune the float run ``source`` with fake quantization into ``out`` (a new run
     directory, default ``<source>-qat``); with ``resume``, continue ``out`` where it stopped.
-    ``stop_after_epoch`` ends early, as a killed run would; ``on_batch(epoch, step, steps,
-    loss)`` follows each epoch's batches (progress). ``threads`` intra-op threads (default:
-    :func:`~mobilenets.train.devices.pick_threads`, as ``train`` picks them).
+    ``stop_after_epoch`` ends early, as a killed run would; ``on_epoch(record)`` and
+    ``on_batch(epoch, step, steps, loss)`` follow the epochs and their batches; ``progress``
+    shows bars and a line per epoch on stderr, as ``train`` does. ``threads`` intra-op
+    threads (default: :func:`~mobilenets.train.devices.pick_threads`, as ``train`` picks them).
 
+    The run trains on the same trainer as ``train`` (:class:`~mobilenets.train.trainer.Trainer`):
+    the run directory locked, atomic checkpoints, resume to the bit, the NaN check.
     With labels, each epoch records the fake-quantized graph's held-out top-1 and that of
     the float weights the run directory holds (``float_top1``, what ``evaluate`` gives), so
     a fine-tuning that leaves the float network behind shows at once.
     """
     config = config or QATConfig()
     config.validate()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(pick_threads(threads)[0])
-    try:
-        return _qat(source, out, config, resume, data, on_epoch, stop_after_epoch, on_batch)
-    finally:
-        torch.set_num_threads(previous_threads)  # the caller's process as it was
-
-
-def _qat(
-    source: str | os.PathLike[str],
-    out: str | os.PathLike[str] | None,
-    config: QATConfig,
-    resume: bool,
-    data: str | os.PathLike[str] | None,
-    on_epoch: Callable[[dict[str, Any]], object] | None,
-    stop_after_epoch: int | None,
-    on_batch: Callable[[int, int, int, float], object] | None,
-) -> QATResult:
     source = Path(source)
     if not (source / META_FILE).is_file():
         raise MobileNetError(f"{source} is not a float run directory (no {META_FILE})")
@@ -351,24 +336,39 @@ def _qat(
     model, info = load_run(source)
     if (info.train_config or {}).get(QAT_KEY):
         raise MobileNetError(f"{source} is already quantization-aware trained; start from float")
-    state = _read_state(out, config) if resume else None
-    if not resume and holds_run(out):
-        raise MobileNetError(f"{out} already holds a run; continue it with --resume")
-    on_photos = data is None and info.data is None
-    if on_photos and not config.distill:
+    if not resume:
+        _refuse_existing(out)
+    if data is None and info.data is None and not config.distill:
         raise MobileNetError(
             f"{source} records no training data (imported weights?): pass --data with labelled "
             "images of its classes, or --distill to match the float model on photo crops"
         )
-    with DirectoryLock(out, "QAT run"):  # one writer per run directory, as train takes
-        if not resume and holds_run(out):  # another run may have finished here since we looked
-            raise MobileNetError(f"{out} already holds a run; continue it with --resume")
-        run = _QATRun(source, out, model, info, config, data, on_photos)
-        return run.train(state, on_epoch, stop_after_epoch, on_batch)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(pick_threads(threads)[0])
+    try:
+        with run_lock(out, "QAT run", fresh=not resume, refuse=_refuse_existing):
+            state = _read_state(out, config) if resume else None
+            run = _QATTrainer(source, out, model, info, config, data, progress)
+            run.stop_after_epoch, run.on_epoch, run.on_batch = stop_after_epoch, on_epoch, on_batch
+            if state is not None:
+                run.resume(state)
+            run.run()
+            return QATResult(out, str(source), run.history, run.source_top1)
+    finally:
+        torch.set_num_threads(previous_threads)  # the caller's process as it was
 
 
-class _QATRun:
-    """One QAT run: the prepared graph, its data, its optimizer and schedule, its epochs."""
+def _refuse_existing(out: Path) -> None:
+    if holds_run(out):
+        raise MobileNetError(f"{out} already holds a run; continue it with --resume")
+
+
+class _QATTrainer(Trainer):
+    """A QAT run on the trainer: the prepared graph trains, the float model is published;
+    observers and BatchNorm freeze at their set epochs; each epoch is scored on a copy."""
+
+    curves = False  # the record is not train's (loss, fake-quantized and float top-1)
+    closing_line = False  # the command says where the run is and how to ship it
 
     def __init__(
         self,
@@ -378,138 +378,112 @@ class _QATRun:
         info: RunInfo,
         config: QATConfig,
         data: str | os.PathLike[str] | None,
-        on_photos: bool,
+        progress: bool,
     ) -> None:
-        self.source, self.out, self.model, self.info, self.config = source, out, model, info, config
-        self.on_photos = on_photos
-        self.teacher = copy.deepcopy(model).eval() if config.distill else None
+        self.source, self.float_model, self.info, self.qat = source, model, info, config
+        self.on_photos = data is None and info.data is None
+        teacher = copy.deepcopy(model).eval() if config.distill else None
+        self.labels = Classification(info.class_names, nn.CrossEntropyLoss())
         self.test_loader = None
-        if on_photos:
+        if self.on_photos:
             self.loader = _photo_loader(info, config, 1)
         else:
             bundle = load_run_data(info, data)
             train_set = bundle.train_raw if bundle.train_raw is not None else bundle.train
             self.loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
             self.test_loader = make_loader(bundle.test, 256, shuffle=False, seed=config.seed)
-        self.source_top1 = (
-            None if self.test_loader is None else _top1(model, self.test_loader, info)
-        )
-        held_out = held_out_inputs(info, data, HELD_OUT)[0] if self.teacher else None
-        self.reference = _Reference(self.teacher, held_out) if self.teacher else None
+        self.source_top1 = None if self.test_loader is None else self._top1(model)
+        held_out = held_out_inputs(info, data, HELD_OUT)[0] if teacher else None
+        self.reference = _Reference(teacher, held_out) if teacher else None
         example = next(iter(self.loader))[0]
         torch.manual_seed(config.seed)
-        self.graph = prepare(trained_form(model, config), example, config)
+        graph = prepare(trained_form(model, config), example, config)
         if config.distill:
-            without_dropout(self.graph)  # the float model's logits are the target, not a copy
-        groups = parameter_groups(self.graph, config.weight_decay)
+            without_dropout(graph)  # the float model's logits are the target, not a copy
+        super().__init__(
+            out,
+            Distillation(teacher) if teacher is not None else self.labels,
+            Processes(),
+            config.epochs,
+            config.seed,
+            TrainingDisplay(quiet=False, is_main=progress, stderr=True),
+            QAT_SCALARS,
+        )
+        self.model = graph
+        groups = parameter_groups(graph, config.weight_decay)
         # torchvision's QAT recipe: plain momentum, no Nesterov
         self.optimizer = build_optimizer(
             config.optimizer, groups, config.lr, config.momentum, nesterov=False
         )
-        self.scheduler = warmup_cosine(self.optimizer, 0, config.epochs * len(self.loader))
+        self.steps_per_epoch = len(self.loader)
+        self.scheduler = warmup_cosine(self.optimizer, 0, config.epochs * self.steps_per_epoch)
 
-    def train(
-        self,
-        state: dict[str, Any] | None,
-        on_epoch: Callable[[dict[str, Any]], object] | None,
-        stop_after_epoch: int | None,
-        on_batch: Callable[[int, int, int, float], object] | None,
-    ) -> QATResult:
-        history: list[dict[str, Any]] = []
-        start_epoch = 1
-        if state is not None:
-            self.graph.load_state_dict(state["graph"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            history = list(state["history"])
-            start_epoch = int(state["epoch"]) + 1
-        scalars = ScalarLog(self.out, start_epoch, QAT_SCALARS, True)
-        for epoch in range(start_epoch, self.config.epochs + 1):
-            history.append(self.epoch(epoch, on_batch))
-            self.checkpoint(history)
-            scalars.epoch(history[-1])
-            if on_epoch is not None:
-                on_epoch(history[-1])
-            if stop_after_epoch is not None and epoch >= stop_after_epoch:
-                break
-        scalars.close()
-        return QATResult(self.out, str(self.source), history, self.source_top1)
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        # an observer's scale grows from one element to one per channel as it first observes:
+        # the graph's own loading resizes it, which a shape check would refuse
+        self.model.load_state_dict(weights)
 
-    def epoch(
-        self, epoch: int, on_batch: Callable[[int, int, int, float], object] | None
-    ) -> dict[str, Any]:
-        """Train one epoch and measure it: the record ``metrics.jsonl`` and the history keep."""
-        began = time.perf_counter()
-        _freeze(self.graph, self.config, epoch)
-        seed_epoch(self.config.seed, epoch, 0)
+    def _top1(self, model: nn.Module) -> float:
+        return self.labels.evaluation(model, self.test_loader, torch.device("cpu")).top1
+
+    def begin_epoch(self, epoch: int) -> DataLoader:
+        _freeze(self.model, self.qat, epoch)
         if self.on_photos:
-            self.loader = _photo_loader(self.info, self.config, epoch)
+            self.loader = _photo_loader(self.info, self.qat, epoch)
         else:
             self.loader.sampler.set_epoch(epoch)
-        total, seen = self.steps(epoch, on_batch)
-        train_time = time.perf_counter() - began
+        return self.loader
+
+    def measure(self, epoch: int, sums: torch.Tensor, train_time: float, began: float) -> dict:
         # A copy is evaluated: switching the training graph to eval and back rewrites its
         # BatchNorm and dropout nodes into a graph that trains differently, and a resumed run
         # (whose graph was never switched) would then not continue the same training.
-        evaluated = evaluation_copy(self.graph)
-        record: dict[str, Any] = {"epoch": epoch, "loss": total / seen}
+        evaluated = evaluation_copy(self.model)
+        record: dict[str, Any] = {"epoch": epoch, "loss": mean_loss(sums)}
         if self.test_loader is not None:
-            record["fake_quant_top1"] = _top1(evaluated, self.test_loader, self.info)
-            saved = float_weights(self.graph, copy.deepcopy(self.model), self.config)
-            record["float_top1"] = _top1(saved.eval(), self.test_loader, self.info)
+            record["fake_quant_top1"] = self._top1(evaluated)
+            saved = float_weights(self.model, copy.deepcopy(self.float_model), self.qat)
+            record["float_top1"] = self._top1(saved.eval())
         if self.reference is not None:
             match = self.reference.compare(evaluated)
             record["fake_quant_agreement"] = match.top1_agreement
             record["fake_quant_sqnr_db"] = match.sqnr_db
         record["lr"] = self.scheduler.get_last_lr()[0]
-        record["images_per_s"] = seen / train_time
+        record["images_per_s"] = sums[-1].item() / train_time
         record["seconds"] = time.perf_counter() - began
         return record
 
-    def steps(
-        self, epoch: int, on_batch: Callable[[int, int, int, float], object] | None
-    ) -> tuple[float, int]:
-        """One pass over the loader; the summed loss and the images seen."""
-        criterion = nn.CrossEntropyLoss()
-        total, seen = 0.0, 0
-        steps = len(self.loader)
-        for step, (images, labels) in enumerate(self.loader, start=1):
-            if self.teacher is None:
-                loss = criterion(self.graph(images), labels)
-            else:
-                with torch.no_grad():
-                    target = self.teacher(images)
-                loss = nn.functional.mse_loss(self.graph(images), target)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise MobileNetError(f"QAT loss became {value} at epoch {epoch}; lower --lr")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            total += value * len(labels)
-            seen += len(labels)
-            if on_batch is not None:
-                on_batch(epoch, step, steps, total / seen)
-        return total, seen
+    def recipe(self) -> dict[str, Any]:
+        return {**asdict(self.qat), "quantization": self.qat.quantization()}
 
-    def checkpoint(self, history: list[dict[str, Any]]) -> None:
-        _checkpoint(
-            self.out,
-            self.graph,
-            self.model,
+    def publish(self, epoch: int, replica_digests: list[str] | None) -> None:
+        """The float weights of the graph and the QAT record: the run is whole every epoch."""
+        info = replace(
             self.info,
-            self.source,
-            self.config,
-            self.optimizer,
-            self.scheduler,
-            history,
+            epoch=epoch,
+            metrics={**self.history[-1], "history": self.history},
+            train_config={QAT_KEY: {"source": str(self.source), **self.recipe()}},
+            finished=epoch == self.qat.epochs,
         )
+        save_run(self.run_dir, float_weights(self.model, self.float_model, self.qat), info)
 
+    def state_extra(self) -> dict[str, Any]:
+        return {"config": self.recipe()}
 
-def _top1(model: nn.Module, loader: DataLoader, info: RunInfo) -> float:
-    tally = tally_predictions(model, loader, len(info.class_names), torch.device("cpu"))
-    return float(tally.confusion.trace() / tally.confusion.sum())
+    def epoch_line(self, r: dict[str, Any]) -> str:
+        measured = []
+        if "fake_quant_top1" in r:
+            measured.append(f"fake-quantized top-1 {r['fake_quant_top1']:.2%}")
+            measured.append(f"float weights {r['float_top1']:.2%}")
+        if "fake_quant_agreement" in r:
+            measured.append(
+                f"agreement with float {r['fake_quant_agreement']:.2%}, "
+                f"logit SQNR {r['fake_quant_sqnr_db']:.1f} dB"
+            )
+        return (
+            f"epoch {r['epoch']}: loss {r['loss']:.4f}, {', '.join(measured)} "
+            f"({r['seconds']:.0f} s)"
+        )
 
 
 class _Reference:
@@ -542,13 +516,9 @@ def _freeze(graph: torch.fx.GraphModule, config: QATConfig, epoch: int) -> None:
 
 
 def _read_state(out: Path, config: QATConfig, finished_ok: bool = False) -> dict[str, Any]:
-    path = out / STATE_FILE
-    if not path.is_file():
-        raise MobileNetError(f"cannot resume {out}: {STATE_FILE} is missing")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file fails in many ways
-        raise MobileNetError(f"cannot resume {out}: {path} is unreadable ({e})") from None
+    """``out``'s ``train_state.pt``, refused when it simulated another quantization or (unless
+    ``finished_ok``) finished its epochs."""
+    state = read_train_state(out)
     recorded = state.get("config", {})
     if recorded.get("quantization") != config.quantization():
         raise MobileNetError(
@@ -558,37 +528,3 @@ def _read_state(out: Path, config: QATConfig, finished_ok: bool = False) -> dict
     if not finished_ok and int(state["epoch"]) >= config.epochs:
         raise MobileNetError(f"{out} already finished its {config.epochs} epochs")
     return state
-
-
-def _checkpoint(
-    out: Path,
-    graph: torch.fx.GraphModule,
-    model: nn.Module,
-    info: RunInfo,
-    source: Path,
-    config: QATConfig,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    history: list[dict[str, Any]],
-) -> None:
-    """The run's weights and record, then the graph's state: the run is whole at every epoch."""
-    recipe = {**asdict(config), "quantization": config.quantization()}
-    epoch = history[-1]["epoch"]
-    qat_info = replace(
-        info,
-        epoch=epoch,
-        metrics={**history[-1], "history": history},
-        train_config={QAT_KEY: {"source": str(source), **recipe}},
-        finished=epoch == config.epochs,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    save_run(out, float_weights(graph, model, config), qat_info)
-    state = {
-        "epoch": epoch,
-        "config": recipe,
-        "graph": graph.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "history": history,
-    }
-    write_state(out, state)

@@ -146,7 +146,7 @@ class Trainer:
     def resume(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (``train_state.pt`` as read back)."""
         try:
-            load_weights_into(self.model, state["model"], str(self.run_dir / STATE_FILE))
+            self.load_weights(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
@@ -155,6 +155,10 @@ class Trainer:
             raise MobileNetError(
                 f"cannot resume {self.run_dir}: {STATE_FILE} does not fit this run ({e})"
             ) from None
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Load the trained module's checkpointed state (shapes checked, named if wrong)."""
+        load_weights_into(self.model, weights, str(self.run_dir / STATE_FILE))
 
     def checkpoint(self, epoch: int, replica_digests: list[str] | None = None) -> None:
         """Publish the model, then the state to continue from, then the metrics."""
