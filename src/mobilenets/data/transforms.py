@@ -164,14 +164,18 @@ def random_flips_tilt(
     image: torch.Tensor, generator: torch.Generator | None = None, degrees: float = 3.0
 ) -> torch.Tensor:
     """Inspection images' augmentation: a horizontal and a vertical flip, each half of the
-    time, and a tilt of up to ``degrees`` with a scaling within 2%. Nothing is cropped away:
-    a solar cell's defect may sit at its border, and a crop that removed it would make the
-    label wrong."""
-    r = torch.rand(2, generator=generator).tolist()
+    time, a quarter turn half of the time on square images (with the flips, each of a
+    square's 8 symmetries equally often: a solar cell is a cell turned or mirrored), and a
+    tilt of up to ``degrees`` with a scaling within 2%. Nothing is cropped away: a solar
+    cell's defect may sit at its border, and a crop that removed it would make the label
+    wrong."""
+    r = torch.rand(3, generator=generator).tolist()
     if r[0] < 0.5:
         image = image.flip(-1)
     if r[1] < 0.5:
         image = image.flip(-2)
+    if r[2] < 0.5 and image.shape[-1] == image.shape[-2]:
+        image = image.transpose(-1, -2).flip(-1)  # a quarter turn
     return random_affine(image, generator, degrees=degrees, translate=0.0, scale=(0.98, 1.02))
 
 

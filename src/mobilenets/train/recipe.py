@@ -55,7 +55,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "freeze_bn": False,
     },
     "finetune": {
-        "epochs": 8,
+        "epochs": 12,
         "optimizer": "sgd",
         "lr": 0.01,
         "weight_decay": 1e-4,
@@ -112,7 +112,7 @@ class TrainConfig:
         flag="--recipe",
         choices=tuple(RECIPES),
     )
-    epochs: int | None = _opt(None, "passes over the train split (scratch 20, finetune 8)")
+    epochs: int | None = _opt(None, "passes over the train split (scratch 20, finetune 12)")
     batch_size: int = _opt(32, "global, split evenly across torchrun processes")
     optimizer: str | None = _opt(
         None,
