@@ -37,6 +37,10 @@ from mobilenets.runs import RunInfo
 MATCH_IOU = 0.5
 CHECK_SCORE = 0.5  # the detections a user keeps: PyTorch's above this score are checked
 CHECKED_PER_IMAGE = 5  # where PyTorch has none above it (an untrained model), its best five
+# The check decodes fewer candidates than predict (its threshold 0.001, 300 per class): the
+# matches it looks for score far above these, and NMS over every class's 300 boxes of 256
+# images took minutes
+DECODE = {"score_threshold": 0.01, "topk_candidates": 50, "detections_per_img": 100}
 
 
 class DetectionGraph(nn.Module):
@@ -59,13 +63,18 @@ def graph_of(model: nn.Module) -> nn.Module:
 
 
 def decode(
-    outputs: np.ndarray | torch.Tensor, defaults: torch.Tensor, image_size: tuple[int, int]
+    outputs: np.ndarray | torch.Tensor,
+    defaults: torch.Tensor,
+    image_size: tuple[int, int],
+    **thresholds: float,
 ) -> list[Detections]:
     """Detections per image from a detector program's output (N, boxes, classes + 4): boxes
     decoded against ``defaults`` and clipped to ``image_size`` (H, W), softmax scores,
-    per-class NMS (:func:`~mobilenets.models.multibox.postprocess_detections`)."""
+    per-class NMS (:func:`~mobilenets.models.multibox.postprocess_detections`, whose
+    ``thresholds`` these are)."""
     outputs = torch.as_tensor(np.asarray(outputs, dtype=np.float32))
-    return postprocess_detections(outputs[..., :-4], outputs[..., -4:], defaults, image_size)
+    cls_logits, bbox_regression = outputs[..., :-4], outputs[..., -4:]
+    return postprocess_detections(cls_logits, bbox_regression, defaults, image_size, **thresholds)
 
 
 def checked(detections: Detections) -> Detections:
@@ -103,8 +112,8 @@ def detection_agreement(
     def compare(expected: np.ndarray, got: np.ndarray) -> Agreement:
         raw = agreement(expected.reshape(len(expected), -1), got.reshape(len(got), -1))
         ious, scores, total = [], [], 0
-        reference_all = decode(expected, defaults, image_size)
-        pairs = zip(reference_all, decode(got, defaults, image_size), strict=True)
+        reference_all = decode(expected, defaults, image_size, **DECODE)
+        pairs = zip(reference_all, decode(got, defaults, image_size, **DECODE), strict=True)
         for reference, runtime in pairs:
             wanted = checked(reference)
             total += len(wanted.boxes)
