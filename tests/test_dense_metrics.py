@@ -11,8 +11,8 @@ import torch
 from conftest import raises_one_line
 from torch import nn
 
-from mobilenets.evaluation.detection_metrics import DetectionMeter, coco_map, evaluate_detector
-from mobilenets.evaluation.segmentation_metrics import (
+from mobilenets.train.detection_metrics import DetectionMeter, coco_map, evaluate_detector
+from mobilenets.train.segmentation_metrics import (
     ConfusionMatrix,
     evaluate_segmenter,
     segmentation_metrics,

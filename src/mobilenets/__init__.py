@@ -88,6 +88,9 @@ MOVED: dict[str, tuple[str, ...]] = {
     "mobilenets.devices": ("mobilenets.train.devices",),
     "mobilenets.distributed": ("mobilenets.train.distributed",),
     "mobilenets.evaluate": ("mobilenets.evaluation.evaluate",),
+    # the dense metrics moved below the trainer, which reports them every epoch
+    "mobilenets.evaluation.detection_metrics": ("mobilenets.train.detection_metrics",),
+    "mobilenets.evaluation.segmentation_metrics": ("mobilenets.train.segmentation_metrics",),
     "mobilenets.features": ("mobilenets.models.features",),
     "mobilenets.imagenet": ("mobilenets.data.imagenet",),
     "mobilenets.measure": (

@@ -21,7 +21,7 @@ from mobilenets.runs import (
     load_weights_into,
     read_run_info,
 )
-from mobilenets.train.recipe import DEFAULT_MODEL, DEFAULT_WIDTH_MULT, TrainConfig
+from mobilenets.train.recipe import DEFAULT_MODEL, DEFAULT_MODELS, DEFAULT_WIDTH_MULT, TrainConfig
 
 
 def load_init_weights(
@@ -45,6 +45,30 @@ def load_init_weights(
     except MobileNetError as e:
         hint = _init_hint(path, model_name, kwargs or {}) if path.is_dir() else ""
         raise MobileNetError(f"{e}{hint}") from None
+
+
+def load_trunk_weights(model: nn.Module, source: str) -> int:
+    """Start a detector's or segmenter's trunk (``model.features``) from a classifier's weights
+    (a run directory or a safetensors file): every trunk tensor must be there with its shape;
+    the head starts fresh. Returns the number of tensors loaded."""
+    path = Path(source)
+    file = path / "model.safetensors" if path.is_dir() else path
+    state = load_state_dict_file(file)
+    trunk = {f"features.{k}" for k in model.features.state_dict()}
+    wanted = {k: v for k, v in state.items() if k in trunk}
+    own = model.state_dict()
+    missing = sorted(trunk - set(wanted))
+    mismatched = [k for k in wanted if wanted[k].shape != own[k].shape]
+    if missing or mismatched:
+        first = missing[0] if missing else mismatched[0]
+        found = "missing" if missing else f"of shape {tuple(wanted[first].shape)}"
+        raise MobileNetError(
+            f"{file} does not hold this head's trunk: {first} is {found} (expected shape "
+            f"{tuple(own[first].shape)}); pass --model and --width-mult of the classifier's "
+            "family and width"
+        )
+    model.load_state_dict(wanted, strict=False)
+    return len(wanted)
 
 
 def _init_hint(run_dir: Path, model_name: str | None, kwargs: dict) -> str:
@@ -90,6 +114,13 @@ def inherit_init(config: TrainConfig, init: RunInfo | None) -> TrainConfig:
     the digits defaults. What the caller set stays; without an ``init`` run the defaults
     apply (mobilenet_v2, width 0.5, the dataset's resolution)."""
     changes: dict[str, Any] = {}
+    if config.dense:  # the init run is a classifier whose trunk the head is put on
+        if config.model is None:
+            changes["model"] = DEFAULT_MODELS[config.task]
+        if config.width_mult is None:
+            width = None if init is None else init.model_kwargs.get("width_mult")
+            changes["width_mult"] = DEFAULT_WIDTH_MULT if width is None else float(width)
+        return dataclasses.replace(config, **changes)
     if config.model is None:
         changes["model"] = init.model if init is not None else DEFAULT_MODEL
     model = changes.get("model", config.model)

@@ -60,8 +60,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from mobilenets.data import VAL_FRACTION, DataBundle, load_data, make_loader
+from mobilenets.data.dense_sources import load_dense_data
 from mobilenets.errors import MobileNetError
-from mobilenets.models import check_resolution, create_model, get_model_factory
+from mobilenets.models import (
+    check_resolution,
+    create_model,
+    get_model_factory,
+    list_models,
+    model_task,
+)
+from mobilenets.models.multibox import MultiboxLoss
 from mobilenets.runs import (
     DataRecord,
     RunInfo,
@@ -76,10 +84,11 @@ from mobilenets.train.finetune import (
     init_origin,
     init_run_info,
     load_init_weights,
+    load_trunk_weights,
 )
 from mobilenets.train.optim import make_optimizer, warmup_cosine
 from mobilenets.train.progress import TRAIN_SCALARS, TrainingDisplay
-from mobilenets.train.recipe import DEFAULT_MODEL, DEFAULT_WIDTH_MULT, TrainConfig
+from mobilenets.train.recipe import DEFAULT_MODEL, DEFAULT_WIDTH_MULT, TRAIN_TASKS, TrainConfig
 from mobilenets.train.run_dir import (
     STATE_FILE,
     data_source,
@@ -87,7 +96,7 @@ from mobilenets.train.run_dir import (
     read_train_state,
     resumed_config,
 )
-from mobilenets.train.task import Classification
+from mobilenets.train.task import Classification, Detection, Segmentation, Task
 from mobilenets.train.trainer import (  # noqa: F401 (seed_epoch, state_digest: names of the loop)
     NonFiniteLossError,
     Trainer,
@@ -116,8 +125,54 @@ def model_kwargs(config: TrainConfig, num_classes: int, in_chans: int, resolutio
         "dropout": config.dropout,
         "small_input": small_input,
     }
+    if config.dense:  # a head on a trunk: torchvision's reduced tail unless the trunk is loaded
+        wanted = {**wanted, "reduced_tail": config.init is None}
     accepted = inspect.signature(get_model_factory(config.model or DEFAULT_MODEL)).parameters
     return {k: v for k, v in wanted.items() if k in accepted}
+
+
+def _load_bundle(config: TrainConfig) -> DataBundle:
+    """Both splits of the data ``config.task`` trains on."""
+    if config.dense:
+        return load_dense_data(
+            TRAIN_TASKS[config.task],
+            config.data,
+            config.resolution,
+            seed=SPLIT_SEED,
+            val_fraction=VAL_FRACTION,
+        )
+    return load_data(
+        config.data,
+        config.resolution,
+        seed=SPLIT_SEED,
+        val_fraction=VAL_FRACTION,
+        augment=config.augment,
+    )
+
+
+def _check_model_task(config: TrainConfig) -> None:
+    """Refuse a model that predicts something else than ``config.task`` trains for."""
+    wanted = TRAIN_TASKS[config.task]
+    found = model_task(config.model)
+    if found != wanted:
+        raise MobileNetError(
+            f"{config.model} is a {found} model; --task {config.task} needs one of "
+            f"{', '.join(list_models(wanted))}"
+        )
+
+
+def _make_task(config: TrainConfig, bundle: DataBundle, model: nn.Module, device) -> Task:
+    """What ``config.task`` trains for, on ``model`` (a detector's default boxes) and
+    ``bundle`` (its classes; the class weights of its training split)."""
+    if config.task == "detect":
+        return Detection(MultiboxLoss(model.default_boxes(bundle.input_size[1])).to(device))
+    if config.task == "segment":
+        return Segmentation(len(bundle.class_names))
+    weight = None
+    if config.class_weights:
+        weight = class_weights(bundle.train, len(bundle.class_names)).to(device)
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+    return Classification(bundle.class_names, criterion)
 
 
 # --------------------------------------------------------------------------- weights
@@ -177,6 +232,7 @@ def train(
         config = inherit_init(config, init_run_info(config.init))
     config = config.with_recipe()
     config.validate()
+    _check_model_task(config)
     config = dataclasses.replace(config, data=data_source(config.data))
     # Every rank finds the same name: nothing is written before epoch 1 ends.
     run_dir = Path(config.resume) if config.resume is not None else new_run_dir(config)
@@ -221,13 +277,7 @@ class _Trainer(Trainer):
             )
         self.config = config
         self.batch_size = config.batch_size // procs.world_size  # per process
-        self.bundle: DataBundle = load_data(
-            config.data,
-            config.resolution,
-            seed=SPLIT_SEED,
-            val_fraction=VAL_FRACTION,
-            augment=config.augment,
-        )
+        self.bundle = _load_bundle(config)
         channels, resolution, _ = self.bundle.input_size
         num_classes = len(self.bundle.class_names)
         self.kwargs = model_kwargs(config, num_classes, channels, resolution)
@@ -236,19 +286,18 @@ class _Trainer(Trainer):
         check_resolution(model, resolution)
         self.init_from = None
         if config.init is not None and config.resume is None:
-            load_init_weights(model, config.init, config.model, self.kwargs)
+            if config.dense:
+                load_trunk_weights(model, config.init)
+            else:
+                load_init_weights(model, config.init, config.model, self.kwargs)
             self.init_from = init_origin(config.init, init_run_info(config.init))
         if config.freeze_features:
             freeze_features(model)
         if config.freeze_epochs and not isinstance(getattr(model, "features", None), nn.Module):
             raise MobileNetError(f"{type(model).__name__} has no .features to freeze")
-        weight = None
-        if config.class_weights:
-            weight = class_weights(self.bundle.train, num_classes).to(procs.device)
-        criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
         super().__init__(
             run_dir,
-            Classification(self.bundle.class_names, criterion),
+            _make_task(config, self.bundle, model, procs.device),
             procs,
             config.epochs,
             config.seed,
@@ -256,7 +305,7 @@ class _Trainer(Trainer):
             TRAIN_SCALARS,
             config.stop_after_epoch,
         )
-        self.model = model
+        self.model, self.curves = model, not config.dense
         self.memory_format = (
             torch.channels_last if config.channels_last else torch.contiguous_format
         )
@@ -265,14 +314,16 @@ class _Trainer(Trainer):
         self._fit_batch_to_data()
         self.train_loader = self._train_loader()
         # Each rank evaluates every world_size-th test image (a range serves as a sampler);
-        # the tallies are summed, so every image counts once.
+        # the tallies are summed, so every image counts once. A dense task's metrics do not
+        # add up by shards: every rank scores the whole split.
+        shards = 1 if config.dense else procs.world_size
         self.test_loader = make_loader(
             self.bundle.test,
             batch_size=max(256, self.batch_size),
             shuffle=False,
             seed=0,
             num_workers=config.num_workers,
-            sampler=range(procs.rank, len(self.bundle.test), procs.world_size),
+            sampler=range(procs.rank % shards, len(self.bundle.test), shards),
         )
         self.steps_per_epoch = len(self.train_loader)
         self.optimizer = make_optimizer(config, self.model)
@@ -384,6 +435,8 @@ class _Trainer(Trainer):
         )
 
     def epoch_line(self, record: dict[str, Any]) -> str:
+        if self.config.dense:
+            return self.display.dense_epoch_line(record, self.config.epochs, self.task.shown)
         return self.display.epoch_line(record, self.config.epochs)
 
     # ---------------------------------------------------------------- epochs

@@ -64,6 +64,15 @@ class TrainingDisplay:
             f"{r['images_per_s']:.0f} img/s  {r['epoch_time_s']:.1f} s"
         )
 
+    @staticmethod
+    def dense_epoch_line(r: dict[str, Any], epochs: int, shown: tuple[tuple[str, str], ...]):
+        """A detection or segmentation epoch: the loss and the task's held-out numbers."""
+        scores = "  ".join(f"{label} {r[key]:.2%}" for key, label in shown)
+        return (
+            f"epoch {r['epoch']:>3}/{epochs}  loss {r['train_loss']:.4f}  {scores}  "
+            f"{r['images_per_s']:.0f} img/s  {r['epoch_time_s']:.1f} s"
+        )
+
     @property
     def batch_lines(self) -> bool:
         """Whether to print a line every few batches: no bars to see, and not quiet."""

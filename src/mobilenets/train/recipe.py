@@ -40,6 +40,13 @@ from mobilenets.errors import MobileNetError
 OPTIMIZERS = ("sgd", "rmsprop", "adamw")
 # What ``model`` and ``width_mult`` mean when neither the caller nor an ``init`` run says.
 DEFAULT_MODEL = "mobilenet_v2"
+# ``--task`` -> the registry's task of the models it trains, and its default model
+TRAIN_TASKS = {"classify": "classification", "detect": "detection", "segment": "segmentation"}
+DEFAULT_MODELS = {
+    "classify": DEFAULT_MODEL,
+    "detect": "ssdlite_mobilenet_v3_large",
+    "segment": "lraspp_mobilenet_v3_large",
+}
 DEFAULT_WIDTH_MULT = 0.5
 # The settings a recipe fills where the caller left them None (see the module docstring).
 RECIPES: dict[str, dict[str, Any]] = {
@@ -88,6 +95,12 @@ class TrainConfig:
     """Everything a training run depends on; the defaults train MobileNetV2 on the digits to
     over 98.5% held-out top-1 in a few minutes on two CPU cores."""
 
+    task: str = _opt(
+        "classify",
+        "classify (labels), detect (SSDLite: boxes, COCO mAP) or segment (masks, mIoU); "
+        "detect and segment default to the digit canvases",
+        choices=tuple(TRAIN_TASKS),
+    )
     # model, width_mult and resolution left None are --init's run's, else the defaults
     # (mobilenet_v2, 0.5, the dataset's): see mobilenets.train.finetune
     model: str | None = _opt(
@@ -176,6 +189,8 @@ class TrainConfig:
         if name not in RECIPES:
             raise MobileNetError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
         filled = {k: v for k, v in RECIPES[name].items() if getattr(self, k) is None}
+        if self.dense and self.class_weights is None:
+            filled["class_weights"] = False  # no class per image to count
         return dataclasses.replace(self, recipe_name=name, **filled)
 
     def validate(self) -> None:
@@ -203,10 +218,27 @@ class TrainConfig:
                 f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}",
             ),
         ]
+        if self.task not in TRAIN_TASKS:
+            checks.append(
+                (False, f"unknown task {self.task!r}; choose from {', '.join(TRAIN_TASKS)}")
+            )
+        if self.dense and self.class_weights:
+            checks.append((False, "class weights are for classification; drop --class-weights"))
         for ok, message in checks:
             if not ok:
                 raise MobileNetError(message)
 
     def recipe(self) -> dict[str, Any]:
-        """The fields that define what is trained (recorded in the run, reused on resume)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
+        """The fields that define what is trained (recorded in the run, reused on resume);
+        ``task`` only when it is not classification, so a classification run's record reads as
+        it did before there were tasks."""
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in RUNTIME_FIELDS and not (k == "task" and v == "classify")
+        }
+
+    @property
+    def dense(self) -> bool:
+        """Whether the task is detection or segmentation (not classification)."""
+        return self.task != "classify"

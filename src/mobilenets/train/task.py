@@ -9,7 +9,13 @@ processes of a ``torchrun``.
 - :class:`Classification`: images and class labels, cross-entropy, top-1 (``train``, and
   ``qat`` with labels);
 - :class:`Distillation`: images, a teacher's logits as the target, mean squared error
-  (``qat --distill``).
+  (``qat --distill``);
+- :class:`Detection`: images and per-image boxes and labels, SSD's multibox loss, COCO mAP
+  (``train --task detect``);
+- :class:`Segmentation`: images and masks, per-pixel cross-entropy, mIoU and pixel accuracy
+  (``train --task segment``).
+
+A task's ``shown`` names the held-out numbers an epoch's line gives, as percentages.
 """
 
 from __future__ import annotations
@@ -19,10 +25,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from mobilenets.models.multibox import MultiboxLoss
+from mobilenets.models.segmentation_loss import segmentation_loss
+from mobilenets.train.detection_metrics import evaluate_detector
 from mobilenets.train.metrics import Evaluation, tally_predictions
+from mobilenets.train.segmentation_metrics import evaluate_segmenter
+
+COCO_MAX_DETECTIONS = 100  # per image, what COCO's mAP counts
 
 
 class Task(Protocol):
@@ -98,8 +109,7 @@ class Distillation:
             target = self.teacher(images)
         with torch.autocast(**autocast):
             loss = nn.functional.mse_loss(model(images), target)
-        n = torch.tensor(len(images), dtype=torch.float64, device=device)
-        return loss, torch.stack([loss.detach().double() * n, n])
+        return loss, _count(loss, len(images), device)
 
     def train_metrics(self, sums: torch.Tensor) -> dict[str, float]:
         return {"train_loss": mean_loss(sums)}
@@ -108,8 +118,61 @@ class Distillation:
         raise NotImplementedError("a distillation is measured by its agreement with the teacher")
 
 
-def all_reduce_(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over the processes in place (a no-op outside torch.distributed)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
-    return t
+def _count(loss: torch.Tensor, images: int, device: torch.device) -> torch.Tensor:
+    n = torch.tensor(images, dtype=torch.float64, device=device)
+    return torch.stack([loss.detach().double() * n, n])
+
+
+@dataclass
+class Detection:
+    """Images and targets ``{"boxes", "labels"}`` (a list, one per image); SSD's multibox
+    ``criterion`` on SSDLite's outputs; COCO mAP@[.5:.95] and mAP@.5 held out (every
+    process scores the whole held-out split: COCO's evaluation does not add up by shards)."""
+
+    criterion: MultiboxLoss
+    shown = (("test_map_50", "mAP@.5"), ("test_map", "mAP"))
+
+    def step(self, model, batch, device, memory_format, autocast):
+        images, targets = batch
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        with torch.autocast(**autocast):
+            cls_logits, bbox_regression = model(images)
+        loss = self.criterion(cls_logits.float(), bbox_regression.float(), targets).total
+        return loss, _count(loss, len(images), device)
+
+    def train_metrics(self, sums: torch.Tensor) -> dict[str, float]:
+        return {"train_loss": mean_loss(sums)}
+
+    def evaluate(self, model, loader, device, channels_last=False) -> dict[str, Any]:
+        was_training = model.training
+        # COCO scores the best 100 detections of an image: more would change nothing
+        scores = evaluate_detector(model, loader, device, detections_per_img=COCO_MAX_DETECTIONS)
+        model.train(was_training)
+        return {f"test_{k}": v for k, v in scores.items()}
+
+
+@dataclass
+class Segmentation:
+    """Images and (H, W) masks of class ids (255 ignored); per-pixel cross-entropy; mIoU and
+    pixel accuracy held out (the whole held-out split on every process)."""
+
+    num_classes: int
+    shown = (("test_miou", "mIoU"), ("test_pixel_accuracy", "pixels"))
+
+    def step(self, model, batch, device, memory_format, autocast):
+        images, masks = batch
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        masks = masks.to(device, non_blocking=True)
+        with torch.autocast(**autocast):
+            logits = model(images)
+        loss = segmentation_loss(logits.float(), masks)
+        return loss, _count(loss, len(images), device)
+
+    def train_metrics(self, sums: torch.Tensor) -> dict[str, float]:
+        return {"train_loss": mean_loss(sums)}
+
+    def evaluate(self, model, loader, device, channels_last=False) -> dict[str, Any]:
+        was_training = model.training
+        scores = evaluate_segmenter(model, loader, self.num_classes, device)
+        model.train(was_training)
+        return {f"test_{k}": v for k, v in scores.items()}
