@@ -109,12 +109,19 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
 def batched_nms(
     boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float
 ) -> torch.Tensor:
-    """NMS within each label: boxes of different labels never suppress each other.
+    """NMS within each label: boxes of different labels never suppress each other; the
+    indices kept, highest score first.
 
-    Each label's boxes are shifted by a multiple of the coordinates' span so no two labels
-    overlap, then one :func:`nms` runs (torchvision's trick): one IoU matrix for all labels.
+    One :func:`nms` per label: k labels of n boxes cost k IoU matrices of n x n, where
+    torchvision's trick (shifting each label's boxes apart, one NMS) costs one of kn x kn, k
+    times more (an untrained 10-class detector spent 0.45 s an image in it).
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
-    shift = labels.to(boxes.dtype)[:, None] * (boxes.max() - boxes.min() + 1)
-    return nms(boxes + shift, scores, iou_threshold)
+    kept = torch.zeros(len(boxes), dtype=torch.bool)
+    labels = labels.detach().cpu()
+    for label in labels.unique():
+        members = torch.nonzero(labels == label).squeeze(1)
+        kept[members[nms(boxes[members], scores[members], iou_threshold).cpu()]] = True
+    order = scores.detach().cpu().argsort(descending=True, stable=True)
+    return order[kept[order]].to(boxes.device)
