@@ -38,7 +38,7 @@ def small(name: str) -> torch.nn.Module:
 def test_a_detector_program_holds_its_raw_outputs_side_by_side() -> None:
     """(N, boxes, classes + 4): the logits, then the offsets; decoding it outside is what
     postprocess_detections gives on the model's own two outputs."""
-    model = small("ssdlite_mobilenet_v3_large")
+    model = small("ssdlite_mobilenet_v3_small")
     graph = graph_of(model)
     assert isinstance(graph, DetectionGraph) and graph_of(create_model("mobilenet_v2")) is not None
     images = torch.randn(1, 3, SIZE, SIZE)
@@ -53,7 +53,7 @@ def test_a_detector_program_holds_its_raw_outputs_side_by_side() -> None:
 
 
 def test_the_detection_check_matches_boxes_and_measures_them() -> None:
-    model = small("ssdlite_mobilenet_v3_large")
+    model = small("ssdlite_mobilenet_v3_small")
     with torch.no_grad():
         out = graph_of(model)(torch.randn(2, 3, SIZE, SIZE)).numpy()
     compare = detection_agreement(model.default_boxes(SIZE), (SIZE, SIZE))
@@ -105,10 +105,10 @@ def head_run(tmp_path_factory: pytest.TempPathFactory):
 # one end-to-end export per runtime, int8 (the writer, the calibration on canvases, the
 # check's decoding); the heads alternate so that each is taken by two runtimes
 RUNTIMES = [
-    ("onnx", "ssdlite_mobilenet_v3_large"),
-    ("openvino", "lraspp_mobilenet_v3_large"),
-    ("executorch", "ssdlite_mobilenet_v3_large"),
-    ("litert", "lraspp_mobilenet_v3_large"),
+    ("onnx", "ssdlite_mobilenet_v3_small"),
+    ("openvino", "lraspp_mobilenet_v3_small"),
+    ("executorch", "ssdlite_mobilenet_v3_small"),
+    ("litert", "lraspp_mobilenet_v3_small"),
 ]
 
 
@@ -131,7 +131,7 @@ def test_a_head_exports_int8_checked_as_detections_or_masks(
 
 
 def test_an_onnx_option_on_a_head_is_still_one_line(head_run, tmp_path: Path, capsys) -> None:
-    run = head_run("lraspp_mobilenet_v3_large")
+    run = head_run("lraspp_mobilenet_v3_small")
     argv = ["export", str(run), "--format", "litert", "--wide-residuals", "--int8"]
     check_one_line_error([*argv, "--out", str(tmp_path / "m.tflite")], "LiteRT cannot", capsys)
     assert list(tmp_path.iterdir()) == []

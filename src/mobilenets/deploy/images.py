@@ -10,6 +10,7 @@ mask folders), images only.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Iterable
@@ -75,12 +76,21 @@ def run_data(info: RunInfo, data: str | os.PathLike[str] | None) -> DataBundle:
         return load_run_data(info, data)
     record = info.data
     source = data if data is not None else (record.source if record else None)
+    seed = record.split_seed if record else 0
+    val_fraction = record.val_fraction if record else VAL_FRACTION
+    return _dense_data(
+        task, None if source is None else str(source), info.resolution, seed, val_fraction
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _dense_data(
+    task: str, source: str | None, resolution: int, seed: int, val_fraction: float
+) -> DataBundle:
+    """One read per process of a dense source: the check and the calibration both read it,
+    and drawing the digit canvases takes seconds."""
     return load_dense_data(
-        task,
-        source,
-        resolution=info.resolution,
-        seed=record.split_seed if record else 0,
-        val_fraction=record.val_fraction if record else VAL_FRACTION,
+        task, source, resolution=resolution, seed=seed, val_fraction=val_fraction
     )
 
 
