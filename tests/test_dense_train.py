@@ -1,0 +1,119 @@
+"""``train --task detect|segment``: the detection and segmentation tasks on the one trainer.
+
+The runs are kept short by a few canvases written as the formats users have (COCO JSON, mask
+folders) at 64 px: what is tested is that the task trains (the loss falls), is scored by its
+own metrics and makes an ordinary run directory, not the fit (benchmarks/train_dense_digits.py
+measures that).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import check_one_line_error
+from PIL import Image
+
+from mobilenets.cli import main
+from mobilenets.data.canvases import CANVAS_CLASSES, digit_canvases
+from mobilenets.models.segmentation import LRASPP
+from mobilenets.models.ssdlite import SSDLite
+from mobilenets.runs import load_run
+from mobilenets.train.run_dir import METRICS_FILE
+
+CANVASES = 8
+SHORT = ["--width-mult", "0.35", "--resolution", "64", "--batch-size", "4", "--epochs", "3"]
+SHORT += [
+    "--optimizer",
+    "adamw",
+    "--lr",
+    "0.003",
+    "--warmup-epochs",
+    "0",
+    "--workers",
+    "0",
+    "--threads",
+    "1",
+    "--quiet",
+]
+
+
+def canvas_folders(root: Path, task: str) -> Path:
+    """The first canvases as ``train/`` and ``val/`` folders (the same images: the held-out
+    score then follows the fit), COCO JSON for ``detect``, image + mask PNGs for ``segment``."""
+    canvases, _ = digit_canvases(0)
+    for split in ("train", "val"):
+        folder = root / split
+        (folder / "images").mkdir(parents=True)
+        (folder / "masks").mkdir()
+        images, annotations = [], []
+        for i in range(CANVASES):
+            pixels = canvases.images[i, 0].numpy()
+            Image.fromarray(pixels).convert("RGB").save(folder / "images" / f"{i}.png")
+            mask = canvases.masks[i].numpy().astype(np.uint8)
+            Image.fromarray(mask).save(folder / "masks" / f"{i}.png")
+            images.append({"id": i + 1, "file_name": f"{i}.png", "width": 160, "height": 160})
+            for (x1, y1, x2, y2), label in zip(
+                canvases.boxes[i].tolist(), canvases.labels[i].tolist(), strict=True
+            ):
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": i + 1,
+                        "category_id": label,
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": (x2 - x1) * (y2 - y1),
+                        "iscrowd": 0,
+                    }
+                )
+        categories = [{"id": k, "name": name} for k, name in enumerate(CANVAS_CLASSES) if k]
+        coco = {"images": images, "annotations": annotations, "categories": categories}
+        (folder / "instances.json").write_text(json.dumps(coco))
+        (folder / "classes.txt").write_text("\n".join(CANVAS_CLASSES) + "\n")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("task", "scores", "kind"),
+    [
+        ("detect", ("test_map", "test_map_50", "test_map_75"), SSDLite),
+        ("segment", ("test_miou", "test_pixel_accuracy"), LRASPP),
+    ],
+)
+def test_a_dense_task_trains_on_the_one_trainer(
+    task: str, scores: tuple[str, ...], kind: type, tmp_path: Path, capsys
+) -> None:
+    data = canvas_folders(tmp_path / "data", "segment" if task == "segment" else "detect")
+    out = tmp_path / "run"
+    argv = ["train", "--task", task, "--data", str(data), *SHORT, "--out", str(out)]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out
+    assert ("mAP@.5" if task == "detect" else "mIoU") in lines
+    history = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    losses = [h["train_loss"] for h in history]  # SSD's loss falls slower at first
+    assert losses == sorted(losses, reverse=True), losses
+    assert losses[-1] < (0.9 if task == "detect" else 0.8) * losses[0], losses
+    assert all(0.0 <= h[key] <= 1.0 for h in history for key in scores)
+    model, info = load_run(out)  # an ordinary run: the head is rebuilt from its record
+    assert isinstance(model, kind) and info.class_names == CANVAS_CLASSES
+    assert info.train_config["task"] == task and info.finished
+
+
+def test_a_model_of_another_task_is_refused(capsys) -> None:
+    check_one_line_error(
+        ["train", "--task", "detect", "--model", "mobilenet_v2"],
+        "mobilenet_v2 is a classification model; --task detect needs one of",
+        capsys,
+    )
+    check_one_line_error(
+        ["train", "--task", "classify", "--model", "lraspp_mobilenet_v3_large"],
+        "is a segmentation model",
+        capsys,
+    )
+    check_one_line_error(
+        ["train", "--task", "segment", "--class-weights"], "class weights are for", capsys
+    )
