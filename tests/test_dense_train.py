@@ -13,14 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import check_one_line_error
 from PIL import Image
+from safetensors.torch import save_file
 
 from mobilenets.cli import main
 from mobilenets.data.canvases import CANVAS_CLASSES, digit_canvases
+from mobilenets.errors import MobileNetError
+from mobilenets.models import create_model
 from mobilenets.models.segmentation import LRASPP
 from mobilenets.models.ssdlite import SSDLite
 from mobilenets.runs import load_run
+from mobilenets.train.finetune import load_trunk_weights
 from mobilenets.train.run_dir import METRICS_FILE
 
 CANVASES = 8
@@ -117,3 +122,18 @@ def test_a_model_of_another_task_is_refused(capsys) -> None:
     check_one_line_error(
         ["train", "--task", "segment", "--class-weights"], "class weights are for", capsys
     )
+
+
+def test_init_starts_a_head_from_a_classifiers_trunk(tmp_path: Path) -> None:
+    """``--init`` of a dense task loads every trunk tensor of the classifier, and names the
+    first that does not fit (here: SSDLite's reduced tail, which the classifier lacks)."""
+    classifier = create_model("mobilenet_v3_large", num_classes=10, width_mult=0.35)
+    file = tmp_path / "c.safetensors"
+    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(file))
+    head = create_model("lraspp_mobilenet_v3_large", num_classes=11, width_mult=0.35)
+    assert load_trunk_weights(head, str(file)) == len(head.features.state_dict())
+    for name, tensor in head.features.state_dict().items():
+        assert torch.equal(tensor, classifier.state_dict()[f"features.{name}"]), name
+    reduced = create_model("ssdlite_mobilenet_v3_large", num_classes=11, width_mult=0.35)
+    with pytest.raises(MobileNetError, match=r"does not hold this head's trunk: .* of shape"):
+        load_trunk_weights(reduced, str(file))
