@@ -30,6 +30,7 @@ kernels end to end. Choices, each measured on this CPU (benchmarks/results/deplo
 
 from __future__ import annotations
 
+import importlib
 import os
 import tempfile
 import warnings
@@ -269,6 +270,5 @@ def __getattr__(name: str) -> object:
             DeprecationWarning,
             stacklevel=2,
         )
-    from mobilenets.deploy import compat
-
-    return getattr(compat, name)
+    # by name: compat imports the export pipeline, which imports this module
+    return getattr(importlib.import_module("mobilenets.deploy.compat"), name)

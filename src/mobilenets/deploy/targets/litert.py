@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenets.deploy import target as runtimes  # the helpers every runtime's code uses
+import mobilenets.deploy.target as runtimes  # the helpers every runtime's code uses
 from mobilenets.deploy.target import Capabilities, Job, Runner, Target
 from mobilenets.errors import MobileNetError
 
