@@ -3,6 +3,7 @@ that the `test` extra installs) split as their paper did, and the fine-tuning re
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 from collections import Counter
 from dataclasses import replace
@@ -13,6 +14,7 @@ import pytest
 import torch
 from conftest import raises_one_line, randomize_batchnorm, write_digit_png
 from sklearn.datasets import load_digits
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from mobilenets.cli import main
 from mobilenets.data import TensorImageDataset, elpv_table, load_data
@@ -112,6 +114,14 @@ def test_init_fine_tunes_a_new_head_then_the_trunk_and_records_where_from(
     out = tmp_path / "tuned"
     config = TrainConfig(data=str(folder), init=str(imported), epochs=2, batch_size=16)
     train(replace(config, out=str(out), quiet=True, stop_after_epoch=1))
+    # the folder's loader workers stop with the run, not in some later garbage collection
+    # (which waited out a timeout per worker: tens of seconds in whatever code came next)
+    running = [
+        it
+        for it in gc.get_objects()
+        if isinstance(it, _MultiProcessingDataLoaderIter) and not it._shutdown
+    ]
+    assert not running
     before = load_state_dict_file(imported / "model.safetensors")
     after = load_state_dict_file(out / "model.safetensors")
     trunk = [k for k in before if k.startswith("features.")]

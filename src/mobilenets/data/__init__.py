@@ -33,7 +33,7 @@ indexing a dataset with a plain integer draws from torch's global RNG instead.
 """
 
 from mobilenets.data.datasets import ImageFolderDataset, Renormalized, TensorImageDataset
-from mobilenets.data.loader import SeededSampler, make_loader
+from mobilenets.data.loader import SeededSampler, make_loader, stop_workers
 from mobilenets.data.sources import (
     DEFAULT_RESOLUTION,
     IMAGE_EXTENSIONS,
@@ -83,5 +83,6 @@ __all__ = [
     "load_image",
     "make_loader",
     "resize_center_crop",
+    "stop_workers",
     "stratified_split",
 ]

@@ -125,6 +125,24 @@ def make_loader(
     )
 
 
+def stop_workers(*loaders: DataLoader) -> None:
+    """Stop the worker processes of ``loaders`` now (loaders without workers are left as
+    they are).
+
+    A loader with persistent workers keeps them until it is freed. When it is freed by the
+    garbage collector (a loader held in a reference cycle), its iterator stops the workers
+    from inside the collection, where each worker is joined only after its timeout:
+    seconds per worker, paid by whatever code happened to trigger the collection. Stopped
+    here, they exit at once. This reads DataLoader's private ``_iterator``, as PyTorch
+    Lightning does for the same reason: DataLoader has no public way to stop its workers.
+    """
+    for loader in loaders:
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+            loader._iterator = None
+
+
 def _worker_start() -> str:
     """``forkserver`` where the platform has it (Linux), else its default (``spawn``)."""
     methods = multiprocessing.get_all_start_methods()

@@ -33,7 +33,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DataLoader
 
+from mobilenets.data.loader import stop_workers
 from mobilenets.errors import MobileNetError
 from mobilenets.io import DirectoryLock
 from mobilenets.runs import load_weights_into
@@ -185,6 +187,14 @@ class Trainer:
     # ---------------------------------------------------------------- epochs
 
     def run(self) -> Path:
+        """Train the remaining epochs and return the run directory; the data loaders'
+        worker processes stop when it returns or raises (:func:`stop_workers`)."""
+        try:
+            return self._run()
+        finally:
+            stop_workers(*(v for v in vars(self).values() if isinstance(v, DataLoader)))
+
+    def _run(self) -> Path:
         last = self.epochs if self.stop_after_epoch is None else self.stop_after_epoch
         last = min(self.epochs, last)
         banner = self.banner()
