@@ -123,8 +123,37 @@ def _count(loss: torch.Tensor, images: int, device: torch.device) -> torch.Tenso
     return torch.stack([loss.detach().double() * n, n])
 
 
+class _Dense:
+    """What detection and segmentation share: a batch of images and targets, the task's
+    ``loss`` of the outputs, a loss-only training record, and held-out ``scores`` prefixed
+    ``test_``, the model's train/eval mode kept."""
+
+    def step(self, model, batch, device, memory_format, autocast):
+        images, targets = batch
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        with torch.autocast(**autocast):
+            outputs = model(images)
+        loss = self.loss(outputs, targets, device)
+        return loss, _count(loss, len(images), device)
+
+    def loss(self, outputs, targets, device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_metrics(self, sums: torch.Tensor) -> dict[str, float]:
+        return {"train_loss": mean_loss(sums)}
+
+    def evaluate(self, model, loader, device, channels_last=False) -> dict[str, Any]:
+        was_training = model.training
+        scores = self.scores(model, loader, device)
+        model.train(was_training)
+        return {f"test_{k}": v for k, v in scores.items()}
+
+    def scores(self, model, loader, device) -> dict[str, float]:
+        raise NotImplementedError
+
+
 @dataclass
-class Detection:
+class Detection(_Dense):
     """Images and targets ``{"boxes", "labels"}`` (a list, one per image); SSD's multibox
     ``criterion`` on SSDLite's outputs; COCO mAP@[.5:.95] and mAP@.5 held out (every
     process scores the whole held-out split: COCO's evaluation does not add up by shards)."""
@@ -132,47 +161,25 @@ class Detection:
     criterion: MultiboxLoss
     shown = (("test_map_50", "mAP@.5"), ("test_map", "mAP"))
 
-    def step(self, model, batch, device, memory_format, autocast):
-        images, targets = batch
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        with torch.autocast(**autocast):
-            cls_logits, bbox_regression = model(images)
-        loss = self.criterion(cls_logits.float(), bbox_regression.float(), targets).total
-        return loss, _count(loss, len(images), device)
+    def loss(self, outputs, targets, device) -> torch.Tensor:
+        cls_logits, bbox_regression = outputs
+        return self.criterion(cls_logits.float(), bbox_regression.float(), targets).total
 
-    def train_metrics(self, sums: torch.Tensor) -> dict[str, float]:
-        return {"train_loss": mean_loss(sums)}
-
-    def evaluate(self, model, loader, device, channels_last=False) -> dict[str, Any]:
-        was_training = model.training
+    def scores(self, model, loader, device) -> dict[str, float]:
         # COCO scores the best 100 detections of an image: more would change nothing
-        scores = evaluate_detector(model, loader, device, detections_per_img=COCO_MAX_DETECTIONS)
-        model.train(was_training)
-        return {f"test_{k}": v for k, v in scores.items()}
+        return evaluate_detector(model, loader, device, detections_per_img=COCO_MAX_DETECTIONS)
 
 
 @dataclass
-class Segmentation:
+class Segmentation(_Dense):
     """Images and (H, W) masks of class ids (255 ignored); per-pixel cross-entropy; mIoU and
     pixel accuracy held out (the whole held-out split on every process)."""
 
     num_classes: int
     shown = (("test_miou", "mIoU"), ("test_pixel_accuracy", "pixels"))
 
-    def step(self, model, batch, device, memory_format, autocast):
-        images, masks = batch
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        masks = masks.to(device, non_blocking=True)
-        with torch.autocast(**autocast):
-            logits = model(images)
-        loss = segmentation_loss(logits.float(), masks)
-        return loss, _count(loss, len(images), device)
+    def loss(self, outputs, targets, device) -> torch.Tensor:
+        return segmentation_loss(outputs.float(), targets.to(device, non_blocking=True))
 
-    def train_metrics(self, sums: torch.Tensor) -> dict[str, float]:
-        return {"train_loss": mean_loss(sums)}
-
-    def evaluate(self, model, loader, device, channels_last=False) -> dict[str, Any]:
-        was_training = model.training
-        scores = evaluate_segmenter(model, loader, self.num_classes, device)
-        model.train(was_training)
-        return {f"test_{k}": v for k, v in scores.items()}
+    def scores(self, model, loader, device) -> dict[str, float]:
+        return evaluate_segmenter(model, loader, self.num_classes, device)
