@@ -87,7 +87,7 @@ def resumed_config(config: TrainConfig, epochs_given: bool = False) -> TrainConf
     changed = [
         k
         for k, v in config.recipe().items()
-        if v != defaults[k] and not (k == "epochs" and epochs_given)
+        if v != defaults.get(k) and not (k == "epochs" and epochs_given)
     ]
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
