@@ -23,6 +23,7 @@ from mobilenets.data import (
     load_data,
     load_image,
     make_loader,
+    stop_workers,
     stratified_split,
 )
 
@@ -290,11 +291,16 @@ def test_image_folder_loader_same_batches_with_and_without_workers(folder):
     assert isinstance(restored, ImageFolderDataset)
     assert torch.equal(restored[(2, 9)][0], bundle.train[(2, 9)][0])
 
-    workers = make_loader(bundle.train, batch_size=4, shuffle=True, seed=1)
+    # a folder this small loads in the training process unless workers are asked for
+    assert make_loader(bundle.train, batch_size=4, shuffle=True, seed=1).num_workers == 0
+    workers = make_loader(bundle.train, batch_size=4, shuffle=True, seed=1, num_workers=2)
     assert workers.num_workers == 2 and workers.persistent_workers
     single = make_loader(bundle.train, batch_size=4, shuffle=True, seed=1, num_workers=0)
     for (x, y), (sx, sy) in zip(workers, single, strict=True):
         assert torch.equal(x, sx) and torch.equal(y, sy)
+    processes = workers._iterator._workers
+    stop_workers(workers, single)
+    assert workers._iterator is None and not any(p.is_alive() for p in processes)
 
 
 # --------------------------------------------------------------------------- CIFAR

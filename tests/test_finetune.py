@@ -113,9 +113,9 @@ def test_init_fine_tunes_a_new_head_then_the_trunk_and_records_where_from(
     folder = digit_folder(tmp_path / "three")
     out = tmp_path / "tuned"
     config = TrainConfig(data=str(folder), init=str(imported), epochs=2, batch_size=16)
-    train(replace(config, out=str(out), quiet=True, stop_after_epoch=1))
-    # the folder's loader workers stop with the run, not in some later garbage collection
-    # (which waited out a timeout per worker: tens of seconds in whatever code came next)
+    train(replace(config, out=str(out), quiet=True, stop_after_epoch=1, num_workers=2))
+    # the loaders' workers stop with the run, not in some later garbage collection (which
+    # waited out a timeout per worker: tens of seconds in whatever code came next)
     running = [
         it
         for it in gc.get_objects()

@@ -78,6 +78,11 @@ class FoldedBatchSampler(BatchSampler):
         return iter(batches)
 
 
+# Below this many images a folder loads in the training process: starting a worker (a new
+# process importing torch) costs more than the decoding it would take over.
+WORKERS_FROM_IMAGES = 512
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -95,8 +100,10 @@ def make_loader(
     its ``set_epoch(epoch)`` before an epoch to reproduce it on resume).
 
     ``num_workers=None`` picks 0 for in-memory datasets (digits, CIFAR: a worker process costs
-    more than indexing a tensor) and 2 persistent workers for image folders (decoding is the
-    bottleneck there; this machine class has 2 cores). ``sampler`` (e.g. a
+    more than indexing a tensor) and for folders of fewer than :data:`WORKERS_FROM_IMAGES`
+    images (a worker starts by importing torch, which costs more than decoding a few hundred
+    images), and 2 persistent workers for larger image folders (decoding is the bottleneck
+    there; this machine class has 2 cores). ``sampler`` (e.g. a
     ``DistributedSampler``) supplies the indices instead of ``shuffle``. ``fold_single``
     keeps the last partial batch but never a batch of one image (:class:`FoldedBatchSampler`).
     The seeded sampler is ``loader.batch_sampler.sampler`` either way. A dataset with a
@@ -107,7 +114,9 @@ def make_loader(
     crash in fork, and Python 3.14 makes the same choice by default.
     """
     if num_workers is None:
-        num_workers = 0 if getattr(dataset, "in_memory", True) else min(2, os.cpu_count() or 1)
+        small = len(dataset) < WORKERS_FROM_IMAGES
+        in_memory = getattr(dataset, "in_memory", True)
+        num_workers = 0 if in_memory or small else min(2, os.cpu_count() or 1)
     seeded = SeededSampler(len(dataset), shuffle, seed, sampler)
     batching: dict = (
         {"batch_sampler": FoldedBatchSampler(seeded, batch_size)}
