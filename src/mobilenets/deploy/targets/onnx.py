@@ -37,6 +37,7 @@ from mobilenets.deploy.runtime import (
     INPUT_NAME,
     OUTPUT_NAME,
     PRECISION_KEY,
+    check_provider,
     create_session,
     load_onnx,
     run_session,
@@ -172,12 +173,22 @@ def load(path: Path, threads: int | None = None, provider: str = DEFAULT_PROVIDE
     return run
 
 
+def check_options(options: dict[str, object]) -> None:
+    """One line for an opset, a provider or quantizer choices this machine cannot give, before
+    anything is exported."""
+    if "opset" in options:
+        check_opset(options["opset"])  # type: ignore[arg-type]
+    if "provider" in options:
+        check_provider(str(options["provider"]))
+    check_quantizer_options(options)
+
+
 # the format's own options (:class:`~mobilenets.deploy.target.Capabilities`)
 WRITE_OPTIONS = ("opset", "per_channel", "quant_format", "fp32_depthwise", "calibrate_method")
 CAN = Capabilities(
     wide_residuals=True, float_file=True, write_options=WRITE_OPTIONS, load_options=("provider",)
 )
 TARGET = Target("ONNX", ".onnx", "", ("onnxruntime",), "onnxruntime (CPU)", write_program, load,
-    quantization=QUANTIZATION, can=CAN, check_options=check_quantizer_options,
+    quantization=QUANTIZATION, can=CAN, check_options=check_options,
 )  # fmt: skip
 write = TARGET.write  # write(model, path, example, calibration, metadata, **options)
