@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mobilenets.cli._output import show, table
+from mobilenets.errors import MobileNetError
 from mobilenets.train.recipe import TrainConfig
 
 
@@ -46,9 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "predict",
-        help="the most probable classes of images, folders or globs",
+        help="the most probable classes of images, folders or globs (or their boxes / masks)",
         description="One row per image: its most probable classes, or why it could not be "
-        "read. Folders are searched recursively for image files; other files are listed as "
+        "read; a detector's or segmenter's images are drawn into --out with its boxes or "
+        "class mask, and their rows written there as JSON. Folders are searched recursively "
+        "for image files; other files are listed as "
         "skipped. Exit status 0, or 1 when some image could not be read.",
     )
     p.add_argument(
@@ -56,6 +59,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders or globs")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (5)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="detectors and segmenters (required for them): where each image is drawn as a PNG "
+        "(boxes, or the class mask) beside detections.json or segmentation.json",
+    )
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="detectors: the lowest score of a detection kept (0.5)",
+    )
     form = p.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="print JSON instead of a table")
     form.add_argument("--csv", action="store_true", help="print CSV, one row per image")
@@ -163,7 +178,14 @@ def run_evaluate_program(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from mobilenets.evaluation.predict import predict
+    from mobilenets.evaluation.predict_dense import source_task
 
+    task = source_task(args.run_dir)
+    if task != "classification":
+        return run_predict_dense(args, task)
+    if args.out is not None or args.score_threshold is not None:
+        flag = "--out" if args.out is not None else "--score-threshold"
+        raise MobileNetError(f"{flag} is for detectors and segmenters; {args.run_dir} classifies")
     report = predict(args.run_dir, args.images, top_k=args.top_k)
     status = 1 if report.errors else 0
     skipped = (
@@ -190,6 +212,43 @@ def run_predict(args: argparse.Namespace) -> int:
 
     show(args.json, report.to_dict(), views())
     return status
+
+
+def run_predict_dense(args: argparse.Namespace, task: str) -> int:
+    from mobilenets.evaluation.predict_dense import DEFAULT_SCORE_THRESHOLD, predict_dense
+
+    if args.out is None:
+        raise MobileNetError(f"{args.run_dir} is a {task} model: give --out DIR for its images")
+    if args.csv:
+        raise MobileNetError("--csv is for classifiers; a detector's or segmenter's rows are JSON")
+    threshold = DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
+    if task == "segmentation" and args.score_threshold is not None:
+        raise MobileNetError("--score-threshold is for detectors; this is a segmentation model")
+    report = predict_dense(args.run_dir, args.images, args.out, score_threshold=threshold)
+
+    def views() -> Iterator[Any]:
+        rows = []
+        for r in report.rows:
+            if r.error is not None:
+                rows.append([r.image, "", f"error: {r.error}"])
+            elif r.detections is not None:
+                found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in r.detections[:5])
+                rows.append([r.image, r.png, f"{len(r.detections)}: {found}".rstrip(": ")])
+            else:
+                share = sorted((r.pixel_share or {}).items(), key=lambda kv: -kv[1])[:5]
+                rows.append([r.image, r.png, ", ".join(f"{c} {s:.1%}" for c, s in share)])
+        what = "detections" if task == "detection" else "pixel share"
+        yield table(None, ["image", "drawn", what], rows)
+        if report.skipped:
+            yield f"skipped {len(report.skipped)} file(s) that are not images: " + ", ".join(
+                report.skipped
+            )
+        if report.errors:
+            yield f"{report.errors} of {len(report.rows)} image(s) could not be read"
+        yield f"wrote {report.json_path}"
+
+    show(args.json, report.to_dict(), views())
+    return 1 if report.errors else 0
 
 
 def _top(p: Any) -> list[str]:
