@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -124,3 +125,30 @@ def test_wrong_input_is_one_line(runs, images, tmp_path, capsys) -> None:
         ["predict", str(runs["classify"]), str(good), "--out", out], "--out is for", capsys
     )
     assert not Path(out).exists()
+
+
+def test_a_program_is_decoded_by_the_same_code_as_its_run(runs, images, tmp_path, monkeypatch):
+    """A stand-in for an exported detector (its runtime's numpy output of the run's graph;
+    exporting costs a minute, see tests/test_deploy_heads.py): the default boxes come from the
+    record's architecture and the JSON is the run's."""
+    import mobilenets.deploy.program as program_module
+    from mobilenets.deploy.heads import graph_of
+    from mobilenets.runs import load_run
+
+    model, info = load_run(runs["detect"])
+    graph = graph_of(model)
+    record = SimpleNamespace(run=info)
+    monkeypatch.setattr(program_module, "read_program_info", lambda path: record)
+    monkeypatch.setattr(
+        program_module,
+        "load_program",
+        lambda path: (lambda x: graph(x).detach().numpy(), record),
+    )
+    good, _, _ = images
+    by_run, by_program = tmp_path / "run", tmp_path / "program"
+    assert main(["predict", str(runs["detect"]), str(good), "--out", str(by_run), "--json"]) == 0
+    program = str(tmp_path / "detector.onnx")
+    assert main(["predict", program, str(good), "--out", str(by_program), "--json"]) == 0
+    expected = json.loads((by_run / "detections.json").read_text())["images"][0]
+    got = json.loads((by_program / "detections.json").read_text())["images"][0]
+    assert got["detections"] == expected["detections"] and got["detections"]
