@@ -59,6 +59,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SLOW_FIXTURES = frozenset({"trained_v1", "trained_v2", "exported"})
 
+# Runtimes that start thread pools (MLIR's for LiteRT, XNNPACK's, TBB's): a test process that
+# loaded one and then forks a test hands the child a pool without threads, and the child's
+# next conversion waits on it forever. A test parametrized with one runs forked.
+THREADED_RUNTIMES = frozenset({"executorch", "litert", "openvino"})
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that needs a fixture which trains, imports or lowers is slow: the fast lane
@@ -66,6 +71,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     :data:`SLOW_FIXTURES` and those a test module names in its own ``SLOW_FIXTURES``; a test
     that trains or lowers by itself carries ``@pytest.mark.slow``."""
     for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {}).values()
+        if THREADED_RUNTIMES & set(map(str, params)) and not item.get_closest_marker("forked"):
+            raise pytest.UsageError(f"{item.nodeid} loads a runtime: its module must be forked")
         slow = SLOW_FIXTURES | getattr(getattr(item, "module", None), "SLOW_FIXTURES", set())
         if slow & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

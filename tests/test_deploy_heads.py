@@ -27,6 +27,8 @@ from mobilenets.models import model_task
 from mobilenets.models.multibox import postprocess_detections
 from mobilenets.runs import DataRecord, RunInfo, save_run
 
+pytestmark = pytest.mark.forked  # the runtimes' threads stay out of the suite's process
+
 SIZE = 96  # the smallest canvas every head takes (SSDLite's six maps, LR-ASPP's stride 16)
 
 
