@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.deploy.photos import CALIBRATION_SEED, EVALUATION_SEED, photo_crops, photo_paths
 from mobilenets.deploy.quantize import quantize_model
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import agreement, run_batches
 from mobilenets.deploy.targets import executorch, litert, openvino
 from mobilenets.deploy.targets import onnx as onnx_target
+from mobilenets.deploy.targets.onnx import write_onnx
 from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.int8.prepare import prepare_for_int8
 from mobilenets.io import atomic_write_json

@@ -37,10 +37,10 @@ from torch.utils.data import TensorDataset
 
 from mobilenets.deploy.export import target_of
 from mobilenets.deploy.images import calibration_inputs, held_out_inputs
-from mobilenets.deploy.onnx_export import write_onnx
 from mobilenets.deploy.quantize import quantize_model
 from mobilenets.deploy.runtime import create_session, onnx_metadata, run_session
 from mobilenets.deploy.target import agreement, pytorch_logits, run_batches
+from mobilenets.deploy.targets.onnx import write_onnx
 from mobilenets.errors import MobileNetError
 from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.plots import save_figure

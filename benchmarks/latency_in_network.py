@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from mobilenets.analysis.cost import profile_model
-from mobilenets.deploy.onnx_export import write_onnx
+from mobilenets.deploy.targets.onnx import write_onnx
 from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.latency.calibration import load_calibration
 from mobilenets.latency.machine import DEFAULT_RUNTIME, RUNTIMES

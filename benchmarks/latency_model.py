@@ -32,7 +32,7 @@ from scipy.stats import spearmanr
 
 from mobilenets.analysis.cost import profile_model
 from mobilenets.cli._output import fmt_percent
-from mobilenets.deploy.onnx_export import write_onnx
+from mobilenets.deploy.targets.onnx import write_onnx
 from mobilenets.errors import MobileNetError
 from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.latency.calibration import load_calibration
