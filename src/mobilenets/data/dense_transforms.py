@@ -38,13 +38,13 @@ def hflip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
     return torch.stack((width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]), 1)
 
 
-def resize_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
-    """An (H, W) int64 class mask resized to ``size`` x ``size`` by nearest neighbour."""
-    if tuple(mask.shape) == (size, size):
+def resize_mask(mask: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """An (H, W) int64 class mask resized to ``size`` x ``size`` (or to ``size`` = (height,
+    width)) by nearest neighbour: a pixel keeps a class id, never a blend of two."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(mask.shape) == hw:
         return mask
-    return F.interpolate(mask[None, None].float(), size=(size, size), mode="nearest-exact")[
-        0, 0
-    ].long()
+    return F.interpolate(mask[None, None].float(), size=hw, mode="nearest-exact")[0, 0].long()
 
 
 def _flip(generator: torch.Generator | None) -> bool:

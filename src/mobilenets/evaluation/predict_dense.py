@@ -29,10 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from mobilenets.data.dense_transforms import resize_boxes, resize_image
+from mobilenets.data.dense_transforms import resize_boxes, resize_image, resize_mask
 from mobilenets.data.transforms import load_image, normalize, pil_to_tensor, to_mode
 from mobilenets.deploy.heads import decode, graph_of
 from mobilenets.errors import MobileNetError
@@ -203,8 +202,7 @@ def draw_detections(image: Image.Image, rows: list[dict[str, Any]]) -> Image.Ima
 
 def class_mask(logits: torch.Tensor, size_wh: tuple[int, int]) -> torch.Tensor:
     """(C, h, w) logits -> the (H, W) class of every pixel of the original image."""
-    mask = logits.argmax(0).float()[None, None]
-    return F.interpolate(mask, size=(size_wh[1], size_wh[0]), mode="nearest-exact")[0, 0].long()
+    return resize_mask(logits.argmax(0), (size_wh[1], size_wh[0]))
 
 
 def pixel_share(mask: torch.Tensor, class_names: Sequence[str]) -> dict[str, float]:
