@@ -434,7 +434,13 @@ def _load_elpv(resolution: int, seed: int, augment: bool) -> DataBundle:
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     return DataBundle(
         train=TensorImageDataset(
-            train_x, train_y, resolution, mean, std, random_flips_tilt if augment else None
+            train_x,
+            train_y,
+            resolution,
+            mean,
+            std,
+            random_flips_tilt if augment else None,
+            resize_first=True,
         ),
         test=TensorImageDataset(test_x, test_y, resolution, mean, std),
         class_names=list(ELPV_CLASSES),
