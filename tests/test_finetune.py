@@ -65,6 +65,35 @@ def test_elpv_loads_grey_cells_as_three_imagenet_normalised_channels() -> None:
     assert torch.equal(a, b)  # augmentation is seeded
 
 
+def test_elpv_augments_after_the_resize_with_the_same_geometry() -> None:
+    """elpv's flips, quarter turns and tilt run on the resized cell (cheaper than at 300 px):
+    the augmentation sees the image at the training size, and draws the same transform as
+    it would before the resize, so both orders agree but for resampling."""
+    seen: list[tuple[int, ...]] = []
+
+    def record(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        seen.append(tuple(x.shape))
+        return x
+
+    images = torch.rand(2, 1, 30, 30)
+    labels = torch.zeros(2, dtype=torch.long)
+    TensorImageDataset(images, labels, 12, (0.5,), (0.5,), record, resize_first=True)[0]
+    TensorImageDataset(images, labels, 12, (0.5,), (0.5,), record)[0]
+    assert seen == [(1, 12, 12), (1, 30, 30)]
+    from mobilenets.data.transforms import random_flips_tilt
+
+    smooth = torch.linspace(0, 1, 60).view(1, 1, 60).expand(1, 60, 60).clone()
+    smooth = smooth * smooth.transpose(-1, -2)  # smooth: the two resamplings agree on it
+    before = TensorImageDataset(smooth[None], labels[:1], 30, (0.5,), (0.5,), random_flips_tilt)
+    after = TensorImageDataset(
+        smooth[None], labels[:1], 30, (0.5,), (0.5,), random_flips_tilt, resize_first=True
+    )
+    for seed in range(8):
+        a, b = before[(0, seed)][0], after[(0, seed)][0]
+        inner = (slice(None), slice(3, -3), slice(3, -3))  # the tilt's zero-filled corners
+        assert (a[inner] - b[inner]).abs().max() < 1e-3, seed
+
+
 def test_elpv_without_its_extra_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
