@@ -14,7 +14,8 @@ make one section each, in the order given (the real task first)::
 
 Writes benchmarks/results/<results>.md: per run, top-1, top-5 and the change from PyTorch
 fp32 per runtime and precision, the lowest per-class accuracy, and per-class accuracy side
-by side. ``--variant onnx:equalize+calibration=1024`` adds an int8 export with other
+by side. ``--variant onnx:equalize+calibration=1024`` (or ONNX's own options:
+``onnx:fp32_depthwise+calibrate_method=entropy``) adds an int8 export with other
 settings (the levers for a runtime that misses the target). ``--int8-only`` skips the fp32
 programs (half the exports) and compares int8 with the run's fp32 weights in PyTorch, which
 each runtime's fp32 program matched in top-1 in every run measured so far. The elpv cells
@@ -45,10 +46,14 @@ def points(a: float, b: float) -> str:
 
 
 LEVERS = ("equalize", "bias_correct", "wide_residuals")
+# the format's own int8 options (`export --format onnx --int8 ...`): flags and name=value
+FORMAT_FLAGS = {"fp32_depthwise": ("fp32_depthwise", True), "per_tensor": ("per_channel", False)}
+FORMAT_VALUES = ("calibrate_method", "quant_format")
 
 
 def lever_options(levers: str, calibration: int) -> dict[str, object]:
-    """``export`` keywords of a variant's levers, e.g. ``equalize+calibration=1024``."""
+    """``export`` keywords of a variant's levers, e.g. ``equalize+calibration=1024`` or
+    ``fp32_depthwise+calibrate_method=entropy``."""
     options: dict[str, object] = {"calibration": calibration}
     for lever in filter(None, levers.split("+")):
         name, _, value = lever.partition("=")
@@ -56,8 +61,14 @@ def lever_options(levers: str, calibration: int) -> dict[str, object]:
             options["calibration"] = int(value)
         elif name in LEVERS and not value:
             options[name] = True
+        elif name in FORMAT_FLAGS and not value:
+            key, setting = FORMAT_FLAGS[name]
+            options[key] = setting
+        elif name in FORMAT_VALUES and value:
+            options[name] = value
         else:
-            raise SystemExit(f"unknown lever {lever!r}: {', '.join(LEVERS)}, calibration=N")
+            known = [*LEVERS, *FORMAT_FLAGS, *(f"{v}=X" for v in FORMAT_VALUES), "calibration=N"]
+            raise SystemExit(f"unknown lever {lever!r}: {', '.join(known)}")
     return options
 
 
@@ -174,7 +185,8 @@ def main() -> None:
         default=[],
         metavar="FORMAT:LEVERS",
         help="another int8 export to score, e.g. onnx:equalize+calibration=1024 (levers: "
-        f"{', '.join(LEVERS)}, calibration=N; joined by +)",
+        f"{', '.join(LEVERS)}, calibration=N; ONNX's {', '.join(FORMAT_FLAGS)}, "
+        f"{'=X, '.join(FORMAT_VALUES)}=X; joined by +)",
     )
     args = parser.parse_args()
     formats = args.formats or [f for f, t in FORMATS.items() if t.installed()]
