@@ -26,6 +26,7 @@ from mobilenets.models.segmentation import LRASPP
 from mobilenets.models.ssdlite import SSDLite
 from mobilenets.runs import load_run
 from mobilenets.train.finetune import load_trunk_weights
+from mobilenets.train.recipe import RECIPES, TASK_RECIPES, TRAIN_TASKS, TrainConfig
 from mobilenets.train.run_dir import METRICS_FILE
 
 CANVASES = 8
@@ -122,6 +123,18 @@ def test_a_model_of_another_task_is_refused(capsys) -> None:
     check_one_line_error(
         ["train", "--task", "segment", "--class-weights"], "class weights are for", capsys
     )
+
+
+def test_a_dense_task_has_its_own_scratch_defaults() -> None:
+    """Each task's scratch recipe as ``train`` fills it (what the benchmark measured); a value
+    the caller gives, and the finetune recipe, are kept."""
+    filled = {task: TrainConfig(task=task).with_recipe() for task in TRAIN_TASKS}
+    for task, config in filled.items():
+        assert config.epochs == {**RECIPES["scratch"], **TASK_RECIPES.get(task, {})}["epochs"]
+    assert filled["detect"].epochs == 30 and filled["classify"].epochs == 20
+    assert TrainConfig(task="detect", epochs=3).with_recipe().epochs == 3
+    finetune = TrainConfig(task="detect", recipe_name="finetune").with_recipe()
+    assert finetune.epochs == RECIPES["finetune"]["epochs"]
 
 
 def test_init_starts_a_head_from_a_classifiers_trunk(tmp_path: Path) -> None:
