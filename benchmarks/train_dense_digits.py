@@ -77,16 +77,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     parser.add_argument("--results", default="train_dense_digits", help="results file stem")
+    parser.add_argument(
+        "--keep", type=Path, help="write the runs here and keep them (to predict, export...)"
+    )
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="train flags")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="train_dense_"))
+    tmp = args.keep or Path(tempfile.mkdtemp(prefix="train_dense_"))
     lines = ["# Detection and segmentation on the digit canvases, default `train`", ""]
     try:
         for task in args.tasks:
             argv = ["train", "--task", task, *args.extra]
             lines += report(task, argv, *run(argv, tmp / task))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(tmp, ignore_errors=True)
     path = RESULTS / f"{args.results}.md"
     write_results(path, "\n".join(lines), command=shlex.join(sys.argv))
     print(f"wrote {path}")
