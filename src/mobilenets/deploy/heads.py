@@ -6,7 +6,9 @@ A program holds the network only. A segmenter's output is already one tensor, it
 outside. A detector (:class:`~mobilenets.models.ssdlite.SSDLite`) is written through
 :class:`DetectionGraph`: its two raw outputs, the class logits of every default box and
 their box offsets, side by side in one tensor (N, boxes, classes + 4), so every runtime's
-single-output runner reads it. Box decoding, the score threshold and non-maximum suppression
+single-output runner reads it. LiteRT's int8 program quantizes its outputs too, so there the
+two stay two outputs, each with its own int8 range (:func:`separate_outputs`), and its runner
+joins them. Box decoding, the score threshold and non-maximum suppression
 stay outside the graph (:func:`decode`, which is
 :func:`~mobilenets.models.multibox.postprocess_detections` on the split tensor): not every
 runtime has an NMS operator (XNNPACK has none), the default boxes are a constant of the input
@@ -46,20 +48,41 @@ DECODE = {"score_threshold": 0.01, "topk_candidates": 50, "detections_per_img": 
 class DetectionGraph(nn.Module):
     """An SSDLite whose output is one tensor: class logits, then the four box offsets, of
     every default box (N, boxes, classes + 4). Its modules keep their names under
-    ``detector.``."""
+    ``detector.``. With ``joined=False`` it returns the two as they are
+    (:func:`separate_outputs`)."""
 
-    def __init__(self, detector: SSDLite) -> None:
+    def __init__(self, detector: SSDLite, joined: bool = True) -> None:
         super().__init__()
         self.detector = detector
+        self.joined = joined
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         cls_logits, bbox_regression = self.detector(x)
+        if not self.joined:
+            return cls_logits, bbox_regression
         return torch.cat((cls_logits, bbox_regression), -1)
 
 
 def graph_of(model: nn.Module) -> nn.Module:
     """The module a program of ``model`` holds: a detector's outputs in one tensor."""
     return DetectionGraph(model) if isinstance(model, SSDLite) else model
+
+
+def separate_outputs(graph: nn.Module) -> nn.Module:
+    """A detector's program with two outputs, class logits (N, boxes, classes) and box offsets
+    (N, boxes, 4), for a runtime whose int8 program quantizes its outputs too (LiteRT): each
+    then gets its own int8 range instead of one range for logits and offsets together. Its
+    runner returns them joined on the last axis (:func:`join_outputs`), the layout
+    :func:`decode` reads. Any other graph is returned as it is."""
+    if isinstance(graph, DetectionGraph) and graph.joined:
+        return DetectionGraph(graph.detector, joined=False)
+    return graph
+
+
+def join_outputs(outputs: list[np.ndarray]) -> np.ndarray:
+    """A program's outputs as the one array its runner returns: a detector's two (class
+    logits, box offsets) side by side on the last axis, a single output as it is."""
+    return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=-1)
 
 
 def decode(

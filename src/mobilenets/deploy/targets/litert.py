@@ -9,7 +9,11 @@ takes NCHW images like every other target.
 int8: the converter's own PT2E quantizer (``litert_torch.quantize.pt2e_quantizer``), in the same
 flow as ExecuTorch's (:mod:`mobilenets.int8.pt2e`, ReLU6 fused into its convolution):
 weights int8 symmetric per channel, activations int8 per tensor from a histogram observer,
-lowered to TFLite's int8 kernels.
+lowered to TFLite's int8 kernels. The program's input and outputs are int8 too (the runner
+quantizes and dequantizes them with their recorded scales, as an app would), and every
+concatenation gets a range of its own (``pt2e.ObservedConcats``); a detector's class logits
+and box offsets are two outputs with a range each (:func:`~mobilenets.deploy.heads.
+separate_outputs`), which the runner joins.
 
 A ``.tflite`` takes the batch size of the example it was converted with, like a ``.pte``.
 """
@@ -23,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import mobilenets.deploy.target as runtimes  # the helpers every runtime's code uses
+from mobilenets.deploy.heads import join_outputs, separate_outputs
 from mobilenets.deploy.target import Capabilities, Job, Runner, Target
 from mobilenets.errors import MobileNetError
 
@@ -51,7 +56,8 @@ def write_program(
 
     from mobilenets.int8.pt2e import activation_config, calibrated_pt2e  # torchao: an extra
 
-    model, example = job.model, job.example
+    # a detector's logits and offsets as two outputs, fp32 as int8: two int8 ranges
+    model, example = separate_outputs(job.model), job.example
     try:
         quant_config = None
         if job.calibration is not None:
@@ -66,6 +72,7 @@ def write_program(
                 quantizer,
                 fold_quantize=False,
                 fp32_modules=fp32_modules,
+                observed_concats=True,
             )
             quant_config = QuantConfig(pt2e_quantizer=quantizer)
         edge_model = litert_torch.convert(model, (example,), quant_config=quant_config)
@@ -85,14 +92,22 @@ def load(path: Path, threads: int | None = None) -> Runner:
         interpreter.allocate_tensors()
     except Exception as e:  # ValueError or RuntimeError with the interpreter's message
         raise MobileNetError(f"LiteRT cannot load {path}: {runtimes.first_line(e)}") from None
-    source, sink = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    source, sinks = interpreter.get_input_details()[0], _outputs(interpreter)
 
     def run(images: np.ndarray) -> np.ndarray:
         interpreter.set_tensor(source["index"], _to_tensor(runtimes.input_array(images), source))
         interpreter.invoke()
-        return _from_tensor(interpreter.get_tensor(sink["index"]), sink)
+        return join_outputs([_from_tensor(interpreter.get_tensor(s["index"]), s) for s in sinks])
 
     return run
+
+
+def _outputs(interpreter) -> list[dict]:
+    """The output tensors in the order the model returns them (its signature's ``output_0``,
+    ``output_1``...), which the interpreter's own list need not follow."""
+    if not interpreter.get_signature_list():  # a file converted without a signature
+        return interpreter.get_output_details()
+    return list(interpreter.get_signature_runner().get_output_details().values())
 
 
 def _to_tensor(images: np.ndarray, detail: dict) -> np.ndarray:
