@@ -85,7 +85,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # fixtures from being shared
 LONGEST = frozenset(
     {
-        "test_bench_times_every_runtime_in_fp32_and_int8",
+        "test_bench_times_runtimes_in_fp32_and_int8",
         "test_xnnpack_qat_ships_the_ranges_it_trained_with",
     }
 )

@@ -18,9 +18,10 @@ from conftest import check_one_line_error, copy_run
 from mobilenets.cli import main
 from mobilenets.deploy import target as target_module
 from mobilenets.deploy.export import FORMATS, default_path
-from mobilenets.deploy.target import agreement
-from mobilenets.errors import MobileNetError
-from mobilenets.runs import read_run_info
+from mobilenets.deploy.images import calibration_inputs
+from mobilenets.deploy.runtime import onnx_metadata
+from mobilenets.int8.fold import fold_batchnorm
+from mobilenets.runs import load_run, read_run_info
 
 RESOLUTION = 16
 pytestmark = pytest.mark.forked  # the runtimes' threads stay out of the suite's process
@@ -119,15 +120,21 @@ def test_an_adaptively_rounded_pt2e_export_observes_min_max_ranges(
 # ExecuTorch's writer adds the streams in float with the same PT2E step: test_pt2e checks it
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 def test_wide_residuals_are_recorded_where_the_runtime_offers_them(
-    run: Path, tmp_path: Path, fmt: str, capsys
+    run: Path, fmt: str, capsys
 ) -> None:
-    out = tmp_path / f"wide.int8{FORMATS[fmt].suffix}"
+    """Written at the default path, which names the step (files made with different steps sit
+    side by side); the line says what the file holds; NNCF's progress bars stay off the
+    terminal."""
     argv = ["export", str(run), "--format", fmt, "--int8", "--wide-residuals"]
-    argv += ["--calibration", "16", "--verify-images", "32", "--out", str(out), "--json"]
-    assert main(argv) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["quantization"].endswith("residual additions wider than int8")
-    assert report["top1_agreement"] >= 0.8 and out.is_file()
+    assert main([*argv, "--calibration", "16", "--verify-images", "32"]) == 0
+    captured = capsys.readouterr()
+    assert "residual additions wider than int8" in captured.out
+    assert "Statistics collection" not in captured.out + captured.err
+    out = run / f"model.int8-wide{FORMATS[fmt].suffix}"
+    assert all(p.is_file() for p in FORMATS[fmt].files(out))
+    recorded = read_run_info(run).metrics["exports"][f"{fmt}-int8"]
+    assert recorded["quantization"].endswith("residual additions wider than int8")
+    assert recorded["top1_agreement"] >= 0.8
 
 
 def test_wide_residuals_are_refused_where_they_cannot_be_kept(
@@ -166,9 +173,9 @@ def test_default_paths_sit_in_the_run_directory(run: Path, capsys) -> None:
     assert "replacing the file that was there" in capsys.readouterr().out
 
 
-def test_default_int8_names_say_which_steps_made_them(run: Path, capsys) -> None:
-    """Files made with different post-training steps sit side by side; the line says what
-    the file holds; NNCF's own progress bars stay off the terminal."""
+def test_default_int8_names_say_which_steps_made_them(run: Path) -> None:
+    """Each post-training step is named in the default file name, in one order (an export at
+    a default path: the wide-residuals test)."""
     onnx_target, openvino_target = FORMATS["onnx"], FORMATS["openvino"]
     assert default_path(run, onnx_target, False) == run / "model.onnx"
     assert default_path(run, onnx_target, True) == run / "model.int8.onnx"
@@ -176,12 +183,6 @@ def test_default_int8_names_say_which_steps_made_them(run: Path, capsys) -> None
     assert default_path(run, openvino_target, True, steps) == (
         run / "model.int8-equalized-adaround-biascorrected-wide.xml"
     )
-    argv = ["export", str(run), "--format", "openvino", "--int8", "--wide-residuals"]
-    assert main([*argv, "--calibration", "8", "--verify-images", "8"]) == 0
-    captured = capsys.readouterr()
-    assert "residual additions wider than int8" in captured.out
-    assert "Statistics collection" not in captured.out + captured.err
-    assert (run / "model.int8-wide.xml").is_file() and (run / "model.int8-wide.bin").is_file()
 
 
 def test_an_unknown_format(run: Path, capsys) -> None:
@@ -271,69 +272,81 @@ def test_pt2e_mixed_precision_keeps_the_named_modules_in_float(
 ) -> None:
     """Neither XNNPACK's quantizer nor litert-torch's can leave a module in float by name;
     pt2e.FloatModules does it for both. In the LiteRT file the named layers read float32
-    weights and every other layer int8; a name that is no layer is one line. (ExecuTorch's
-    writer quantizes with the same FloatModules: test_pt2e checks its graph, and
-    ``test_int8_export_reports_agreement_and_sqnr`` its lowering.)"""
+    weights and every other layer int8; a name that is no layer is one line. The writer is
+    called as ``quantize-mixed`` calls it for each candidate (that command runs end to end in
+    ONNX and OpenVINO here and in test_int8; ExecuTorch's writer quantizes with the same
+    FloatModules: test_pt2e checks its graph)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    model, info = load_run(run)
+    calibration, _ = calibration_inputs(info, None, 16)
     out = tmp_path / f"mixed{FORMATS[fmt].suffix}"
     keep = ["features.0.conv", "classifier.fc"]
-    argv = ["quantize-mixed", str(run), "--format", fmt, "--fp32", *keep]
-    assert main([*argv, "--images", "32", "--calibration", "16", "--out", str(out), "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["mixed"]["fp32_modules"] == keep
-    assert listing(tmp_path) == {f.name for f in FORMATS[fmt].files(out)}  # .pte and its .json
-    assert result["mixed"]["top1_agreement"] >= 0.8
-    if fmt == "litert":
-        from ai_edge_litert.interpreter import Interpreter
-
-        interpreter = Interpreter(model_path=str(out))
-        dtypes = {t["index"]: t["dtype"].__name__ for t in interpreter.get_tensor_details()}
-        layers = [
-            op
-            for op in interpreter._get_ops_details()
-            if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-        ]
-        weights = [dtypes[op["inputs"][1]] for op in layers]
-        assert weights[0] == weights[-1] == "float32"  # the stem and the classifier
-        assert set(weights[1:-1]) == {"int8"}
+    metadata = onnx_metadata(info, "int8")
+    folded, example = fold_batchnorm(model), calibration[0][:1]
+    FORMATS[fmt].write(folded, out, example, calibration, metadata, fp32_modules=keep)
+    interpreter = Interpreter(model_path=str(out))
+    dtypes = {t["index"]: t["dtype"].__name__ for t in interpreter.get_tensor_details()}
+    layers = [
+        op
+        for op in interpreter._get_ops_details()
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+    ]
+    weights = [dtypes[op["inputs"][1]] for op in layers]
+    assert weights[0] == weights[-1] == "float32"  # the stem and the classifier
+    assert set(weights[1:-1]) == {"int8"}
     argv = ["quantize-mixed", str(run), "--format", fmt, "--fp32", "features.99.conv"]
     check_one_line_error(
         [*argv, "--out", str(tmp_path / f"none{FORMATS[fmt].suffix}")],
         "no quantizable layer",
         capsys,
     )
+    assert listing(tmp_path) == {f.name for f in FORMATS[fmt].files(out)}
 
 
-def test_agreement_measures() -> None:
-    expected = np.array([[1.0, 0.0], [0.0, 2.0]])
-    same = agreement(expected, expected)
-    assert same.max_rel_error == 0 and same.top1_agreement == 1 and same.sqnr_db == float("inf")
-    noisy = agreement(expected, expected + np.array([[0.0, 2.0], [0.1, 0.0]]))
-    assert noisy.top1_agreement == 0.5
-    assert noisy.sqnr_db == pytest.approx(10 * np.log10(5 / 4.01))
-    with pytest.raises(MobileNetError, match="shape"):
-        agreement(expected, expected[:1])
-
-
-@pytest.mark.slow
-def test_bench_times_every_runtime_in_fp32_and_int8(capsys) -> None:
-    # the 13-layer separable VGG: lowering to eight programs is most of this test's time,
-    # and it grows with the layers, not their width
+def test_bench_times_runtimes_in_fp32_and_int8(capsys) -> None:
+    """``bench`` end to end in two runtimes, each program's memory measured in a process of its
+    own. bench writes and loads every format through the same ``Target`` calls as export (the
+    ``exported`` programs check those in all four runtimes), and the memory probe of the other
+    two runs on those programs below: lowering eight programs here would add a minute."""
+    # the 13-layer separable VGG: lowering is most of this test's time, and it grows with the
+    # layers, not their width
     size = 32
     argv = ["bench", "vgg_small_separable", "--width-mult", "0.25", "--resolution", str(size)]
     argv += ["--threads", "1", "--iterations", "3", "--warmup", "1", "--json", "--batch", "2"]
-    assert main(argv) == 0
+    assert main([*argv, "--format", "onnx", "--format", "openvino"]) == 0
     report = json.loads(capsys.readouterr().out)
     engines = [t["engine"] for t in report["timings"]]
-    for runtime in ("onnxruntime", "OpenVINO", "ExecuTorch", "LiteRT"):
-        assert f"{runtime} fp32" in engines and f"{runtime} int8" in engines
+    assert engines[4:] == ["onnxruntime fp32", "onnxruntime int8", "OpenVINO fp32", "OpenVINO int8"]
     assert report["int8_matmul_gops"] > 0 and report["int8_floor_ms"] > 0
     for t in report["timings"][4:]:  # each program's memory, measured in its own process
         assert t["memory_bytes"] is not None and t["model_memory_bytes"] > 0
-        assert t["startup_bytes"] is not None
-    executorch = next(t for t in report["timings"] if t["engine"] == "ExecuTorch fp32")
-    image_bytes = 4 * 3 * size * size
-    assert executorch["planned_bytes"] >= 2 * image_bytes  # at least the input batch
+        assert t["startup_bytes"] is not None and t["planned_bytes"] is None
     assert report["batch"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["executorch", "litert"])
+def test_memory_of_a_program_is_measured_in_a_process_of_its_own(
+    fmt: str, exported, tmp_path: Path
+) -> None:
+    """bench's memory columns for the runtimes its test above leaves out, on the shared
+    programs: the probe's fresh process starts the runtime with a one-layer program of the
+    format, then loads and runs the model's; ExecuTorch also reports what its planner laid out."""
+    import torch
+
+    from mobilenets.deploy.memory_probe import WARMUP_SHAPE, program_memory_bytes, warmup_model
+    from mobilenets.deploy.targets import executorch
+
+    target, program = FORMATS[fmt], exported(fmt, False)
+    warmup = tmp_path / f"warmup{target.suffix}"
+    metadata = onnx_metadata(read_run_info(program.run), "fp32")
+    target.write(warmup_model(), warmup, torch.zeros(WARMUP_SHAPE), None, metadata)
+    shape = (1, 3, RESOLUTION, RESOLUTION)
+    used = program_memory_bytes(fmt, program.path, warmup, shape, 1)
+    assert used["bytes"] is not None and used["bytes"] > 0 and used["startup_bytes"] is not None
+    if fmt == "executorch":  # at least the input image crosses the delegate's boundary
+        assert executorch.planned_memory_bytes(program.path) >= 4 * np.prod(shape)
 
 
 @pytest.mark.slow
