@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import randomize_batchnorm
+from conftest import randomize_batchnorm, write_digit_png
 from torch import nn
 
 from mobilenets import create_model
@@ -181,9 +181,18 @@ def test_v3_predicts_from_the_cli(v3_run: Path, digit_pngs, capsys) -> None:
 
 @pytest.mark.slow
 def test_efficientnet_lite0_trains_at_its_full_width(tmp_path: Path) -> None:
-    """The registered Lite0 (no width multiplier): one epoch through ``mobilenets train``."""
+    """The registered Lite0 (no width multiplier): one epoch through ``mobilenets train``, on
+    a folder of 60 digits (how many images is not what this checks)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i in range(60):
+        folder = tmp_path / "digits" / str(digits.target[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        write_digit_png(folder / f"{i}.png", digits.images[i])
     out = tmp_path / "lite0"
     argv = ["train", "--model", "efficientnet_lite0", "--resolution", "16", "--epochs", "1"]
+    argv += ["--data", str(tmp_path / "digits")]
     assert main([*argv, "--batch-size", "64", "--quiet", "--out", str(out)]) == 0
     _, info = load_run(out)
     assert info.model_kwargs == {
