@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", default="onnxruntime", help="runtime to calibrate (onnxruntime)")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: its default)")
     p.add_argument("--per-kind", type=int, default=14, help="layers timed per kind (14)")
-    p.add_argument("--budget", type=float, default=0.1, help="seconds of timing per layer")
+    p.add_argument(
+        "--budget", type=float, default=0.1, help="seconds of timing per layer or cache graph"
+    )
     p.add_argument("--show", action="store_true", help="print the cached calibration, if fresh")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

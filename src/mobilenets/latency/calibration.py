@@ -207,7 +207,8 @@ def calibrate(
     progress: Callable[[int, int], None] | None = None,
 ) -> Calibration:
     """Measure and fit this machine's rates for ``runtime`` with ``threads`` intra-op threads
-    (0: the runtime's default). ``budget_s`` is roughly the seconds spent timing each layer."""
+    (0: the runtime's default). ``budget_s`` is roughly the seconds spent timing each layer,
+    and each graph of the weight-cache and streaming measurements."""
     provider = check_runtime(runtime)
     check_threads(threads)
     if per_kind < 3:
@@ -235,8 +236,8 @@ def calibrate(
         if not splits:
             splits.append(overhead_split(chains, provider, threads))
     node_overhead, run_overhead = median_split(splits)
-    cache, cold, stream = measure_weight_cache(provider, threads)
-    overlap = measure_stream_overlap(stream, provider, threads)
+    cache, cold, stream = measure_weight_cache(provider, threads, budget_s)
+    overlap = measure_stream_overlap(stream, provider, threads, budget_s)
     return fit_calibration(
         measured,
         node_overhead,

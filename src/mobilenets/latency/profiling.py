@@ -377,7 +377,7 @@ CACHE_GRID = np.geomspace(2**19, 2**29, 61)  # candidate cache sizes, 0.5 MiB to
 
 
 def measure_weight_cache(
-    provider: str = DEFAULT_PROVIDER, threads: int = 0
+    provider: str = DEFAULT_PROVIDER, threads: int = 0, budget_s: float = 0.1
 ) -> tuple[float, float, float]:
     """How many bytes one call may pass through the cache and still find all its weights
     there on the next, from how many it finds none, and the rate at which weights that it
@@ -390,7 +390,8 @@ def measure_weight_cache(
     to 0 at ``hi`` (:meth:`~mobilenets.latency.model.Calibration.warm_fraction`), ``lo`` and ``hi``
     searched over a grid, ``warm`` and ``cold`` by least squares for each pair; 4 MiB over
     ``cold`` is the streaming rate. Each graph's time is its fastest call's
-    (:meth:`Profile.fastest_run_s`), the median over :data:`CACHE_PASSES` passes.
+    (:meth:`Profile.fastest_run_s`), the median over :data:`CACHE_PASSES` passes of about
+    ``budget_s`` seconds each.
     """
     n = 1024
     row = LayerCost("fc", "linear", (1, n), (1, n), n * n, n * n + n, n)
@@ -404,7 +405,7 @@ def measure_weight_cache(
             onnx.save(side_by_side(layers) if copies > 1 else layers[0], str(paths[-1]))
         for i in range(CACHE_PASSES):
             for j, (copies, path) in enumerate(zip(WEIGHT_CACHE_COPIES, paths, strict=True)):
-                profile = profile_onnx(path, provider, threads, budget_s=0.1, wall=False)
+                profile = profile_onnx(path, provider, threads, budget_s=budget_s, wall=False)
                 per_copy[i, j] = profile.fastest_run_s() / copies
     lo, hi, _, cold = fit_weight_cache(weights, np.median(per_copy, axis=0))
     return lo, hi, row.params * 4 / cold
@@ -417,7 +418,10 @@ OVERLAP_GRID = np.geomspace(1.0, 32.0, 41)  # candidate exponents; 32 is max() i
 
 
 def measure_stream_overlap(
-    stream_bytes_per_s: float, provider: str = DEFAULT_PROVIDER, threads: int = 0
+    stream_bytes_per_s: float,
+    provider: str = DEFAULT_PROVIDER,
+    threads: int = 0,
+    budget_s: float = 0.1,
 ) -> float:
     """How far a convolution overlaps streaming its weights from memory with its work.
 
@@ -428,7 +432,8 @@ def measure_stream_overlap(
     wins). Each time is a fastest call's, as a whole network's latency is: the sum of each
     copy's fastest time (each from a different call) read full overlap where the fastest
     call's read p = 2.8. One-layer graphs of EfficientNet-B3's late layers fell in between
-    (1.29 MB: warm 57 us, stream 80 us, cold 108 us).
+    (1.29 MB: warm 57 us, stream 80 us, cold 108 us). Each graph is timed for about
+    ``budget_s`` seconds.
     """
     warm, stream, cold = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -450,7 +455,7 @@ def measure_stream_overlap(
                 path = Path(tmp) / f"overlap{n}.onnx"
                 layers = [one_layer(sample, seed) for seed in range(n)]
                 onnx.save(side_by_side(layers) if n > 1 else layers[0], str(path))
-                profile = profile_onnx(path, provider, threads, budget_s=0.1, wall=False)
+                profile = profile_onnx(path, provider, threads, budget_s=budget_s, wall=False)
                 times.append(profile.fastest_run_s() / n)
             warm.append(times[0])
             cold.append(times[1])
