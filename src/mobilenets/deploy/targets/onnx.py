@@ -8,9 +8,9 @@ removed. Both give the same 52 Conv / 35 Clip / 10 Add graph for MobileNetV2 (th
 torch.export one without its 70 Constant nodes: every constant is an initializer), which
 onnxruntime runs equally fast; the TorchScript exporter is several times faster to export,
 but we take the exporter that PyTorch maintains. Most of its time goes to retracing the graph
-with a symbolic batch axis, and ``hardtanh`` (ReLU6) is by far its slowest layer there, so
-the writer exports ReLU6 as the clamp it is (:func:`clamps_for_hardtanh`): the same ``Clip``,
-traced in a fraction of the time.
+with a symbolic batch axis, where ReLU6 and HardSwish are by far the slowest layers, so the
+writer traces them in forms that retrace fast and write the same ONNX ops
+(:func:`fast_to_trace`).
 
 That exporter writes opset 18 and newer; it asks onnxscript's version converter for older
 opsets, which cannot convert ``ReduceMean`` and silently keeps 18, so older opsets are refused.
@@ -81,20 +81,53 @@ class Clamp(nn.Module):
         return x.clamp(self.low, self.high)
 
 
-def clamps_for_hardtanh(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every ``nn.Hardtanh`` (``nn.ReLU6`` is one) as a :class:`Clamp`.
+@torch.library.custom_op("mobilenets::hardswish", mutates_args=())
+def _hardswish(x: torch.Tensor) -> torch.Tensor:
+    """HardSwish as one opaque op: the exporter traces it by its shape alone."""
+    return nn.functional.hardswish(x)
 
-    The exporter retraces the graph with the batch axis symbolic, and ``aten.hardtanh`` is
-    the slowest layer of a MobileNetV2 to retrace by far: its 35 ReLU6 took most of the
-    export. ``aten.clamp`` is the same function and exports to the same ONNX ``Clip`` (min
-    and max as initializers), so the file is the same graph, written several times faster.
-    Parameter names do not change (the int8 writer finds layers by them)."""
+
+@_hardswish.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class HardSwish(nn.Module):
+    """``nn.Hardswish`` through :func:`_hardswish`, written to ONNX as its ``HardSwish``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mobilenets.hardswish(x)
+
+
+def _hardswish_onnx(x):
+    """:func:`_hardswish` in ONNX (the exporter calls it with its own tensor type)."""
+    from onnxscript import opset18
+
+    return opset18.HardSwish(x)
+
+
+def fast_to_trace(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every ``nn.Hardtanh`` (``nn.ReLU6`` is one) as a :class:`Clamp`
+    and every ``nn.Hardswish`` as a :class:`HardSwish`.
+
+    The exporter retraces the graph with the batch axis symbolic, and these two activations
+    are the slowest layers of MobileNetV2 and V3 to retrace by far, through the formulas that
+    define them: ReLU6 took most of V2's export, HardSwish most of V3's. ``aten.clamp`` is the
+    same function as hardtanh and exports to the same ONNX ``Clip``; the opaque HardSwish is
+    written as ONNX's ``HardSwish`` (:data:`TRANSLATIONS`), as ``aten.hardswish`` is. So the
+    file is the same graph, written several times faster. Parameter names do not change (the
+    int8 writer finds layers by them)."""
     model = copy.deepcopy(model)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Hardtanh):
                 setattr(parent, name, Clamp(child.min_val, child.max_val))
+            elif isinstance(child, nn.Hardswish):
+                setattr(parent, name, HardSwish())
     return model
+
+
+TRANSLATIONS = {torch.ops.mobilenets.hardswish.default: _hardswish_onnx}
 
 
 def write_onnx(
@@ -122,8 +155,9 @@ def write_onnx(
     with quiet():
         try:
             program = torch.onnx.export(
-                clamps_for_hardtanh(model),
+                fast_to_trace(model),
                 (example,),
+                custom_translation_table=TRANSLATIONS,
                 dynamo=True,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
