@@ -41,6 +41,7 @@ from torch import nn
 from mobilenets.analysis.cost import CostReport, count_params, profile_model
 from mobilenets.analysis.timing import time_interleaved
 from mobilenets.deploy.export import FORMATS, target_of
+from mobilenets.deploy.heads import graph_of
 from mobilenets.deploy.memory_probe import WARMUP_SHAPE, program_memory_bytes, warmup_model
 from mobilenets.deploy.runtime import (
     PRECISION_KEY,
@@ -220,7 +221,7 @@ def resolve_source(
         return f"{info.model} ({path.name})", model, info, None
     if path.is_file():
         return path.name, None, None, path
-    if str(source) in list_models():
+    if str(source) in list_models(task=None):  # a classifier, detector or segmenter
         model = create_model(str(source), width_mult=width_mult).eval()
         info = RunInfo(
             model=str(source),
@@ -228,10 +229,8 @@ def resolve_source(
             class_names=[str(i) for i in range(model.num_classes)],
         )
         return f"{source} (width {width_mult:g})", model, info, None
-    raise MobileNetError(
-        f"{source} is not a model name ({', '.join(list_models())}), a run directory or an "
-        "ONNX file"
-    )
+    names = ", ".join(list_models(task=None))
+    raise MobileNetError(f"{source} is not a model name ({names}), a run directory or an ONNX file")
 
 
 def installed_formats() -> list[str]:
@@ -341,7 +340,7 @@ def benchmark(
     channels = int(info.input_size[0])
     info.input_size = (channels, resolution, resolution)
     cost = profile_model(model, resolution)
-    folded = fold_batchnorm(model)
+    folded = graph_of(fold_batchnorm(model))  # a detector's program: one output, as exported
     x = torch.randn(batch, channels, resolution, resolution)
 
     engines = _torch_engines(model, x)
