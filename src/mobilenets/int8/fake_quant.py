@@ -33,6 +33,7 @@ from torch import nn
 from mobilenets.errors import MobileNetError
 from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.layers import is_depthwise
+from mobilenets.models.dense import TappedTrunk
 
 # The kinds a figure colours: the roles of a layer in a MobileNet block.
 KINDS = ("conv", "depthwise", "expand", "project", "pointwise", "se", "linear")
@@ -180,15 +181,22 @@ class FakeQuantModel(nn.Module):
     and the sums of its residual blocks (and their projections' outputs) :class:`Rounding`.
 
     ``stages`` are ``model.features``' blocks and then ``model.classifier``: a configuration
-    that changes nothing before stage ``s`` can start there from a cached input.
+    that changes nothing before stage ``s`` can start there from a cached input. A network
+    that is no such chain (a detector's or a segmenter's graph: maps tapped from the trunk,
+    SSDLite's extra blocks and heads, LR-ASPP's two branches) is one stage, run whole for
+    every configuration; its output must be one tensor (a detector through
+    :class:`~mobilenets.deploy.heads.DetectionGraph`, as its program holds it).
     """
 
     def __init__(self, model: nn.Module, scheme: Int8Scheme | None = None) -> None:
         super().__init__()
-        features = getattr(model, "features", None)
-        if not isinstance(features, nn.Sequential) or not hasattr(model, "classifier"):
+        layers = [
+            m for n, m in model.named_modules() if n and isinstance(m, (nn.Conv2d, nn.Linear))
+        ]
+        if not layers:  # nothing to wrap inside it (a bare layer, a layer-free module)
             raise MobileNetError(
-                f"{type(model).__name__} has no .features blocks and .classifier to quantize"
+                f"{type(model).__name__} has no .features blocks, nor any convolution or linear "
+                "layer inside it, to quantize"
             )
         self.model = fold_batchnorm(model)
         self.scheme = scheme = scheme or Int8Scheme()
@@ -198,9 +206,8 @@ class FakeQuantModel(nn.Module):
             setattr(parent, leaf, Switchable(getattr(parent, leaf), name, scheme))
         self.layers: list[Switchable] = [self.model.get_submodule(n) for n in names]
         self.roundings = nn.ModuleList(_residual_roundings(self.model, scheme))
-        self.stages: list[nn.Module] = [*self.model.features, self.model.classifier]
-        stage_names = [f"features.{i}." for i in range(len(self.model.features))]
-        stage_names.append("classifier.")
+        self.stages, stage_names = _stages(self.model)
+        self.chained = len(stage_names) > 1  # a classifier's blocks; else run whole
         self.stage_of = {
             layer.name: next(i for i, s in enumerate(stage_names) if layer.name.startswith(s))
             for layer in self.layers
@@ -260,6 +267,19 @@ class FakeQuantModel(nn.Module):
 
     def __iter__(self) -> Iterator[Switchable]:
         return iter(self.layers)
+
+
+def _stages(model: nn.Module) -> tuple[list[nn.Module], list[str]]:
+    """The modules ``model`` runs in sequence and the name prefix of each one's layers: a
+    classifier's ``features`` blocks then its ``classifier``, any other network whole (a
+    segmenter has both attributes, but its head reads maps tapped inside ``features``)."""
+    features = getattr(model, "features", None)
+    classifier = getattr(model, "classifier", None)
+    chain = isinstance(features, nn.Sequential) and isinstance(classifier, nn.Module)
+    if chain and not isinstance(model, TappedTrunk):
+        names = [f"features.{i}." for i in range(len(features))] + ["classifier."]
+        return [*features, classifier], names
+    return [model], [""]
 
 
 def _residual_roundings(model: nn.Module, scheme: Int8Scheme) -> list[Rounding]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from mobilenets.errors import MobileNetError
 from mobilenets.int8.fake_quant import FakeQuantModel, Switchable
 
 
@@ -77,8 +78,14 @@ def walk_stages(model: FakeQuantModel, batches: Sequence[torch.Tensor]) -> Itera
     While the caller holds a stage, the layers of earlier stages are quantized, and the
     layers of this stage are quantized only once the caller calls ``stage.quantize``. When
     the caller moves on, every layer of the stage is quantized, and the stage's new
-    simulated output becomes the next stage's quantized input.
+    simulated output becomes the next stage's quantized input. A network the simulator runs
+    whole (a detector, a segmenter) has no stages to walk: one line.
     """
+    if not model.chained:
+        raise MobileNetError(
+            f"{type(model.model).__name__} has no .features blocks and .classifier to "
+            "walk block by block (AdaRound and bias correction need them)"
+        )
     model.eval()
     reference = copy.deepcopy(model)
     reference.set(enabled=())

@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 from mobilenets.analysis.timing import time_interleaved
-from mobilenets.deploy.target import Agreement, Target, agreement, pytorch_logits, run_batches
+from mobilenets.deploy.target import (
+    Agreement,
+    Compare,
+    Target,
+    agreement,
+    pytorch_logits,
+    run_batches,
+)
 from mobilenets.int8.fake_quant import FakeQuantModel
 
 TIMING_ROUNDS = 20
@@ -44,10 +51,14 @@ class Candidate:
 
 
 def simulated_agreement(
-    fq: FakeQuantModel, order: Sequence[str], images: Sequence[torch.Tensor], max_float: int
+    fq: FakeQuantModel,
+    order: Sequence[str],
+    images: Sequence[torch.Tensor],
+    max_float: int,
+    compare: Compare = agreement,
 ) -> list[float]:
-    """Fake-quantized top-1 agreement with float with the first k of ``order`` left in float,
-    for k = 0 .. ``max_float``."""
+    """Fake-quantized top-1 agreement (a head's: ``compare``'s) with float with the first k of
+    ``order`` left in float, for k = 0 .. ``max_float``."""
     with torch.inference_mode():
         fq.set(enabled=())
         reference = torch.cat([fq(x) for x in images]).numpy()
@@ -56,7 +67,7 @@ def simulated_agreement(
             kept = set(order[:k])
             fq.set(enabled=[n for n in fq.names() if n not in kept])
             logits = torch.cat([fq(x) for x in images]).numpy()
-            agreements.append(agreement(reference, logits).top1_agreement)
+            agreements.append(compare(reference, logits).top1_agreement)
     return agreements
 
 
@@ -75,8 +86,10 @@ class Bench:
         calibration: list[torch.Tensor],
         metadata: dict[str, str],
         options: dict[str, object],
+        compare: Compare = agreement,
     ) -> None:
         self.target, self.folded, self.written, self.folder = target, folded, written, folder
+        self.compare = compare  # top-1, or a head's matched detections or pixels
         self.inputs, self.calibration, self.metadata = inputs, calibration, metadata
         self.options = options  # for every int8 file: range observer, wide residuals
         self.example = inputs[0][:1]
@@ -112,7 +125,7 @@ class Bench:
     def check(self, path: Path) -> Agreement:
         runner = self.target.load(path, None)
         batch = len(self.example) if self.target.can.fixed_batch else None
-        return agreement(self.reference, run_batches(runner, self.inputs, batch))
+        return self.compare(self.reference, run_batches(runner, self.inputs, batch))
 
     def latency_ms(self, *paths: Path) -> list[float]:
         """Median single-image latency of each file, timed in interleaved rounds."""

@@ -25,16 +25,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from mobilenets.deploy.export import int8_options, target_of
+from mobilenets.deploy.heads import comparison, graph_of
 from mobilenets.deploy.images import calibration_inputs, held_out_inputs
 from mobilenets.deploy.runtime import onnx_metadata
-from mobilenets.deploy.target import Target
+from mobilenets.deploy.target import Compare, Target, agreement
 from mobilenets.errors import MobileNetError
 from mobilenets.int8 import DEFAULT_CALIBRATION
 from mobilenets.int8.fake_quant import FakeQuantModel
 from mobilenets.int8.fold import fold_batchnorm
-from mobilenets.int8.prepare import prepare_for_int8
+from mobilenets.int8.prepare import Preparation, prepare_for_int8
 from mobilenets.io import atomic_path
 from mobilenets.quant.candidates import Bench, Candidate, first_images, simulated_agreement
 from mobilenets.quant.sensitivity import measure_sensitivity, rank_key
@@ -49,7 +51,7 @@ from mobilenets.quant.strategies import (
     Strategy,
     TargetAgreement,
 )
-from mobilenets.runs import load_run
+from mobilenets.runs import RunInfo, load_run
 
 DEFAULT_IMAGES = 300
 DEFAULT_REPORT_IMAGES = 32
@@ -126,19 +128,39 @@ def rank(
     inputs: Sequence[torch.Tensor],
     report_images: int,
     say: Callable[[str], object],
+    compare: Compare = agreement,
 ) -> Ranking:
-    """The layers by sensitivity, most sensitive first, for a strategy that needs them."""
+    """The layers by sensitivity, most sensitive first, for a strategy that needs them;
+    ``compare`` gives the agreement (top-1, a head's detections or pixels)."""
     if not strategy.ranked:
         return Ranking([])
     say(f"sensitivity of {len(fq.names())} layers on {report_images} images")
     fq.calibrate(calibration)
-    layers, _, _ = measure_sensitivity(fq, first_images(inputs, report_images))
+    layers, _, _ = measure_sensitivity(fq, first_images(inputs, report_images), compare=compare)
     ranked = sorted(layers, key=rank_key)
     order = [s.name for s in ranked]
     predicted = (
-        simulated_agreement(fq, order, inputs, strategy.simulated) if strategy.simulated else []
+        simulated_agreement(fq, order, inputs, strategy.simulated, compare)
+        if strategy.simulated
+        else []
     )
     return Ranking(order, {s.name: s.alone_sqnr_db for s in ranked}, predicted)
+
+
+def graphs(
+    model: nn.Module,
+    info: RunInfo,
+    calibration: list[torch.Tensor],
+    steps: tuple[bool, bool, bool | int],
+    say: Callable[[str], object],
+) -> tuple[nn.Module, nn.Module, Preparation, Compare]:
+    """The float graph and the one the int8 files are made from (BatchNorm folded; equalized,
+    bias-corrected, AdaRounded as ``steps`` ask), each as its program holds it (a detector's
+    outputs as one tensor, its layers named ``detector.``), what the steps did, and how outputs
+    are compared (top-1, or a head's matched detections or pixels)."""
+    folded = fold_batchnorm(model)
+    written, prepared = prepare_for_int8(folded, calibration, *steps, on_message=say)
+    return graph_of(folded), graph_of(written), prepared, comparison(folded, info)
 
 
 def quantize_mixed(
@@ -189,17 +211,15 @@ def quantize_mixed(
     out = Path(run_dir) / f"model.mixed{target.suffix}" if out is None else Path(out)
     inputs, images_from = held_out_inputs(info, data, images)
     cal, _ = calibration_inputs(info, data, calibration)
-    folded = fold_batchnorm(model)
-    written, prepared = prepare_for_int8(
-        folded, cal, equalize, bias_correct, adaround, on_message=say
-    )
+    steps = (equalize, bias_correct, adaround)
+    folded, written, prepared, compare = graphs(model, info, cal, steps, say)
     fq = FakeQuantModel(written)
     strategy.check(fq.names())
-    ranking = rank(fq, strategy, cal, inputs, report_images, say)
+    ranking = rank(fq, strategy, cal, inputs, report_images, say, compare)
     with tempfile.TemporaryDirectory(prefix="mobilenets-mixed-") as tmp:
         say("writing the fp32 and all-int8 files")
         metadata = onnx_metadata(info, "int8")
-        bench = Bench(target, folded, written, Path(tmp), inputs, cal, metadata, options)
+        bench = Bench(target, folded, written, Path(tmp), inputs, cal, metadata, options, compare)
         pick = strategy.pick(bench, ranking, say)
         fp32_ms, int8, tried = pick.fp32_ms, pick.int8, pick.tried
         if fp32_ms is None or int8 is None:  # every row from one measurement

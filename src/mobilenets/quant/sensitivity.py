@@ -34,8 +34,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobilenets.deploy.heads import comparison, graph_of
 from mobilenets.deploy.images import calibration_inputs, held_out_inputs
-from mobilenets.deploy.target import agreement
+from mobilenets.deploy.target import Compare, agreement
 from mobilenets.int8 import DEFAULT_CALIBRATION
 from mobilenets.int8.fake_quant import KINDS, PER_CHANNEL, FakeQuantModel, Int8Scheme, sqnr_db
 from mobilenets.plots import Figure
@@ -95,11 +96,15 @@ def rank_key(s: LayerSensitivity) -> tuple[float, float]:
 
 @torch.inference_mode()
 def measure_sensitivity(
-    fq: FakeQuantModel, images: Sequence[torch.Tensor], on_step: OnStep = None
+    fq: FakeQuantModel,
+    images: Sequence[torch.Tensor],
+    on_step: OnStep = None,
+    compare: Compare = agreement,
 ) -> tuple[list[LayerSensitivity], float, float]:
     """Each layer's sensitivity on ``images`` (batches) in a calibrated fake-quantized model;
     also the logit SQNR and agreement with every layer quantized. ``on_step()`` is called once
-    per layer."""
+    per layer. ``compare`` gives the agreement: top-1, or for a head the export check's
+    matched detections or pixels (:func:`mobilenets.deploy.heads.comparison`)."""
     names = fq.names()
     fq.set(enabled=())
     float_run = [fq.stage_inputs(x) for x in images]
@@ -108,16 +113,16 @@ def measure_sensitivity(
     fq.set(enabled=names)
     quant_run = [fq.stage_inputs(x) for x in images]
     quant_inputs = [inputs for inputs, _ in quant_run]
-    everything = agreement(reference, torch.cat([logits for _, logits in quant_run]).numpy())
+    everything = compare(reference, torch.cat([logits for _, logits in quant_run]).numpy())
 
     layers = []
     for position, layer in enumerate(fq):
         stage = fq.stage_of[layer.name]
         fq.set(enabled=[layer.name], measuring=[layer.name])
-        alone = agreement(reference, _logits(fq, stage, float_inputs))
+        alone = compare(reference, _logits(fq, stage, float_inputs))
         output = sqnr_db(layer.signal, layer.noise)
         fq.set(enabled=[n for n in names if n != layer.name])
-        all_but = agreement(reference, _logits(fq, stage, quant_inputs))
+        all_but = compare(reference, _logits(fq, stage, quant_inputs))
         layers.append(
             LayerSensitivity(
                 name=layer.name,
@@ -155,9 +160,10 @@ def sensitivity_report(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        fq = FakeQuantModel(model, scheme)
+        fq = FakeQuantModel(graph_of(model), scheme)  # a detector's outputs as one tensor
         fq.calibrate(batches)
-        layers, all_sqnr, all_agreement = measure_sensitivity(fq, evaluation, on_step)
+        compare = comparison(model, info)
+        layers, all_sqnr, all_agreement = measure_sensitivity(fq, evaluation, on_step, compare)
     finally:
         torch.set_num_threads(previous)
     return SensitivityReport(
