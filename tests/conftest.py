@@ -81,12 +81,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: getattr(item, "originalname", item.name) not in LONGEST)
 
 
-# over a minute each on two cores; both in forked modules, so moving them keeps no module's
-# fixtures from being shared
+# the longest tests, each in a forked module (moving them keeps no module's fixtures from
+# being shared): started last, the suite's end would wait for them alone
 LONGEST = frozenset(
     {
-        "test_bench_times_runtimes_in_fp32_and_int8",
+        "test_a_head_exports_fp32_and_int8_and_predicts_through_them",
         "test_xnnpack_qat_ships_the_ranges_it_trained_with",
+        "test_qat_resumes_to_the_same_weights_and_refuses_another_config",
+        "test_bench_times_runtimes_in_fp32_and_int8",
     }
 )
 

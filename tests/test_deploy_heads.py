@@ -144,8 +144,8 @@ def head_run(tmp_path_factory: pytest.TempPathFactory):
     return get
 
 
-# Every runtime end to end, fp32 and int8, on the head whose graph it lowers fastest, each head
-# on two runtimes: LiteRT takes the detector (its int8 concatenations, ObservedConcats),
+# Every runtime end to end on the head whose graph it lowers fastest, each head on two
+# runtimes: LiteRT takes the detector (its int8 concatenations, ObservedConcats),
 # ExecuTorch the segmenter (SSDLite's lowering cost it 87 s)
 RUNTIMES = [
     ("onnx", "ssdlite_mobilenet_v3_small"),
@@ -153,6 +153,10 @@ RUNTIMES = [
     ("executorch", "lraspp_mobilenet_v3_small"),
     ("litert", "ssdlite_mobilenet_v3_small"),
 ]
+# ExecuTorch's and LiteRT's writers lower a head in fp32 as in int8, less the quantization
+# step, and their fp32 lowering is checked on the classifier (test_deploy_targets): a head's
+# fp32 lowering there would add 15-25 s each and check no other code
+FP32_HEADS = {"onnx", "openvino"}
 CHECKED = ["--verify-images", "4"]  # a fixed-batch program runs them one by one
 CALIBRATION = ["--int8", "--calibration", "4"]
 
@@ -167,15 +171,18 @@ def export_json(run: Path, fmt: str, extra: list[str], capsys) -> dict:
 def test_a_head_exports_fp32_and_int8_and_predicts_through_them(
     fmt: str, name: str, head_run, digit_pngs, tmp_path: Path, capsys
 ) -> None:
-    """Both precisions written, checked as detections or masks and recorded; then
-    ``predict`` runs the int8 program in its runtime and draws what it found."""
+    """int8 (and fp32 where :data:`FP32_HEADS` says) written, checked as detections or masks
+    and recorded; then ``predict`` runs the int8 program in its runtime and draws what it
+    found."""
     run = copy_run(head_run(name), tmp_path / "run")
     detector = model_task(name) == "detection"
     measure = "detections" if detector else "pixels"
-    fp32 = export_json(run, fmt, [], capsys)
-    assert fp32["measure"] == measure and fp32["max_rel_error"] <= 1e-4
-    if detector:
-        assert fp32["top1_agreement"] >= 0.95 and fp32["box_iou"] > 0.99
+    precisions = ["fp32", "int8"] if fmt in FP32_HEADS else ["int8"]
+    if "fp32" in precisions:
+        fp32 = export_json(run, fmt, [], capsys)
+        assert fp32["measure"] == measure and fp32["max_rel_error"] <= 1e-4
+        if detector:
+            assert fp32["top1_agreement"] >= 0.95 and fp32["box_iou"] > 0.99
     int8 = export_json(run, fmt, CALIBRATION, capsys)
     assert int8["measure"] == measure and int8["calibrated_on"] == "training images"
     assert int8["top1_agreement"] >= 0.5
@@ -183,7 +190,7 @@ def test_a_head_exports_fp32_and_int8_and_predicts_through_them(
         assert int8["top1_agreement"] >= 0.8 and int8["box_iou"] > 0.8
         assert 0 <= int8["score_difference"] < 0.1
     recorded = json.loads((run / "model.json").read_text())["metrics"]["exports"]
-    assert {recorded[f"{fmt}-{p}"]["measure"] for p in ("fp32", "int8")} == {measure}
+    assert {recorded[f"{fmt}-{p}"]["measure"] for p in precisions} == {measure}
 
     images = [str(path) for path, _ in digit_pngs[:2]]
     out = tmp_path / "predicted"
