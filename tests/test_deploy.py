@@ -244,6 +244,7 @@ def test_quantize_is_export_int8_onnx(run: Path, exported: Path, tmp_path: Path,
     assert result["path"] == str(run / "model.int8-pertensor.onnx")
     assert result["format"] == "onnx" and result["precision"] == "int8"
     assert result["calibration_images"] == 32 and result["per_channel"] is False
+    assert result["top1_agreement"] > 0.9
     assert result["size_bytes"] < exported.stat().st_size / 2
     assert main(["export", str(run), "--int8", *argv]) == 0
     exported_report = json.loads(capsys.readouterr().out)

@@ -20,6 +20,8 @@ from mobilenets.deploy import target as target_module
 from mobilenets.deploy.export import FORMATS, default_path
 from mobilenets.deploy.images import calibration_inputs
 from mobilenets.deploy.runtime import onnx_metadata
+from mobilenets.deploy.target import agreement
+from mobilenets.errors import MobileNetError
 from mobilenets.int8.fold import fold_batchnorm
 from mobilenets.runs import load_run, read_run_info
 
@@ -304,6 +306,18 @@ def test_pt2e_mixed_precision_keeps_the_named_modules_in_float(
     assert listing(tmp_path) == {f.name for f in FORMATS[fmt].files(out)}
 
 
+def test_agreement_measures() -> None:
+    expected = np.array([[1.0, 0.0], [0.0, 2.0]])
+    same = agreement(expected, expected)
+    assert same.max_rel_error == 0 and same.top1_agreement == 1 and same.sqnr_db == float("inf")
+    noisy = agreement(expected, expected + np.array([[0.0, 2.0], [0.1, 0.0]]))
+    assert noisy.top1_agreement == 0.5
+    assert noisy.sqnr_db == pytest.approx(10 * np.log10(5 / 4.01))
+    with pytest.raises(MobileNetError, match="shape"):
+        agreement(expected, expected[:1])
+
+
+@pytest.mark.slow
 def test_bench_times_runtimes_in_fp32_and_int8(capsys) -> None:
     """``bench`` end to end in onnxruntime, each program's memory measured in a process of its
     own. bench writes and loads every format through the same ``Target`` calls as export (the
