@@ -26,11 +26,13 @@ from mobilenets.deploy.heads import (
     segmentation_agreement,
     separate_outputs,
 )
+from mobilenets.deploy.images import batches, run_data
 from mobilenets.int8.fake_quant import FakeQuantModel
 from mobilenets.models import model_task
 from mobilenets.models.multibox import postprocess_detections
 from mobilenets.quant.sensitivity import measure_sensitivity
-from mobilenets.runs import DataRecord, RunInfo, save_run
+from mobilenets.runs import DataRecord, RunInfo, load_run, read_run_info, save_run
+from mobilenets.train.segmentation_metrics import evaluate_segmenter
 
 pytestmark = pytest.mark.forked  # the runtimes' threads stay out of the suite's process
 
@@ -192,6 +194,13 @@ def test_a_head_exports_fp32_and_int8_and_predicts_through_them(
     recorded = json.loads((run / "model.json").read_text())["metrics"]["exports"]
     assert {recorded[f"{fmt}-{p}"]["measure"] for p in precisions} == {measure}
 
+    assert main(["evaluate", int8["path"], "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    keys = {"map", "map_50", "map_75"} if detector else {"miou", "pixel_accuracy"}
+    assert scored["precision"] == "int8" and scored["run_dir"] == str(run)
+    assert set(scored["fp32"]) == keys == set(scored["change_points"])
+    assert scored["data"].startswith(f"{len(run_data(read_run_info(run), None).test)} held-out")
+
     images = [str(path) for path, _ in digit_pngs[:2]]
     out = tmp_path / "predicted"
     assert main(["predict", int8["path"], *images, "--out", str(out), "--json"]) == 0
@@ -218,3 +227,16 @@ def test_an_onnx_option_on_a_head_is_still_one_line(head_run, tmp_path: Path, ca
     argv = ["export", str(run), "--format", "litert", "--wide-residuals", "--int8"]
     check_one_line_error([*argv, "--out", str(tmp_path / "m.tflite")], "LiteRT cannot", capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_scores_a_dense_run_as_its_training_does(head_run, capsys) -> None:
+    """A segmenter's run is scored in PyTorch on its held-out canvases (mIoU, pixel accuracy:
+    what its training reports); a confusion-matrix plot is refused in one line."""
+    run = head_run("lraspp_mobilenet_v3_small")
+    assert main(["evaluate", str(run), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    model, info = load_run(run)
+    expected = evaluate_segmenter(model, batches(run_data(info, None).test), len(CANVAS_CLASSES))
+    assert report["engine"] == "PyTorch" and report["fp32"] is None
+    assert report["miou"] == pytest.approx(expected["miou"]) and 0 <= report["miou"] <= 1
+    check_one_line_error(["evaluate", str(run), "--plot", "x.png"], "--plot draws", capsys)

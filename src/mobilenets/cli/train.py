@@ -29,14 +29,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "evaluate",
-        help="top-1, top-5, per-class accuracy of a run or an exported program",
+        help="top-1, per-class accuracy (a detector's mAP, a segmenter's mIoU) of a run or "
+        "an exported program",
         description="Score a run directory, or an exported program (.onnx, .pte, .tflite, "
         ".xml) in its own runtime beside the run's fp32 weights, on the held-out split of "
-        "the run's data.",
+        "the run's data: a classifier's top-1, top-5 and per-class accuracy, a detector's "
+        "COCO mAP, a segmenter's mIoU and pixel accuracy.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR|PROGRAM")
     p.add_argument("--data", help="evaluate on this dataset's held-out split instead")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per batch (default: 256, a detector's or segmenter's 32)",
+    )
     p.add_argument(
         "--plot",
         help="confusion matrix PNG (default RUN_DIR/confusion_matrix.png; a program's only "
@@ -118,8 +124,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from mobilenets.evaluation.predict_dense import source_task
     from mobilenets.runs import names_a_file
 
+    task = source_task(args.run_dir)
+    if task != "classification":
+        return run_evaluate_dense(args)
+    args.batch_size = 256 if args.batch_size is None else args.batch_size
     if names_a_file(args.run_dir):
         return run_evaluate_program(args)
     from mobilenets.evaluation.evaluate import evaluate
@@ -172,6 +183,32 @@ def run_evaluate_program(args: argparse.Namespace) -> int:
         yield table("Per-class accuracy", columns, per_class, right=len(columns) - 1)
         if result.figure:
             yield f"confusion matrix written to {result.figure}"
+
+    return show(args.json, report.to_dict(), views())
+
+
+def run_evaluate_dense(args: argparse.Namespace) -> int:
+    from mobilenets.evaluation.evaluate import DENSE_SCORES, evaluate_dense
+
+    if args.plot is not None:
+        raise MobileNetError(
+            f"--plot draws a classifier's confusion matrix; {args.run_dir} is not one"
+        )
+    batch_size = 32 if args.batch_size is None else args.batch_size
+    report = evaluate_dense(args.run_dir, args.data, batch_size)
+    shown = DENSE_SCORES[report.task]
+
+    def views() -> Iterator[Any]:
+        yield f"{report.source}: {report.task}, {report.precision}, on {report.data}"
+        rows = [[report.engine, *(f"{report.scores[k]:.4f}" for k, _ in shown)]]
+        if report.fp32 is not None:
+            rows.append(["run fp32, PyTorch", *(f"{report.fp32[k]:.4f}" for k, _ in shown)])
+        yield table(None, ["model", *(name for _, name in shown)], rows, right=len(shown))
+        if report.changes is not None:
+            changes = ", ".join(f"{name} {report.changes[k]:+.2f}" for k, name in shown)
+            yield f"{report.precision} - fp32, points: {changes} (run {report.run_dir})"
+        elif report.fp32_note is not None:
+            yield f"no fp32 score: {report.fp32_note}"
 
     return show(args.json, report.to_dict(), views())
 

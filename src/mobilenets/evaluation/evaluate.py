@@ -1,9 +1,12 @@
 """How good a trained run is on the held-out split of its data: top-1, top-5, per-class
-accuracy and the confusion matrix (counted by :mod:`mobilenets.train.metrics`).
+accuracy and the confusion matrix (counted by :mod:`mobilenets.train.metrics`); for a
+detector COCO mAP, for a segmenter mIoU and pixel accuracy (the scores its training reports).
 
 An exported program (``.onnx``, ``.pte``, ``.tflite``, ``.xml``) is scored the same way, in
 its own runtime, on the held-out split of the run it records, beside the run's fp32 PyTorch
-weights when that run directory is still there: what int8 cost on real labels.
+weights when that run directory is still there: what int8 cost on real labels. A detector's
+program outputs raw class logits and box offsets; they are decoded against the run's default
+boxes, with PyTorch's score threshold and NMS, outside the runtime (as ``predict`` does).
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ from torch.utils.data import Dataset
 
 from mobilenets.data import make_loader
 from mobilenets.errors import MobileNetError
+from mobilenets.models import model_task
 from mobilenets.plots import confusion_matrix_figure, save_figure
-from mobilenets.runs import RunInfo, load_run, load_run_data
+from mobilenets.runs import RunInfo, load_run, load_run_data, names_a_file
+from mobilenets.train.detection_metrics import evaluate_detector
 from mobilenets.train.devices import parse_device
 from mobilenets.train.metrics import Evaluation, tally_predictions
+from mobilenets.train.segmentation_metrics import evaluate_segmenter
+from mobilenets.train.task import COCO_MAX_DETECTIONS
 
 CONFUSION_FILE = "confusion_matrix.png"
 
@@ -151,6 +158,14 @@ def _run_beside(
     run_dir: Path, exported: RunInfo, test: Dataset, batch_size: int
 ) -> tuple[Evaluation | None, str | None]:
     """The fp32 score of the run a program was exported from, or why there is none."""
+    model, note = _exported_run(run_dir, exported)
+    if model is None:
+        return None, note
+    return evaluate_model(model, test, exported.class_names, batch_size, "cpu"), None
+
+
+def _exported_run(run_dir: Path, exported: RunInfo) -> tuple[nn.Module | None, str | None]:
+    """The fp32 model of the run a program was exported from, or why it is not there."""
     try:
         model, run = load_run(run_dir)
     except MobileNetError as e:  # the folder is there, complete weights are not (any more)
@@ -158,4 +173,126 @@ def _run_beside(
     keys = ("model", "model_kwargs", "class_names", "input_size")
     if any(getattr(run, k) != getattr(exported, k) for k in keys):
         return None, f"{run_dir} now holds another model than the one exported"
-    return evaluate_model(model, test, run.class_names, batch_size, "cpu"), None
+    return model, None
+
+
+# What a dense task reports, in the order shown: the keys of its scores.
+DENSE_SCORES = {
+    "detection": (("map_50", "mAP@.5"), ("map", "mAP@[.5:.95]"), ("map_75", "mAP@.75")),
+    "segmentation": (("miou", "mIoU"), ("pixel_accuracy", "pixel accuracy")),
+}
+
+
+@dataclass
+class DenseEvaluation:
+    """A detector or segmenter (a run, or an exported program in its runtime) scored on its
+    held-out split, and for a program the run's fp32 weights in PyTorch on the same images
+    (None, with the reason in ``fp32_note``, when that run is not there)."""
+
+    source: str
+    task: str  # detection or segmentation
+    engine: str  # "PyTorch", or the program's format, precision and runtime
+    precision: str
+    data: str
+    scores: dict[str, float]
+    run_dir: str | None = None
+    fp32: dict[str, float] | None = None
+    fp32_note: str | None = None
+
+    @property
+    def changes(self) -> dict[str, float] | None:
+        """Each score minus the fp32 run's, in points (hundredths)."""
+        if self.fp32 is None:
+            return None
+        return {k: 100 * (v - self.fp32[k]) for k, v in self.scores.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "task": self.task,
+            "engine": self.engine,
+            "precision": self.precision,
+            "data": self.data,
+            **self.scores,
+            "run_dir": self.run_dir,
+            "fp32": self.fp32,
+            "fp32_note": self.fp32_note,
+            "change_points": self.changes,
+        }
+
+
+class ProgramDetector(nn.Module):
+    """A detector's program called like its SSDLite: the one output (N, boxes, classes + 4)
+    split into class logits and box offsets, and the run's default boxes, so that
+    :func:`~mobilenets.train.detection_metrics.evaluate_detector` decodes and scores it as it
+    does the PyTorch model."""
+
+    def __init__(self, program: nn.Module, reference: nn.Module) -> None:
+        super().__init__()
+        self.program, self.default_boxes = program, reference.default_boxes
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = self.program(images)
+        return outputs[..., :-4], outputs[..., -4:]
+
+
+def dense_scores(
+    model: nn.Module, task: str, dataset: Dataset, num_classes: int, batch_size: int
+) -> dict[str, float]:
+    """The held-out scores training reports for ``task``: COCO mAP over each image's best
+    100 detections, or mIoU and pixel accuracy."""
+    if batch_size < 1:
+        raise MobileNetError(f"batch size must be at least 1, got {batch_size}")
+    loader = make_loader(dataset, batch_size, shuffle=False, seed=0, num_workers=0)
+    with torch.no_grad():
+        if task == "detection":
+            return evaluate_detector(model, loader, detections_per_img=COCO_MAX_DETECTIONS)
+        return evaluate_segmenter(model, loader, num_classes)
+
+
+def evaluate_dense(
+    source: str | os.PathLike[str],
+    data: str | os.PathLike[str] | None = None,
+    batch_size: int = 32,
+    fp32: bool = True,
+    threads: int | None = None,
+) -> DenseEvaluation:
+    """Score a detector's or segmenter's run directory, or its exported program in the
+    program's runtime, on the held-out split of the run's data (or of ``data``); a program
+    beside the run's fp32 weights (``fp32``) when its run directory still holds that run."""
+    from mobilenets.deploy.images import run_data
+
+    if names_a_file(source):
+        from mobilenets.deploy.program import load_program
+
+        program, program_info = load_program(source, threads)
+        info = program_info.run
+        task = model_task(info.model)
+        model = ProgramDetector(program, info.build_model()) if task == "detection" else program
+        engine = f"{program_info.target.name} {program_info.precision}, "
+        engine += program_info.target.runtime
+        precision, run_dir = program_info.precision, program_info.run_dir()
+    else:
+        model, info = load_run(source)
+        task, engine, precision, run_dir = model_task(info.model), "PyTorch", "fp32", None
+    if task not in DENSE_SCORES:
+        raise MobileNetError(f"{source} is a {task} model, not a detector or segmenter")
+    bundle = run_data(info, data)
+    classes = len(info.class_names)
+    report = DenseEvaluation(
+        source=str(source),
+        task=task,
+        engine=engine,
+        precision=precision,
+        data=f"{len(bundle.test)} held-out images of {bundle.name}",
+        scores=dense_scores(model, task, bundle.test, classes, batch_size),
+    )
+    if names_a_file(source):
+        if run_dir is None:
+            report.fp32_note = "the run directory it was exported from is not there"
+        elif fp32:
+            reference, report.fp32_note = _exported_run(run_dir, info)
+            report.run_dir = str(run_dir)
+            if reference is not None:
+                report.fp32 = dense_scores(reference, task, bundle.test, classes, batch_size)
+    return report
