@@ -222,6 +222,34 @@ def test_wide_residuals_keep_the_stream_in_uint16_and_the_convolutions_in_uint8(
     assert not (tmp_path / "q.onnx").exists()
 
 
+def activation_scales(path: Path) -> dict[str, float]:
+    """The scale of every tensor an int8 QDQ file quantizes at run time (activations: the
+    QuantizeLinear nodes whose input is not a stored weight)."""
+    model = load_onnx(path)
+    stored = {i.name: i for i in model.graph.initializer}
+    return {
+        node.input[0]: float(onnx.numpy_helper.to_array(stored[node.input[1]]))
+        for node in model.graph.node
+        if node.op_type == "QuantizeLinear" and node.input[0] not in stored
+    }
+
+
+def test_the_default_ranges_are_the_mean_of_batch_ranges(
+    exported: Path, tmp_path: Path, digits
+) -> None:
+    """``mean_minmax`` (the default) gives each activation the mean of its 8-image batches'
+    ranges: never wider than the extremes over all images (``minmax``), narrower for some."""
+    calibration = Subset(digits.train, range(64))
+    mean = activation_scales(quantize_model(exported, tmp_path / "mean.onnx", calibration))
+    extremes = quantize_model(exported, tmp_path / "x.onnx", calibration, calibrate_method="minmax")
+    widest = activation_scales(extremes)
+    assert mean.keys() == widest.keys() and len(mean) > 10
+    assert all(mean[k] <= widest[k] * (1 + 1e-6) for k in mean)
+    assert sum(mean[k] < 0.9 * widest[k] for k in mean) > len(mean) / 4
+    props = {p.key: p.value for p in load_onnx(tmp_path / "mean.onnx").metadata_props}
+    assert "mean_minmax calibration on 64 training images" in props["mobilenets.quantization"]
+
+
 def test_histogram_calibration_takes_a_count_that_is_no_multiple_of_the_batch(
     exported: Path, tmp_path: Path
 ) -> None:

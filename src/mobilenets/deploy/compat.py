@@ -19,6 +19,7 @@ from torch import nn
 from mobilenets.deploy.export import ExportReport, Program, export, write_checked
 from mobilenets.deploy.images import VERIFY_IMAGES
 from mobilenets.deploy.program import read_program_info
+from mobilenets.deploy.quantize import DEFAULT_CALIBRATE_METHOD
 from mobilenets.deploy.runtime import DEFAULT_PROVIDER, onnx_metadata
 from mobilenets.deploy.target import check_program
 from mobilenets.deploy.targets.onnx import DEFAULT_OPSET, EXPORT_TOLERANCE, TARGET, check_opset
@@ -78,7 +79,7 @@ def quantize_onnx(
     per_channel: bool = True,
     quant_format: str = "qdq",
     fp32_depthwise: bool = False,
-    calibrate_method: str = "minmax",
+    calibrate_method: str = DEFAULT_CALIBRATE_METHOD,
     provider: str = DEFAULT_PROVIDER,
     on_batch: object = None,  # accepted for callers of the old path; calibration is one step
     wide_residuals: bool = False,
@@ -97,7 +98,7 @@ def quantize_onnx(
         per_channel=None if per_channel else False,
         quant_format=None if quant_format == "qdq" else quant_format,
         fp32_depthwise=fp32_depthwise or None,
-        calibrate_method=None if calibrate_method == "minmax" else calibrate_method,
+        calibrate_method=None if calibrate_method == DEFAULT_CALIBRATE_METHOD else calibrate_method,
         provider=None if provider == DEFAULT_PROVIDER else provider,
     )
 

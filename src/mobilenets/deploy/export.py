@@ -33,6 +33,7 @@ from torch import nn
 
 from mobilenets.deploy.heads import comparison, graph_of
 from mobilenets.deploy.images import VERIFY_IMAGES, calibration_inputs, held_out_inputs
+from mobilenets.deploy.quantize import DEFAULT_CALIBRATE_METHOD
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import Agreement, Compare, Target, agreement, check_program
 from mobilenets.deploy.targets import executorch, litert, openvino
@@ -132,7 +133,7 @@ def option_names(options: dict[str, object]) -> list[str]:
     """``per_channel=False, calibrate_method="percentile"`` -> ``["pertensor", "percentile"]``."""
     names = ["pertensor"] if options.get("per_channel") is False else []
     names += ["fp32dw"] if options.get("fp32_depthwise") else []
-    for key, default in (("quant_format", "qdq"), ("calibrate_method", "minmax")):
+    for key, default in (("quant_format", "qdq"), ("calibrate_method", DEFAULT_CALIBRATE_METHOD)):
         if options.get(key, default) != default:
             names.append(str(options[key]))
     return names
@@ -188,6 +189,8 @@ def int8_options(target: Target, adaround: bool | int, wide_residuals: bool) -> 
     options: dict[str, object] = {}
     if adaround and target.can.observer:
         options["observer"] = "minmax"
+    if adaround and "calibrate_method" in target.can.write_options:
+        options["calibrate_method"] = "minmax"
     if wide_residuals:
         if not target.can.wide_residuals:
             raise MobileNetError(

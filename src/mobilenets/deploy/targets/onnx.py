@@ -34,7 +34,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from mobilenets.deploy.quantize import check_quantizer_options, quantize_model
+from mobilenets.deploy.quantize import (
+    DEFAULT_CALIBRATE_METHOD,
+    check_quantizer_options,
+    quantize_model,
+)
 from mobilenets.deploy.runtime import (
     DEFAULT_PROVIDER,
     INPUT_NAME,
@@ -57,7 +61,7 @@ EXPORT_TOLERANCE = FP32_TOLERANCE  # one tolerance for every fp32 program
 ONNX_FILE = "model.onnx"
 QUANTIZATION = (
     "onnxruntime static QDQ: weights int8 symmetric per channel, activations uint8 per tensor "
-    "(MinMax calibration)"
+    "(MinMax calibration: the mean of 8-image batches' ranges)"
 )
 
 
@@ -193,7 +197,7 @@ def write_program(
     per_channel: bool = True,
     quant_format: str = "qdq",
     fp32_depthwise: bool = False,
-    calibrate_method: str = "minmax",
+    calibrate_method: str = DEFAULT_CALIBRATE_METHOD,
 ) -> None:
     """Write ``job.model`` to ONNX at ``path`` in ``opset``; for int8, the fp32 file goes to a
     temporary folder and onnxruntime's quantizer writes ``path`` from it
