@@ -234,15 +234,17 @@ def activation_scales(path: Path) -> dict[str, float]:
     }
 
 
-def test_the_default_ranges_are_the_mean_of_batch_ranges(
+def test_mean_minmax_ranges_are_the_mean_of_batch_ranges(
     exported: Path, tmp_path: Path, digits
 ) -> None:
-    """``mean_minmax`` (the default) gives each activation the mean of its 8-image batches'
-    ranges: never wider than the extremes over all images (``minmax``), narrower for some."""
+    """``mean_minmax`` gives each activation the mean of its 8-image batches' ranges: never
+    wider than the extremes over all images (``minmax``, the default), narrower for some."""
     calibration = Subset(digits.train, range(64))
-    mean = activation_scales(quantize_model(exported, tmp_path / "mean.onnx", calibration))
-    extremes = quantize_model(exported, tmp_path / "x.onnx", calibration, calibrate_method="minmax")
-    widest = activation_scales(extremes)
+    means = quantize_model(
+        exported, tmp_path / "mean.onnx", calibration, calibrate_method="mean_minmax"
+    )
+    mean = activation_scales(means)
+    widest = activation_scales(quantize_model(exported, tmp_path / "x.onnx", calibration))
     assert mean.keys() == widest.keys() and len(mean) > 10
     assert all(mean[k] <= widest[k] * (1 + 1e-6) for k in mean)
     assert sum(mean[k] < 0.9 * widest[k] for k in mean) > len(mean) / 4

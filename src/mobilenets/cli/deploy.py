@@ -89,8 +89,9 @@ def _add_export_flags(p: argparse.ArgumentParser, lead: str) -> None:
     onnx.add_argument("--quant-format", help=f"{lead}encoding: qdq (default) or qoperator")
     onnx.add_argument(
         "--calibrate-method",
-        help=f"{lead}range estimate: mean_minmax (default: the mean of each 8-image batch's "
-        "extremes), minmax (the extremes over all calibration images), entropy or percentile",
+        help=f"{lead}range estimate: minmax (default: the extremes over all calibration "
+        "images), mean_minmax (the mean of each 8-image batch's extremes), entropy or "
+        "percentile",
     )
     p.add_argument(
         "--out",

@@ -189,8 +189,6 @@ def int8_options(target: Target, adaround: bool | int, wide_residuals: bool) -> 
     options: dict[str, object] = {}
     if adaround and target.can.observer:
         options["observer"] = "minmax"
-    if adaround and "calibrate_method" in target.can.write_options:
-        options["calibrate_method"] = "minmax"
     if wide_residuals:
         if not target.can.wide_residuals:
             raise MobileNetError(

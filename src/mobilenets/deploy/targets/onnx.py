@@ -61,7 +61,7 @@ EXPORT_TOLERANCE = FP32_TOLERANCE  # one tolerance for every fp32 program
 ONNX_FILE = "model.onnx"
 QUANTIZATION = (
     "onnxruntime static QDQ: weights int8 symmetric per channel, activations uint8 per tensor "
-    "(MinMax calibration: the mean of 8-image batches' ranges)"
+    "(MinMax calibration)"
 )
 
 
