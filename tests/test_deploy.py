@@ -252,6 +252,22 @@ def test_mean_minmax_ranges_are_the_mean_of_batch_ranges(
     assert "mean_minmax calibration on 64 training images" in props["mobilenets.quantization"]
 
 
+def test_int8_weights_use_7_bits_so_no_cpu_overflows_int16(
+    exported: Path, tmp_path: Path, digits
+) -> None:
+    """Without VNNI, onnxruntime adds pairs of uint8 x int8 products in a saturating int16:
+    weights in [-64, 63] cannot overflow it (255 * 63 * 2 < 32767); full range could."""
+    out = quantize_model(exported, tmp_path / "q.onnx", Subset(digits.train, range(32)))
+    weights = [
+        onnx.numpy_helper.to_array(i)
+        for i in load_onnx(out).graph.initializer
+        if i.data_type == onnx.TensorProto.INT8 and i.name.endswith("_quantized")
+    ]
+    assert len(weights) > 10
+    assert all(-64 <= int(w.min()) and int(w.max()) <= 63 for w in weights)
+    assert 255 * 63 * 2 < 2**15 - 1 < 255 * 127 * 2
+
+
 def test_histogram_calibration_takes_a_count_that_is_no_multiple_of_the_batch(
     exported: Path, tmp_path: Path
 ) -> None:

@@ -17,6 +17,12 @@ int8_labels.md):
 - Activations uint8, weights int8 ("U8S8"): the pair x86's VNNI instructions multiply
   natively. Signed activations (S8S8) took 4.0 ms (QDQ) and 21 ms (QOperator) on MobileNetV2
   at 224 where U8S8 takes 2.0 ms.
+- Weights in 7 bits (onnxruntime's ``reduce_range``): on an x86 CPU without VNNI (AVX2 only,
+  as this project's development machine), onnxruntime multiplies U8S8 with ``vpmaddubsw``,
+  which adds two uint8 x int8 products into a saturating int16; full-range weights overflow
+  it (255 x 127 x 2 > 32767) and the result is silently wrong. Full range lost 37 points of
+  mIoU on the digit segmenter (benchmarks/results/int8_labels.md); 7-bit weights cannot
+  overflow (255 x 63 x 2 < 32767), on any CPU the program is shipped to.
 - Weights per output channel: a depthwise filter sees one channel, and after BatchNorm is
   folded into it each channel is scaled by its own gamma / sigma, so channels' ranges differ
   widely; one scale per tensor spends most of the 256 levels on the widest channel
@@ -249,6 +255,7 @@ def quantize_model(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
+            reduce_range=True,  # 7-bit weights: no int16 overflow without VNNI (module doc)
             calibrate_method=CALIBRATORS[calibrate_method],
             extra_options=options,
         )
@@ -256,7 +263,8 @@ def quantize_model(
     props = metadata(source) if properties is None else dict(properties)
     props[PRECISION_KEY] = "int8"
     props["mobilenets.quantization"] = (
-        f"static U8S8 {quant_format}, weights {'per channel' if per_channel else 'per tensor'}"
+        f"static U8S8 {quant_format}, 7-bit weights "
+        f"{'per channel' if per_channel else 'per tensor'}"
         f"{', depthwise in fp32' if fp32_depthwise else ''}"
         f"{f', {len(fp32_modules)} layers in fp32' if fp32_modules else ''}"
         f"{', residual stream uint16' if wide_residuals else ''}, "

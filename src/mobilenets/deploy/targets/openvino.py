@@ -11,6 +11,10 @@ the shift quantization introduces, measured by running the rest of the quantized
 its fast one, for 24 s against 14 s to make and check); the CPU plugin runs them as int8
 kernels (VNNI where the CPU has it). The MIXED preset makes activations asymmetric: ReLU6
 outputs are never negative, and a symmetric range would waste half of its 256 levels on them.
+Weights of every layer are quantized to 7 bits (NNCF's overflow fix, which by default covers
+the first layer only): without VNNI the CPU plugin adds pairs of uint8 x int8 products in a
+saturating int16, which full-range weights overflow (the ONNX target's note in
+:mod:`mobilenets.deploy.quantize`).
 
 The runtime is OpenVINO's native one, not onnxruntime's OpenVINO plugin: that plugin registers
 on any x86 CPU but lists no device on non-Intel ones (an AMD EPYC here), while the native
@@ -89,6 +93,7 @@ def quantize_nncf(
     where a convolution reads it.
     """
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     ignored = None
     names = residual_adds(ov_model) if wide_residuals else []
@@ -112,6 +117,7 @@ def quantize_nncf(
                 subset_size=len(calibration),  # NNCF counts the dataset's items: here, batches
                 fast_bias_correction=False,
                 ignored_scope=ignored,
+                advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE),
             )
         except nncf.ValidationError as e:  # an ignored module that matches no node
             raise MobileNetError(f"OpenVINO cannot keep that in float: {first_line(e)}") from e
