@@ -256,7 +256,7 @@ def test_int8_weights_use_7_bits_so_no_cpu_overflows_int16(
     exported: Path, tmp_path: Path, digits
 ) -> None:
     """Without VNNI, onnxruntime adds pairs of uint8 x int8 products in a saturating int16:
-    weights in [-64, 63] cannot overflow it (255 * 63 * 2 < 32767); full range could."""
+    7-bit weights, in [-64, 64], cannot overflow it (255 * 64 * 2 < 32767); full range could."""
     out = quantize_model(exported, tmp_path / "q.onnx", Subset(digits.train, range(32)))
     weights = [
         onnx.numpy_helper.to_array(i)
@@ -264,8 +264,8 @@ def test_int8_weights_use_7_bits_so_no_cpu_overflows_int16(
         if i.data_type == onnx.TensorProto.INT8 and i.name.endswith("_quantized")
     ]
     assert len(weights) > 10
-    assert all(-64 <= int(w.min()) and int(w.max()) <= 63 for w in weights)
-    assert 255 * 63 * 2 < 2**15 - 1 < 255 * 127 * 2
+    assert all(-64 <= int(w.min()) and int(w.max()) <= 64 for w in weights)
+    assert 255 * 64 * 2 < 2**15 - 1 < 255 * 127 * 2
 
 
 def test_histogram_calibration_takes_a_count_that_is_no_multiple_of_the_batch(
