@@ -52,8 +52,14 @@ def section(report: BenchReport, predicted_ms: float) -> list[str]:
         "| engine | median ms | p90 ms | x its floor | images/s |",
         "|---|---:|---:|---:|---:|",
     ]
+    # without VNNI (AVX2 only) PyTorch's int8 matmul is slower than its fp32 one: no floor
+    int8_floor = report.int8_floor_ms
+    if not report.int8_matmul_gops or report.int8_matmul_gops < report.matmul_gflops:
+        int8_floor = report.fp32_floor_ms
+        lines[2] += " This CPU's int8 matmul is slower than its fp32 one (no VNNI): int8 rows "
+        lines[2] += "are compared with the fp32 floor."
     for t in report.timings:
-        floor = report.int8_floor_ms if t.engine.endswith("int8") else report.fp32_floor_ms
+        floor = int8_floor if t.engine.endswith("int8") else report.fp32_floor_ms
         lines.append(
             f"| {t.engine} | {t.median_ms:.2f} | {t.p90_ms:.2f} | {t.median_ms / floor:.2f}x | "
             f"{t.images_per_s:.1f} |"
