@@ -17,13 +17,12 @@ int8_labels.md):
 - Activations uint8, weights int8 ("U8S8"): the pair x86's VNNI instructions multiply
   natively. Signed activations (S8S8) took 4.0 ms (QDQ) and 21 ms (QOperator) on MobileNetV2
   at 224 where U8S8 takes 2.0 ms.
-- Weights in 7 bits (onnxruntime's ``reduce_range``): on an x86 CPU without VNNI (AVX2 only,
-  as this project's development machine), onnxruntime multiplies U8S8 with ``vpmaddubsw``,
-  which adds two uint8 x int8 products into a saturating int16; full-range weights overflow
-  it (255 x 127 x 2 > 32767) and the result is silently wrong: on such a CPU full range
-  cost the digit segmenter most of its mIoU, its classifiers and detector points (the
-  onnxruntime rows of benchmarks/results/int8_labels.md before and after). 7-bit weights, in
-  [-64, 64], cannot overflow (255 x 64 x 2 = 32640), on any CPU the program is shipped to.
+- Weights in 7 bits (onnxruntime's ``reduce_range``): on an x86 CPU without VNNI (AVX2
+  only), onnxruntime multiplies U8S8 with ``vpmaddubsw``, which adds two uint8 x int8
+  products into a saturating int16; full-range weights overflow it (255 x 127 x 2 > 32767)
+  and the result is silently wrong (on such a CPU full range cost the digit segmenter most of
+  its mIoU: docs/deploy/onnx.md). 7-bit weights, in [-64, 64], cannot overflow
+  (255 x 64 x 2 = 32640), on any CPU the program is shipped to.
 - Weights per output channel: a depthwise filter sees one channel, and after BatchNorm is
   folded into it each channel is scaled by its own gamma / sigma, so channels' ranges differ
   widely; one scale per tensor spends most of the 256 levels on the widest channel
