@@ -234,38 +234,34 @@ def activation_scales(path: Path) -> dict[str, float]:
     }
 
 
-def test_mean_minmax_ranges_are_the_mean_of_batch_ranges(
-    exported: Path, tmp_path: Path, digits
-) -> None:
-    """``mean_minmax`` gives each activation the mean of its 8-image batches' ranges: never
-    wider than the extremes over all images (``minmax``, the default), narrower for some."""
-    calibration = Subset(digits.train, range(64))
-    means = quantize_model(
-        exported, tmp_path / "mean.onnx", calibration, calibrate_method="mean_minmax"
-    )
-    mean = activation_scales(means)
-    widest = activation_scales(quantize_model(exported, tmp_path / "x.onnx", calibration))
-    assert mean.keys() == widest.keys() and len(mean) > 10
-    assert all(mean[k] <= widest[k] * (1 + 1e-6) for k in mean)
-    assert sum(mean[k] < 0.9 * widest[k] for k in mean) > len(mean) / 4
-    props = {p.key: p.value for p in load_onnx(tmp_path / "mean.onnx").metadata_props}
-    assert "mean_minmax calibration on 64 training images" in props["mobilenets.quantization"]
-
-
-def test_int8_weights_use_7_bits_so_no_cpu_overflows_int16(
+def test_int8_weights_are_7_bit_and_mean_minmax_narrows_the_ranges(
     exported: Path, tmp_path: Path, digits
 ) -> None:
     """Without VNNI, onnxruntime adds pairs of uint8 x int8 products in a saturating int16:
-    7-bit weights, in [-64, 64], cannot overflow it (255 * 64 * 2 < 32767); full range could."""
-    out = quantize_model(exported, tmp_path / "q.onnx", Subset(digits.train, range(32)))
+    7-bit weights, in [-64, 64], cannot overflow it (255 * 64 * 2 < 32767); full range could.
+    ``mean_minmax`` gives each activation the mean of its 8-image batches' ranges: never wider
+    than the extremes over all images (``minmax``, the default), narrower for some."""
+    calibration = Subset(digits.train, range(64))
+    default = quantize_model(exported, tmp_path / "x.onnx", calibration)
     weights = [
         onnx.numpy_helper.to_array(i)
-        for i in load_onnx(out).graph.initializer
+        for i in load_onnx(default).graph.initializer
         if i.data_type == onnx.TensorProto.INT8 and i.name.endswith("_quantized")
     ]
     assert len(weights) > 10
     assert all(-64 <= int(w.min()) and int(w.max()) <= 64 for w in weights)
     assert 255 * 64 * 2 < 2**15 - 1 < 255 * 127 * 2
+
+    means = quantize_model(
+        exported, tmp_path / "mean.onnx", calibration, calibrate_method="mean_minmax"
+    )
+    mean, widest = activation_scales(means), activation_scales(default)
+    assert mean.keys() == widest.keys() and len(mean) > 10
+    assert all(mean[k] <= widest[k] * (1 + 1e-6) for k in mean)
+    assert sum(mean[k] < 0.9 * widest[k] for k in mean) > len(mean) / 4
+    props = {p.key: p.value for p in load_onnx(means).metadata_props}
+    assert "mean_minmax calibration on 64 training images" in props["mobilenets.quantization"]
+    assert "7-bit weights" in props["mobilenets.quantization"]
 
 
 def test_histogram_calibration_takes_a_count_that_is_no_multiple_of_the_batch(
