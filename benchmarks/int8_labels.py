@@ -29,7 +29,9 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mobilenets.deploy.export import FORMATS, VERIFY_IMAGES, default_path, export
 from mobilenets.evaluation.evaluate import (
@@ -112,6 +114,41 @@ def export_into(
     return out
 
 
+def score_programs(
+    run_dir: Path,
+    formats: list[str],
+    args: argparse.Namespace,
+    score: Callable[[Path], tuple[str, Any, str]],
+) -> list[tuple[str, str, Any, float, float]]:
+    """Every program of a section exported and scored by ``score(path)`` (its precision, its
+    result, a line to print): rows of format, precision (+ levers), result, export seconds and
+    evaluate seconds."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="int8-labels-") as tmp:
+        for n, (fmt, int8, levers) in enumerate(export_jobs(formats, args)):
+            began = time.perf_counter()
+            out = export_into(run_dir, tmp, n, (fmt, int8, levers), args)
+            exported = time.perf_counter() - began
+            precision, result, shown = score(out)
+            seconds = time.perf_counter() - began - exported
+            precision += f" + {levers}" if levers else ""
+            rows.append((fmt, precision, result, exported, seconds))
+            print(f"{fmt} {precision}: {shown}", flush=True)
+    return rows
+
+
+def target_line(
+    what: str, met: list[str], count: int, args: argparse.Namespace, wall: float
+) -> str:
+    """``Target: int8 <what> of <fp32>. Met by ...``: which int8 programs met the target."""
+    return (
+        f"Target: int8 {what} of "
+        + ("PyTorch fp32" if args.int8_only else "the fp32 program of the same runtime")
+        + f". Met by {len(met)} of {count}{': ' + ', '.join(met) if met else ''}. "
+        f"Wall time {wall / 60:.1f} min."
+    )
+
+
 def measure_dense(run_dir: Path, formats: list[str], args: argparse.Namespace) -> list[str]:
     """The section of a detector's or segmenter's run: every format exported and its program
     scored on the held-out split (COCO mAP, or mIoU and pixel accuracy) in its runtime."""
@@ -120,17 +157,12 @@ def measure_dense(run_dir: Path, formats: list[str], args: argparse.Namespace) -
     task, info = pytorch.task, read_run_info(run_dir)
     shown = DENSE_SCORES[task]
     key, allowed = DENSE_TARGET[task]
-    rows = []  # format, precision, scores, export s, evaluate s
-    with tempfile.TemporaryDirectory(prefix="int8-labels-") as tmp:
-        for n, job in enumerate(export_jobs(formats, args)):
-            began = time.perf_counter()
-            out = export_into(run_dir, tmp, n, job, args)
-            exported = time.perf_counter() - began
-            report = evaluate_dense(out, fp32=False)
-            seconds = time.perf_counter() - began - exported
-            precision = report.precision + (f" + {job[2]}" if job[2] else "")
-            rows.append((job[0], precision, report.scores, exported, seconds))
-            print(f"{job[0]} {precision}: {report.scores}", flush=True)
+
+    def score(path: Path) -> tuple[str, dict[str, float], str]:
+        report = evaluate_dense(path, fp32=False)
+        return report.precision, report.scores, str(report.scores)
+
+    rows = score_programs(run_dir, formats, args, score)
     wall = time.perf_counter() - start
     fp32_of = {fmt: pytorch.scores for fmt in formats}
     fp32_of.update({fmt: s for fmt, precision, s, _, _ in rows if precision == "fp32"})
@@ -160,10 +192,7 @@ def measure_dense(run_dir: Path, formats: list[str], args: argparse.Namespace) -
             for fmt, precision, s, exported, seconds in rows
         ),
         "",
-        f"Target: int8 {name} within {allowed:g} point of "
-        + ("PyTorch fp32" if args.int8_only else "the fp32 program of the same runtime")
-        + f". Met by {len(met)} of {len(int8)}{': ' + ', '.join(met) if met else ''}. "
-        f"Wall time {wall / 60:.1f} min.",
+        target_line(f"{name} within {allowed:g} point", met, len(int8), args, wall),
         "",
     ]
 
@@ -176,17 +205,12 @@ def measure(run_dir: Path, formats: list[str], args: argparse.Namespace) -> list
     bundle = load_run_data(info)
     start = time.perf_counter()
     pytorch = evaluate_model(model, bundle.test, info.class_names)
-    rows: list[tuple[str, str, Evaluation, float, float]] = []  # format, precision, ...
-    with tempfile.TemporaryDirectory(prefix="int8-labels-") as tmp:
-        for n, (fmt, int8, levers) in enumerate(export_jobs(formats, args)):
-            began = time.perf_counter()
-            out = export_into(run_dir, tmp, n, (fmt, int8, levers), args)
-            exported = time.perf_counter() - began
-            report = evaluate_program(out, fp32=False)
-            seconds = time.perf_counter() - began - exported
-            precision = report.precision + (f" + {levers}" if levers else "")
-            rows.append((fmt, precision, report.result, exported, seconds))
-            print(f"{fmt} {precision}: top-1 {report.result.top1:.2%}", flush=True)
+
+    def score(path: Path) -> tuple[str, Evaluation, str]:
+        report = evaluate_program(path, fp32=False)
+        return report.precision, report.result, f"top-1 {report.result.top1:.2%}"
+
+    rows = score_programs(run_dir, formats, args, score)
     wall = time.perf_counter() - start
 
     def top5(e: Evaluation) -> str:
@@ -225,10 +249,7 @@ def measure(run_dir: Path, formats: list[str], args: argparse.Namespace) -> list
             for fmt, precision, e, exported, seconds in rows
         ),
         "",
-        f"Target: int8 top-1 within {TARGET_POINTS} points of "
-        + ("PyTorch fp32" if args.int8_only else "the fp32 program of the same runtime")
-        + f". Met by {len(met)} of {len(int8_formats)}"
-        f"{': ' + ', '.join(met) if met else ''}. Wall time {wall / 60:.1f} min.",
+        target_line(f"top-1 within {TARGET_POINTS} points", met, len(int8_formats), args, wall),
         "",
         "Per-class top-1 (int8 per runtime):",
         "",
