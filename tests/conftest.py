@@ -57,7 +57,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # --------------------------------------------------------------------------- trained runs
 
 
-SLOW_FIXTURES = frozenset({"trained_v1", "trained_v2", "exported"})
+SLOW_FIXTURES = frozenset({"trained_v2", "exported"})
 
 # Runtimes that start thread pools (MLIR's for LiteRT, XNNPACK's, TBB's): a test process that
 # loaded one and then forks a test hands the child a pool without threads, and the child's
@@ -167,27 +167,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if problems:
         print("\nshared test runs: " + "; ".join(problems))
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-@pytest.fixture(scope="session")
-def trained_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small V1 trained well enough on the digits (16 px) to recognise most of them."""
-    from mobilenets.train.loop import train
-    from mobilenets.train.recipe import TrainConfig
-
-    config = TrainConfig(
-        model="mobilenet_v1",
-        width_mult=0.25,
-        resolution=16,
-        epochs=6,
-        batch_size=32,
-        quiet=True,
-        out="",
-    )
-    return (
-        built_once(tmp_path_factory, "v1", lambda d: train(replace(config, out=str(d / "run"))))
-        / "run"
-    )
 
 
 @pytest.fixture(scope="session")

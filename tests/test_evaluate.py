@@ -23,10 +23,10 @@ from mobilenets.train.metrics import Evaluation, Tally
 
 
 @pytest.fixture(scope="module")
-def run(trained_v1: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the session's small V1, trained on the digits (16 px) to recognise most of
+def run(trained_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's small V2, trained on the digits (16 px) to recognise most of
     them (evaluate writes its figure into the run)."""
-    return copy_run(trained_v1, tmp_path_factory.mktemp("evaluate") / "run")
+    return copy_run(trained_v2, tmp_path_factory.mktemp("evaluate") / "run")
 
 
 def test_tally_counts_confusion_top5_and_adds_up_over_shards() -> None:
@@ -117,7 +117,7 @@ def test_bad_images_and_runs_are_one_line_errors(
     other_arch = tmp_path / "other"
     shutil.copytree(run, other_arch)
     meta = json.loads((other_arch / "model.json").read_text())
-    meta["model"] = "mobilenet_v2"
+    meta["model"] = "mobilenet_v1"  # the run is a V2
     (other_arch / "model.json").write_text(json.dumps(meta))
     # An image that cannot be read is a row with its error, not the end: exit status 1.
     rows = [

@@ -204,7 +204,11 @@ def test_unknown_layer_names(run: Path, capsys) -> None:
     check_one_line_error(argv, "no quantizable layer named features.99.conv", capsys)
 
 
+# The scheme that ships (an ExecuTorch program with the trained ranges); the x86 scheme's
+# graph is checked by test_qat_simulates_int8_in_every_convolution and trains in
+# test_qat_distills_without_labels
 QAT_ARGS = ["--epochs", "2", "--freeze-bn-after", "1", "--freeze-observers-after", "1"]
+QAT_ARGS += ["--scheme", "xnnpack"]
 QAT_ARGS += ["--batch-size", "128"]  # fewer steps: what is tested is the record, not the fit
 
 
@@ -312,16 +316,15 @@ def test_qat_distills_without_labels(run: Path, tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_xnnpack_qat_ships_the_ranges_it_trained_with(run: Path, tmp_path: Path, capsys) -> None:
+def test_xnnpack_qat_ships_the_ranges_it_trained_with(
+    qat_run: tuple[Path, dict], tmp_path: Path, capsys
+) -> None:
     """The xnnpack scheme fine-tunes the BN-folded network, the run stays an ordinary run
     (BatchNorm as identity plus bias: folding it gives the trained weights back), and
     `export --format executorch --int8` lowers the trained graph itself, whose ExecuTorch
     logits match the converted graph's in PyTorch, instead of calibrating anew."""
     pytest.importorskip("executorch")
-    out = tmp_path / "xnn"
-    argv = ["qat", str(run), "--out", str(out), "--scheme", "xnnpack", "--epochs", "1"]
-    assert main([*argv, "--batch-size", "128", "--lr", "0.001", "--json"]) == 0
-    capsys.readouterr()
+    out = copy_run(qat_run[0], tmp_path / "xnn")  # export records itself in the run
     tuned, info = load_run(out)
     assert info.train_config["qat"]["scheme"] == "xnnpack"
     bns = [m for m in tuned.modules() if isinstance(m, torch.nn.BatchNorm2d)]

@@ -123,8 +123,8 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path: Path, dead_pid: int
     assert not (run / LOCK_FILE).exists()
 
 
-def test_readers_need_no_lock(trained_v1: Path, tmp_path: Path, live_process, digit_pngs) -> None:
-    run = copy_run(trained_v1, tmp_path / "run")
+def test_readers_need_no_lock(trained_v2: Path, tmp_path: Path, live_process, digit_pngs) -> None:
+    run = copy_run(trained_v2, tmp_path / "run")
     (run / LOCK_FILE).write_text(json.dumps({"pid": live_process.pid, "host": "x"}))
     assert (
         evaluate(run, plot=tmp_path / "a.png").top1 == evaluate(run, plot=tmp_path / "b.png").top1
@@ -162,9 +162,9 @@ def _fill_disk_at(limit: int):
 
 @pytest.mark.slow
 def test_a_checkpoint_on_a_full_disk_fails_in_one_line_and_loses_nothing(
-    trained_v1: Path, tmp_path: Path
+    trained_v2: Path, tmp_path: Path
 ) -> None:
-    run = copy_run(trained_v1, tmp_path / "run")
+    run = copy_run(trained_v2, tmp_path / "run")
     accuracy = evaluate(run, plot=tmp_path / "before.png").top1
     before = files_of(run)
     epochs = read_run_info(run).epoch
@@ -182,9 +182,9 @@ def test_a_checkpoint_on_a_full_disk_fails_in_one_line_and_loses_nothing(
 
 
 def test_a_figure_on_a_read_only_disk_fails_in_one_line(
-    trained_v1: Path, tmp_path: Path, monkeypatch, capsys
+    trained_v2: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    run = copy_run(trained_v1, tmp_path / "run")
+    run = copy_run(trained_v2, tmp_path / "run")
     figure = run / "confusion_matrix.png"
     before = figure.read_bytes() if figure.exists() else None
 
@@ -255,7 +255,7 @@ def test_tiny_data_sets_train_with_a_warning(tmp_path: Path, layout: str) -> Non
 
 
 def test_predict_takes_folders_and_globs_and_reports_bad_images_as_rows(
-    trained_v1: Path, digit_pngs, tmp_path: Path, capsys
+    trained_v2: Path, digit_pngs, tmp_path: Path, capsys
 ) -> None:
     folder = tmp_path / "photos"
     (folder / "nested").mkdir(parents=True)
@@ -268,31 +268,31 @@ def test_predict_takes_folders_and_globs_and_reports_bad_images_as_rows(
     assert [Path(p).name for p in found.skipped] == ["notes.txt"]
     assert len(found.images) == 5 and str(folder / "nested" / "deep.PNG") in found.images
 
-    report = predict(trained_v1, [folder, str(tmp_path / "photos" / "digit*.png"), "nope.png"])
+    report = predict(trained_v2, [folder, str(tmp_path / "photos" / "digit*.png"), "nope.png"])
     rows = {Path(p.image).name: p for p in report.predictions}
     assert "cannot read image" in rows["broken.png"].error
     assert rows["nope.png"].error == "image not found: nope.png"
     assert len(report.predictions) == 5 + 3 + 1 and report.errors == 2
     assert all(len(p.classes) == 5 for p in report.predictions if p.error is None)
 
-    assert main(["predict", str(trained_v1), str(folder), "--csv", "--top-k", "2"]) == 1
+    assert main(["predict", str(trained_v2), str(folder), "--csv", "--top-k", "2"]) == 1
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert lines[0] == "image,class_1,probability_1,class_2,probability_2,error"
     assert "skipped 1 file(s) that are not images: " in captured.err and "notes.txt" in captured.err
     assert len(lines) == 1 + 5 and any("cannot read image" in line for line in lines)
-    assert main(["predict", str(trained_v1), str(folder / "digit*.png"), "--json"]) == 0
+    assert main(["predict", str(trained_v2), str(folder / "digit*.png"), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["predictions"]) == 3 and data["skipped"] == []
-    assert main(["predict", str(trained_v1), str(folder)]) == 1
+    assert main(["predict", str(trained_v2), str(folder)]) == 1
     out = capsys.readouterr().out
     assert "skipped 1 file(s) that are not images" in out and "error: cannot read" in out
 
 
-def test_predict_of_a_folder_without_images_is_one_line(trained_v1: Path, tmp_path: Path) -> None:
+def test_predict_of_a_folder_without_images_is_one_line(trained_v2: Path, tmp_path: Path) -> None:
     (tmp_path / "readme.txt").write_text("hello")
     with raises_one_line("no image files in"):
-        predict(trained_v1, [tmp_path])
+        predict(trained_v2, [tmp_path])
 
 
 # --------------------------------------------------------------------------- resume
