@@ -106,11 +106,15 @@ def test_make_loader_batches_detection_items_with_their_collate(digits) -> None:
 
 @pytest.mark.slow
 def test_digit_canvases_bundle_holds_out_unseen_handwriting() -> None:
+    """Segmentation's default input is the canvases twice as large (the masks resized with
+    them), detection's the canvases as drawn."""
     bundle = load_dense_data("segmentation", "digits", seed=0)
-    assert bundle.class_names == CANVAS_CLASSES and bundle.input_size == (3, 160, 160)
+    assert bundle.class_names == CANVAS_CLASSES and bundle.input_size == (3, 320, 320)
     assert 1100 < len(bundle.train) < 1200 and 130 < len(bundle.test) < 160
     x, mask = bundle.test[0]
-    assert x.shape == (3, 160, 160) and mask.shape == (160, 160)
+    assert x.shape == (3, 320, 320) and mask.shape == (320, 320)
+    assert set(mask.unique().tolist()) <= set(range(len(CANVAS_CLASSES)))  # ids, not blends
+    assert load_dense_data("detection", "digits", seed=0).input_size == (3, 160, 160)
 
 
 # --------------------------------------------------------------------------- transforms

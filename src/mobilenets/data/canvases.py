@@ -26,6 +26,11 @@ from mobilenets.data.splits import VAL_FRACTION, stratified_split
 # 160 px: SSDLite's default boxes at this input have a box overlapping 87% of the digits by
 # IoU >= 0.5 (68% at 128, 91% at 192), for 1.6x the cost of 128.
 CANVAS_SIZE = 160
+# The input each task's model sees by default: the canvases resized. A digit's mask is its
+# strokes, a few pixels wide, and LR-ASPP scores pixels at stride 8: at 320 px the head sees
+# each stroke at stride 4 of the canvas (held-out mIoU 0.78 in 8 epochs where 20 epochs at
+# 160 px plateaued at 0.64, both within the 15-minute budget: benchmarks/results).
+CANVAS_INPUT = {"detection": CANVAS_SIZE, "segmentation": 2 * CANVAS_SIZE}
 DIGIT_SIZES = (30, 80)  # side of a placed digit in pixels, both ends included
 DIGITS_PER_CANVAS = (1, 4)
 INK_THRESHOLD = 127  # uint8: a pixel more than half bright is ink

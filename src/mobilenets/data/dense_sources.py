@@ -4,9 +4,9 @@ the trainer reads as it reads a classification bundle.
 ``load_dense_data(task, data, resolution, seed)`` with ``task`` ``"detection"`` or
 ``"segmentation"`` and ``data``:
 
-- ``None`` or ``"digits"``: the digit canvases (:mod:`mobilenets.data.canvases`), at
-  ``CANVAS_SIZE`` unless ``resolution`` says otherwise, normalised with the train canvases'
-  mean and std, not flipped.
+- ``None`` or ``"digits"``: the digit canvases (:mod:`mobilenets.data.canvases`), resized
+  to ``CANVAS_INPUT[task]`` unless ``resolution`` says otherwise, normalised with the train
+  canvases' mean and std, not flipped.
 - a folder: for detection ``instances.json`` and ``images/`` (COCO JSON), for segmentation
   ``images/`` and ``masks/``; either directly in it (split by ``val_fraction``, seeded) or in
   its ``train/`` and ``val/`` subfolders. ImageNet's mean and std, flipped half of the time.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenets.data.canvases import CANVAS_CLASSES, CANVAS_SIZE, Canvases, digit_canvases
+from mobilenets.data.canvases import CANVAS_CLASSES, CANVAS_INPUT, Canvases, digit_canvases
 from mobilenets.data.coco import CocoDetections, read_coco
 from mobilenets.data.dense_datasets import DetectionDataset, SegmentationDataset
 from mobilenets.data.dense_transforms import DetectionTransform, SegmentationTransform
@@ -35,7 +35,7 @@ from mobilenets.errors import MobileNetError
 
 DENSE_TASKS = ("detection", "segmentation")
 # Input sizes for folders when none is given: torchvision's SSDLite320 and its segmentation
-# references' 520 (the canvases default to their own size).
+# references' 520 (the canvases default to CANVAS_INPUT).
 DEFAULT_DENSE_RESOLUTION = {"detection": 320, "segmentation": 520}
 
 
@@ -52,7 +52,7 @@ def load_dense_data(
     if task not in DENSE_TASKS:
         raise MobileNetError(f"task must be one of {', '.join(DENSE_TASKS)}, got {task!r}")
     if data is None or str(data) == "digits":
-        return _canvas_bundle(task, resolution or CANVAS_SIZE, seed, val_fraction)
+        return _canvas_bundle(task, resolution or CANVAS_INPUT[task], seed, val_fraction)
     root = Path(data)
     if not root.is_dir():
         raise MobileNetError(f"data folder not found: {root}")
