@@ -24,7 +24,7 @@ from mobilenets.errors import MobileNetError
 from mobilenets.models import create_model
 from mobilenets.models.segmentation import LRASPP
 from mobilenets.models.ssdlite import SSDLite
-from mobilenets.runs import load_run
+from mobilenets.runs import RunInfo, load_run, save_run
 from mobilenets.train.finetune import load_trunk_weights
 from mobilenets.train.recipe import RECIPES, TASK_RECIPES, TRAIN_TASKS, TrainConfig
 from mobilenets.train.run_dir import METRICS_FILE
@@ -107,6 +107,41 @@ def test_a_dense_task_trains_on_the_one_trainer(
     model, info = load_run(out)  # an ordinary run: the head is rebuilt from its record
     assert isinstance(model, kind) and info.class_names == CANVAS_CLASSES
     assert info.train_config["task"] == task and info.finished
+
+
+@pytest.mark.slow
+def test_qat_fine_tunes_a_segmenter_on_its_masks(tmp_path: Path, capsys) -> None:
+    """``qat`` on a segmenter trains the fake-quantized graph on the run's masks and scores
+    each epoch by held-out mIoU, of the graph and of the float weights it saves (an ordinary
+    segmenter run); ``--distill`` (a classifier's logits) and a detector are refused in one
+    line, nothing written."""
+    data = canvas_folders(tmp_path / "data", "segment")
+    source = tmp_path / "run"
+    assert (
+        main(["train", "--task", "segment", "--data", str(data), *SHORT, "--out", str(source)]) == 0
+    )
+    capsys.readouterr()
+    out = tmp_path / "qat"
+    argv = ["qat", str(source), "--out", str(out), "--epochs", "2", "--batch-size", "4"]
+    assert main([*argv, "--lr", "0.001", "--threads", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["metric"] == "miou" and 0.0 <= result["source_score"] <= 1.0
+    for record in result["history"]:
+        assert 0.0 <= record["fake_quant_miou"] <= 1.0 and 0.0 <= record["float_miou"] <= 1.0
+        assert "fake_quant_top1" not in record
+    model, info = load_run(out)
+    assert isinstance(model, LRASPP) and info.train_config["qat"]["epochs"] == 2
+
+    check_one_line_error([*argv[:2], "--distill"], "--distill matches a classifier", capsys)
+    detector = tmp_path / "detector"
+    kwargs = {"num_classes": len(CANVAS_CLASSES), "width_mult": 0.35}
+    name = "ssdlite_mobilenet_v3_large"
+    info = RunInfo(name, kwargs, list(CANVAS_CLASSES), input_size=(3, 64, 64))
+    save_run(detector, create_model(name, **kwargs), info)
+    check_one_line_error(
+        ["qat", str(detector)], "qat fine-tunes classifiers and segmenters", capsys
+    )
+    assert not (tmp_path / "detector-qat").exists() and not (tmp_path / "run-qat").exists()
 
 
 def test_a_model_of_another_task_is_refused(capsys) -> None:

@@ -325,7 +325,7 @@ def run_qat(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result.to_dict())
         return 0
-    started = "" if result.source_top1 is None else f" (the float run: {result.source_top1:.2%})"
+    started = "" if result.source_score is None else f" (the float run: {result.source_score:.2%})"
     per_tensor = " --per-tensor" if args.per_tensor else ""
     console().print(
         f"wrote {result.run_dir}: a run like any other{started}; ship it with "

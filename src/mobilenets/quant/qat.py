@@ -33,6 +33,13 @@ graph keeps the model's parameter names, so its weights load back into the model
 also checkpoints the graph's whole state (observers' ranges included) and the optimizer to
 ``train_state.pt``; ``resume`` rebuilds the same graph from the float run and continues,
 and refuses a different quantization config.
+
+A segmenter fine-tunes the same way on its masks (the per-pixel cross-entropy ``train
+--task segment`` trains with) and is scored by held-out mIoU instead of top-1: at its input
+size, the full-resolution early layers of a segmenter are where int8 costs it most, and
+post-training calibration cannot move the weights to fit the rounding. A detector is
+refused: its int8 programs already keep its mAP (``benchmarks/results/int8_labels.md``), and
+its loss needs its default boxes, which a captured graph does not carry.
 """
 
 from __future__ import annotations
@@ -63,24 +70,28 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
 )
 
 from mobilenets.data import make_loader
-from mobilenets.deploy.images import held_out_inputs
+from mobilenets.deploy.images import held_out_inputs, run_data
 from mobilenets.deploy.photos import photo_crops
 from mobilenets.deploy.target import Agreement, agreement, pytorch_logits
 from mobilenets.errors import MobileNetError
 from mobilenets.int8.fold import fold_batchnorm, unfold_into
-from mobilenets.runs import META_FILE, RunInfo, load_run, load_run_data, save_run
+from mobilenets.models import model_task
+from mobilenets.runs import META_FILE, RunInfo, load_run, save_run
 from mobilenets.train.devices import pick_threads
 from mobilenets.train.distributed import Processes
 from mobilenets.train.optim import build_optimizer, parameter_groups, warmup_cosine
 from mobilenets.train.progress import QAT_SCALARS, TrainingDisplay
 from mobilenets.train.run_dir import STATE_FILE, holds_run, read_train_state
-from mobilenets.train.task import Classification, Distillation, mean_loss
+from mobilenets.train.task import Classification, Distillation, Segmentation, mean_loss
 from mobilenets.train.trainer import OnBatch, OnEpoch, Trainer, run_lock
 
 QAT_KEY = "qat"
 OPTIMIZERS = ("sgd", "adam")
 SCHEMES = ("x86", "xnnpack")
 HELD_OUT = 300  # images the fake-quantized model is compared with the float one on
+# the held-out score each epoch records, by the model's task: a record's key and its words
+SCORES = {"classification": ("top1", "top-1"), "segmentation": ("miou", "mIoU")}
+EVAL_BATCH = {"classification": 256, "segmentation": 32}  # a segmenter's logits are per pixel
 PHOTO_SEED_BASE = 1000  # photo crop seeds for distillation: apart from calibration's and checks'
 
 
@@ -141,13 +152,16 @@ class QATResult:
     run_dir: Path
     source: str
     history: list[dict[str, Any]] = field(default_factory=list)
-    source_top1: float | None = None  # the float run's held-out top-1 (None: no labels)
+    # the float run's held-out score (None: no labels), ``metric`` naming it (SCORES)
+    source_score: float | None = None
+    metric: str = "top1"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_dir": str(self.run_dir),
             "source": self.source,
-            "source_top1": self.source_top1,
+            "metric": self.metric,
+            "source_score": self.source_score,
             "history": self.history,
         }
 
@@ -336,6 +350,17 @@ def qat(
     model, info = load_run(source)
     if (info.train_config or {}).get(QAT_KEY):
         raise MobileNetError(f"{source} is already quantization-aware trained; start from float")
+    task = model_task(info.model)
+    if task not in SCORES:
+        raise MobileNetError(
+            f"{source} is a {task} model ({info.model}); qat fine-tunes classifiers and "
+            "segmenters: ship a detector with `export --int8`, which calibrates it"
+        )
+    if task != "classification" and config.distill:
+        raise MobileNetError(
+            f"--distill matches a classifier's logits; {source} is a {task} model: "
+            "fine-tune it on its labelled data (--data, or the data its run records)"
+        )
     if not resume:
         _refuse_existing(out)
     if data is None and info.data is None and not config.distill:
@@ -353,7 +378,7 @@ def qat(
             if state is not None:
                 run.resume(state)
             run.run()
-            return QATResult(out, str(source), run.history, run.source_top1)
+            return QATResult(out, str(source), run.history, run.source_score, run.metric)
     finally:
         torch.set_num_threads(previous_threads)  # the caller's process as it was
 
@@ -365,7 +390,8 @@ def _refuse_existing(out: Path) -> None:
 
 class _QATTrainer(Trainer):
     """A QAT run on the trainer: the prepared graph trains, the float model is published;
-    observers and BatchNorm freeze at their set epochs; each epoch is scored on a copy."""
+    observers and BatchNorm freeze at their set epochs; each epoch is scored on a copy (top-1
+    for a classifier, mIoU for a segmenter)."""
 
     curves = False  # the record is not train's (loss, fake-quantized and float top-1)
     closing_line = False  # the command says where the run is and how to ship it
@@ -383,16 +409,24 @@ class _QATTrainer(Trainer):
         self.source, self.float_model, self.info, self.qat = source, model, info, config
         self.on_photos = data is None and info.data is None
         teacher = copy.deepcopy(model).eval() if config.distill else None
-        self.labels = Classification(info.class_names, nn.CrossEntropyLoss())
+        task = model_task(info.model)
+        self.metric, self.metric_words = SCORES[task]
+        self.labels = (
+            Segmentation(len(info.class_names))
+            if task == "segmentation"
+            else Classification(info.class_names, nn.CrossEntropyLoss())
+        )
         self.test_loader = None
         if self.on_photos:
             self.loader = _photo_loader(info, config, 1)
         else:
-            bundle = load_run_data(info, data)
+            bundle = run_data(info, data)
             train_set = bundle.train_raw if bundle.train_raw is not None else bundle.train
             self.loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
-            self.test_loader = make_loader(bundle.test, 256, shuffle=False, seed=config.seed)
-        self.source_top1 = None if self.test_loader is None else self._top1(model)
+            self.test_loader = make_loader(
+                bundle.test, EVAL_BATCH[task], shuffle=False, seed=config.seed
+            )
+        self.source_score = None if self.test_loader is None else self._score(model)
         held_out = held_out_inputs(info, data, HELD_OUT)[0] if teacher else None
         self.reference = _Reference(teacher, held_out) if teacher else None
         example = next(iter(self.loader))[0]
@@ -423,8 +457,12 @@ class _QATTrainer(Trainer):
         # the graph's own loading resizes it, which a shape check would refuse
         self.model.load_state_dict(weights)
 
-    def _top1(self, model: nn.Module) -> float:
-        return self.labels.evaluation(model, self.test_loader, torch.device("cpu")).top1
+    def _score(self, model: nn.Module) -> float:
+        """``model``'s held-out top-1 (a classifier) or mIoU (a segmenter)."""
+        cpu = torch.device("cpu")
+        if isinstance(self.labels, Segmentation):
+            return self.labels.scores(model, self.test_loader, cpu)["miou"]
+        return self.labels.evaluation(model, self.test_loader, cpu).top1
 
     def begin_epoch(self, epoch: int) -> DataLoader:
         _freeze(self.model, self.qat, epoch)
@@ -441,9 +479,9 @@ class _QATTrainer(Trainer):
         evaluated = evaluation_copy(self.model)
         record: dict[str, Any] = {"epoch": epoch, "loss": mean_loss(sums)}
         if self.test_loader is not None:
-            record["fake_quant_top1"] = self._top1(evaluated)
+            record[f"fake_quant_{self.metric}"] = self._score(evaluated)
             saved = float_weights(self.model, copy.deepcopy(self.float_model), self.qat)
-            record["float_top1"] = self._top1(saved.eval())
+            record[f"float_{self.metric}"] = self._score(saved.eval())
         if self.reference is not None:
             match = self.reference.compare(evaluated)
             record["fake_quant_agreement"] = match.top1_agreement
@@ -472,9 +510,10 @@ class _QATTrainer(Trainer):
 
     def epoch_line(self, r: dict[str, Any]) -> str:
         measured = []
-        if "fake_quant_top1" in r:
-            measured.append(f"fake-quantized top-1 {r['fake_quant_top1']:.2%}")
-            measured.append(f"float weights {r['float_top1']:.2%}")
+        if f"fake_quant_{self.metric}" in r:
+            words = self.metric_words
+            measured.append(f"fake-quantized {words} {r[f'fake_quant_{self.metric}']:.2%}")
+            measured.append(f"float weights {r[f'float_{self.metric}']:.2%}")
         if "fake_quant_agreement" in r:
             measured.append(
                 f"agreement with float {r['fake_quant_agreement']:.2%}, "

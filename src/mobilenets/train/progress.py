@@ -118,6 +118,8 @@ QAT_SCALARS = {
     "loss": "loss/train",
     "fake_quant_top1": "top1/fake_quantized",
     "float_top1": "top1/float_weights",
+    "fake_quant_miou": "miou/fake_quantized",
+    "float_miou": "miou/float_weights",
     "fake_quant_agreement": "agreement/fake_quantized",
     "fake_quant_sqnr_db": "sqnr_db/fake_quantized",
     "lr": "lr",
