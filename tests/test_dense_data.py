@@ -13,7 +13,7 @@ import torch
 from conftest import raises_one_line
 from PIL import Image
 
-from mobilenets.data.canvases import CANVAS_CLASSES, INK_THRESHOLD, draw_canvases
+from mobilenets.data.canvases import CANVAS_CLASSES, CANVAS_SIZE, INK_THRESHOLD, draw_canvases
 from mobilenets.data.coco import read_coco
 from mobilenets.data.dense_datasets import DetectionDataset, read_mask
 from mobilenets.data.dense_sources import canvas_datasets, load_dense_data
@@ -115,6 +115,34 @@ def test_digit_canvases_bundle_holds_out_unseen_handwriting() -> None:
     assert x.shape == (3, 320, 320) and mask.shape == (320, 320)
     assert set(mask.unique().tolist()) <= set(range(len(CANVAS_CLASSES)))  # ids, not blends
     assert load_dense_data("detection", "digits", seed=0).input_size == (3, 160, 160)
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_training_canvases_are_redrawn_at_every_visit(task: str) -> None:
+    """A training canvas keeps its digits but gets a new layout per seed (the sampler's seed
+    changes every epoch): the same key gives the same item, another seed another layout of
+    the same digits; the held-out and calibration canvases are drawn once."""
+    bundle = load_dense_data(task, "digits", seed=0, resolution=CANVAS_SIZE)
+    again = load_dense_data(task, "digits", seed=0, resolution=CANVAS_SIZE)
+    for i in range(8):
+        (x, target), (y, same) = bundle.train[(i, 7)], again.train[(i, 7)]
+        other_x, other = bundle.train[(i, 8)]
+        assert torch.equal(x, y) and not torch.equal(x, other_x)
+        if task == "detection":
+            assert torch.equal(target["boxes"], same["boxes"])
+            labels = target["labels"].tolist()
+            # the same digits: all placed, or one left out where no free place was found
+            assert set(labels) <= set(other["labels"].tolist()) or set(
+                other["labels"].tolist()
+            ) <= set(labels)
+        else:
+            assert torch.equal(target, same)
+            ink = x[0] > ((INK_THRESHOLD + 0.5) / 255 - bundle.mean[0]) / bundle.std[0]
+            assert torch.equal(ink, target > 0)  # the mask is the ink, as drawn
+    assert torch.equal(bundle.test[0][0], again.test[0][0])
+    loader = make_loader(bundle.train, 4, shuffle=True, seed=0)
+    images, _ = next(iter(loader))
+    assert images.shape == (4, 3, CANVAS_SIZE, CANVAS_SIZE)
 
 
 # --------------------------------------------------------------------------- transforms

@@ -37,6 +37,7 @@ INK_THRESHOLD = 127  # uint8: a pixel more than half bright is ink
 # The canvas class names: the background, then the ten digits.
 CANVAS_CLASSES = ["background", *(str(d) for d in range(10))]
 PLACEMENT_TRIES = 50
+TRAIN_REPEATS = 2  # each training digit is on this many canvases
 
 
 @dataclass
@@ -130,11 +131,83 @@ def _resize_digits(
     return resized
 
 
+def canvas_groups(
+    count: int, seed: int, repeats: int = 1, per_canvas: tuple[int, int] = DIGITS_PER_CANVAS
+) -> list[np.ndarray]:
+    """``count`` digits, each ``repeats`` times in a seeded order, cut into canvases of
+    ``per_canvas`` digits: which digits share a canvas, before any is placed."""
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(count) for _ in range(repeats)])
+    groups, start = [], 0
+    while start < len(order):
+        size = int(rng.integers(per_canvas[0], per_canvas[1] + 1))
+        groups.append(order[start : start + size])
+        start += size
+    return groups
+
+
+class RedrawnCanvases:
+    """Training canvases drawn anew at every visit: canvas ``i`` keeps its digits
+    (:func:`canvas_groups`), and each time it is read they get new sizes and positions from
+    the item's seed, so every epoch shows each digit at a new scale and place (the canvases
+    themselves are the augmentation; the digits are never flipped).
+
+    Keys are ``index`` or ``(index, seed)`` as for every dataset here (the trainer's sampler
+    seeds each epoch), and an item is what a fixed canvas of ``task`` gives through
+    ``transform``: (image, mask) for segmentation, (image, {"boxes", "labels"}) for
+    detection.
+    """
+
+    def __init__(
+        self,
+        digits: np.ndarray,
+        labels: np.ndarray,
+        groups: list[np.ndarray],
+        task: str,
+        transform,
+        size: int = CANVAS_SIZE,
+    ) -> None:
+        self.digits, self.labels, self.groups = digits, labels, groups
+        self.task, self.transform, self.size = task, transform, size
+        if task == "detection":
+            from mobilenets.data.dense_transforms import collate_detection
+
+            self.collate_fn = collate_detection
+        self.in_memory = True
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        layout_seed = int(torch.randint(2**31, (1,), generator=generator))
+        group = self.groups[int(index)]
+        count = (len(group), len(group))
+        canvas = draw_canvases(
+            self.digits[group], self.labels[group], layout_seed, size=self.size, per_canvas=count
+        )
+        if self.task == "detection":
+            return self.transform(canvas.images[0], canvas.boxes[0], canvas.labels[0], generator)
+        return self.transform(canvas.images[0], canvas.masks[0], generator)
+
+
+def training_digits(seed: int, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """The embedded digits of the training split (as ``--data digits`` splits them), (M, 8, 8)
+    values 0..16, and their labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    labels = np.asarray(digits.target, dtype=np.int64)
+    train_idx, _ = stratified_split(labels, val_fraction, seed)
+    return digits.images[train_idx], labels[train_idx]
+
+
 def digit_canvases(
     seed: int,
     val_fraction: float = VAL_FRACTION,
     size: int = CANVAS_SIZE,
-    train_repeats: int = 2,
+    train_repeats: int = TRAIN_REPEATS,
 ) -> tuple[Canvases, Canvases]:
     """(train, held-out) canvases of the embedded digits: the digits split as ``--data
     digits`` splits them, each training digit used ``train_repeats`` times (about 1,150

@@ -23,7 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilenets.data.canvases import CANVAS_CLASSES, CANVAS_INPUT, Canvases, digit_canvases
+from mobilenets.data.canvases import (
+    CANVAS_CLASSES,
+    CANVAS_INPUT,
+    TRAIN_REPEATS,
+    Canvases,
+    RedrawnCanvases,
+    canvas_groups,
+    digit_canvases,
+    training_digits,
+)
 from mobilenets.data.coco import CocoDetections, read_coco
 from mobilenets.data.dense_datasets import DetectionDataset, SegmentationDataset
 from mobilenets.data.dense_transforms import DetectionTransform, SegmentationTransform
@@ -166,11 +175,19 @@ def canvas_datasets(
 
 
 def _canvas_bundle(task: str, size: int, seed: int, val_fraction: float) -> DataBundle:
+    """The canvases for ``task``: training canvases redrawn at every visit
+    (:class:`RedrawnCanvases`), the held-out ones and those calibration reads (``train_raw``)
+    drawn once."""
     train, test = digit_canvases(seed, val_fraction)
     (mean,), (std,) = channel_stats(train.images)
     mean3, std3 = (mean,) * 3, (std,) * 3
+    digits, labels = training_digits(seed, val_fraction)
+    groups = canvas_groups(len(digits), seed, TRAIN_REPEATS)
+    transform = (DetectionTransform if task == "detection" else SegmentationTransform)(
+        size, mean3, std3
+    )
     return DataBundle(
-        train=canvas_datasets(task, train, size, mean3, std3),
+        train=RedrawnCanvases(digits, labels, groups, task, transform),
         test=canvas_datasets(task, test, size, mean3, std3),
         class_names=list(CANVAS_CLASSES),
         mean=mean3,
