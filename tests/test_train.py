@@ -131,6 +131,31 @@ def test_resume_after_a_real_kill_ends_bit_identical(finished_run: Path, tmp_pat
     assert weights_digest(run) == weights_digest(finished_run)
 
 
+def test_ema_saves_the_moving_average_and_resumes_it(tmp_path: Path) -> None:
+    """With ``ema`` the run directory holds the moving average of the weights (BatchNorm
+    statistics included), each epoch scores it and the last step's weights
+    (``last_step_test_*``), and a run stopped after epoch 1 and resumed ends with the same
+    average, bit for bit."""
+    full = train(tiny(tmp_path / "ema", ema=0.9))
+    history = read_history(full)
+    assert all({"test_top1", "last_step_test_top1"} <= set(h) for h in history)
+    saved, info = load_run(full)
+    assert info.train_config["ema"] == 0.9
+    trained = torch.load(full / STATE_FILE, weights_only=False)
+    last_step = trained["model"]
+    assert any(not torch.equal(v, last_step[k]) for k, v in saved.state_dict().items())
+    average = {k.removeprefix("module."): v for k, v in trained["ema"].items()}
+    assert all(torch.equal(v, average[k]) for k, v in saved.state_dict().items())
+
+    killed = tmp_path / "killed"
+    train(tiny(killed, ema=0.9, stop_after_epoch=1))
+    train(TrainConfig(resume=str(killed), quiet=True))
+    assert weights_digest(killed) == weights_digest(full)
+    plain = tiny(tmp_path / "bad", ema=1.0)
+    with pytest.raises(MobileNetError, match=r"ema decay must be in \[0, 1\)"):
+        train(plain)
+
+
 def test_resume_of_a_finished_run_is_refused(finished_run: Path) -> None:
     before = (finished_run / "model.safetensors").read_bytes()
     with pytest.raises(MobileNetError, match="is finished"):

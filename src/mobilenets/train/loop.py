@@ -57,6 +57,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DistributedSampler
 
 from mobilenets.data import VAL_FRACTION, DataBundle, load_data, make_loader
@@ -332,10 +333,18 @@ class _Trainer(Trainer):
             round(config.warmup_epochs * self.steps_per_epoch),
             config.epochs * self.steps_per_epoch,
         )
+        # The moving average of the weights (``ema``): BatchNorm's statistics averaged with
+        # them; the first step copies the weights, so it starts from the trained network.
+        self.ema = None
+        if config.ema:
+            average = get_ema_multi_avg_fn(config.ema)
+            self.ema = AveragedModel(self.model, multi_avg_fn=average, use_buffers=True)
         if config.resume is not None:
             state = read_train_state(self.run_dir)
             self.resume(state)
             self.init_from = state.get("init_from")
+            if self.ema is not None and state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
         # After the restore: DDP starts every replica from rank 0's weights.
         self.ddp, self.trunk_frozen = self.model, None
 
@@ -424,10 +433,22 @@ class _Trainer(Trainer):
         info = self._run_info(epoch)
         if replica_digests is not None:
             info.replica_sha256 = replica_digests
-        save_run(self.run_dir, self.model, info)
+        save_run(self.run_dir, self.published(), info)
+
+    def published(self) -> nn.Module:
+        """What the run directory holds and each epoch is scored by: the moving average of
+        the weights with ``ema``, else the last step's."""
+        return self.ema.module if self.ema is not None else self.model
 
     def state_extra(self) -> dict[str, Any]:
-        return {"init_from": self.init_from}
+        extra: dict[str, Any] = {"init_from": self.init_from}
+        if self.ema is not None:
+            extra["ema"] = self.ema.state_dict()
+        return extra
+
+    def after_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
 
     def banner(self) -> str:
         return self.display.banner(
@@ -465,9 +486,11 @@ class _Trainer(Trainer):
 
     def measure(self, epoch: int, sums: torch.Tensor, train_time: float, began: float) -> dict:
         self._average_batchnorm_statistics()
-        test = self.task.evaluate(
-            self.model, self.test_loader, self.procs.device, self.config.channels_last
-        )
+        device, channels_last = self.procs.device, self.config.channels_last
+        test = self.task.evaluate(self.published(), self.test_loader, device, channels_last)
+        if self.ema is not None:  # the last step's weights too, to see what the average gave
+            last = self.task.evaluate(self.model, self.test_loader, device, channels_last)
+            test.update({f"last_step_{k}": v for k, v in last.items()})
         return {
             "epoch": epoch,
             **self.task.train_metrics(sums),

@@ -143,6 +143,9 @@ class Trainer:
     def epoch_line(self, record: dict[str, Any]) -> str:
         raise NotImplementedError
 
+    def after_step(self) -> None:
+        """Called after every optimizer step (a moving average of the weights follows it)."""
+
     # ---------------------------------------------------------------- checkpoints
 
     def resume(self, state: dict[str, Any]) -> None:
@@ -260,6 +263,7 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            self.after_step()
             if sums is None:
                 sums = torch.zeros_like(counts)
             sums += counts
