@@ -131,6 +131,7 @@ def test_resume_after_a_real_kill_ends_bit_identical(finished_run: Path, tmp_pat
     assert weights_digest(run) == weights_digest(finished_run)
 
 
+@pytest.mark.slow
 def test_ema_saves_the_moving_average_and_resumes_it(tmp_path: Path) -> None:
     """With ``ema`` the run directory holds the moving average of the weights (BatchNorm
     statistics included), each epoch scores it and the last step's weights
