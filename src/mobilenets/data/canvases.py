@@ -28,8 +28,9 @@ from mobilenets.data.splits import VAL_FRACTION, stratified_split
 CANVAS_SIZE = 160
 # The input each task's model sees by default: the canvases resized. A digit's mask is its
 # strokes, a few pixels wide, and LR-ASPP scores pixels at stride 8: at 320 px the head sees
-# each stroke at stride 4 of the canvas (held-out mIoU 0.78 in 8 epochs where 20 epochs at
-# 160 px plateaued at 0.64, both within the 15-minute budget: benchmarks/results).
+# each stroke at stride 4 of the canvas: 8 epochs there scored a higher mIoU than 20 at 160 px
+# in the same 15-minute budget (0.78 against 0.64: benchmarks/results/train_dense_digits.md
+# and its git history).
 CANVAS_INPUT = {"detection": CANVAS_SIZE, "segmentation": 2 * CANVAS_SIZE}
 DIGIT_SIZES = (30, 80)  # side of a placed digit in pixels, both ends included
 DIGITS_PER_CANVAS = (1, 4)

@@ -82,8 +82,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 # (0.9486, 334 s on 2 cores); the longer cosine decay fits the 15-minute budget
 # (benchmarks/results/train_dense_digits.md).
 # Segmentation: 8 epochs, as its default input (the canvases at 320 px, CANVAS_INPUT) costs
-# four times 160 px's per image; 8 fit the 15-minute budget and reached a higher mIoU than 20
-# at 160 px (benchmarks/results/train_dense_digits_seg320.md, train_dense_digits.md).
+# four times 160 px's per image; 8 fit the 15-minute budget on the slowest 2-core machine it
+# was measured on (benchmarks/results/train_dense_digits.md).
 TASK_RECIPES: dict[str, dict[str, Any]] = {
     "detect": {"epochs": 30},
     "segment": {"epochs": 8},
