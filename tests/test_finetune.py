@@ -162,7 +162,8 @@ def test_init_fine_tunes_a_new_head_then_the_trunk_and_records_where_from(
     info = read_run_info(out)
     recipe = info.train_config
     assert recipe["recipe_name"] == "finetune" and recipe["freeze_epochs"] == 1
-    assert (recipe["lr"], recipe["trunk_lr"], recipe["class_weights"]) == (0.01, 0.1, True)
+    assert (recipe["lr"], recipe["trunk_lr"], recipe["class_weights"]) == (0.01, 0.5, True)
+    assert recipe["ema"] == 0.0
     assert info.model_kwargs["width_mult"] == 0.35 and info.input_size == (3, 16, 16)
     origin = info.init_from
     assert origin["path"] == str(imported.resolve()) and origin["model"] == "mobilenet_v2"
@@ -196,7 +197,7 @@ def test_without_init_the_scratch_recipe_fills_what_is_not_given() -> None:
         "scratch", 0.05, 20, 0
     )  # fmt: skip
     told = TrainConfig(init="run", lr=0.003, recipe_name="finetune").with_recipe()
-    assert told.lr == 0.003 and told.trunk_lr == 0.1 and told.class_weights is True
+    assert told.lr == 0.003 and told.trunk_lr == 0.5 and told.class_weights is True
     assert TrainConfig(init="run", recipe_name="scratch").with_recipe().freeze_epochs == 0
 
 
