@@ -101,6 +101,7 @@ SETTINGS = (
     "weight_decay",
     "augment",
     "label_smoothing",
+    "ema",
 )
 
 
@@ -108,8 +109,9 @@ def settings(run_dir: Path) -> dict[str, object]:
     info = read_run_info(run_dir)
     recipe = {k: info.train_config.get(k) for k in SETTINGS}
     recipe["resolution"] = info.resolution
-    if recipe["freeze_bn"] is None:  # recorded before the setting existed: it was off
-        recipe["freeze_bn"] = False
+    for key in ("freeze_bn", "ema"):  # recorded before the setting existed: it was off
+        if recipe[key] is None:
+            recipe[key] = False if key == "freeze_bn" else 0.0
     return recipe
 
 

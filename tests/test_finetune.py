@@ -208,7 +208,7 @@ def test_the_trunk_learns_at_a_share_of_the_heads_rate() -> None:
     for group in optimizer.param_groups:
         in_trunk = {id(p) in trunk for p in group["params"]}
         assert len(in_trunk) == 1  # a group is trunk or head, never both
-        assert group["lr"] == pytest.approx(0.001 if in_trunk.pop() else 0.01)
+        assert group["lr"] == pytest.approx(0.005 if in_trunk.pop() else 0.01)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
     adamw = make_optimizer(TrainConfig(optimizer="adamw"), model)
     assert isinstance(adamw, torch.optim.AdamW) and len(adamw.param_groups) == 2
