@@ -103,15 +103,17 @@ SETTINGS = (
     "label_smoothing",
     "ema",
 )
+# settings a run recorded before they existed: they were off
+UNRECORDED = {"freeze_bn": False, "ema": 0.0}
 
 
 def settings(run_dir: Path) -> dict[str, object]:
     info = read_run_info(run_dir)
     recipe = {k: info.train_config.get(k) for k in SETTINGS}
     recipe["resolution"] = info.resolution
-    for key in ("freeze_bn", "ema"):  # recorded before the setting existed: it was off
+    for key, off in UNRECORDED.items():
         if recipe[key] is None:
-            recipe[key] = False if key == "freeze_bn" else 0.0
+            recipe[key] = off
     return recipe
 
 

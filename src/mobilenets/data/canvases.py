@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mobilenets.data.datasets import _unpack_key
 from mobilenets.data.splits import VAL_FRACTION, stratified_split
 
 # 160 px: SSDLite's default boxes at this input have a box overlapping 87% of the digits by
@@ -180,10 +181,9 @@ class RedrawnCanvases:
         return len(self.groups)
 
     def __getitem__(self, key: int | tuple[int, int]):
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+        index, generator = _unpack_key(key)
         layout_seed = int(torch.randint(2**31, (1,), generator=generator))
-        group = self.groups[int(index)]
+        group = self.groups[index]
         count = (len(group), len(group))
         canvas = draw_canvases(
             self.digits[group], self.labels[group], layout_seed, size=self.size, per_canvas=count
@@ -193,15 +193,20 @@ class RedrawnCanvases:
         return self.transform(canvas.images[0], canvas.masks[0], generator)
 
 
-def training_digits(seed: int, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
-    """The embedded digits of the training split (as ``--data digits`` splits them), (M, 8, 8)
-    values 0..16, and their labels."""
+Digits = tuple[np.ndarray, np.ndarray]  # (M, 8, 8) images, values 0..16, and their labels
+
+
+def split_digits(seed: int, val_fraction: float = VAL_FRACTION) -> tuple[Digits, Digits]:
+    """The embedded digits split as ``--data digits`` splits them: (train, held-out)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     labels = np.asarray(digits.target, dtype=np.int64)
-    train_idx, _ = stratified_split(labels, val_fraction, seed)
-    return digits.images[train_idx], labels[train_idx]
+    train_idx, test_idx = stratified_split(labels, val_fraction, seed)
+    return (digits.images[train_idx], labels[train_idx]), (
+        digits.images[test_idx],
+        labels[test_idx],
+    )
 
 
 def digit_canvases(
@@ -213,13 +218,7 @@ def digit_canvases(
     """(train, held-out) canvases of the embedded digits: the digits split as ``--data
     digits`` splits them, each training digit used ``train_repeats`` times (about 1,150
     training canvases at the defaults), each held-out digit once (about 145)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    labels = np.asarray(digits.target, dtype=np.int64)
-    train_idx, test_idx = stratified_split(labels, val_fraction, seed)
-    train = draw_canvases(
-        digits.images[train_idx], labels[train_idx], seed, train_repeats, size=size
-    )
-    test = draw_canvases(digits.images[test_idx], labels[test_idx], seed + 1, 1, size=size)
+    (train_digits, train_labels), (test_digits, test_labels) = split_digits(seed, val_fraction)
+    train = draw_canvases(train_digits, train_labels, seed, train_repeats, size=size)
+    test = draw_canvases(test_digits, test_labels, seed + 1, 1, size=size)
     return train, test

@@ -31,7 +31,7 @@ from mobilenets.data.canvases import (
     RedrawnCanvases,
     canvas_groups,
     digit_canvases,
-    training_digits,
+    split_digits,
 )
 from mobilenets.data.coco import CocoDetections, read_coco
 from mobilenets.data.dense_datasets import DetectionDataset, SegmentationDataset
@@ -181,7 +181,7 @@ def _canvas_bundle(task: str, size: int, seed: int, val_fraction: float) -> Data
     train, test = digit_canvases(seed, val_fraction)
     (mean,), (std,) = channel_stats(train.images)
     mean3, std3 = (mean,) * 3, (std,) * 3
-    digits, labels = training_digits(seed, val_fraction)
+    (digits, labels), _ = split_digits(seed, val_fraction)
     groups = canvas_groups(len(digits), seed, TRAIN_REPEATS)
     transform = (DetectionTransform if task == "detection" else SegmentationTransform)(
         size, mean3, std3
