@@ -166,7 +166,8 @@ def test_a_dense_task_has_its_own_scratch_defaults() -> None:
     filled = {task: TrainConfig(task=task).with_recipe() for task in TRAIN_TASKS}
     for task, config in filled.items():
         assert config.epochs == {**RECIPES["scratch"], **TASK_RECIPES.get(task, {})}["epochs"]
-    assert filled["detect"].epochs == 30 and filled["classify"].epochs == 20
+    assert filled["detect"].epochs == 50 and filled["segment"].epochs == 14
+    assert filled["classify"].epochs == 20
     assert TrainConfig(task="detect", epochs=3).with_recipe().epochs == 3
     finetune = TrainConfig(task="detect", recipe_name="finetune").with_recipe()
     assert finetune.epochs == RECIPES["finetune"]["epochs"]

@@ -26,6 +26,7 @@ import numpy as np
 from mobilenets.data.canvases import (
     CANVAS_CLASSES,
     CANVAS_INPUT,
+    TRAIN_PER_CANVAS,
     TRAIN_REPEATS,
     Canvases,
     RedrawnCanvases,
@@ -175,14 +176,14 @@ def canvas_datasets(
 
 
 def _canvas_bundle(task: str, size: int, seed: int, val_fraction: float) -> DataBundle:
-    """The canvases for ``task``: training canvases redrawn at every visit
-    (:class:`RedrawnCanvases`), the held-out ones and those calibration reads (``train_raw``)
-    drawn once."""
+    """The canvases for ``task``: training canvases of :data:`TRAIN_PER_CANVAS` digits redrawn
+    at every visit (:class:`RedrawnCanvases`), the held-out ones and those calibration reads
+    (``train_raw``, of one to four digits as the held-out ones) drawn once."""
     train, test = digit_canvases(seed, val_fraction)
     (mean,), (std,) = channel_stats(train.images)
     mean3, std3 = (mean,) * 3, (std,) * 3
     (digits, labels), _ = split_digits(seed, val_fraction)
-    groups = canvas_groups(len(digits), seed, TRAIN_REPEATS)
+    groups = canvas_groups(len(digits), seed, TRAIN_REPEATS, TRAIN_PER_CANVAS)
     transform = (DetectionTransform if task == "detection" else SegmentationTransform)(
         size, mean3, std3
     )
