@@ -236,7 +236,8 @@ def test_an_onnx_option_on_a_head_is_still_one_line(head_run, tmp_path: Path, ca
 
 def test_evaluate_scores_a_dense_run_as_its_training_does(head_run, capsys) -> None:
     """A segmenter's run is scored in PyTorch on its held-out canvases (mIoU, pixel accuracy:
-    what its training reports); a confusion-matrix plot is refused in one line."""
+    what its training reports); a confusion-matrix plot and test-time views are refused in one
+    line each."""
     run = head_run("lraspp_mobilenet_v3_small")
     assert main(["evaluate", str(run), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -244,4 +245,5 @@ def test_evaluate_scores_a_dense_run_as_its_training_does(head_run, capsys) -> N
     expected = evaluate_segmenter(model, batches(run_data(info, None).test), len(CANVAS_CLASSES))
     assert report["engine"] == "PyTorch" and report["fp32"] is None
     assert report["miou"] == pytest.approx(expected["miou"]) and 0 <= report["miou"] <= 1
-    check_one_line_error(["evaluate", str(run), "--plot", "x.png"], "--plot draws", capsys)
+    check_one_line_error(["evaluate", str(run), "--plot", "x.png"], "--plot is for a", capsys)
+    check_one_line_error(["evaluate", str(run), "--tta", "flips"], "--tta is for a", capsys)

@@ -18,6 +18,7 @@ from mobilenets.data import Renormalized
 from mobilenets.errors import MobileNetError
 from mobilenets.evaluation.evaluate import evaluate
 from mobilenets.evaluation.predict import predict
+from mobilenets.evaluation.tta import TTA_VIEWS, TestTimeAugmentation
 from mobilenets.runs import read_run_info
 from mobilenets.train.metrics import Evaluation, Tally
 
@@ -77,6 +78,43 @@ def test_evaluate_cli_json_and_table(run: Path, tmp_path: Path, capsys) -> None:
     assert main(["evaluate", str(run)]) == 0
     out = capsys.readouterr().out
     assert "top-1" in out and "top-5" in out and "Per-class accuracy" in out
+
+
+def test_test_time_views_are_the_mirrors_and_turns_of_the_image() -> None:
+    """flips: the image and its three mirror images (a half turn among them); dihedral: those
+    and their transposes, the eight symmetries of a square, all different for an image that
+    has none. The answer is the log of the mean softmax over the views."""
+    image = torch.arange(16.0).reshape(1, 1, 4, 4)
+    for name, count in (("flips", 4), ("dihedral", 8)):
+        views = [view(image) for view in TTA_VIEWS[name]()]
+        assert len({tuple(v.flatten().tolist()) for v in views}) == count
+        assert any(torch.equal(v, image.rot90(1, (-2, -1))) for v in views) == (count == 8)
+    seen: list[torch.Tensor] = []
+
+    def model(x: torch.Tensor) -> torch.Tensor:  # logits that depend on the view
+        seen.append(x)
+        return torch.stack([x[:, 0, 0, 0], x[:, 0, 0, -1]], dim=1)
+
+    out = TestTimeAugmentation(model, "flips")(image)
+    mean = sum(model(v).softmax(-1) for v in seen[:4]) / 4
+    assert len(seen) == 8 and torch.allclose(out.exp(), mean)
+    assert torch.allclose(out.exp().sum(-1), torch.ones(1))
+    with pytest.raises(MobileNetError, match="must be square"):
+        TestTimeAugmentation(model, "dihedral")(torch.zeros(1, 1, 4, 6))
+    with pytest.raises(MobileNetError, match="unknown test-time views"):
+        TestTimeAugmentation(model, "crops")
+
+
+def test_evaluate_averages_test_time_views(run: Path, capsys) -> None:
+    """``--tta`` scores the mean answer over the views, recorded in the JSON; a view the digits
+    never trained on (their mirror images) lowers the score, as the help warns."""
+    plain = evaluate(run)
+    assert main(["evaluate", str(run), "--tta", "flips", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["tta"] == "flips" and data["num_images"] == plain.num_images == 359
+    assert data["top1"] < plain.top1
+    assert main(["evaluate", str(run), "--tta", "dihedral"]) == 0
+    assert "mean over the dihedral test-time views" in capsys.readouterr().out
 
 
 def test_predict_agrees_with_the_labels_of_digit_pngs(

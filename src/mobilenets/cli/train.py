@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="confusion matrix PNG (default RUN_DIR/confusion_matrix.png; a program's only "
         "when given)",
     )
+    p.add_argument(
+        "--tta",
+        choices=("flips", "dihedral"),
+        help="a classifier's mean answer over test-time views: flips (4 passes) or dihedral "
+        "(and their transposes: 8); only views the run trained on, e.g. elpv's",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run_evaluate)
 
@@ -135,11 +141,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return run_evaluate_program(args)
     from mobilenets.evaluation.evaluate import evaluate
 
-    result = evaluate(args.run_dir, data=args.data, batch_size=args.batch_size, plot=args.plot)
+    result = evaluate(
+        args.run_dir, data=args.data, batch_size=args.batch_size, plot=args.plot, tta=args.tta
+    )
 
     def views() -> Iterator[Any]:
         top5 = "" if result.top5 is None else f", top-5 {result.top5:.2%}"
-        yield f"{result.num_images} images: top-1 {result.top1:.2%}{top5}, loss {result.loss:.4f}"
+        views_note = "" if args.tta is None else f" (mean over the {args.tta} test-time views)"
+        yield (
+            f"{result.num_images} images: top-1 {result.top1:.2%}{top5}, loss "
+            f"{result.loss:.4f}{views_note}"
+        )
         rows = [
             [name, str(sum(row)), f"{acc:.2%}"]
             for (name, acc), row in zip(result.per_class.items(), result.confusion, strict=True)
@@ -147,13 +159,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         yield (table("Per-class accuracy", ["class", "images", "top-1"], rows, right=2))
         yield f"confusion matrix written to {result.figure}"
 
-    return show(args.json, result.to_dict(), views())
+    return show(args.json, {**result.to_dict(), "tta": args.tta}, views())
 
 
 def run_evaluate_program(args: argparse.Namespace) -> int:
     from mobilenets.evaluation.evaluate import evaluate_program
 
-    report = evaluate_program(args.run_dir, args.data, args.batch_size, args.plot)
+    report = evaluate_program(args.run_dir, args.data, args.batch_size, args.plot, tta=args.tta)
     result, fp32 = report.result, report.fp32
 
     def score(r: Any) -> list[str]:
@@ -161,7 +173,11 @@ def run_evaluate_program(args: argparse.Namespace) -> int:
         return [f"{r.top1:.2%}", top5, f"{r.loss:.4f}"]
 
     def views() -> Iterator[Any]:
-        yield f"{report.program}: {report.precision} in {report.runtime}, on {report.data}"
+        views_note = "" if args.tta is None else f", mean over the {args.tta} test-time views"
+        yield (
+            f"{report.program}: {report.precision} in {report.runtime}, on {report.data}"
+            f"{views_note}"
+        )
         rows = [[f"{report.format} {report.precision}, {report.runtime}", *score(result)]]
         if fp32 is not None:
             rows.append(["run fp32, PyTorch", *score(fp32)])
@@ -184,16 +200,15 @@ def run_evaluate_program(args: argparse.Namespace) -> int:
         if result.figure:
             yield f"confusion matrix written to {result.figure}"
 
-    return show(args.json, report.to_dict(), views())
+    return show(args.json, {**report.to_dict(), "tta": args.tta}, views())
 
 
 def run_evaluate_dense(args: argparse.Namespace) -> int:
     from mobilenets.evaluation.evaluate import DENSE_SCORES, evaluate_dense
 
-    if args.plot is not None:
-        raise MobileNetError(
-            f"--plot draws a classifier's confusion matrix; {args.run_dir} is not one"
-        )
+    for flag, value in (("--plot", args.plot), ("--tta", args.tta)):
+        if value is not None:
+            raise MobileNetError(f"{flag} is for a classifier; {args.run_dir} is not one")
     batch_size = 32 if args.batch_size is None else args.batch_size
     report = evaluate_dense(args.run_dir, args.data, batch_size)
     shown = DENSE_SCORES[report.task]

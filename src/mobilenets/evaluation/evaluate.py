@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from mobilenets.data import make_loader
 from mobilenets.errors import MobileNetError
+from mobilenets.evaluation.tta import TestTimeAugmentation
 from mobilenets.models import model_task
 from mobilenets.plots import confusion_matrix_figure, save_figure
 from mobilenets.runs import RunInfo, load_run, load_run_data, names_a_file
@@ -41,11 +42,15 @@ def evaluate_model(
     class_names: Sequence[str],
     batch_size: int = 256,
     device: str | torch.device | None = None,
+    tta: str | None = None,
 ) -> Evaluation:
-    """Top-1, top-5, per-class accuracy and the confusion matrix of ``model`` on ``dataset``."""
+    """Top-1, top-5, per-class accuracy and the confusion matrix of ``model`` on ``dataset``,
+    with ``tta`` the mean answer over those test-time views (:mod:`mobilenets.evaluation.tta`)."""
     if batch_size < 1:
         raise MobileNetError(f"batch size must be at least 1, got {batch_size}")
     device = parse_device(device)
+    if tta is not None:
+        model = TestTimeAugmentation(model, tta)
     loader = make_loader(dataset, batch_size, shuffle=False, seed=0)
     tally = tally_predictions(model.to(device), loader, len(class_names), device)
     return Evaluation.from_tally(tally, class_names)
@@ -57,8 +62,10 @@ def evaluate(
     batch_size: int = 256,
     plot: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
+    tta: str | None = None,
 ) -> Evaluation:
-    """Evaluate a run on the held-out split of its training data, or of ``data``.
+    """Evaluate a run on the held-out split of its training data, or of ``data`` (with
+    ``tta``, averaged over those test-time views).
 
     The held-out split is rebuilt from what the run recorded (data source, resolution, split
     seed), so it is the very split the run was tested on. The confusion matrix is drawn to
@@ -68,7 +75,7 @@ def evaluate(
     device = parse_device(device)
     model, info = load_run(run_dir, map_location=device)
     bundle = load_run_data(info, data)
-    result = evaluate_model(model, bundle.test, info.class_names, batch_size, device)
+    result = evaluate_model(model, bundle.test, info.class_names, batch_size, device, tta)
     plot_path = run_dir / CONFUSION_FILE if plot is None else Path(plot)
     title = f"{info.model} on {bundle.name}: top-1 {result.top1:.2%}"
     save_figure(confusion_matrix_figure(result.confusion, result.class_names, title), plot_path)
@@ -118,6 +125,7 @@ def evaluate_program(
     plot: str | os.PathLike[str] | None = None,
     fp32: bool = True,
     threads: int | None = None,
+    tta: str | None = None,
 ) -> ProgramEvaluation:
     """Score an exported program in its own runtime on the held-out split of the run it
     records (or of ``data``), and, with ``fp32``, the run's PyTorch weights on the same images
@@ -126,13 +134,14 @@ def evaluate_program(
     The split is rebuilt from the data record the program carries, so it is the split the
     run was tested on, and its images were never among the training images int8 was
     calibrated on. ``data`` whose classes differ from the program's raises one line. The
-    confusion matrix is drawn only when ``plot`` names a file.
+    confusion matrix is drawn only when ``plot`` names a file. ``tta`` averages both over those
+    test-time views.
     """
     from mobilenets.deploy.program import load_program
 
     program, info = load_program(path, threads)
     bundle = load_run_data(info.run, data)
-    result = evaluate_model(program, bundle.test, info.class_names, batch_size, "cpu")
+    result = evaluate_model(program, bundle.test, info.class_names, batch_size, "cpu", tta)
     report = ProgramEvaluation(
         program=str(info.path),
         format=info.target.name,
@@ -146,7 +155,7 @@ def evaluate_program(
         report.fp32_note = "the run directory it was exported from is not there"
     elif fp32:
         report.run_dir = str(run_dir)
-        report.fp32, report.fp32_note = _run_beside(run_dir, info.run, bundle.test, batch_size)
+        report.fp32, report.fp32_note = _run_beside(run_dir, info.run, bundle.test, batch_size, tta)
     if plot is not None:
         title = f"{Path(path).name} on {bundle.name}: top-1 {result.top1:.2%}"
         save_figure(confusion_matrix_figure(result.confusion, result.class_names, title), plot)
@@ -155,13 +164,13 @@ def evaluate_program(
 
 
 def _run_beside(
-    run_dir: Path, exported: RunInfo, test: Dataset, batch_size: int
+    run_dir: Path, exported: RunInfo, test: Dataset, batch_size: int, tta: str | None = None
 ) -> tuple[Evaluation | None, str | None]:
     """The fp32 score of the run a program was exported from, or why there is none."""
     model, note = _exported_run(run_dir, exported)
     if model is None:
         return None, note
-    return evaluate_model(model, test, exported.class_names, batch_size, "cpu"), None
+    return evaluate_model(model, test, exported.class_names, batch_size, "cpu", tta), None
 
 
 def _exported_run(run_dir: Path, exported: RunInfo) -> tuple[nn.Module | None, str | None]:
