@@ -44,7 +44,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mobilenets.analysis.cost import profile_model, standard_conv_macs
 from mobilenets.data import elpv_table, load_data, make_loader
+from mobilenets.evaluation.tta import TTA_VIEWS, TestTimeAugmentation
 from mobilenets.runs import load_run, read_run_info
 from mobilenets.train.run_dir import METRICS_FILE
 
@@ -66,11 +68,32 @@ def imagenet_run(directory: Path) -> Path:
     return directory
 
 
-def per_type_top1(run_dir: Path) -> dict[str, float]:
+# VGG-19 (Simonyan & Zisserman's configuration E): 3x3 convolutions, "M" a 2x2 max-pool
+VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+         512, 512, 512, 512, "M")  # fmt: skip
+
+
+def vgg19_macs(size: int = 224, classes: int = 2) -> int:
+    """VGG-19's mult-adds at ``size`` px (convolutions and fully connected layers, this
+    project's convention): 19.6 G at 224 px."""
+    macs, channels = 0, 3
+    for layer in VGG19:
+        if layer == "M":
+            size //= 2
+        else:
+            macs += standard_conv_macs(3, channels, size, layer)
+            channels = layer
+    return macs + channels * size * size * 4096 + 4096 * 4096 + 4096 * classes
+
+
+def per_type_top1(run_dir: Path, tta: str | None = None) -> dict[str, float]:
     """Held-out top-1 over all cells, per cell type (mono, poly) and per defect probability
-    (0, 1/3, 2/3, 1: how often the two-class answer is right at each level)."""
+    (0, 1/3, 2/3, 1: how often the two-class answer is right at each level); with ``tta``,
+    of the mean answer over those test-time views."""
     info = read_run_info(run_dir)
     model, _ = load_run(run_dir)
+    if tta is not None:
+        model = TestTimeAugmentation(model, tta)
     bundle = load_data("elpv", info.resolution, augment=False)
     loader = make_loader(bundle.test, batch_size=64, shuffle=False, seed=0, num_workers=0)
     with torch.no_grad():
@@ -194,6 +217,9 @@ def main() -> None:
         if not wall_of_command:  # not one command from start to end: its epochs' sum
             wall = sum(h["epoch_time_s"] for h in history)
         top1 = per_type_top1(out)
+        with_views = {views: per_type_top1(out, views) for views in TTA_VIEWS}
+        model, _ = load_run(out)
+        macs = profile_model(model, info.resolution).total_macs
         reference = settings(out)
     recipe = info.train_config
     lines = [
@@ -215,14 +241,31 @@ def main() -> None:
         "",
         "| held-out top-1 | all | mono | poly | " + " | ".join(LEVELS) + " |",
         "|---|---|---|---|" + "---|" * len(LEVELS),
-        f"| this run | {top1['all']:.2%} | {top1['mono']:.2%} | {top1['poly']:.2%} | "
-        + " | ".join(f"{top1[level]:.2%}" for level in LEVELS)
-        + " |",
+        *(
+            f"| this run{label} | {t['all']:.2%} | {t['mono']:.2%} | {t['poly']:.2%} | "
+            + " | ".join(f"{t[level]:.2%}" for level in LEVELS)
+            + " |"
+            for label, t in [
+                ("", top1),
+                *(
+                    (f", {v} test-time views ({len(TTA_VIEWS[v]())} passes)", t)
+                    for v, t in with_views.items()
+                ),
+            ]
+        ),
         *(f"| {name} | {value:.2%} | | |" + " |" * len(LEVELS) for name, value in PAPER.items()),
         f"| always 'functional' | {MAJORITY:.2%} | | |" + " |" * len(LEVELS),
         "",
         "(p=...: the cells of each defect probability, scored on the two-class answer, "
-        "defective for p >= 0.5.)",
+        "defective for p >= 0.5. Test-time views: `mobilenets evaluate RUN --tta flips` averages "
+        "the softmax over the cell and its three mirror images, `dihedral` over those and their "
+        "transposes, all views the cells trained on.)",
+        "",
+        f"Mult-adds per cell: {macs / 1e6:.0f} M ({info.model} {info.width_mult} at "
+        f"{info.resolution} px), {4 * macs / 1e6:.0f} M with flips, {8 * macs / 1e6:.0f} M "
+        f"dihedral; VGG-19 at 224 px: {vgg19_macs() / 1e9:.2f} G, so the run costs "
+        f"{macs / vgg19_macs():.1%} of it ({8 * macs / vgg19_macs():.1%} with 8 views; target: "
+        "a tenth or less).",
         "",
         *(
             [f"**Stopped after epoch {info.epoch} of {recipe['epochs']}** (a partial run).", ""]
