@@ -81,11 +81,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 # What a dense task's scratch recipe changes, where the caller left it None: more epochs, as an
 # epoch of the digit canvases is short (each training digit twice, three to six a canvas:
-# TRAIN_PER_CANVAS). Detection: 50 epochs, about the time 30 epochs of the former one-to-four
-# canvases took (at 20 of those, held-out mAP@.5 ended short of the 0.95 target).
-# Segmentation: 14, as its default input (the canvases at 320 px, CANVAS_INPUT) costs four
-# times 160 px's per image; 14 fit the 15-minute budget on the slowest 2-core machine it was
-# measured on (benchmarks/results/train_dense_digits.md).
+# TRAIN_PER_CANVAS). Detection: 50; segmentation: 14, as its default input (the canvases at
+# 320 px, CANVAS_INPUT) costs four times 160 px's per image. Both fit the 15-minute budget on
+# the slowest 2-core machine they were measured on (benchmarks/results/train_dense_digits.md).
 TASK_RECIPES: dict[str, dict[str, Any]] = {
     "detect": {"epochs": 50},
     "segment": {"epochs": 14},
