@@ -65,11 +65,11 @@ def run_errors(run_dir: Path) -> list[str]:
     to_digit = (counts[1:, 1:].sum() - counts[1:, 1:].diag().sum()) / ink
     from_background = counts[0, 1:].sum() / ink
     iou = matrix.iou().tolist()
-    record = info.train_config or {}
+    record, width = info.train_config or {}, info.model_kwargs.get("width_mult")
     return [
         f"## `{run_dir}`",
         "",
-        f"{info.model} (width {info.width_mult}), {record.get('epochs')} epochs at "
+        f"{info.model} (width {width}), {record.get('epochs')} epochs at "
         f"{info.resolution} px: mIoU **{scores['miou']:.4f}**, pixel accuracy "
         f"{scores['pixel_accuracy']:.4f}.",
         "",
