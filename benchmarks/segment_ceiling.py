@@ -30,7 +30,7 @@ from mobilenets.data.canvases import CANVAS_CLASSES, digit_canvases
 from mobilenets.deploy.images import run_data
 from mobilenets.models.segmentation_loss import upsample_logits
 from mobilenets.runs import load_run
-from mobilenets.train.segmentation_metrics import ConfusionMatrix
+from mobilenets.train.segmentation_metrics import ConfusionMatrix, segmenter_confusion
 
 from stamp import write_results
 
@@ -55,10 +55,8 @@ def run_errors(run_dir: Path) -> list[str]:
     """A run's held-out scores with its errors split by kind, and its IoU per class."""
     model, info = load_run(run_dir)
     data = run_data(info, None)
-    matrix = ConfusionMatrix(len(CANVAS_CLASSES))
-    with torch.no_grad():
-        for images, masks in make_loader(data.test, 16, shuffle=False, seed=0):
-            matrix.update(upsample_logits(model(images), masks.shape[-2:]).argmax(1), masks)
+    loader = make_loader(data.test, 16, shuffle=False, seed=0)
+    matrix = segmenter_confusion(model, loader, len(CANVAS_CLASSES))
     scores, counts = matrix.compute(), matrix.matrix.double()
     ink = counts[1:].sum()
     to_background = counts[1:, 0].sum() / ink

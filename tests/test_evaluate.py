@@ -86,7 +86,7 @@ def test_test_time_views_are_the_mirrors_and_turns_of_the_image() -> None:
     has none. The answer is the log of the mean softmax over the views."""
     image = torch.arange(16.0).reshape(1, 1, 4, 4)
     for name, count in (("flips", 4), ("dihedral", 8)):
-        views = [view(image) for view in TTA_VIEWS[name]()]
+        views = [view(image) for view in TTA_VIEWS[name]]
         assert len({tuple(v.flatten().tolist()) for v in views}) == count
         assert any(torch.equal(v, image.rot90(1, (-2, -1))) for v in views) == (count == 8)
     seen: list[torch.Tensor] = []

@@ -21,21 +21,16 @@ from mobilenets.errors import MobileNetError
 View = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _flips() -> list[View]:
-    return [
-        lambda x: x,
-        lambda x: x.flip(-1),
-        lambda x: x.flip(-2),
-        lambda x: x.flip(-2, -1),
-    ]
-
-
-def _dihedral() -> list[View]:
-    transposed = [lambda x, f=f: f(x).transpose(-2, -1) for f in _flips()]
-    return _flips() + transposed
-
-
-TTA_VIEWS: dict[str, Callable[[], list[View]]] = {"flips": _flips, "dihedral": _dihedral}
+FLIPS: list[View] = [
+    lambda x: x,
+    lambda x: x.flip(-1),
+    lambda x: x.flip(-2),
+    lambda x: x.flip(-2, -1),
+]
+TTA_VIEWS: dict[str, list[View]] = {
+    "flips": FLIPS,
+    "dihedral": FLIPS + [lambda x, f=f: f(x).transpose(-2, -1) for f in FLIPS],
+}
 
 
 class TestTimeAugmentation(nn.Module):
@@ -50,7 +45,7 @@ class TestTimeAugmentation(nn.Module):
             raise MobileNetError(
                 f"unknown test-time views {views!r}; choose from {', '.join(TTA_VIEWS)}"
             )
-        self.model, self.views, self.name = model, TTA_VIEWS[views](), views
+        self.model, self.views, self.name = model, TTA_VIEWS[views], views
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.name == "dihedral" and images.shape[-1] != images.shape[-2]:

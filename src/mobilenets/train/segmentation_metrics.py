@@ -76,17 +76,28 @@ def segmentation_metrics(
 
 
 @torch.no_grad()
+def segmenter_confusion(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    device: torch.device | str = "cpu",
+) -> ConfusionMatrix:
+    """The confusion matrix of a segmenter's pixels on a loader of (images, masks), in eval
+    mode; logits are resized to the masks' size when they differ."""
+    model.eval()
+    matrix = ConfusionMatrix(num_classes)
+    for images, masks in loader:
+        logits = model(images.to(device))
+        matrix.update(upsample_logits(logits, masks.shape[-2:]).argmax(1), masks)
+    return matrix
+
+
 def evaluate_segmenter(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     num_classes: int,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """mIoU and pixel accuracy of a segmenter on a loader of (images, masks), in eval mode;
-    logits are resized to the masks' size when they differ."""
-    model.eval()
-    matrix = ConfusionMatrix(num_classes)
-    for images, masks in loader:
-        logits = model(images.to(device))
-        matrix.update(upsample_logits(logits, masks.shape[-2:]).argmax(1), masks)
-    return matrix.compute()
+    """mIoU and pixel accuracy of a segmenter on a loader of (images, masks)
+    (:func:`segmenter_confusion`)."""
+    return segmenter_confusion(model, loader, num_classes, device).compute()
