@@ -124,6 +124,9 @@ def per_type_top1(run_dir: Path, views: tuple[str | None, ...] = (None,)) -> dic
 
 
 SETTINGS = (
+    "model",
+    "width_mult",
+    "init",
     "resolution",
     "epochs",
     "optimizer",
@@ -145,6 +148,8 @@ def settings(run_dir: Path) -> dict[str, object]:
     info = read_run_info(run_dir)
     recipe = {k: info.train_config.get(k) for k in SETTINGS}
     recipe["resolution"] = info.resolution
+    recipe["model"] = info.model
+    recipe["init"] = recipe["init"] or "none (random weights)"
     for key, off in UNRECORDED.items():
         if recipe[key] is None:
             recipe[key] = off
@@ -156,22 +161,26 @@ def history_of(run_dir: Path) -> list[dict]:
 
 
 def comparison(runs: list[Path], reference: dict[str, object]) -> list[str]:
-    """One row per run: what differs from ``reference``, held-out top-1 per epoch, the last."""
+    """One row per run: what differs from ``reference``, held-out top-1 per epoch, the last,
+    and what the run cost: mult-adds per cell at its resolution, minutes of epochs."""
     rows = []
     for run in runs:
         own, history = settings(run), history_of(run)
         differs = [f"{k} {own[k]}" for k in SETTINGS if own[k] != reference[k]]
         per_epoch = " / ".join(f"{100 * h['test_top1']:.1f}" for h in history)
         speed = sum(h["images_per_s"] for h in history[1:]) / max(1, len(history) - 1)
+        model, info = load_run(run)
+        macs = profile_model(model, info.resolution).total_macs
+        minutes = sum(h["epoch_time_s"] for h in history) / 60
         rows.append(
             f"| {run.name} | {', '.join(differs) or 'as reported'} | {per_epoch} | "
             f"{history[-1]['test_top1']:.2%} | {max(h['test_top1'] for h in history):.2%} | "
-            f"{speed:.0f} |"
+            f"{macs / 1e6:.0f} M | {speed:.0f} | {minutes:.1f} |"
         )
     return [
         "| run | settings that differ from the reported run | held-out top-1 per epoch (%) | "
-        "last | best | train img/s |",
-        "|---|---|---|---:|---:|---:|",
+        "last | best | mult-adds per cell | train img/s | minutes |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
         *rows,
     ]
 
@@ -299,7 +308,7 @@ def main() -> None:
     ]
     if args.compare:
         lines += [
-            "## The recipe's alternatives",
+            "## Other runs: the recipe's alternatives and other networks",
             "",
             *comparison(args.compare, reference),
             "",
