@@ -13,7 +13,7 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
-from conftest import randomize_batchnorm, write_digit_png
+from conftest import check_one_line_error, randomize_batchnorm, write_digit_png
 from torch import nn
 
 from mobilenets import create_model
@@ -180,9 +180,11 @@ def test_v3_predicts_from_the_cli(v3_run: Path, digit_pngs, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_efficientnet_lite0_trains_at_its_full_width(tmp_path: Path) -> None:
+def test_efficientnet_lite0_trains_at_its_full_width(tmp_path: Path, capsys) -> None:
     """The registered Lite0 (no width multiplier): one epoch through ``mobilenets train``, on
-    a folder of 60 digits (how many images is not what this checks)."""
+    a folder of 60 digits (how many images is not what this checks). The run records no
+    width, and a width given for it is refused in one line, nothing written (it would be
+    ignored and recorded as if used)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -201,3 +203,10 @@ def test_efficientnet_lite0_trains_at_its_full_width(tmp_path: Path) -> None:
         "dropout": 0.2,
         "small_input": True,
     }
+    assert info.train_config["width_mult"] is None
+    capsys.readouterr()  # the run's lines
+    refused = tmp_path / "refused"
+    check_one_line_error(
+        [*argv, "--width-mult", "0.5", "--out", str(refused)], "has no width multiplier", capsys
+    )
+    assert not refused.exists()

@@ -51,8 +51,7 @@ from mobilenets.io import atomic_path, atomic_write_json
 from mobilenets.latency.calibration import load_calibration
 from mobilenets.latency.machine import DEFAULT_RUNTIME, RUNTIMES, check_runtime
 from mobilenets.latency.model import Calibration, predict_latency
-from mobilenets.latency.samples import takes_width
-from mobilenets.models import create_model, list_models
+from mobilenets.models import create_model, list_models, takes_width
 from mobilenets.runs import read_run_info
 from mobilenets.train.loop import model_kwargs, train
 from mobilenets.train.recipe import TrainConfig

@@ -4,7 +4,6 @@ ones the registry lacks, spread over each latency kind's range.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +19,7 @@ from mobilenets.latency.model import (
     latency_kinds,
     macs_done,
 )
-from mobilenets.models import create_model, get_model_factory, list_models
+from mobilenets.models import create_model, list_models, takes_width
 
 # Where the registered models' layer shapes are sampled: the papers' width and resolution dials.
 SAMPLE_WIDTHS = (0.35, 0.75, 1.4)
@@ -78,12 +77,6 @@ def registry_samples(
                         seen.setdefault(sample.key(), sample)
     found = {s.kind for s in seen.values()}
     return list(seen.values()) + [s for s in synthetic_samples() if s.kind not in found]
-
-
-def takes_width(name: str) -> bool:
-    """Whether the family ``name`` has a width multiplier (EfficientNet and MobileNetV4 fix
-    their widths in their tables)."""
-    return "width_mult" in inspect.signature(get_model_factory(name)).parameters
 
 
 def synthetic_samples() -> list[Sample]:

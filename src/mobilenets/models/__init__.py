@@ -26,6 +26,7 @@ from mobilenets.models.registry import (
     list_models,
     model_task,
     register_model,
+    takes_width,
 )
 from mobilenets.models.segmentation import LRASPP, DeepLabV3
 from mobilenets.models.ssdlite import SSDLite, default_boxes
@@ -67,4 +68,5 @@ __all__ = [
     "model_task",
     "register_model",
     "scale_depth",
+    "takes_width",
 ]

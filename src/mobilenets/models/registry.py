@@ -56,6 +56,12 @@ def get_model_factory(name: str) -> ModelFactory:
     return _REGISTRY[name]
 
 
+def takes_width(name: str) -> bool:
+    """Whether the model ``name`` has a width multiplier (EfficientNet and MobileNetV4 fix
+    their widths in their tables); one line if ``name`` is not registered."""
+    return "width_mult" in inspect.signature(get_model_factory(name)).parameters
+
+
 def create_model(
     name: str,
     *,

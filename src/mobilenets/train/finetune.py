@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from mobilenets.errors import MobileNetError
-from mobilenets.models import get_model_factory
+from mobilenets.models import get_model_factory, takes_width
 from mobilenets.runs import (
     META_FILE,
     RunInfo,
@@ -112,11 +112,14 @@ def inherit_init(config: TrainConfig, init: RunInfo | None) -> TrainConfig:
     ``resolution`` None) taken from the run it starts from, ``init``: fine-tuning
     ``--init runs/imagenet-v2`` builds that run's model at its width and input size, not
     the digits defaults. What the caller set stays; without an ``init`` run the defaults
-    apply (mobilenet_v2, width 0.5, the dataset's resolution)."""
+    apply (mobilenet_v2, width 0.5, the dataset's resolution). A model without a width
+    multiplier (EfficientNet, MobileNetV4) keeps ``width_mult`` None, and refuses one."""
     changes: dict[str, Any] = {}
     if config.dense:  # the init run is a classifier whose trunk the head is put on
         if config.model is None:
             changes["model"] = DEFAULT_MODELS[config.task]
+        if not _has_width(changes.get("model", config.model), config):
+            return dataclasses.replace(config, **changes)
         if config.width_mult is None:
             width = None if init is None else init.model_kwargs.get("width_mult")
             changes["width_mult"] = DEFAULT_WIDTH_MULT if width is None else float(width)
@@ -124,7 +127,9 @@ def inherit_init(config: TrainConfig, init: RunInfo | None) -> TrainConfig:
     if config.model is None:
         changes["model"] = init.model if init is not None else DEFAULT_MODEL
     model = changes.get("model", config.model)
-    if config.width_mult is None:
+    if not _has_width(model, config):
+        pass
+    elif config.width_mult is None:
         width = None
         if init is not None and init.model == model:
             width = init.model_kwargs.get("width_mult")
@@ -136,6 +141,16 @@ def inherit_init(config: TrainConfig, init: RunInfo | None) -> TrainConfig:
     if config.resolution is None and init is not None:
         changes["resolution"] = init.resolution
     return dataclasses.replace(config, **changes)
+
+
+def _has_width(model: str, config: TrainConfig) -> bool:
+    """Whether ``model`` has a width multiplier; a width given to one without it is refused
+    in one line (it would be ignored, and recorded as if it had been used)."""
+    if takes_width(model):
+        return True
+    if config.width_mult is not None:
+        raise MobileNetError(f"{model} has no width multiplier; drop --width-mult")
+    return False
 
 
 def init_origin(init: str | None, info: RunInfo | None) -> dict[str, Any] | None:

@@ -50,8 +50,9 @@ class TrainingDisplay:
     ) -> str:
         where = f"{procs.world_size} processes" if procs.distributed else "1 process"
         first = "resuming after epoch " + str(start_epoch) if start_epoch else "training"
+        width = "" if c.width_mult is None else f" (width {c.width_mult})"
         return (
-            f"{first} {c.model} (width {c.width_mult}) on {b.name}: {len(b.train)} train / "
+            f"{first} {c.model}{width} on {b.name}: {len(b.train)} train / "
             f"{len(b.test)} test images at {b.input_size[1]}px, {c.epochs} epochs, "
             f"batch {c.batch_size}, {procs.device.type}, {where} -> {run_dir}"
         )
