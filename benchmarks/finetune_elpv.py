@@ -149,6 +149,7 @@ def settings(run_dir: Path) -> dict[str, object]:
     recipe = {k: info.train_config.get(k) for k in SETTINGS}
     recipe["resolution"] = info.resolution
     recipe["model"] = info.model
+    recipe["width_mult"] = info.model_kwargs.get("width_mult")  # as built: None for Lite0
     recipe["init"] = recipe["init"] or "none (random weights)"
     for key, off in UNRECORDED.items():
         if recipe[key] is None:
