@@ -26,6 +26,8 @@ from mobilenets.latency.choose import (
     pareto_front,
 )
 from mobilenets.latency.model import LATENCY_KINDS, MEMORY_ONLY_KINDS, Calibration, Roofline
+from mobilenets.train.finetune import inherit_init
+from mobilenets.train.recipe import TrainConfig
 
 
 def rates() -> Calibration:
@@ -121,6 +123,10 @@ def test_families_without_a_width_are_enumerated_once_per_resolution(
     config = ChooseConfig(families=["efficientnet_b0"], widths=[0.5, 1.0], resolutions=[160, 224])
     found = enumerate_candidates(config, cached_rates, num_classes=10, in_chans=3)
     assert [(c.width, c.resolution) for c in found] == [(1.0, 160), (1.0, 224)]
+    # built and trained without a width (train refuses one for such a family)
+    assert found[0].width_mult is None and candidate("mobilenet_v2", 0.5, 96).width_mult == 0.5
+    recipe = TrainConfig(model=found[0].model, width_mult=found[0].width_mult)
+    assert inherit_init(recipe, None).width_mult is None
     assert "--width-mult" not in full_train_command(found[0], None)
     assert "--width-mult 0.5" in full_train_command(candidate("mobilenet_v2", 0.5, 96), None)
 

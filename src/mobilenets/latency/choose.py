@@ -137,6 +137,12 @@ class Candidate:
     def label(self) -> str:
         return f"{self.model} {self.width:g} @{self.resolution}"
 
+    @property
+    def width_mult(self) -> float | None:
+        """The width to build and train it with: None for a family without a multiplier,
+        whose ``width`` 1.0 only stands for its table's own widths."""
+        return self.width if takes_width(self.model) else None
+
 
 @dataclass
 class Choice:
@@ -336,7 +342,7 @@ def measure_candidates(
     for i, c in enumerate(candidates):
         path = Path(config.out) / "onnx" / f"{c.key}.onnx"
         if not path.is_file():
-            recipe = TrainConfig(model=c.model, width_mult=c.width, resolution=c.resolution)
+            recipe = TrainConfig(model=c.model, width_mult=c.width_mult, resolution=c.resolution)
             kwargs = model_kwargs(recipe, num_classes, in_chans, c.resolution)
             model = create_model(c.model, **kwargs).eval()
             with atomic_path(path) as tmp:
@@ -375,7 +381,7 @@ def train_candidate(c: Candidate, config: ChooseConfig) -> None:
         recipe = TrainConfig(
             model=c.model,
             data=config.data,
-            width_mult=c.width,
+            width_mult=c.width_mult,
             resolution=c.resolution,
             epochs=config.epochs,
             seed=config.seed,
@@ -393,8 +399,8 @@ def train_candidate(c: Candidate, config: ChooseConfig) -> None:
 def full_train_command(c: Candidate, data: str | None) -> str:
     """The command that trains the recommended network with the full default recipe."""
     words = ["mobilenets", "train", "--model", c.model]
-    if takes_width(c.model):
-        words += ["--width-mult", f"{c.width:g}"]
+    if c.width_mult is not None:
+        words += ["--width-mult", f"{c.width_mult:g}"]
     words += ["--resolution", str(c.resolution)]
     if data is not None:
         words += ["--data", data]

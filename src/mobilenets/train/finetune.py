@@ -118,18 +118,14 @@ def inherit_init(config: TrainConfig, init: RunInfo | None) -> TrainConfig:
     if config.dense:  # the init run is a classifier whose trunk the head is put on
         if config.model is None:
             changes["model"] = DEFAULT_MODELS[config.task]
-        if not _has_width(changes.get("model", config.model), config):
-            return dataclasses.replace(config, **changes)
-        if config.width_mult is None:
+        if _has_width(changes.get("model", config.model), config) and config.width_mult is None:
             width = None if init is None else init.model_kwargs.get("width_mult")
             changes["width_mult"] = DEFAULT_WIDTH_MULT if width is None else float(width)
         return dataclasses.replace(config, **changes)
     if config.model is None:
         changes["model"] = init.model if init is not None else DEFAULT_MODEL
     model = changes.get("model", config.model)
-    if not _has_width(model, config):
-        pass
-    elif config.width_mult is None:
+    if _has_width(model, config) and config.width_mult is None:
         width = None
         if init is not None and init.model == model:
             width = init.model_kwargs.get("width_mult")
