@@ -20,6 +20,7 @@ Writes benchmarks/results/segment_ceiling.md.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -30,7 +31,9 @@ from mobilenets.data.canvases import CANVAS_CLASSES, digit_canvases
 from mobilenets.deploy.images import run_data
 from mobilenets.models.segmentation_loss import upsample_logits
 from mobilenets.runs import load_run
+from mobilenets.train.run_dir import METRICS_FILE
 from mobilenets.train.segmentation_metrics import ConfusionMatrix, segmenter_confusion
+from mobilenets.train.trunk import TRUNK_DIR
 
 from stamp import write_results
 
@@ -51,8 +54,29 @@ def ceiling(masks: torch.Tensor, size: int, stride: int) -> dict[str, float]:
     return matrix.compute()
 
 
-def run_errors(run_dir: Path) -> list[str]:
-    """A run's held-out scores with its errors split by kind, and its IoU per class."""
+def trunk_origin(info) -> str:
+    """Where a run's trunk started: random weights, its own digit pretraining, or a run."""
+    origin = info.init_from
+    if origin is None:
+        return "random"
+    if Path(origin["path"]).name == TRUNK_DIR:
+        return f"digits ({origin['model']}, own)"
+    return f"{origin['model']} ({origin.get('data')})"
+
+
+def epochs_seconds(run_dir: Path) -> float:
+    """Seconds of epochs of the run and of the trunk it trained first."""
+    total = 0.0
+    for directory in (run_dir, run_dir / TRUNK_DIR):
+        if (directory / METRICS_FILE).is_file():
+            lines = (directory / METRICS_FILE).read_text().splitlines()
+            total += sum(json.loads(line)["epoch_time_s"] for line in lines)
+    return total
+
+
+def run_errors(run_dir: Path) -> tuple[str, list[str]]:
+    """A run's summary row, and its held-out scores with its errors split by kind and its
+    IoU per class."""
     model, info = load_run(run_dir)
     data = run_data(info, None)
     loader = make_loader(data.test, 16, shuffle=False, seed=0)
@@ -64,18 +88,20 @@ def run_errors(run_dir: Path) -> list[str]:
     from_background = counts[0, 1:].sum() / ink
     iou = matrix.iou().tolist()
     record, width = info.train_config or {}, info.model_kwargs.get("width_mult")
-    return [
+    detail = info.model_kwargs.get("low_stride", 8)
+    errors = f"{to_background:.2%} | {to_digit:.2%} | {from_background:.2%}"
+    row = (
+        f"| `{run_dir.name}` | {trunk_origin(info)} | {detail} | {record.get('batch_size')} | "
+        f"{record.get('epochs')} | {epochs_seconds(run_dir):.0f} | **{scores['miou']:.4f}** | "
+        f"{errors} |"
+    )
+    return row, [
         f"## `{run_dir}`",
         "",
-        f"{info.model} (width {width}), {record.get('epochs')} epochs at "
-        f"{info.resolution} px: mIoU **{scores['miou']:.4f}**, pixel accuracy "
+        f"{info.model} (width {width}, detail map at stride {detail}), trunk from "
+        f"{trunk_origin(info)}, {record.get('epochs')} epochs at {info.resolution} px, batch "
+        f"{record.get('batch_size')}: mIoU **{scores['miou']:.4f}**, pixel accuracy "
         f"{scores['pixel_accuracy']:.4f}.",
-        "",
-        "| digit pixels called background | called another digit | background called a digit |",
-        "|---:|---:|---:|",
-        f"| {to_background:.2%} | {to_digit:.2%} | {from_background:.2%} |",
-        "",
-        "(each a share of the held-out digit pixels)",
         "",
         "| class | " + " | ".join(CANVAS_CLASSES) + " |",
         "|---|" + "---:|" * len(CANVAS_CLASSES),
@@ -97,7 +123,8 @@ def main() -> int:
         "",
         f"The ceiling of a head that scores pixels at a stride, on the {len(test)} held-out "
         "canvases (seed {}): the true masks averaged over the head's cells, resized back "
-        "bilinearly, class by class. LR-ASPP's stride is 8.".format(args.seed),
+        "bilinearly, class by class. LR-ASPP scores pixels at the stride of its detail map: 8 "
+        "(the paper's) or 4 (`--low-stride 4`, the canvases' default).".format(args.seed),
         "",
         "| input (px) | " + " | ".join(f"stride {s}: mIoU / pixel acc." for s in STRIDES) + " |",
         "|---:|" + "---:|" * len(STRIDES),
@@ -107,8 +134,23 @@ def main() -> int:
         row = " | ".join(f"{c['miou']:.4f} / {c['pixel_accuracy']:.4f}" for c in cells)
         lines.append(f"| {size} | {row} |")
     lines.append("")
-    for run_dir in args.runs:
-        lines += run_errors(run_dir)
+    measured = [run_errors(run_dir) for run_dir in args.runs]
+    if measured:
+        lines += [
+            "## The runs",
+            "",
+            "Each run's held-out mIoU, and its errors as shares of the held-out digit pixels: "
+            "digit pixels called background, called another digit, and background pixels "
+            "called a digit. Seconds: the epochs', the trunk's pretraining included.",
+            "",
+            "| run | trunk from | detail stride | batch | epochs | s | mIoU | to background "
+            "| to another digit | from background |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *(row for row, _ in measured),
+            "",
+        ]
+    for _, section in measured:
+        lines += section
     path = RESULTS / f"{args.results}.md"
     write_results(path, "\n".join(lines))
     print(f"wrote {path}")

@@ -8,6 +8,7 @@ measures that).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,15 +20,23 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from mobilenets.cli import main
-from mobilenets.data.canvases import CANVAS_CLASSES, digit_canvases
+from mobilenets.data.canvases import CANVAS_CLASSES, TRUNK_RESOLUTION, digit_canvases
 from mobilenets.errors import MobileNetError
 from mobilenets.models import create_model
 from mobilenets.models.segmentation import LRASPP
 from mobilenets.models.ssdlite import SSDLite
-from mobilenets.runs import RunInfo, load_run, save_run
+from mobilenets.runs import RunInfo, load_run, read_run_info, save_run
 from mobilenets.train.finetune import load_trunk_weights
-from mobilenets.train.recipe import RECIPES, TASK_RECIPES, TRAIN_TASKS, TrainConfig
+from mobilenets.train.loop import model_kwargs, train
+from mobilenets.train.recipe import (
+    CANVAS_TRUNK_EPOCHS,
+    RECIPES,
+    TASK_RECIPES,
+    TRAIN_TASKS,
+    TrainConfig,
+)
 from mobilenets.train.run_dir import METRICS_FILE
+from mobilenets.train.trunk import TRUNK_DIR, trunk_config, with_trunk_epochs
 
 CANVASES = 8
 SHORT = ["--width-mult", "0.35", "--resolution", "64", "--batch-size", "4", "--epochs", "3"]
@@ -168,6 +177,8 @@ def test_a_dense_task_has_its_own_scratch_defaults() -> None:
         assert config.epochs == {**RECIPES["scratch"], **TASK_RECIPES.get(task, {})}["epochs"]
     assert filled["detect"].epochs == 50 and filled["segment"].epochs == 14
     assert filled["classify"].epochs == 20
+    assert [filled[t].batch_size for t in ("classify", "detect", "segment")] == [32, 32, 16]
+    assert TrainConfig(task="segment", batch_size=8).with_recipe().batch_size == 8
     assert TrainConfig(task="detect", epochs=3).with_recipe().epochs == 3
     finetune = TrainConfig(task="detect", recipe_name="finetune").with_recipe()
     assert finetune.epochs == RECIPES["finetune"]["epochs"]
@@ -186,3 +197,59 @@ def test_init_starts_a_head_from_a_classifiers_trunk(tmp_path: Path) -> None:
     reduced = create_model("ssdlite_mobilenet_v3_large", num_classes=11, width_mult=0.35)
     with pytest.raises(MobileNetError, match=r"does not hold this head's trunk: .* of shape"):
         load_trunk_weights(reduced, str(file))
+
+
+def test_a_head_on_the_digit_canvases_first_trains_its_trunk_on_the_digits() -> None:
+    """By default only a segmenter on the canvases from random weights pretrains its trunk
+    (:data:`CANVAS_TRUNK_EPOCHS`), as its backbone classifier at its width on the digits the
+    canvases are drawn from; LR-ASPP there reads its detail map at stride 4. Asked for where
+    it cannot apply, it is one line."""
+    segment = with_trunk_epochs(TrainConfig(task="segment"))
+    assert segment.trunk_epochs == CANVAS_TRUNK_EPOCHS["segment"] == 10
+    assert with_trunk_epochs(TrainConfig(task="detect")).trunk_epochs == 0
+    assert with_trunk_epochs(TrainConfig(task="segment", init="run")).trunk_epochs == 0
+    assert with_trunk_epochs(TrainConfig(task="segment", data="folder")).trunk_epochs == 0
+    assert with_trunk_epochs(TrainConfig(task="detect", trunk_epochs=2)).trunk_epochs == 2
+    for config, message in [
+        (TrainConfig(trunk_epochs=1), "a classifier has none"),
+        (TrainConfig(task="segment", data="masks", trunk_epochs=1), "--data masks has none"),
+        (TrainConfig(task="segment", init="run", trunk_epochs=1), "both start the trunk"),
+        (TrainConfig(task="segment", trunk_epochs=-1), "0 or more"),
+    ]:
+        with pytest.raises(MobileNetError, match=message):
+            with_trunk_epochs(config)
+    head = TrainConfig(task="segment", model="lraspp_mobilenet_v2", width_mult=0.35)
+    trunk = trunk_config(dataclasses.replace(head, trunk_epochs=3), Path("out/trunk"))
+    assert (trunk.task, trunk.model, trunk.width_mult, trunk.data) == (
+        "classify",
+        "mobilenet_v2",
+        0.35,
+        "digits",
+    )
+    assert (trunk.resolution, trunk.small_input, trunk.epochs) == (TRUNK_RESOLUTION, False, 3)
+    with pytest.raises(MobileNetError, match="--low-stride is LR-ASPP's"):
+        model_kwargs(TrainConfig(model="mobilenet_v2", low_stride=4), 10, 3, 32)
+
+
+@pytest.mark.slow
+def test_an_interrupted_trunk_continues_and_the_head_starts_from_it(tmp_path: Path) -> None:
+    """The trunk is a run of its own in OUT/trunk: one left at epoch 1 of 2 (as a command
+    stopped there leaves it) is continued by the same command, and the segmenter records it as
+    its starting weights, with the stride-4 detail map the canvases default to."""
+    out = tmp_path / "seg"
+    head = ["--model", "lraspp_mobilenet_v3_small", "--width-mult", "0.35"]
+    fast = ["--threads", "1", "--workers", "0", "--quiet"]
+    first = TrainConfig(
+        task="segment", model="lraspp_mobilenet_v3_small", width_mult=0.35, trunk_epochs=2
+    )
+    partial = dataclasses.replace(trunk_config(first, out / TRUNK_DIR), stop_after_epoch=1)
+    train(dataclasses.replace(partial, threads=1, num_workers=0, quiet=True))
+    assert read_run_info(out / TRUNK_DIR).epoch == 1
+    argv = ["train", "--task", "segment", *head, "--trunk-epochs", "2", "--resolution", "64"]
+    assert main([*argv, "--epochs", "1", "--batch-size", "8", *fast, "--out", str(out)]) == 0
+    trunk = read_run_info(out / TRUNK_DIR)
+    assert trunk.epoch == 2 and trunk.finished and trunk.model == "mobilenet_v3_small"
+    info = read_run_info(out)
+    assert info.init_from["path"] == str((out / TRUNK_DIR).resolve())
+    assert info.model_kwargs["low_stride"] == 4 and info.train_config["trunk_epochs"] == 2
+    assert info.train_config["recipe_name"] == "scratch" and info.finished

@@ -146,6 +146,24 @@ def test_segmentation_logits_have_the_input_size(name: str, kwargs: dict) -> Non
         assert model(torch.randn(2, 3, 65, 97)).shape == (2, 5, 65, 97)
 
 
+def test_lraspp_reads_its_detail_map_at_stride_4_when_asked() -> None:
+    """``low_stride=4``: the detail classifier reads the block that steps down to stride 4
+    (V3-Large's features.2, 24 channels) and the logits still have the input's size; the
+    paper's stride 8 stays the default, so torchvision's counts hold."""
+    paper = create_model("lraspp_mobilenet_v3_large", num_classes=5)
+    fine = create_model("lraspp_mobilenet_v3_large", num_classes=5, low_stride=4).eval()
+    assert paper.classifier.low_classifier.in_channels == 40  # features.4, stride 8
+    assert fine.classifier.low_classifier.in_channels == 24
+    assert (
+        sum(p.numel() for p in fine.parameters())
+        == sum(p.numel() for p in paper.parameters()) - (40 - 24) * 5
+    )
+    with torch.no_grad():
+        assert fine(torch.randn(1, 3, 64, 96)).shape == (1, 5, 64, 96)
+    with pytest.raises(MobileNetError, match="stride 8 or 4; got low_stride=2"):
+        create_model("lraspp_mobilenet_v2", low_stride=2)
+
+
 def test_deeplab_auxiliary_head_is_a_training_output() -> None:
     model = create_model("deeplabv3_mobilenet_v3_large", width_mult=0.5, num_classes=4, aux=True)
     out, aux = model.eval().forward_aux(torch.randn(1, 3, 64, 64))

@@ -33,6 +33,13 @@ CANVAS_SIZE = 160
 # in the same 15-minute budget (0.78 against 0.64: benchmarks/results/train_dense_digits.md
 # and its git history).
 CANVAS_INPUT = {"detection": CANVAS_SIZE, "segmentation": 2 * CANVAS_SIZE}
+# Where LR-ASPP reads its detail map on the canvases: a digit's mask is its strokes, a few
+# pixels wide, which a stride of 8 blurs (benchmarks/results/segment_ceiling.md: at 320 px exact
+# masks averaged over 8x8 cells score mIoU 0.94, over 4x4 cells 0.98).
+CANVAS_LOW_STRIDE = 4
+# The input at which a head's trunk first learns to classify the digits (mobilenets.train.trunk):
+# a digit fills it as the largest fill the segmenter's 320 px input (60-160 px).
+TRUNK_RESOLUTION = 128
 DIGIT_SIZES = (30, 80)  # side of a placed digit in pixels, both ends included
 DIGITS_PER_CANVAS = (1, 4)
 INK_THRESHOLD = 127  # uint8: a pixel more than half bright is ink

@@ -21,6 +21,7 @@ from mobilenets.models.mobilenet_v2 import V2_BOTTLENECKS, V2_TABLE, MobileNetV2
 from mobilenets.models.mobilenet_v3 import V3_LARGE_TABLE, V3_SMALL_TABLE, MobileNetV3
 from mobilenets.models.mobilenet_v4 import V4_CONV_MEDIUM_TABLE, V4_CONV_SMALL_TABLE, MobileNetV4
 from mobilenets.models.registry import (
+    backbone_of,
     create_model,
     get_model_factory,
     list_models,
@@ -59,6 +60,7 @@ __all__ = [
     "SSDLite",
     "TableNet",
     "VGGSmall",
+    "backbone_of",
     "build_trunk",
     "check_resolution",
     "create_model",

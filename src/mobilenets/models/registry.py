@@ -13,25 +13,32 @@ from mobilenets.models.features import FeatureExtractor
 ModelFactory = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
 _TASKS: dict[str, str] = {}
+_BACKBONES: dict[str, str] = {}
 TASKS = ("classification", "detection", "segmentation")
 
 
 def register_model(
-    name: str, task: str = "classification"
+    name: str, task: str = "classification", backbone: str | None = None
 ) -> Callable[[ModelFactory], ModelFactory]:
     """Class or function decorator that makes a model constructible by ``name``.
 
     ``task`` says what its forward returns (class logits, per-box predictions, per-pixel
-    logits), so the workflows built for classifiers (choose, calibrate) list only those.
+    logits), so the workflows built for classifiers (choose, calibrate) list only those. A
+    detector or segmenter names its ``backbone``: the registered classifier whose trunk it is
+    built on, whose weights its trunk loads.
     """
     if task not in TASKS:
         raise RuntimeError(f"unknown task {task!r} for model {name!r}; known: {TASKS}")
+    if (backbone is None) != (task == "classification"):
+        raise RuntimeError(f"model {name!r}: a backbone is named by heads, and only by them")
 
     def decorator(factory: ModelFactory) -> ModelFactory:
         if name in _REGISTRY:
             raise RuntimeError(f"model {name!r} is registered twice")
         _REGISTRY[name] = factory
         _TASKS[name] = task
+        if backbone is not None:
+            _BACKBONES[name] = backbone
         return factory
 
     return decorator
@@ -46,6 +53,13 @@ def model_task(name: str) -> str:
     """What the model registered as ``name`` predicts: one of :data:`TASKS`."""
     get_model_factory(name)
     return _TASKS[name]
+
+
+def backbone_of(name: str) -> str:
+    """The classifier whose trunk the detector or segmenter ``name`` is built on."""
+    if model_task(name) == "classification":
+        raise MobileNetError(f"{name} is a classifier, not a head on one")
+    return _BACKBONES[name]
 
 
 def get_model_factory(name: str) -> ModelFactory:

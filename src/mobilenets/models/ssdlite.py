@@ -258,7 +258,7 @@ def normal_init(module: nn.Module, std: float = 0.03) -> None:
                 nn.init.zeros_(m.bias)
 
 
-@register_model("ssdlite_mobilenet_v3_large", task="detection")
+@register_model("ssdlite_mobilenet_v3_large", task="detection", backbone="mobilenet_v3_large")
 def ssdlite_mobilenet_v3_large(
     num_classes: int = 91,
     width_mult: float = 1.0,
@@ -275,7 +275,7 @@ def ssdlite_mobilenet_v3_large(
     return SSDLite(backbone, num_classes, width_mult=width_mult)
 
 
-@register_model("ssdlite_mobilenet_v3_small", task="detection")
+@register_model("ssdlite_mobilenet_v3_small", task="detection", backbone="mobilenet_v3_small")
 def ssdlite_mobilenet_v3_small(
     num_classes: int = 91,
     width_mult: float = 1.0,
@@ -289,7 +289,7 @@ def ssdlite_mobilenet_v3_small(
     return SSDLite(backbone, num_classes, width_mult=width_mult)
 
 
-@register_model("ssdlite_mobilenet_v2", task="detection")
+@register_model("ssdlite_mobilenet_v2", task="detection", backbone="mobilenet_v2")
 def ssdlite_mobilenet_v2(
     num_classes: int = 91, width_mult: float = 1.0, in_chans: int = 3
 ) -> SSDLite:

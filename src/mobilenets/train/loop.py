@@ -61,6 +61,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DistributedSampler
 
 from mobilenets.data import VAL_FRACTION, DataBundle, load_data, make_loader
+from mobilenets.data.canvases import CANVAS_LOW_STRIDE
 from mobilenets.data.dense_sources import load_dense_data
 from mobilenets.errors import MobileNetError
 from mobilenets.models import (
@@ -105,6 +106,7 @@ from mobilenets.train.trainer import (  # noqa: F401 (seed_epoch, state_digest: 
     seed_epoch,
     state_digest,
 )
+from mobilenets.train.trunk import TRUNK_DIR, on_canvases, pretrain_trunk, with_trunk_epochs
 
 # The held-out split is the same whatever the training seed, as a fixed test set should be:
 # runs with different seeds are then compared on the same images.
@@ -129,7 +131,24 @@ def model_kwargs(config: TrainConfig, num_classes: int, in_chans: int, resolutio
     if config.dense:  # a head on a trunk: torchvision's reduced tail unless the trunk is loaded
         wanted = {**wanted, "reduced_tail": config.init is None}
     accepted = inspect.signature(get_model_factory(config.model or DEFAULT_MODEL)).parameters
+    if config.low_stride is not None:
+        if "low_stride" not in accepted:
+            raise MobileNetError(
+                f"--low-stride is LR-ASPP's; {config.model or DEFAULT_MODEL} has no detail map"
+            )
+        wanted["low_stride"] = config.low_stride
     return {k: v for k, v in wanted.items() if k in accepted}
+
+
+def _with_canvas_detail(config: TrainConfig) -> TrainConfig:
+    """A fresh LR-ASPP run on the digit canvases reads its detail map at
+    :data:`CANVAS_LOW_STRIDE` unless told otherwise; set in the config, so the run records
+    it and a resumed run builds the same model."""
+    if config.low_stride is not None or not on_canvases(config):
+        return config
+    if "low_stride" not in inspect.signature(get_model_factory(config.model)).parameters:
+        return config
+    return dataclasses.replace(config, low_stride=CANVAS_LOW_STRIDE)
 
 
 def _load_bundle(config: TrainConfig) -> DataBundle:
@@ -199,8 +218,13 @@ def class_weights(dataset: Any, num_classes: int) -> torch.Tensor:
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says how to continue from the last epoch kept."""
 
-    def __init__(self, run_dir: Path) -> None:
-        if (run_dir / STATE_FILE).is_file():
+    def __init__(self, run_dir: Path, again: bool = False) -> None:
+        if (run_dir / STATE_FILE).is_file() and again:  # a head's trunk, trained first
+            message = (
+                f"the trunk's last finished epoch is kept in {run_dir}; run the same command "
+                "again to continue it"
+            )
+        elif (run_dir / STATE_FILE).is_file():
             message = (
                 f"the last finished epoch is kept in {run_dir}; continue with "
                 f"mobilenets train --resume {run_dir}"
@@ -230,13 +254,19 @@ def train(
             epochs_given = config.epochs is not None
         config = resumed_config(config, epochs_given)
     else:
-        config = inherit_init(config, init_run_info(config.init))
+        config = with_trunk_epochs(inherit_init(config, init_run_info(config.init)))
+        config = _with_canvas_detail(config)
     config = config.with_recipe()
     config.validate()
     _check_model_task(config)
     config = dataclasses.replace(config, data=data_source(config.data))
     # Every rank finds the same name: nothing is written before epoch 1 ends.
     run_dir = Path(config.resume) if config.resume is not None else new_run_dir(config)
+    if config.resume is None and config.trunk_epochs:
+        try:
+            config = pretrain_trunk(config, run_dir, train)
+        except KeyboardInterrupt:
+            raise RunInterrupted(run_dir / TRUNK_DIR, again=True) from None
     procs = Processes.start(config.device)
     previous_threads = torch.get_num_threads()
     try:

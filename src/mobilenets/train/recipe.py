@@ -56,6 +56,7 @@ DEFAULT_WIDTH_MULT = 0.5
 RECIPES: dict[str, dict[str, Any]] = {
     "scratch": {
         "epochs": 20,
+        "batch_size": 32,
         "optimizer": "sgd",
         "lr": 0.05,
         "weight_decay": 5e-4,
@@ -68,6 +69,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     "finetune": {
         "epochs": 48,
+        "batch_size": 32,
         "optimizer": "sgd",
         "lr": 0.01,
         "weight_decay": 1e-4,
@@ -82,12 +84,20 @@ RECIPES: dict[str, dict[str, Any]] = {
 # What a dense task's scratch recipe changes, where the caller left it None: more epochs, as an
 # epoch of the digit canvases is short (each training digit twice, three to six a canvas:
 # TRAIN_PER_CANVAS). Detection: 50; segmentation: 14, as its default input (the canvases at
-# 320 px, CANVAS_INPUT) costs four times 160 px's per image. Both fit the 15-minute budget on
-# the slowest 2-core machine they were measured on (benchmarks/results/train_dense_digits.md).
+# 320 px, CANVAS_INPUT) costs four times 160 px's per image, in batches of 16: 14 epochs of
+# 648 canvases are 280 steps of 32, and twice as many steps of 16 at the same images per
+# second ended 3 points of mIoU higher (benchmarks/results/segment_ceiling.md). Both fit the
+# 15-minute budget on the slowest 2-core machine they were measured on
+# (benchmarks/results/train_dense_digits.md).
 TASK_RECIPES: dict[str, dict[str, Any]] = {
     "detect": {"epochs": 50},
-    "segment": {"epochs": 14},
+    "segment": {"epochs": 14, "batch_size": 16},
 }
+# Epochs a head's trunk first trains as a classifier of the digits when the head trains on the
+# digit canvases from random weights (mobilenets.train.trunk): segmentation 10 (the digits
+# classifier of benchmarks/results/segment_pretrained_trunk.md, 99.16% held-out top-1, under
+# 2 minutes), detection none (its default run already meets its target from random weights).
+CANVAS_TRUNK_EPOCHS: dict[str, int] = {"segment": 10}
 # Fields that say how to run, not what to train: a resumed run takes them from the caller.
 RUNTIME_FIELDS = (
     "out",
@@ -132,6 +142,12 @@ class TrainConfig:
         None, "input size (default: --init's, else the dataset's: 32, image folders 224)"
     )
     small_input: bool | None = _opt(None, "total stride 8 instead of 32 (default: on below 128 px)")
+    low_stride: int | None = _opt(
+        None,
+        "LR-ASPP's detail map: stride 8 (the paper's) or 4, for thin-edged masks "
+        "(default: 8, the digit canvases 4)",
+        choices=(8, 4),
+    )
     dropout: float = _opt(0.2, "before the classifier")
     recipe_name: str | None = _opt(
         None,
@@ -143,7 +159,9 @@ class TrainConfig:
     epochs: int | None = _opt(
         None, "passes over the train split (scratch 20, detect 50, segment 14, finetune 48)"
     )
-    batch_size: int = _opt(32, "global, split evenly across torchrun processes")
+    batch_size: int | None = _opt(
+        None, "global, split evenly across torchrun processes (both recipes 32, segment 16)"
+    )
     optimizer: str | None = _opt(
         None,
         "SGD with Nesterov momentum, the papers' RMSprop, or AdamW (both recipes: sgd)",
@@ -184,6 +202,11 @@ class TrainConfig:
     seed: int = _opt(0, "seeds weights, data order, augmentation and dropout")
     init: str | None = _opt(
         None, "start from a run directory or a .safetensors file", metavar="WEIGHTS"
+    )
+    trunk_epochs: int | None = _opt(
+        None,
+        "a head on the digit canvases: epochs its trunk first trains as a classifier of the "
+        "digits, in OUT/trunk (default: segment 10, detect 0; 0 with --init)",
     )
     freeze_features: bool = _opt(False, "train the classifier only")
     out: str | None = _opt(None, "run directory (default runs/<model>, or -2, -3, ... if taken)")
