@@ -53,7 +53,7 @@ def run(args: list[str], out: Path) -> tuple[float, list[dict], dict, list[dict]
     info = read_run_info(out)
     trunk = out / TRUNK_DIR
     trunk_history = history_of(trunk) if (trunk / METRICS_FILE).is_file() else []
-    recipe = {"model": info.model, **info.model_kwargs, **(info.train_config or {})}
+    recipe = {"model": info.model, **(info.train_config or {})}
     return seconds, history_of(out), recipe, trunk_history
 
 
@@ -68,7 +68,8 @@ def report(
     shown, key, target, target_seconds = TASKS[task]
     last = history[-1]
     met = last[key] >= target and seconds <= target_seconds
-    detail = f", detail map at stride {recipe['low_stride']}" if "low_stride" in recipe else ""
+    stride = recipe.get("low_stride")
+    detail = f", detail map at stride {stride}" if stride is not None else ""
     first = ""
     if trunk:
         trunk_seconds = sum(h["epoch_time_s"] for h in trunk)

@@ -175,7 +175,7 @@ def test_a_dense_task_has_its_own_scratch_defaults() -> None:
     filled = {task: TrainConfig(task=task).with_recipe() for task in TRAIN_TASKS}
     for task, config in filled.items():
         assert config.epochs == {**RECIPES["scratch"], **TASK_RECIPES.get(task, {})}["epochs"]
-    assert filled["detect"].epochs == 50 and filled["segment"].epochs == 14
+    assert filled["detect"].epochs == 50 and filled["segment"].epochs == 12
     assert filled["classify"].epochs == 20
     assert [filled[t].batch_size for t in ("classify", "detect", "segment")] == [32, 32, 16]
     assert TrainConfig(task="segment", batch_size=8).with_recipe().batch_size == 8

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import randomize_batchnorm
 from safetensors.torch import save_file
 from torch import nn
 
@@ -149,6 +150,7 @@ def test_segmentation_logits_have_the_input_size(name: str, kwargs: dict) -> Non
 def test_lraspp_reads_its_detail_map_at_stride_4_when_asked() -> None:
     """``low_stride=4``: the detail classifier reads the block that steps down to stride 4
     (V3-Large's features.2, 24 channels) and the logits still have the input's size; the
+    stride-16 branch is scored before it is upsampled, which computes the same logits; the
     paper's stride 8 stays the default, so torchvision's counts hold."""
     paper = create_model("lraspp_mobilenet_v3_large", num_classes=5)
     fine = create_model("lraspp_mobilenet_v3_large", num_classes=5, low_stride=4).eval()
@@ -158,8 +160,14 @@ def test_lraspp_reads_its_detail_map_at_stride_4_when_asked() -> None:
         sum(p.numel() for p in fine.parameters())
         == sum(p.numel() for p in paper.parameters()) - (40 - 24) * 5
     )
+    randomize_batchnorm(fine).eval()  # trained-like statistics: logits that differ
+    images = torch.randn(1, 3, 64, 96)
+    assert fine.classifier.score_first and not paper.classifier.score_first
     with torch.no_grad():
-        assert fine(torch.randn(1, 3, 64, 96)).shape == (1, 5, 64, 96)
+        scored_first = fine(images)
+        fine.classifier.score_first = False  # torchvision's order: the same function
+        assert scored_first.shape == (1, 5, 64, 96)
+        torch.testing.assert_close(fine(images), scored_first, atol=1e-5, rtol=1e-5)
     with pytest.raises(MobileNetError, match="stride 8 or 4; got low_stride=2"):
         create_model("lraspp_mobilenet_v2", low_stride=2)
 

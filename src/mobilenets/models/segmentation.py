@@ -80,12 +80,25 @@ class LRASPPHead(nn.Module):
     stride-8 map scored by ``low_classifier``.
 
     The paper pools with a large strided kernel; torchvision (and so this) pools globally.
+
+    ``score_first`` scores the stride-16 branch before upsampling it instead of after: the same
+    function (a 1x1 convolution and bilinear resizing are both linear, and the resizing's
+    weights sum to one, so they commute, bias included), with ``num_classes`` channels
+    resized instead of ``inter_channels`` and the classifier run on the small map. Off by
+    default, as torchvision orders it and its counts are pinned; a stride-4 detail map turns
+    it on (four times the pixels to resize and score).
     """
 
     def __init__(
-        self, low_channels: int, high_channels: int, num_classes: int, inter_channels: int = 128
+        self,
+        low_channels: int,
+        high_channels: int,
+        num_classes: int,
+        inter_channels: int = 128,
+        score_first: bool = False,
     ) -> None:
         super().__init__()
+        self.score_first = score_first
         self.branch = ConvBNAct(high_channels, inter_channels, 1, activation=nn.ReLU)
         self.gate = nn.Sequential(
             OrderedDict(
@@ -99,8 +112,9 @@ class LRASPPHead(nn.Module):
 
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         x = self.branch(high) * self.gate(high)
-        x = _upsample(x, low.shape[-2:])
-        return self.low_classifier(low) + self.high_classifier(x)
+        if self.score_first:
+            return self.low_classifier(low) + _upsample(self.high_classifier(x), low.shape[-2:])
+        return self.low_classifier(low) + self.high_classifier(_upsample(x, low.shape[-2:]))
 
 
 class LRASPP(_Segmenter):
@@ -120,7 +134,9 @@ class LRASPP(_Segmenter):
         super().__init__()
         low, high = self._init_segmenter("LR-ASPP", backbone, num_classes, 16, low_stride)
         self._init_trunk(backbone, [low, high])
-        self.classifier = LRASPPHead(low.channels, high.channels, num_classes, inter_channels)
+        self.classifier = LRASPPHead(
+            low.channels, high.channels, num_classes, inter_channels, score_first=low_stride < 8
+        )
         init_weights(self.classifier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
