@@ -64,10 +64,15 @@ def trunk_origin(info) -> str:
     return f"{origin['model']} ({origin.get('data')})"
 
 
-def epochs_seconds(run_dir: Path) -> float:
-    """Seconds of epochs of the run and of the trunk it trained first."""
+def epochs_seconds(run_dir: Path, info) -> float:
+    """Seconds of epochs of the run and of the digits classifier its trunk started from (its
+    own ``trunk/``, or the run ``--init`` named), so runs with and without one compare."""
+    origin = info.init_from
+    runs = [run_dir]
+    if origin is not None and origin.get("data") == "digits":
+        runs.append(Path(origin["path"]))
     total = 0.0
-    for directory in (run_dir, run_dir / TRUNK_DIR):
+    for directory in runs:
         if (directory / METRICS_FILE).is_file():
             lines = (directory / METRICS_FILE).read_text().splitlines()
             total += sum(json.loads(line)["epoch_time_s"] for line in lines)
@@ -90,10 +95,10 @@ def run_errors(run_dir: Path) -> tuple[str, list[str]]:
     record, width = info.train_config or {}, info.model_kwargs.get("width_mult")
     detail = info.model_kwargs.get("low_stride", 8)
     errors = f"{to_background:.2%} | {to_digit:.2%} | {from_background:.2%}"
+    seconds = epochs_seconds(run_dir, info)
     row = (
         f"| `{run_dir.name}` | {trunk_origin(info)} | {detail} | {record.get('batch_size')} | "
-        f"{record.get('epochs')} | {epochs_seconds(run_dir):.0f} | **{scores['miou']:.4f}** | "
-        f"{errors} |"
+        f"{record.get('epochs')} | {seconds:.0f} | **{scores['miou']:.4f}** | {errors} |"
     )
     return row, [
         f"## `{run_dir}`",
@@ -141,7 +146,8 @@ def main() -> int:
             "",
             "Each run's held-out mIoU, and its errors as shares of the held-out digit pixels: "
             "digit pixels called background, called another digit, and background pixels "
-            "called a digit. Seconds: the epochs', the trunk's pretraining included.",
+            "called a digit. Seconds: the run's epochs and those of the digits classifier its "
+            "trunk started from, if any.",
             "",
             "| run | trunk from | detail stride | batch | epochs | s | mIoU | to background "
             "| to another digit | from background |",
