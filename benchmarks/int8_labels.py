@@ -229,7 +229,7 @@ def measure(run_dir: Path, formats: list[str], args: argparse.Namespace) -> list
         if precision == "int8" and 100 * (fp32_of[fmt].top1 - e.top1) <= TARGET_POINTS
     ]
     int8_formats = [fmt for fmt, precision, *_ in rows if precision == "int8"]
-    licence = " (CC BY-NC-SA 4.0 images)" if bundle.name == "elpv" else ""
+    licence = " (CC BY-NC-SA 4.0 images)" if bundle.name.startswith("elpv") else ""
     return [
         f"## {bundle.name}: {info.describe()}",
         "",

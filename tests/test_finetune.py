@@ -46,6 +46,10 @@ def test_elpv_split_is_the_papers_protocol() -> None:
     assert labels.sum() == 821 and labels[table.probabilities == 2 / 3].all()
     assert not labels[np.isclose(table.probabilities, 1 / 3)].any()
     assert np.array_equal(table.split(seed=0)[1], test)
+    # elpv4: the four defect probabilities as classes, on the same split
+    four = table.labels4
+    assert Counter(four.tolist()) == {0: 1508, 1: 295, 2: 106, 3: 715}
+    assert np.array_equal(four >= 2, labels.astype(bool))
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ The sources:
   labelled functional / defective (defect probability >= 0.5) and split as Deitsch et al.
   (2019) did: 656 cells held out, stratified by defect probability and cell type; grey
   replicated to 3 channels, ImageNet's mean and std, the whole cell resized (no centre crop);
-  augmented with flips and a small tilt.
+  augmented with flips and a small tilt. ``"elpv4"``: the same cells and split in the
+  paper's four classes, one per defect probability (0, 1/3, 2/3, 1).
 - a directory of CIFAR-10/100 python batch files, read with an unpickler that refuses every
   global except the few numpy needs to rebuild an array (the files are pickles; a pickle can
   name any callable, so an unrestricted load would run whatever a file asks).

@@ -41,7 +41,7 @@ DEFAULT_RESOLUTION = {
     "elpv": 224,
 }
 # Data named rather than found on disk (a folder of that name is given as ./name).
-NAMED_SOURCES = ("digits", "elpv")
+NAMED_SOURCES = ("digits", "elpv", "elpv4")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
@@ -359,6 +359,9 @@ def _load_image_folder(
 # is 0.5 or more (the two-class task its 88.42% and 82.44% accuracies are for).
 ELPV_EXTRA = "elpv"
 ELPV_CLASSES = ("functional", "defective")
+# ``elpv4``: the paper's four classes, one per defect probability an expert gave a cell
+ELPV_PROBABILITIES = (0.0, 1 / 3, 2 / 3, 1.0)
+ELPV4_CLASSES = ("p=0", "p=1/3", "p=2/3", "p=1")
 ELPV_TEST_IMAGES = 656
 ELPV_LICENCE = "CC BY-NC-SA 4.0"
 
@@ -375,6 +378,12 @@ class ElpvTable:
     def labels(self) -> np.ndarray:
         """1 (defective) where the defect probability is at least one half, else 0."""
         return (self.probabilities >= 0.5).astype(np.int64)
+
+    @property
+    def labels4(self) -> np.ndarray:
+        """The index of each cell's defect probability in :data:`ELPV_PROBABILITIES`."""
+        levels = np.asarray(ELPV_PROBABILITIES)
+        return np.abs(self.probabilities[:, None] - levels[None]).argmin(1).astype(np.int64)
 
     def split(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Sorted indices (train, test) of the paper's protocol: 656 cells held out, the
@@ -420,14 +429,16 @@ def elpv_table() -> ElpvTable:
     return ElpvTable(files, probabilities, types)
 
 
-def _load_elpv(resolution: int, seed: int, augment: bool) -> DataBundle:
+def _load_elpv(resolution: int, seed: int, augment: bool, four: bool = False) -> DataBundle:
     """The elpv cells at ``resolution`` px: grey images replicated to 3 channels and
     normalised with ImageNet's statistics, as ImageNet weights expect; the whole cell is
-    resized (no centre crop: a crack at the border is a defect too)."""
+    resized (no centre crop: a crack at the border is a defect too). Two classes (the
+    paper's functional / defective), or with ``four`` its four defect probabilities; the
+    same split either way."""
     table = elpv_table()
     pixels = np.stack([np.asarray(to_grey(load_image(f))) for f in table.files])
     images = torch.from_numpy(pixels)[:, None]  # uint8 (N, 1, 300, 300): 236 MB
-    labels = torch.from_numpy(table.labels)
+    labels = torch.from_numpy(table.labels4 if four else table.labels)
     train_idx, test_idx = table.split(seed)
     train_x, test_x = images[train_idx], images[test_idx]
     train_y, test_y = labels[train_idx], labels[test_idx]
@@ -443,11 +454,11 @@ def _load_elpv(resolution: int, seed: int, augment: bool) -> DataBundle:
             resize_first=True,
         ),
         test=TensorImageDataset(test_x, test_y, resolution, mean, std),
-        class_names=list(ELPV_CLASSES),
+        class_names=list(ELPV4_CLASSES if four else ELPV_CLASSES),
         mean=mean,
         std=std,
         input_size=(3, resolution, resolution),
-        name="elpv",
+        name="elpv4" if four else "elpv",
         train_raw=TensorImageDataset(train_x, train_y, resolution, mean, std),
     )
 
@@ -467,7 +478,8 @@ def load_data(
     augment: bool = True,
 ) -> DataBundle:
     """Load the embedded digits (``None`` or ``"digits"``), the elpv solar cells (``"elpv"``,
-    from the ``elpv-dataset`` package, split as its paper did), a CIFAR-10/100 directory of
+    from the ``elpv-dataset`` package, split as its paper did, functional or defective;
+    ``"elpv4"``, the same cells in its four defect probabilities), a CIFAR-10/100 directory of
     python batch files, or an image folder; see the module docstring for each.
 
     ``resolution`` defaults to 32 for the digits and CIFAR and 224 for elpv and image
@@ -487,12 +499,12 @@ def load_data(
 
     if data is None or str(data) == "digits":
         return _load_digits(pick("digits"), seed, val_fraction, augment)
-    if str(data) == "elpv":  # its own split, the paper's (a folder named elpv: ./elpv)
-        return _load_elpv(pick("elpv"), seed, augment)
+    if str(data) in ("elpv", "elpv4"):  # its own split, the paper's (a folder: ./elpv)
+        return _load_elpv(pick("elpv"), seed, augment, four=str(data) == "elpv4")
     root = Path(data).expanduser()
     if not root.exists():
         raise MobileNetError(
-            f"data not found: {root} (expected 'digits', 'elpv', a CIFAR directory or an "
+            f"data not found: {root} (expected 'digits', 'elpv', 'elpv4', a CIFAR directory or an "
             "image folder)"
         )
     if root.is_file() and root.suffix.lower() == ".csv":

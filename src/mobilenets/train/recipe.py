@@ -134,8 +134,8 @@ class TrainConfig:
     )
     data: str | None = _opt(
         None,
-        "'digits' (default), 'elpv' (extra: pip install \"mobilenets[elpv]\"), a CIFAR-10/100 "
-        "directory or an image folder",
+        "'digits' (default), 'elpv' (extra: pip install \"mobilenets[elpv]\"; 'elpv4': its "
+        "four defect probabilities), a CIFAR-10/100 directory or an image folder",
     )
     width_mult: float | None = _opt(None, "width multiplier (default: --init's, else 0.5)")
     resolution: int | None = _opt(
