@@ -97,7 +97,7 @@ def run_errors(run_dir: Path) -> tuple[str, list[str]]:
     errors = f"{to_background:.2%} | {to_digit:.2%} | {from_background:.2%}"
     seconds = epochs_seconds(run_dir, info)
     row = (
-        f"| `{run_dir.name}` | {trunk_origin(info)} | {detail} | {record.get('batch_size')} | "
+        f"| `{run_dir}` | {trunk_origin(info)} | {detail} | {record.get('batch_size')} | "
         f"{record.get('epochs')} | {seconds:.0f} | **{scores['miou']:.4f}** | {errors} |"
     )
     return row, [
