@@ -353,3 +353,21 @@ def test_xnnpack_qat_ships_the_ranges_it_trained_with(
         ["export", str(lost), "--format", "executorch", "--int8"], "trained int8 ranges", capsys
     )
     assert not (lost / "model.int8.pte").exists()
+
+
+def test_qat_names_the_command_that_ships_its_scheme(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:
+    """The x86 scheme ships through onnxruntime's `quantize`; the xnnpack scheme's trained
+    ranges only in an ExecuTorch program, so its closing line names that export."""
+    from mobilenets.quant import qat as qat_module
+
+    def fake(run_dir, out=None, config=None, **_):
+        return qat_module.QATResult(run_dir=tmp_path / "qat", source=str(run_dir))
+
+    monkeypatch.setattr(qat_module, "qat", fake)
+    assert main(["qat", "RUN"]) == 0
+    assert f"`mobilenets quantize {tmp_path / 'qat'}`" in capsys.readouterr().out.replace("\n", "")
+    assert main(["qat", "RUN", "--scheme", "xnnpack"]) == 0
+    shipped = f"`mobilenets export {tmp_path / 'qat'} --format executorch --int8`"
+    assert shipped in capsys.readouterr().out.replace("\n", "")

@@ -326,9 +326,9 @@ def run_qat(args: argparse.Namespace) -> int:
         print_json(result.to_dict())
         return 0
     started = "" if result.source_score is None else f" (the float run: {result.source_score:.2%})"
-    per_tensor = " --per-tensor" if args.per_tensor else ""
-    console().print(
-        f"wrote {result.run_dir}: a run like any other{started}; ship it with "
-        f"`mobilenets quantize {result.run_dir}{per_tensor}`"
-    )
+    if args.scheme == "xnnpack":  # its trained ranges ship only in a lowered PT2E program
+        ship = f"mobilenets export {result.run_dir} --format executorch --int8"
+    else:
+        ship = f"mobilenets quantize {result.run_dir}" + " --per-tensor" * args.per_tensor
+    console().print(f"wrote {result.run_dir}: a run like any other{started}; ship it with `{ship}`")
     return 0
