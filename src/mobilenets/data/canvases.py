@@ -38,7 +38,7 @@ CANVAS_INPUT = {"detection": CANVAS_SIZE, "segmentation": 2 * CANVAS_SIZE}
 # masks averaged over 8x8 cells score mIoU 0.94, over 4x4 cells 0.98).
 CANVAS_LOW_STRIDE = 4
 # The input at which a head's trunk first learns to classify the digits (mobilenets.train.trunk):
-# a digit fills it as the largest fill the segmenter's 320 px input (60-160 px).
+# a digit fills it at about the size digits take on the segmenter's 320 px input (60-160 px).
 TRUNK_RESOLUTION = 128
 DIGIT_SIZES = (30, 80)  # side of a placed digit in pixels, both ends included
 DIGITS_PER_CANVAS = (1, 4)

@@ -32,7 +32,6 @@ the float32 model.
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ from mobilenets.io import atomic_path
 from mobilenets.models import (
     EFFICIENTNET_SCALING,
     create_model,
-    get_model_factory,
+    takes_width,
 )
 from mobilenets.runs import (
     ImportRecord,
@@ -108,10 +107,7 @@ def model_kwargs(source: str, model_name: str, width_mult: float = 1.0) -> dict[
     ``create_model`` refuses it in one line.
     """
     kwargs: dict[str, Any] = dict(SOURCE_KWARGS.get((source, model_name), {}))
-    if (
-        width_mult != 1.0
-        or "width_mult" in inspect.signature(get_model_factory(model_name)).parameters
-    ):
+    if width_mult != 1.0 or takes_width(model_name):
         kwargs["width_mult"] = width_mult
     return kwargs
 

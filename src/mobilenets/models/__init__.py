@@ -27,6 +27,7 @@ from mobilenets.models.registry import (
     list_models,
     model_task,
     register_model,
+    takes_keyword,
     takes_width,
 )
 from mobilenets.models.segmentation import LRASPP, DeepLabV3
@@ -70,5 +71,6 @@ __all__ = [
     "model_task",
     "register_model",
     "scale_depth",
+    "takes_keyword",
     "takes_width",
 ]

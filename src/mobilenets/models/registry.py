@@ -70,10 +70,16 @@ def get_model_factory(name: str) -> ModelFactory:
     return _REGISTRY[name]
 
 
+def takes_keyword(name: str, keyword: str) -> bool:
+    """Whether the constructor of the model ``name`` takes ``keyword``; one line if ``name``
+    is not registered."""
+    return keyword in inspect.signature(get_model_factory(name)).parameters
+
+
 def takes_width(name: str) -> bool:
     """Whether the model ``name`` has a width multiplier (EfficientNet and MobileNetV4 fix
-    their widths in their tables); one line if ``name`` is not registered."""
-    return "width_mult" in inspect.signature(get_model_factory(name)).parameters
+    their widths in their tables)."""
+    return takes_keyword(name, "width_mult")
 
 
 def create_model(

@@ -70,6 +70,7 @@ from mobilenets.models import (
     get_model_factory,
     list_models,
     model_task,
+    takes_keyword,
 )
 from mobilenets.models.multibox import MultiboxLoss
 from mobilenets.runs import (
@@ -146,7 +147,7 @@ def _with_canvas_detail(config: TrainConfig) -> TrainConfig:
     it and a resumed run builds the same model."""
     if config.low_stride is not None or not on_canvases(config):
         return config
-    if "low_stride" not in inspect.signature(get_model_factory(config.model)).parameters:
+    if not takes_keyword(config.model, "low_stride"):
         return config
     return dataclasses.replace(config, low_stride=CANVAS_LOW_STRIDE)
 
@@ -218,19 +219,21 @@ def class_weights(dataset: Any, num_classes: int) -> torch.Tensor:
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; the message says how to continue from the last epoch kept."""
 
-    def __init__(self, run_dir: Path, again: bool = False) -> None:
-        if (run_dir / STATE_FILE).is_file() and again:  # a head's trunk, trained first
+    def __init__(self, run_dir: Path, trunk: bool = False) -> None:
+        """``trunk``: ``run_dir`` is a head's trunk, trained first by the same command, which
+        continues it when run again (mobilenets.train.trunk)."""
+        if not (run_dir / STATE_FILE).is_file():
+            message = "no epoch had finished, nothing was saved"
+        elif trunk:
             message = (
                 f"the trunk's last finished epoch is kept in {run_dir}; run the same command "
                 "again to continue it"
             )
-        elif (run_dir / STATE_FILE).is_file():
+        else:
             message = (
                 f"the last finished epoch is kept in {run_dir}; continue with "
                 f"mobilenets train --resume {run_dir}"
             )
-        else:
-            message = "no epoch had finished, nothing was saved"
         super().__init__(message)
 
 
@@ -266,7 +269,7 @@ def train(
         try:
             config = pretrain_trunk(config, run_dir, train)
         except KeyboardInterrupt:
-            raise RunInterrupted(run_dir / TRUNK_DIR, again=True) from None
+            raise RunInterrupted(run_dir / TRUNK_DIR, trunk=True) from None
     procs = Processes.start(config.device)
     previous_threads = torch.get_num_threads()
     try:
