@@ -32,7 +32,6 @@ final top-1 per cell type and per defect probability, the wall time, and the com
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess
@@ -48,7 +47,7 @@ from mobilenets.analysis.cost import profile_model, standard_conv_macs
 from mobilenets.data import elpv_table, load_data, make_loader
 from mobilenets.evaluation.tta import TTA_VIEWS, TestTimeAugmentation
 from mobilenets.runs import load_run, read_run_info
-from mobilenets.train.run_dir import METRICS_FILE
+from mobilenets.train.run_dir import read_metrics
 
 from stamp import write_results
 
@@ -157,16 +156,12 @@ def settings(run_dir: Path) -> dict[str, object]:
     return recipe
 
 
-def history_of(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
-
-
 def comparison(runs: list[Path], reference: dict[str, object]) -> list[str]:
     """One row per run: what differs from ``reference``, held-out top-1 per epoch, the last,
     and what the run cost: mult-adds per cell at its resolution, minutes of epochs."""
     rows = []
     for run in runs:
-        own, history = settings(run), history_of(run)
+        own, history = settings(run), read_metrics(run)
         differs = [f"{k} {own[k]}" for k in SETTINGS if own[k] != reference[k]]
         per_epoch = " / ".join(f"{100 * h['test_top1']:.1f}" for h in history)
         speed = sum(h["images_per_s"] for h in history[1:]) / max(1, len(history) - 1)
@@ -233,7 +228,7 @@ def main() -> None:
             subprocess.run(argv, check=True, env=env)
         wall = time.perf_counter() - start
         info = read_run_info(out)
-        history = history_of(out)
+        history = read_metrics(out)
         wall_of_command = not (resumed or finished or args.report_only)
         if not wall_of_command:  # not one command from start to end: its epochs' sum
             wall = sum(h["epoch_time_s"] for h in history)

@@ -20,7 +20,6 @@ Writes benchmarks/results/segment_ceiling.md.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ from mobilenets.data.canvases import CANVAS_CLASSES, digit_canvases
 from mobilenets.deploy.images import run_data
 from mobilenets.models.segmentation_loss import upsample_logits
 from mobilenets.runs import load_run
-from mobilenets.train.run_dir import METRICS_FILE
+from mobilenets.train.run_dir import read_metrics
 from mobilenets.train.segmentation_metrics import ConfusionMatrix, segmenter_confusion
 from mobilenets.train.trunk import TRUNK_DIR
 
@@ -71,12 +70,7 @@ def epochs_seconds(run_dir: Path, info) -> float:
     runs = [run_dir]
     if origin is not None and origin.get("data") == "digits":
         runs.append(Path(origin["path"]))
-    total = 0.0
-    for directory in runs:
-        if (directory / METRICS_FILE).is_file():
-            lines = (directory / METRICS_FILE).read_text().splitlines()
-            total += sum(json.loads(line)["epoch_time_s"] for line in lines)
-    return total
+    return sum(h["epoch_time_s"] for directory in runs for h in read_metrics(directory))
 
 
 def run_errors(run_dir: Path) -> tuple[str, list[str]]:

@@ -15,7 +15,6 @@ default ``train`` in under 15 minutes on 2 CPU cores. Writes benchmarks/results/
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 from mobilenets.runs import read_run_info
-from mobilenets.train.run_dir import METRICS_FILE
+from mobilenets.train.run_dir import read_metrics
 from mobilenets.train.trunk import TRUNK_DIR
 
 from stamp import write_results
@@ -38,10 +37,6 @@ TASKS = {
 }
 
 
-def history_of(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
-
-
 def run(args: list[str], out: Path) -> tuple[float, list[dict], dict, list[dict]]:
     """Wall time of one ``mobilenets`` command, its per-epoch records, its recipe, and the
     per-epoch records of the trunk it trained first (empty if none)."""
@@ -51,10 +46,8 @@ def run(args: list[str], out: Path) -> tuple[float, list[dict], dict, list[dict]
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - start
     info = read_run_info(out)
-    trunk = out / TRUNK_DIR
-    trunk_history = history_of(trunk) if (trunk / METRICS_FILE).is_file() else []
     recipe = {"model": info.model, **(info.train_config or {})}
-    return seconds, history_of(out), recipe, trunk_history
+    return seconds, read_metrics(out), recipe, read_metrics(out / TRUNK_DIR)
 
 
 def report(

@@ -17,7 +17,6 @@ benchmarks/results/<results>.md and a PNG of the runs' curves beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -32,7 +31,7 @@ import torch
 
 from mobilenets.plots import save_figure
 from mobilenets.runs import read_run_info
-from mobilenets.train.run_dir import METRICS_FILE
+from mobilenets.train.run_dir import read_metrics
 
 from stamp import write_results
 
@@ -53,7 +52,7 @@ def run(args: list[str], out: Path) -> tuple[float, dict]:
     start = time.perf_counter()
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - start
-    history = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
+    history = read_metrics(out)
     return seconds, {"info": read_run_info(out), "history": history}
 
 

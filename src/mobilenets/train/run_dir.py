@@ -137,6 +137,14 @@ def write_state(run_dir: Path, state: dict[str, Any]) -> None:
         torch.save(state, f)
 
 
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-epoch records ``metrics.jsonl`` holds (empty when no epoch has finished)."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def write_metrics(run_dir: Path, history: list[dict[str, Any]], curves: bool = True) -> None:
     """``metrics.jsonl`` and (with ``curves``: a classification record) ``curves.png`` of
     ``history``."""
