@@ -153,7 +153,7 @@ def test_lraspp_reads_its_detail_map_at_stride_4_when_asked() -> None:
     stride-16 branch is scored before it is upsampled, which computes the same logits; the
     paper's stride 8 stays the default, so torchvision's counts hold."""
     paper = create_model("lraspp_mobilenet_v3_large", num_classes=5)
-    fine = create_model("lraspp_mobilenet_v3_large", num_classes=5, low_stride=4).eval()
+    fine = create_model("lraspp_mobilenet_v3_large", num_classes=5, low_stride=4)
     assert paper.classifier.low_classifier.in_channels == 40  # features.4, stride 8
     assert fine.classifier.low_classifier.in_channels == 24
     assert (
