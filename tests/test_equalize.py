@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import folded_random, raises_one_line
+from conftest import folded_random, raises_one_line, randomize_batchnorm
 
 from mobilenets.int8.equalize import equalize
 from mobilenets.int8.fold import fold_batchnorm
@@ -83,3 +83,33 @@ def test_what_cannot_be_equalized_is_refused() -> None:
         equalize(fold_batchnorm(model), batches(1), alpha=2)
     with raises_one_line("no .features blocks"):
         equalize(torch.nn.Linear(3, 2), batches(1))
+
+
+def _tensors(out: object) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    return [t for part in out for t in _tensors(part)] if isinstance(out, list | tuple) else []
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("lraspp_mobilenet_v2", {"width_mult": 0.35}),  # taps a residual stream's sum
+        ("lraspp_mobilenet_v3_large", {"width_mult": 0.35, "low_stride": 4}),
+        ("ssdlite_mobilenet_v2", {"width_mult": 0.35}),  # taps a ReLU6 expansion
+    ],
+)
+def test_a_heads_trunk_is_equalized_without_changing_what_the_head_reads(name, kwargs) -> None:
+    # a head reads trunk maps that no rescaled layer divides back: those stay as they were
+    torch.manual_seed(0)
+    model = fold_batchnorm(randomize_batchnorm(create_model(name, num_classes=5, **kwargs), 0))
+    calibration = [torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(1))]
+    equalized, done = equalize(model.eval(), calibration)
+    assert done.channels > 0
+    with torch.no_grad():
+        wants, gots = _tensors(model(calibration[0])), _tensors(equalized(calibration[0]))
+    assert wants and len(wants) == len(gots)
+    for want, got in zip(wants, gots, strict=True):
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max()

@@ -32,6 +32,10 @@ activations' calibrated ranges:
   each of the four runtimes on torchvision's V2 (benchmarks/results/
   deploy_int8_quality_alpha.md). AdaRound recovers much of what the readers' weights lose.
 
+A detection or segmentation head reads some trunk maps itself (an expansion's output, a
+stage's residual stream); no layer of the head divides a rescaled map back, so the pairs and
+streams that write those maps are left as they are.
+
 The model must be BN-folded first (:func:`~mobilenets.int8.fold.fold_batchnorm`): its
 convolutions then carry the biases that are scaled. Outputs stay equal to float rounding
 on the calibration images, and beyond them wherever no channel passes ``margin`` times its
@@ -50,6 +54,7 @@ from torch import nn
 from mobilenets.errors import MobileNetError
 from mobilenets.int8.fold import count_batchnorms
 from mobilenets.layers import ConvBNAct, DepthwiseSeparableConv, InvertedResidual, is_depthwise
+from mobilenets.models.dense import TappedTrunk
 
 DEFAULT_MARGIN = 2.0  # headroom left above a ReLU6 channel's calibrated maximum
 DEFAULT_ALPHA = 0.5  # stream: how much of a channel's range moves into its readers' weights
@@ -147,6 +152,25 @@ def _streams(features: nn.Sequential) -> list[_Stream]:
     return [s for s in streams if all(w.bias is not None for w in s.writers)]
 
 
+def _tapped(model: nn.Module) -> set[int]:
+    """The ids of the modules whose outputs a detection or segmentation head reads
+    (:class:`~mobilenets.models.dense.TappedTrunk`): a rescaling is exact only where every
+    reader of a map divides it back, and a head's layers are not among the readers this
+    module knows, so no pair or stream that writes a tapped map is rescaled."""
+    if not isinstance(model, TappedTrunk):
+        return set()
+    found = set()
+    for tap in model.taps:
+        block = model.features[int(tap.layer)]
+        if tap.expansion:
+            found.add(id(block.expand))
+        else:  # the block's output: it, or the layer that writes its last activation
+            for part in (block, getattr(block, "pointwise", None), getattr(block, "project", None)):
+                if part is not None:
+                    found.add(id(part))
+    return found
+
+
 @torch.no_grad()
 def _channel_max(modules: list[nn.Module], model: nn.Module, batches: list[torch.Tensor]):
     """Each module's per-channel maximum of ``|output|`` over ``batches``."""
@@ -216,7 +240,9 @@ def equalize(
     features = model.features
     batches = list(batches)
     done = Equalization()
-    pairs, streams = _pairs(features), _streams(features)
+    tapped = _tapped(model)
+    pairs = [p for p in _pairs(features) if id(p.producer) not in tapped]
+    streams = [s for s in _streams(features) if not tapped & set(map(id, s.taps))]
     # one pass measures every range: each rescaling below is exact on these images, so it
     # leaves the ranges the others need as they were
     taps = [p.producer for p in pairs] + [p.producer.conv for p in pairs]
