@@ -43,7 +43,9 @@ RESULTS = Path(__file__).parent / "results"
 
 WIDE = {"wide_residuals": True}  # residual additions wider than int8 (export --wide-residuals)
 
-# Per runtime: (what was tried, the options its writer takes for it).
+# Per runtime: (what was tried, the options its writer takes for it). A row whose name does
+# not say "equalized" is the runtime's quantizer alone (`export --int8 --no-equalize`); its
+# "default" is the runtime's own calibration default.
 LEVERS = {
     "onnx": [
         ("MinMax calibration (default)", {"calibrate_method": "minmax"}),
@@ -217,7 +219,7 @@ def build(runtime: str, options: dict, model, info, tmp: Path, example, calibrat
         if (*done, step) not in PREPARED:
             before = PREPARED.get(done, model)
             PREPARED[(*done, step)] = prepare_for_int8(
-                before, calibration, **{step[0]: step[1]}, on_message=print
+                before, calibration, **{"equalize": False, step[0]: step[1]}, on_message=print
             )[0]
         done += (step,)
     model = PREPARED.get(done, model)

@@ -73,13 +73,21 @@ def lever_options(levers: str, calibration: int) -> dict[str, object]:
             options["calibration"] = int(value)
         elif name in LEVERS and not value:
             options[name] = True
+        elif name == "no_equalize" and not value:
+            options["equalize"] = False
         elif name in FORMAT_FLAGS and not value:
             key, setting = FORMAT_FLAGS[name]
             options[key] = setting
         elif name in FORMAT_VALUES and value:
             options[name] = value
         else:
-            known = [*LEVERS, *FORMAT_FLAGS, *(f"{v}=X" for v in FORMAT_VALUES), "calibration=N"]
+            known = [
+                *LEVERS,
+                "no_equalize",
+                *FORMAT_FLAGS,
+                *(f"{v}=X" for v in FORMAT_VALUES),
+                "calibration=N",
+            ]
             raise SystemExit(f"unknown lever {lever!r}: {', '.join(known)}")
     return options
 

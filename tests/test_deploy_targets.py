@@ -73,7 +73,7 @@ def test_int8_export_reports_agreement_and_sqnr(fmt: str, exported) -> None:
 
 def test_an_equalized_int8_export_says_what_it_rescaled(run: Path, tmp_path: Path, capsys):
     out = tmp_path / "eq.int8.onnx"
-    steps = ["--equalize", "--adaround", "20", "--bias-correct"]
+    steps = ["--adaround", "20", "--bias-correct"]  # equalized by default
     argv = ["export", str(run), "--int8", *steps, "--calibration", "32"]
     assert main([*argv, "--verify-images", "64", "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -181,9 +181,9 @@ def test_default_int8_names_say_which_steps_made_them(run: Path) -> None:
     onnx_target, openvino_target = FORMATS["onnx"], FORMATS["openvino"]
     assert default_path(run, onnx_target, False) == run / "model.onnx"
     assert default_path(run, onnx_target, True) == run / "model.int8.onnx"
-    steps = ["wide_residuals", "equalize", "adaround", "bias_correct"]
+    steps = ["wide_residuals", "no_equalize", "adaround", "bias_correct"]
     assert default_path(run, openvino_target, True, steps) == (
-        run / "model.int8-equalized-adaround-biascorrected-wide.xml"
+        run / "model.int8-unequalized-adaround-biascorrected-wide.xml"
     )
 
 

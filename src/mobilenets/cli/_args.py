@@ -16,13 +16,15 @@ def add_moved_data(parser: argparse.ArgumentParser) -> None:
 
 
 def add_int8_steps(parser: argparse.ArgumentParser, lead: str = "") -> None:
-    """``--equalize``, ``--bias-correct``, ``--adaround [STEPS]``: the float steps before
-    post-training int8 (``mobilenets.int8.prepare``); ``lead`` starts each help line."""
+    """``--equalize``/``--no-equalize``, ``--bias-correct``, ``--adaround [STEPS]``: the float
+    steps before post-training int8 (``mobilenets.int8.prepare``); ``lead`` starts each help
+    line."""
     parser.add_argument(
         "--equalize",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help=f"{lead}rescale channels first so each activation's int8 range is shared fairly "
-        "(same function in float)",
+        "(same function in float; on by default wherever the network allows)",
     )
     parser.add_argument(
         "--bias-correct",

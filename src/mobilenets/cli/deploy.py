@@ -96,7 +96,7 @@ def _add_export_flags(p: argparse.ArgumentParser, lead: str) -> None:
     p.add_argument(
         "--out",
         help="output file (default RUN_DIR/model.<suffix>, int8: model.int8[-steps].<suffix>, "
-        "e.g. model.int8-equalized-wide.onnx)",
+        "e.g. model.int8-unequalized-wide.onnx)",
     )
     add_moved_data(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a line")

@@ -107,9 +107,10 @@ def target_of(fmt: str) -> Target:
     return FORMATS[fmt].require()
 
 
-# The name each post-training step adds to a default int8 file name, in this order.
+# The name each post-training step adds to a default int8 file name, in this order; as
+# equalization is the default, its name is that of leaving it out.
 STEP_NAMES = {
-    "equalize": "equalized",
+    "no_equalize": "unequalized",
     "adaround": "adaround",
     "bias_correct": "biascorrected",
     "wide_residuals": "wide",
@@ -200,7 +201,7 @@ def int8_options(target: Target, adaround: bool | int, wide_residuals: bool) -> 
 
 
 def check_asked(
-    target: Target, out: Path, int8: bool, qat: bool, asked: dict[str, bool | int]
+    target: Target, out: Path, int8: bool, qat: bool, asked: dict[str, bool | int | None]
 ) -> None:
     """One line for an export that cannot be made as asked: a file name of another format, a
     QAT graph for a format that cannot lower one, a post-training step without ``--int8``."""
@@ -303,7 +304,7 @@ def export(
     verify_images: int = VERIFY_IMAGES,
     record: bool = True,
     quantized: tuple[torch.nn.Module, str] | None = None,
-    equalize: bool = False,
+    equalize: bool | None = None,
     bias_correct: bool = False,
     adaround: bool | int = False,
     wide_residuals: bool = False,
@@ -312,13 +313,14 @@ def export(
     """Export a run directory to ``fmt`` (int8 if asked), checked in that format's runtime.
 
     ``quantized``: an int8 graph with its ranges (a QAT run's, :func:`mobilenets.quant.qat.
-    int8_graph`) and how it was made, written as it is (ExecuTorch). ``equalize``,
-    ``adaround`` (True, or steps per layer), ``bias_correct``: float steps on the calibration
-    images before int8 (:mod:`mobilenets.int8.prepare`). ``wide_residuals``: residual sums
-    wider than int8 where the format can. ``format_options``: the format's own (ONNX:
-    ``opset``, ``provider``, ``per_channel``, ``quant_format``, ``fp32_depthwise``,
-    ``calibrate_method``), None meaning not asked. Nothing is written unless the check passes
-    (:func:`write_checked`); with ``record`` it is added to the run's ``model.json``.
+    int8_graph`) and how it was made, written as it is (ExecuTorch). ``equalize`` (None: on
+    wherever the network allows), ``adaround`` (True, or steps per layer), ``bias_correct``:
+    float steps on the calibration images before int8 (:mod:`mobilenets.int8.prepare`).
+    ``wide_residuals``: residual sums wider than int8 where the format can.
+    ``format_options``: the format's own (ONNX: ``opset``, ``provider``, ``per_channel``,
+    ``quant_format``, ``fp32_depthwise``, ``calibrate_method``), None meaning not asked.
+    Nothing is written unless the check passes (:func:`write_checked`); with ``record`` it is
+    added to the run's ``model.json``.
     """
     target = target_of(fmt)
     check_count("verify_images", verify_images)
@@ -326,13 +328,14 @@ def export(
     model, info = load_run(run_dir)
     for size in info.input_size[1:]:
         check_resolution(model, size)
-    asked = dict(zip(STEP_NAMES, (equalize, adaround, bias_correct, wide_residuals), strict=True))
+    steps = (equalize is False, adaround, bias_correct, wide_residuals)
+    asked = dict(zip(STEP_NAMES, steps, strict=True))
     write_options, load_options = split_options(target, int8, format_options, wide_residuals)
     if out is None:
         names = [k for k, v in asked.items() if v]
         out = default_path(run_dir, target, int8, names, write_options)
     out = Path(out)
-    check_asked(target, out, int8, quantized is not None, asked)
+    check_asked(target, out, int8, quantized is not None, {**asked, "equalize": equalize})
     options = {**int8_options(target, adaround, wide_residuals), **write_options}
     inputs, checked_on = held_out_inputs(info, data, verify_images)
     folded = fold_batchnorm(model)

@@ -218,6 +218,12 @@ def _scale_in(conv: nn.Conv2d, s: torch.Tensor) -> None:
         conv.weight.mul_(s.view(1, -1, 1, 1))
 
 
+def can_equalize(model: nn.Module) -> bool:
+    """Whether :func:`equalize` takes ``model``: BatchNorm folded, its blocks in ``.features``."""
+    features = getattr(model, "features", None)
+    return isinstance(features, nn.Sequential) and not count_batchnorms(model)
+
+
 @torch.no_grad()
 def equalize(
     model: nn.Module,

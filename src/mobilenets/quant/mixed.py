@@ -151,7 +151,7 @@ def graphs(
     model: nn.Module,
     info: RunInfo,
     calibration: list[torch.Tensor],
-    steps: tuple[bool, bool, bool | int],
+    steps: tuple[bool | None, bool, bool | int],
     say: Callable[[str], object],
 ) -> tuple[nn.Module, nn.Module, Preparation, Compare]:
     """The float graph and the one the int8 files are made from (BatchNorm folded; equalized,
@@ -179,7 +179,7 @@ def quantize_mixed(
     out: str | os.PathLike[str] | None = None,
     data: str | os.PathLike[str] | None = None,
     on_message: OnMessage = None,
-    equalize: bool = False,
+    equalize: bool | None = None,
     bias_correct: bool = False,
     adaround: bool | int = False,
     wide_residuals: bool = False,
@@ -192,11 +192,11 @@ def quantize_mixed(
     ``target_agreement`` top-1 agreement with float on ``images`` held-out images within
     ``max_latency_cost`` and ``max_float`` layers, or the most agreeing of the ``frontier``
     counts within ``max_latency_cost``. Nothing is written when the target is not reached or
-    no count fits the budget; the error says the best agreement that was. ``equalize``,
-    ``adaround`` (True, or its steps per layer) and ``bias_correct`` change the float model
-    first (:mod:`mobilenets.int8.prepare`), for the ranking and the files alike;
-    ``wide_residuals`` keeps the residual sums wider than int8 in every int8 file, the
-    all-int8 baseline included.
+    no count fits the budget; the error says the best agreement that was. ``equalize``
+    (None: wherever the network allows), ``adaround`` (True, or its steps per layer) and
+    ``bias_correct`` change the float model first (:mod:`mobilenets.int8.prepare`), for the
+    ranking and the files alike; ``wide_residuals`` keeps the residual sums wider than int8
+    in every int8 file, the all-int8 baseline included.
     """
     if strategy is None:
         strategy = strategy_of(
