@@ -345,14 +345,8 @@ def export(
         cal, calibrated_on = calibration_inputs(info, data, calibration)
         written, prepared = prepare_for_int8(folded, cal, equalize, bias_correct, adaround)
     precision = "int8" if int8 else "fp32"
-    program = Program(
-        graph_of(written),
-        graph_of(folded),
-        inputs,
-        cal,
-        onnx_metadata(info, precision, run_dir),
-        comparison(folded, info),
-    )
+    metadata, compare = onnx_metadata(info, precision, run_dir), comparison(folded, info)
+    program = Program(graph_of(written), graph_of(folded), inputs, cal, metadata, compare)
     check, replaced = write_checked(target, out, program, options, load_options, int8)
     files = target.files(out)
     report = ExportReport(
