@@ -17,7 +17,7 @@ from conftest import check_one_line_error, copy_run
 
 from mobilenets.cli import main
 from mobilenets.deploy import target as target_module
-from mobilenets.deploy.export import FORMATS, default_path
+from mobilenets.deploy.export import FORMATS, asked_steps, default_path, equalize_for
 from mobilenets.deploy.images import calibration_inputs
 from mobilenets.deploy.runtime import onnx_metadata
 from mobilenets.deploy.target import agreement
@@ -73,7 +73,7 @@ def test_int8_export_reports_agreement_and_sqnr(fmt: str, exported) -> None:
 
 def test_an_equalized_int8_export_says_what_it_rescaled(run: Path, tmp_path: Path, capsys):
     out = tmp_path / "eq.int8.onnx"
-    steps = ["--adaround", "20", "--bias-correct"]  # equalized by default
+    steps = ["--equalize", "--adaround", "20", "--bias-correct"]
     argv = ["export", str(run), "--int8", *steps, "--calibration", "32"]
     assert main([*argv, "--verify-images", "64", "--out", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -181,10 +181,33 @@ def test_default_int8_names_say_which_steps_made_them(run: Path) -> None:
     onnx_target, openvino_target = FORMATS["onnx"], FORMATS["openvino"]
     assert default_path(run, onnx_target, False) == run / "model.onnx"
     assert default_path(run, onnx_target, True) == run / "model.int8.onnx"
-    steps = ["wide_residuals", "no_equalize", "adaround", "bias_correct"]
+    steps = ["wide_residuals", "equalize", "adaround", "bias_correct"]
     assert default_path(run, openvino_target, True, steps) == (
-        run / "model.int8-unequalized-adaround-biascorrected-wide.xml"
+        run / "model.int8-equalized-adaround-biascorrected-wide.xml"
     )
+
+
+def test_equalization_is_named_where_it_differs_from_the_formats_default() -> None:
+    """ExecuTorch and LiteRT equalize before int8 by default, ONNX and OpenVINO do not: a
+    file's name says the choice that was not the default, and the float step is asked
+    accordingly."""
+    executorch, onnx = FORMATS["executorch"], FORMATS["onnx"]
+    defaults = {"onnx": False, "executorch": True, "litert": True, "openvino": False}
+    assert {fmt: target.equalize for fmt, target in FORMATS.items()} == defaults
+    named = {
+        (target.name, equalize): [
+            k for k, v in asked_steps(target, equalize, 0, False, False).items() if v
+        ]
+        for target in (executorch, onnx)
+        for equalize in (None, True, False)
+    }
+    assert named == {
+        ("ExecuTorch", None): [], ("ExecuTorch", True): [], ("ExecuTorch", False): ["no_equalize"],
+        ("ONNX", None): [], ("ONNX", True): ["equalize"], ("ONNX", False): [],
+    }  # fmt: skip
+    # None: the format's default, which prepare_for_int8 reads as "wherever the network allows"
+    assert [equalize_for(executorch, e) for e in (None, True, False)] == [None, True, False]
+    assert [equalize_for(onnx, e) for e in (None, True, False)] == [False, True, False]
 
 
 def test_an_unknown_format(run: Path, capsys) -> None:

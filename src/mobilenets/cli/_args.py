@@ -24,7 +24,7 @@ def add_int8_steps(parser: argparse.ArgumentParser, lead: str = "") -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help=f"{lead}rescale channels first so each activation's int8 range is shared fairly "
-        "(same function in float; on by default wherever the network allows)",
+        "(same function in float; on by default for executorch and litert)",
     )
     parser.add_argument(
         "--bias-correct",

@@ -107,9 +107,10 @@ def target_of(fmt: str) -> Target:
     return FORMATS[fmt].require()
 
 
-# The name each post-training step adds to a default int8 file name, in this order; as
-# equalization is the default, its name is that of leaving it out.
+# The name each post-training step adds to a default int8 file name, in this order, where it
+# differs from the format's default (equalization is some formats' default: Target.equalize).
 STEP_NAMES = {
+    "equalize": "equalized",
     "no_equalize": "unequalized",
     "adaround": "adaround",
     "bias_correct": "biascorrected",
@@ -177,6 +178,29 @@ def default_path(
     names += option_names(options or {})
     precision = "".join(f"-{n}" for n in names) if int8 else ""
     return Path(run_dir) / f"model{'.int8' + precision if int8 else ''}{target.suffix}"
+
+
+def equalize_for(target: Target, equalize: bool | None) -> bool | None:
+    """What :func:`~mobilenets.int8.prepare.prepare_for_int8` is asked for ``equalize`` (None:
+    the format's default, :attr:`Target.equalize`): None there means wherever the network
+    allows."""
+    if equalize is None:
+        return None if target.equalize else False
+    return equalize
+
+
+def asked_steps(
+    target: Target,
+    equalize: bool | None,
+    adaround: bool | int,
+    bias_correct: bool,
+    wide_residuals: bool,
+) -> dict[str, bool | int]:
+    """Each of :data:`STEP_NAMES` -> whether it was asked, other than as ``target``'s default:
+    ``--equalize`` where the format does not equalize by default, ``--no-equalize`` where it
+    does."""
+    changed = (equalize is True and not target.equalize, equalize is False and target.equalize)
+    return dict(zip(STEP_NAMES, (*changed, adaround, bias_correct, wide_residuals), strict=True))
 
 
 def int8_options(target: Target, adaround: bool | int, wide_residuals: bool) -> dict[str, object]:
@@ -313,9 +337,10 @@ def export(
     """Export a run directory to ``fmt`` (int8 if asked), checked in that format's runtime.
 
     ``quantized``: an int8 graph with its ranges (a QAT run's, :func:`mobilenets.quant.qat.
-    int8_graph`) and how it was made, written as it is (ExecuTorch). ``equalize`` (None: on
-    wherever the network allows), ``adaround`` (True, or steps per layer), ``bias_correct``:
-    float steps on the calibration images before int8 (:mod:`mobilenets.int8.prepare`).
+    int8_graph`) and how it was made, written as it is (ExecuTorch). ``equalize`` (None: the
+    format's default, :attr:`Target.equalize`), ``adaround`` (True, or steps per layer),
+    ``bias_correct``: float steps on the calibration images before int8
+    (:mod:`mobilenets.int8.prepare`).
     ``wide_residuals``: residual sums wider than int8 where the format can.
     ``format_options``: the format's own (ONNX: ``opset``, ``provider``, ``per_channel``,
     ``quant_format``, ``fp32_depthwise``, ``calibrate_method``), None meaning not asked.
@@ -328,8 +353,7 @@ def export(
     model, info = load_run(run_dir)
     for size in info.input_size[1:]:
         check_resolution(model, size)
-    steps = (equalize is False, adaround, bias_correct, wide_residuals)
-    asked = dict(zip(STEP_NAMES, steps, strict=True))
+    asked = asked_steps(target, equalize, adaround, bias_correct, wide_residuals)
     write_options, load_options = split_options(target, int8, format_options, wide_residuals)
     if out is None:
         names = [k for k, v in asked.items() if v]
@@ -343,7 +367,8 @@ def export(
     cal, calibrated_on, prepared = None, None, Preparation()
     if int8 and quantized is None:
         cal, calibrated_on = calibration_inputs(info, data, calibration)
-        written, prepared = prepare_for_int8(folded, cal, equalize, bias_correct, adaround)
+        equalized = equalize_for(target, equalize)
+        written, prepared = prepare_for_int8(folded, cal, equalized, bias_correct, adaround)
     precision = "int8" if int8 else "fp32"
     metadata, compare = onnx_metadata(info, precision, run_dir), comparison(folded, info)
     program = Program(graph_of(written), graph_of(folded), inputs, cal, metadata, compare)

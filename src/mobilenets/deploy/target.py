@@ -107,6 +107,12 @@ class Target:
     load: Callable[..., Runner]  # (path, threads, **load_options)
     sidecars: tuple[str, ...] = ()  # other files beside the main one (".bin" for OpenVINO IR)
     quantization: str = ""  # how int8 is made, for the run's record
+    # post-training int8 equalizes channels first unless told otherwise: the XNNPACK formats,
+    # whose activations are symmetric int8 (a ReLU6 output uses half the levels, and a small
+    # channel few of them); there it lost less accuracy on labelled data, where onnxruntime's
+    # and OpenVINO's asymmetric activations lost more with it
+    # (benchmarks/results/int8_labels_equalize.md)
+    equalize: bool = False
     # The format has no place for free-form properties: ``write`` puts the metadata in
     # ``<file>.json`` beside the program (:func:`write_metadata_file`), one of its files
     metadata_file: bool = False

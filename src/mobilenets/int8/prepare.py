@@ -2,7 +2,7 @@
 
 Each step changes the BN-folded float model so that a runtime's own quantizer, calibrating
 it afterwards, loses less; none needs the runtime to know about it. Equalization rescales
-channels (:mod:`mobilenets.int8.equalize`), by default. AdaRound then puts the weights on the int8
+channels (:mod:`mobilenets.int8.equalize`). AdaRound then puts the weights on the int8
 grid, each rounded up or down as its layer's output needs (:mod:`mobilenets.int8.adaround`).
 Bias correction cancels the int8 shift of each layer's mean output
 (:mod:`mobilenets.int8.bias_correction`). Each step measures the model that the steps
@@ -45,10 +45,10 @@ def prepare_for_int8(
     """``folded`` after the steps asked for, measured on the ``calibration`` images;
     ``adaround`` is True (AdaRound's default steps per layer) or a number of steps.
 
-    ``equalize`` None, the default, equalizes every network that
-    :func:`~mobilenets.int8.equalize.can_equalize` takes: exact in float, it lost less int8
-    accuracy on real labels in every runtime (benchmarks/results/int8_labels.md); True asks
-    for it (one line where it cannot be done), False leaves it out."""
+    ``equalize`` None equalizes every network that :func:`~mobilenets.int8.equalize.
+    can_equalize` takes (a format's default, :attr:`mobilenets.deploy.target.Target.equalize`,
+    asks for it so), True asks for it (one line where it cannot be done), False leaves it
+    out."""
     say = on_message or (lambda _: None)
     done = Preparation()
     model = folded

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenets.deploy.export import int8_options, target_of
+from mobilenets.deploy.export import equalize_for, int8_options, target_of
 from mobilenets.deploy.heads import comparison, graph_of
 from mobilenets.deploy.images import calibration_inputs, held_out_inputs
 from mobilenets.deploy.runtime import onnx_metadata
@@ -193,10 +193,10 @@ def quantize_mixed(
     ``max_latency_cost`` and ``max_float`` layers, or the most agreeing of the ``frontier``
     counts within ``max_latency_cost``. Nothing is written when the target is not reached or
     no count fits the budget; the error says the best agreement that was. ``equalize``
-    (None: wherever the network allows), ``adaround`` (True, or its steps per layer) and
-    ``bias_correct`` change the float model first (:mod:`mobilenets.int8.prepare`), for the
-    ranking and the files alike; ``wide_residuals`` keeps the residual sums wider than int8
-    in every int8 file, the all-int8 baseline included.
+    (None: the format's default, ``Target.equalize``), ``adaround`` (True, or its steps per
+    layer) and ``bias_correct`` change the float model first (:mod:`mobilenets.int8.prepare`),
+    for the ranking and the files alike; ``wide_residuals`` keeps the residual sums wider than
+    int8 in every int8 file, the all-int8 baseline included.
     """
     if strategy is None:
         strategy = strategy_of(
@@ -211,7 +211,7 @@ def quantize_mixed(
     out = Path(run_dir) / f"model.mixed{target.suffix}" if out is None else Path(out)
     inputs, images_from = held_out_inputs(info, data, images)
     cal, _ = calibration_inputs(info, data, calibration)
-    steps = (equalize, bias_correct, adaround)
+    steps = (equalize_for(target, equalize), bias_correct, adaround)
     folded, written, prepared, compare = graphs(model, info, cal, steps, say)
     fq = FakeQuantModel(written)
     strategy.check(fq.names())

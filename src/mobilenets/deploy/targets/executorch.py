@@ -153,6 +153,7 @@ def planned_memory_bytes(path: Path) -> int:
 
 TARGET = Target("ExecuTorch", ".pte", "executorch", ("executorch", "torchao"),
     "ExecuTorch (XNNPACK)", write_program, load, quantization=QUANTIZATION, metadata_file=True,
+    equalize=True,
     can=Capabilities(wide_residuals=True, lowers_pt2e=True, observer=True, fixed_batch=True),
 )  # fmt: skip
 write = TARGET.write  # write(model, path, example, calibration, metadata, **options)

@@ -130,6 +130,6 @@ def _from_tensor(values: np.ndarray, detail: dict) -> np.ndarray:
 
 TARGET = Target("LiteRT", ".tflite", "litert", ("litert_torch", "ai_edge_litert", "torchao"),
     "LiteRT interpreter (XNNPACK)", write_program, load, quantization=QUANTIZATION,
-    metadata_file=True, can=Capabilities(observer=True, fixed_batch=True),
+    metadata_file=True, equalize=True, can=Capabilities(observer=True, fixed_batch=True),
 )  # fmt: skip
 write = TARGET.write  # write(model, path, example, calibration, metadata, **options)
