@@ -211,10 +211,11 @@ def quantize_mixed(
     out = Path(run_dir) / f"model.mixed{target.suffix}" if out is None else Path(out)
     inputs, images_from = held_out_inputs(info, data, images)
     cal, _ = calibration_inputs(info, data, calibration)
+    # a layer name that is not there: one line, before the float steps run and report
+    strategy.check(FakeQuantModel(graph_of(fold_batchnorm(model))).names())
     steps = (equalize_for(target, equalize), bias_correct, adaround)
     folded, written, prepared, compare = graphs(model, info, cal, steps, say)
     fq = FakeQuantModel(written)
-    strategy.check(fq.names())
     ranking = rank(fq, strategy, cal, inputs, report_images, say, compare)
     with tempfile.TemporaryDirectory(prefix="mobilenets-mixed-") as tmp:
         say("writing the fp32 and all-int8 files")
