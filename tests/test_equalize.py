@@ -116,14 +116,15 @@ def test_a_heads_trunk_is_equalized_without_changing_what_the_head_reads(name, k
         assert (got - want).abs().max() <= 1e-4 * want.abs().max()
 
 
-def test_int8_is_equalized_by_default_wherever_the_network_allows() -> None:
+def test_none_equalizes_wherever_the_network_allows() -> None:
+    """What a format that equalizes by default asks (``Target.equalize``)."""
     model, calibration = folded_random(), batches(1)
-    assert prepare_for_int8(model, calibration)[1].equalization.startswith("equalized ")
-    assert prepare_for_int8(model, calibration, equalize=False)[1].equalization is None
-    # a network it cannot take is left as it is by default, and refused when asked
+    assert prepare_for_int8(model, calibration, None)[1].equalization.startswith("equalized ")
+    assert prepare_for_int8(model, calibration)[1].equalization is None
+    # a network it cannot take is left as it is with None, and refused when asked
     other = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
     assert not can_equalize(other) and not can_equalize(create_model("mobilenet_v2"))
-    kept, done = prepare_for_int8(other, calibration)
+    kept, done = prepare_for_int8(other, calibration, None)
     assert kept is other and done.equalization is None
     with raises_one_line("no .features blocks"):
         prepare_for_int8(other, calibration, equalize=True)

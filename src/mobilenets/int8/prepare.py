@@ -37,7 +37,7 @@ class Preparation:
 def prepare_for_int8(
     folded: nn.Module,
     calibration: Sequence[torch.Tensor],
-    equalize: bool | None = None,
+    equalize: bool | None = False,
     bias_correct: bool = False,
     adaround: bool | int = False,
     on_message: Callable[[str], object] | None = None,
