@@ -25,7 +25,8 @@ started from trained weights (``init``), which is the default whenever ``init`` 
 
 Measured on elpv (``benchmarks/results/finetune_elpv.md``): a trunk at half the head's rate
 fits the cells where a tenth under-fitted them, and 48 epochs scored higher than 24 and than
-64 (which over-fitted, a moving average of the weights included); 224 px did not beat 160 px.
+64 (which over-fitted, a moving average of the weights included; at 48 the average scored
+two cells under the last step); 224 px did not beat 160 px.
 Compared at 128 px, no
 alternative beat these values: no frozen epoch tied, a trunk at the head's rate, a head rate
 of 0.05 and frozen BatchNorm statistics scored lower; BatchNorm statistics adapting during the
