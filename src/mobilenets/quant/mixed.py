@@ -148,17 +148,16 @@ def rank(
 
 
 def graphs(
-    model: nn.Module,
+    folded: nn.Module,
     info: RunInfo,
     calibration: list[torch.Tensor],
     steps: tuple[bool | None, bool, bool | int],
     say: Callable[[str], object],
 ) -> tuple[nn.Module, nn.Module, Preparation, Compare]:
-    """The float graph and the one the int8 files are made from (BatchNorm folded; equalized,
-    bias-corrected, AdaRounded as ``steps`` ask), each as its program holds it (a detector's
-    outputs as one tensor, its layers named ``detector.``), what the steps did, and how outputs
-    are compared (top-1, or a head's matched detections or pixels)."""
-    folded = fold_batchnorm(model)
+    """The float graph of ``folded`` (BatchNorm folded) and the one the int8 files are made
+    from (equalized, bias-corrected, AdaRounded as ``steps`` ask), each as its program holds it
+    (a detector's outputs as one tensor, its layers named ``detector.``), what the steps did,
+    and how outputs are compared (top-1, or a head's matched detections or pixels)."""
     written, prepared = prepare_for_int8(folded, calibration, *steps, on_message=say)
     return graph_of(folded), graph_of(written), prepared, comparison(folded, info)
 
@@ -211,10 +210,11 @@ def quantize_mixed(
     out = Path(run_dir) / f"model.mixed{target.suffix}" if out is None else Path(out)
     inputs, images_from = held_out_inputs(info, data, images)
     cal, _ = calibration_inputs(info, data, calibration)
+    folded = fold_batchnorm(model)
     # a layer name that is not there: one line, before the float steps run and report
-    strategy.check(FakeQuantModel(graph_of(fold_batchnorm(model))).names())
+    strategy.check(FakeQuantModel(graph_of(folded)).names())
     steps = (equalize_for(target, equalize), bias_correct, adaround)
-    folded, written, prepared, compare = graphs(model, info, cal, steps, say)
+    folded, written, prepared, compare = graphs(folded, info, cal, steps, say)
     fq = FakeQuantModel(written)
     ranking = rank(fq, strategy, cal, inputs, report_images, say, compare)
     with tempfile.TemporaryDirectory(prefix="mobilenets-mixed-") as tmp:
