@@ -57,10 +57,17 @@ def points(a: float, b: float) -> str:
     return f"{100 * (a - b):+.2f}"
 
 
-LEVERS = ("equalize", "bias_correct", "wide_residuals")
+# the float steps and residual sums (`export --int8 --equalize ...`): lever -> keyword, value
+LEVERS = {
+    "equalize": ("equalize", True),
+    "no_equalize": ("equalize", False),
+    "bias_correct": ("bias_correct", True),
+    "wide_residuals": ("wide_residuals", True),
+}
 # the format's own int8 options (`export --format onnx --int8 ...`): flags and name=value
 FORMAT_FLAGS = {"fp32_depthwise": ("fp32_depthwise", True), "per_tensor": ("per_channel", False)}
 FORMAT_VALUES = ("calibrate_method", "quant_format")
+FLAGS = {**LEVERS, **FORMAT_FLAGS}
 
 
 def lever_options(levers: str, calibration: int) -> dict[str, object]:
@@ -71,23 +78,13 @@ def lever_options(levers: str, calibration: int) -> dict[str, object]:
         name, _, value = lever.partition("=")
         if name == "calibration":
             options["calibration"] = int(value)
-        elif name in LEVERS and not value:
-            options[name] = True
-        elif name == "no_equalize" and not value:
-            options["equalize"] = False
-        elif name in FORMAT_FLAGS and not value:
-            key, setting = FORMAT_FLAGS[name]
+        elif name in FLAGS and not value:
+            key, setting = FLAGS[name]
             options[key] = setting
         elif name in FORMAT_VALUES and value:
             options[name] = value
         else:
-            known = [
-                *LEVERS,
-                "no_equalize",
-                *FORMAT_FLAGS,
-                *(f"{v}=X" for v in FORMAT_VALUES),
-                "calibration=N",
-            ]
+            known = [*LEVERS, *FORMAT_FLAGS, *(f"{v}=X" for v in FORMAT_VALUES), "calibration=N"]
             raise SystemExit(f"unknown lever {lever!r}: {', '.join(known)}")
     return options
 
