@@ -219,7 +219,7 @@ def build(runtime: str, options: dict, model, info, tmp: Path, example, calibrat
         if (*done, step) not in PREPARED:
             before = PREPARED.get(done, model)
             PREPARED[(*done, step)] = prepare_for_int8(
-                before, calibration, **{"equalize": False, step[0]: step[1]}, on_message=print
+                before, calibration, **{step[0]: step[1]}, on_message=print
             )[0]
         done += (step,)
     model = PREPARED.get(done, model)
