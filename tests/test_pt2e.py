@@ -9,6 +9,7 @@ from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
     XNNPACKQuantizer,
     get_symmetric_quantization_config,
 )
+from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
 from mobilenets.int8.pt2e import (
     CLAMPS,
@@ -21,7 +22,9 @@ from mobilenets.int8.pt2e import (
     conv_clamp_pairs,
     layer_nodes,
     residual_adds,
+    without_batchnorm_patterns,
 )
+from mobilenets.models import create_model
 
 pytestmark = [pytest.mark.forked, pytest.mark.slow]  # PT2E captures; XNNPACK stays forked
 QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
@@ -161,3 +164,23 @@ def test_every_layer_named_is_the_float_network(float_residuals: bool) -> None:
     assert not [n for n in graph.graph.nodes if n.target == QUANTIZE]
     with torch.no_grad():
         torch.testing.assert_close(graph(batches[1]), model(batches[1]), rtol=1e-4, atol=1e-4)
+
+
+def test_a_graph_without_batchnorm_is_marked_the_same_without_its_patterns() -> None:
+    """XNNPACK's quantizer skips its convolution -> BatchNorm patterns on a BN-folded graph
+    (they cost most of ``prepare_pt2e``'s time and match nothing there): the prepared graph
+    is the one the whole pattern list gives. A graph with BatchNorm keeps every pattern."""
+
+    def quantizer() -> XNNPACKQuantizer:
+        config = get_symmetric_quantization_config(is_per_channel=True)
+        return XNNPACKQuantizer().set_global(config)
+
+    model = folded_random()
+    example = torch.zeros(1, 3, SIZE, SIZE)
+    skipping = without_batchnorm_patterns(quantizer(), capture_any_batch(model, example))
+    assert len(skipping.SUPPORTED_PATTERNS) < len(XNNPACKQuantizer.SUPPORTED_PATTERNS)
+    prepared = [prepare_pt2e(capture_any_batch(model, example), q) for q in (quantizer(), skipping)]
+    assert prepared[0].code == prepared[1].code
+    with_bn = capture_any_batch(create_model("mobilenet_v2", width_mult=0.35).eval(), example)
+    kept = without_batchnorm_patterns(quantizer(), with_bn).SUPPORTED_PATTERNS
+    assert kept == XNNPACKQuantizer.SUPPORTED_PATTERNS

@@ -288,6 +288,25 @@ def activation_config(config: Config, observer: str) -> Config:
     return min_max_ranges(config) if observer == "minmax" else config
 
 
+def without_batchnorm_patterns(quantizer: Quantizer, graph: GraphModule) -> Quantizer:
+    """``quantizer``, told to skip its convolution -> BatchNorm patterns when ``graph`` holds
+    no BatchNorm.
+
+    XNNPACK's quantizer tries every pattern it knows on every graph, the QAT-only
+    convolution -> BatchNorm ones included (litert-torch's tries those in QAT only), and it
+    matches each by tracing the pattern first: most of ``prepare_pt2e``'s time on
+    MobileNetV2. A model reaches post-training int8 BN-folded, so those patterns match
+    nothing; without them the graph is marked the same, seconds sooner
+    (``tests/test_pt2e.py`` compares the two prepared graphs). A quantizer without the
+    pattern list, or a graph with BatchNorm (QAT's), keeps every pattern."""
+    patterns = getattr(quantizer, "SUPPORTED_PATTERNS", None)
+    batchnorm = any("batch_norm" in str(node.target) for node in graph.graph.nodes)
+    if patterns is not None and not batchnorm:
+        # an instance attribute: the class's list, which other graphs read, stays whole
+        quantizer.SUPPORTED_PATTERNS = [p for p in patterns if "_bn" not in p.name]
+    return quantizer
+
+
 def calibrated_pt2e(
     model: nn.Module,
     example: torch.Tensor,
@@ -309,8 +328,9 @@ def calibrated_pt2e(
     first.append(ConvClampQuantizer(quantizer.global_config))  # its global config is set
     if observed_concats:
         first.append(ObservedConcats(quantizer.global_config))
-    marking = ComposableQuantizer([*first, quantizer])
-    prepared = prepare_pt2e(capture_any_batch(model, example), marking)
+    captured = capture_any_batch(model, example)
+    marking = ComposableQuantizer([*first, without_batchnorm_patterns(quantizer, captured)])
+    prepared = prepare_pt2e(captured, marking)
     with torch.no_grad():
         for images in calibration:
             prepared(images)
