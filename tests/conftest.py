@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -63,6 +64,31 @@ SLOW_FIXTURES = frozenset({"trained_v2", "exported"})
 # loaded one and then forks a test hands the child a pool without threads, and the child's
 # next conversion waits on it forever. A test parametrized with one runs forked.
 THREADED_RUNTIMES = frozenset({"executorch", "litert", "openvino"})
+
+# Imported once in a test process before its first slow forked test, so that each fork finds
+# them loaded instead of importing them again (about 6 s a fork). Only modules whose import
+# starts no thread (checked in /proc/self/task): LiteRT's converter pulls in JAX, which starts
+# threads and warns at every fork, and OpenVINO's import starts one, so those two import in
+# their forks.
+FORK_PRELOADS = (
+    "executorch.exir",
+    "executorch.runtime",
+    "executorch.backends.xnnpack.partition.xnnpack_partitioner",
+    "executorch.backends.xnnpack.quantizer.xnnpack_quantizer",
+    "torchao.quantization.pt2e.quantize_pt2e",
+    "onnxscript",
+)
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Load :data:`FORK_PRELOADS` in this process before a slow forked test forks (the fast
+    lane loads no runtime, so it pays for none of them)."""
+    if item.get_closest_marker("forked") and item.get_closest_marker("slow"):
+        for name in FORK_PRELOADS:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+    yield
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
