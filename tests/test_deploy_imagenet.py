@@ -104,8 +104,8 @@ def test_real_weights_export_in_fp32_and_int8(fmt: str, imagenet_run: Path, tmp_
         fmt,
         int8=True,
         out=tmp_path / f"m.int8{suffix}",
-        calibration=32,
-        verify_images=48,
+        calibration=8,  # NNCF's full bias correction reruns each layer on every image
+        verify_images=32,
     )
     assert int8.check.top1_agreement >= 0.6 and int8.check.sqnr_db > 5
     assert int8.calibrated_on is not None and "seed 0" in int8.calibrated_on
