@@ -22,6 +22,7 @@ import json
 import os
 import shlex
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -85,9 +86,12 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     """Load :data:`FORK_PRELOADS` in this process before a slow forked test forks (the fast
     lane loads no runtime, so it pays for none of them)."""
     if item.get_closest_marker("forked") and item.get_closest_marker("slow"):
-        for name in FORK_PRELOADS:
-            with contextlib.suppress(ImportError):
-                importlib.import_module(name)
+        # outside any test, where pytest collects warnings: their import warnings stay quiet
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name in FORK_PRELOADS:
+                with contextlib.suppress(ImportError):
+                    importlib.import_module(name)
     yield
 
 
