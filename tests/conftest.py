@@ -67,7 +67,7 @@ SLOW_FIXTURES = frozenset({"trained_v2", "exported"})
 THREADED_RUNTIMES = frozenset({"executorch", "litert", "openvino"})
 
 # Imported once in a test process before its first slow forked test, so that each fork finds
-# them loaded instead of importing them again (about 6 s a fork). Only modules whose import
+# them loaded instead of importing them again (seconds a fork). Only modules whose import
 # starts no thread (checked in /proc/self/task): LiteRT's converter pulls in JAX, which starts
 # threads and warns at every fork, and OpenVINO's import starts one, so those two import in
 # their forks.
