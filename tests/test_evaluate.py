@@ -14,12 +14,12 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from mobilenets.cli import main
-from mobilenets.data import Renormalized
+from mobilenets.data import Renormalized, eval_transform, load_image
 from mobilenets.errors import MobileNetError
 from mobilenets.evaluation.evaluate import evaluate
 from mobilenets.evaluation.predict import predict
 from mobilenets.evaluation.tta import TTA_VIEWS, TestTimeAugmentation
-from mobilenets.runs import read_run_info
+from mobilenets.runs import load_run, read_run_info
 from mobilenets.train.metrics import Evaluation, Tally
 
 
@@ -115,6 +115,27 @@ def test_evaluate_averages_test_time_views(run: Path, capsys) -> None:
     assert data["top1"] < plain.top1
     assert main(["evaluate", str(run), "--tta", "dihedral"]) == 0
     assert "mean over the dihedral test-time views" in capsys.readouterr().out
+
+
+def test_predict_averages_test_time_views(run: Path, digit_pngs, capsys) -> None:
+    """``predict --tta`` gives each image the run's mean probabilities over the views (what
+    ``evaluate --tta`` scores), and the JSON and the table say which views."""
+    paths = [p for p, _ in digit_pngs[:4]]
+    report = predict(run, paths, top_k=10, tta="flips")
+    model, info = load_run(run)
+    transform = eval_transform(info.mean, info.std, info.input_size, info.crop_pct)
+    images = torch.stack([transform(load_image(p)) for p in paths])
+    with torch.no_grad():
+        expected = TestTimeAugmentation(model.eval(), "flips")(images).exp()
+    for row, probabilities in zip(report.predictions, expected, strict=True):
+        ranked = probabilities.sort(descending=True)
+        assert row.classes == [info.class_names[i] for i in ranked.indices.tolist()]
+        assert row.probabilities == pytest.approx(ranked.values.tolist(), abs=1e-5)
+    assert report.tta == "flips" and predict(run, paths).tta is None
+    assert main(["predict", str(run), *map(str, paths), "--tta", "dihedral", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tta"] == "dihedral"
+    assert main(["predict", str(run), str(paths[0]), "--tta", "flips"]) == 0
+    assert "the mean over the flips test-time views" in capsys.readouterr().out
 
 
 def test_predict_agrees_with_the_labels_of_digit_pngs(

@@ -124,6 +124,8 @@ def test_wrong_input_is_one_line(runs, images, tmp_path, capsys) -> None:
     check_one_line_error(
         ["predict", str(runs["classify"]), str(good), "--out", out], "--out is for", capsys
     )
+    argv = ["predict", detect, str(good), "--out", out, "--tta", "flips"]
+    check_one_line_error(argv, "--tta is for a classifier", capsys)
     assert not Path(out).exists()
 
 

@@ -67,6 +67,12 @@ def test_the_cli_evaluates_and_predicts_with_a_program(exported, tmp_path, digit
     assert "run fp32, PyTorch" in out and "points" in out and "Per-class accuracy" in out
     assert main(["predict", str(path), str(digit_pngs[0][0]), "--csv"]) == 0
     assert capsys.readouterr().out.splitlines()[1].split(",")[1] in "0123456789"
+    # the program's mean answer over test-time views, as the run's (int8 rounding apart)
+    paths = [p for p, _ in digit_pngs]
+    viewed = predict(path, paths, tta="flips").predictions
+    fp32_viewed = predict(run, paths, tta="flips").predictions
+    agree = sum(a.classes[0] == b.classes[0] for a, b in zip(viewed, fp32_viewed, strict=True))
+    assert agree >= 0.8 * len(paths)
 
     # moved away from a run that is gone: scored alone, and the output says why
     moved = tmp_path / "moved.onnx"

@@ -48,12 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="confusion matrix PNG (default RUN_DIR/confusion_matrix.png; a program's only "
         "when given)",
     )
-    p.add_argument(
-        "--tta",
-        choices=("flips", "dihedral"),
-        help="a classifier's mean answer over test-time views: flips (4 passes) or dihedral "
-        "(and their transposes: 8); only views the run trained on, e.g. elpv's",
-    )
+    add_tta(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run_evaluate)
 
@@ -83,10 +78,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="detectors: the lowest score of a detection kept (0.5)",
     )
+    add_tta(p)
     form = p.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="print JSON instead of a table")
     form.add_argument("--csv", action="store_true", help="print CSV, one row per image")
     p.set_defaults(func=run_predict)
+
+
+def add_tta(p: argparse.ArgumentParser) -> None:
+    """``--tta``, as evaluate and predict take it (the views are
+    :data:`mobilenets.evaluation.tta.TTA_VIEWS`, named here: that module loads torch)."""
+    p.add_argument(
+        "--tta",
+        choices=("flips", "dihedral"),
+        help="a classifier's mean answer over test-time views: flips (4 passes) or dihedral "
+        "(and their transposes: 8); only views the run trained on, e.g. elpv's",
+    )
 
 
 def add_config_flags(p: argparse.ArgumentParser, config: type) -> None:
@@ -238,7 +245,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.out is not None or args.score_threshold is not None:
         flag = "--out" if args.out is not None else "--score-threshold"
         raise MobileNetError(f"{flag} is for detectors and segmenters; {args.run_dir} classifies")
-    report = predict(args.run_dir, args.images, top_k=args.top_k)
+    report = predict(args.run_dir, args.images, top_k=args.top_k, tta=args.tta)
     status = 1 if report.errors else 0
     skipped = (
         f"skipped {len(report.skipped)} file(s) that are not images: " + ", ".join(report.skipped)
@@ -257,6 +264,8 @@ def run_predict(args: argparse.Namespace) -> int:
             for p in report.predictions
         ]
         yield table(None, ["image", "class", "probability", "next"], rows)
+        if report.tta is not None:
+            yield f"probabilities: the mean over the {report.tta} test-time views"
         if skipped:
             yield skipped
         if report.errors:
@@ -269,6 +278,8 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_predict_dense(args: argparse.Namespace, task: str) -> int:
     from mobilenets.evaluation.predict_dense import DEFAULT_SCORE_THRESHOLD, predict_dense
 
+    if args.tta is not None:
+        raise MobileNetError(f"--tta is for a classifier; {args.run_dir} is not one")
     if args.out is None:
         raise MobileNetError(f"{args.run_dir} is a {task} model: give --out DIR for its images")
     if args.csv:

@@ -24,6 +24,7 @@ import torch
 
 from mobilenets.data import IMAGE_EXTENSIONS, eval_transform, load_image
 from mobilenets.errors import MobileNetError
+from mobilenets.evaluation.tta import TestTimeAugmentation
 from mobilenets.runs import RunInfo, load_run, names_a_file
 from mobilenets.train.devices import parse_device
 
@@ -58,13 +59,18 @@ class PredictionReport:
 
     predictions: list[Prediction]
     skipped: list[str] = field(default_factory=list)
+    tta: str | None = None  # the test-time views averaged, if any
 
     @property
     def errors(self) -> int:
         return sum(p.error is not None for p in self.predictions)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"predictions": [p.to_dict() for p in self.predictions], "skipped": self.skipped}
+        return {
+            "predictions": [p.to_dict() for p in self.predictions],
+            "skipped": self.skipped,
+            "tta": self.tta,
+        }
 
 
 @dataclass
@@ -131,10 +137,13 @@ def predict(
     top_k: int = 5,
     batch_size: int = 64,
     device: str | torch.device | None = None,
+    tta: str | None = None,
 ) -> PredictionReport:
     """Classify the images that ``images`` names (files, folders, globs: :func:`find_images`)
     with a trained run, or an exported program in its runtime, preprocessed exactly as the
-    run records.
+    run records; with ``tta`` (``flips`` or ``dihedral``) each image's probabilities are the
+    mean over those test-time views (:mod:`mobilenets.evaluation.tta`), as ``evaluate --tta``
+    scores them.
 
     Images are read a batch at a time, so a folder of any size fits in memory. An image that
     cannot be read (missing, truncated, not an image, a decompression bomb) is a row with
@@ -148,6 +157,11 @@ def predict(
         raise MobileNetError(f"batch size must be at least 1, got {batch_size}")
     device = parse_device(device)
     model, info, device = load_classifier(run_dir, device)
+    if tta is not None:
+        if tta == "dihedral" and info.input_size[1] != info.input_size[2]:
+            size = "x".join(map(str, info.input_size[1:]))
+            raise MobileNetError(f"dihedral test-time views turn the image: {size} is not square")
+        model = TestTimeAugmentation(model, tta)
     found = find_images(images)
     if not found.images and not found.missing:
         raise MobileNetError(
@@ -173,4 +187,4 @@ def predict(
             rows.append(Prediction(path, [info.class_names[j] for j in idx.tolist()], p.tolist()))
     order = {path: i for i, path in enumerate([g for g, _ in found.missing] + found.images)}
     rows.sort(key=lambda row: order[row.image])
-    return PredictionReport(rows, found.skipped)
+    return PredictionReport(rows, found.skipped, tta)
