@@ -157,10 +157,7 @@ def predict(
         raise MobileNetError(f"batch size must be at least 1, got {batch_size}")
     device = parse_device(device)
     model, info, device = load_classifier(run_dir, device)
-    if tta is not None:
-        if tta == "dihedral" and info.input_size[1] != info.input_size[2]:
-            size = "x".join(map(str, info.input_size[1:]))
-            raise MobileNetError(f"dihedral test-time views turn the image: {size} is not square")
+    if tta is not None:  # which refuses unknown views, and dihedral ones of a non-square image
         model = TestTimeAugmentation(model, tta)
     found = find_images(images)
     if not found.images and not found.missing:
